@@ -1,0 +1,125 @@
+{{/*
+Names, labels and small pieces shared by the templates.
+*/}}
+
+{{- define "virtflow-scheduler.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Full name: the release name when it already contains the chart name, so that a
+release called virtflow-scheduler gives objects called virtflow-scheduler.
+*/}}
+{{- define "virtflow-scheduler.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "virtflow-scheduler.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "virtflow-scheduler.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "virtflow-scheduler.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "virtflow-scheduler.labels" -}}
+helm.sh/chart: {{ include "virtflow-scheduler.chart" . }}
+{{ include "virtflow-scheduler.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: virtflow-scheduler
+{{- end -}}
+
+{{- define "virtflow-scheduler.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "virtflow-scheduler.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "virtflow-scheduler.secretName" -}}
+{{- default (include "virtflow-scheduler.fullname" .) .Values.existingSecret -}}
+{{- end -}}
+
+{{- define "virtflow-scheduler.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+config.yaml as mounted into the pods. The strategy comes first so that
+`kubectl edit configmap` shows it at the top; everything else is .Values.config.
+*/}}
+{{- define "virtflow-scheduler.configYaml" -}}
+# Mounted at /etc/virtflow-scheduler/config.yaml (SCHEDULER_CONFIG).
+# `strategy` is applied live by every worker within seconds of the kubelet
+# updating this file; any other change needs a rollout (`helm upgrade` does
+# one; with `kubectl edit` run `kubectl rollout restart deployment/{{ include "virtflow-scheduler.fullname" . }}`).
+strategy: {{ .Values.strategy }}
+{{ toYaml .Values.config }}
+{{- end -}}
+
+{{/*
+Hardened security contexts: fixed here, not in values, so that no values file
+can weaken them by accident.
+*/}}
+{{- define "virtflow-scheduler.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.podSecurityContext.runAsUser }}
+runAsGroup: {{ .Values.podSecurityContext.runAsGroup }}
+fsGroup: {{ .Values.podSecurityContext.fsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "virtflow-scheduler.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.podSecurityContext.runAsUser }}
+runAsGroup: {{ .Values.podSecurityContext.runAsGroup }}
+allowPrivilegeEscalation: false
+privileged: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop:
+    - ALL
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/*
+Refusals that a JSON schema cannot word clearly.
+*/}}
+{{- define "virtflow-scheduler.validate" -}}
+{{- range .Values.extraEnv -}}
+{{- if eq (toString .name) "SCHEDULING_STRATEGY" -}}
+{{- fail "extraEnv must not set SCHEDULING_STRATEGY: an environment value shadows config.yaml and stops live strategy switching; set the `strategy` value instead" -}}
+{{- end -}}
+{{- end -}}
+{{- $e := .Values.config.election -}}
+{{- if not (lt (float64 $e.renew_deadline) (float64 $e.lease_duration)) -}}
+{{- fail (printf "config.election.renew_deadline (%v) must be less than config.election.lease_duration (%v)" $e.renew_deadline $e.lease_duration) -}}
+{{- end -}}
+{{- if not (lt (float64 $e.retry_period) (float64 $e.renew_deadline)) -}}
+{{- fail (printf "config.election.retry_period (%v) must be less than config.election.renew_deadline (%v)" $e.retry_period $e.renew_deadline) -}}
+{{- end -}}
+{{- if and (not .Values.existingSecret) (not .Values.secrets.amqpUrl) -}}
+{{- fail "secrets.amqpUrl is required unless existingSecret names a Secret holding it" -}}
+{{- end -}}
+{{- if and (not .Values.existingSecret) (not .Values.secrets.databaseUrl) -}}
+{{- fail "secrets.databaseUrl is required unless existingSecret names a Secret holding it" -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,147 @@
+"""RabbitMQ topology and connection helpers, shared by the producer and the worker.
+
+Topology (declared idempotently by both sides at start):
+
+* exchange ``amqp.exchange`` (direct, durable);
+* ``amqp.queue``: durable, ``x-single-active-consumer`` so the broker itself
+  never feeds two consumers at once, classic or quorum; bound with the
+  routing keys ``request`` and ``release`` so a release is ordered after the
+  request it releases;
+* ``<queue>.retry``: requests waiting for room sit here with a per-message
+  TTL (the backoff); when it expires RabbitMQ dead-letters them back to the
+  exchange with routing key ``request``;
+* ``<queue>.dead``: messages that can never be processed, with an
+  ``x-death-reason`` header saying why;
+* ``<queue>.heartbeats``: node heartbeats (routing key ``nodes.heartbeat``),
+  bounded by length and TTL because only the latest ones matter.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+
+from scheduler.config import AmqpConfig, redact_url
+
+ROUTE_REQUEST = "request"
+ROUTE_RELEASE = "release"
+ROUTE_HEARTBEAT = "nodes.heartbeat"
+HEADER_SCHEMA = "x-schema-version"
+HEADER_ATTEMPT = "x-attempt"
+HEADER_DEATH_REASON = "x-death-reason"
+HEADER_FIRST_SEEN = "x-first-seen"
+HEARTBEAT_TTL_MS = 60_000
+HEARTBEAT_MAX_LENGTH = 100_000
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot be reached or refused us; the message names the URL (password hidden)."""
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Names of everything declared on the broker, derived from ``amqp.*``."""
+
+    exchange: str
+    queue: str
+    queue_type: str = "classic"
+
+    @classmethod
+    def from_config(cls, cfg: AmqpConfig) -> Topology:
+        return cls(cfg.exchange, cfg.queue, cfg.queue_type)
+
+    @property
+    def retry_queue(self) -> str:
+        return f"{self.queue}.retry"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.queue}.dead"
+
+    @property
+    def heartbeat_queue(self) -> str:
+        return f"{self.queue}.heartbeats"
+
+    def declare(self, channel: BlockingChannel) -> None:
+        """Declare the whole topology; safe to call from every process, every start."""
+        durable_type = {"x-queue-type": self.queue_type}
+        channel.exchange_declare(self.exchange, exchange_type="direct", durable=True)
+        channel.queue_declare(
+            self.queue, durable=True, arguments={**durable_type, "x-single-active-consumer": True}
+        )
+        channel.queue_bind(self.queue, self.exchange, routing_key=ROUTE_REQUEST)
+        channel.queue_bind(self.queue, self.exchange, routing_key=ROUTE_RELEASE)
+        channel.queue_declare(
+            self.retry_queue,
+            durable=True,
+            arguments={
+                **durable_type,
+                "x-dead-letter-exchange": self.exchange,
+                "x-dead-letter-routing-key": ROUTE_REQUEST,
+            },
+        )
+        channel.queue_declare(self.dead_queue, durable=True, arguments=durable_type)
+        channel.queue_declare(
+            self.heartbeat_queue,
+            durable=True,
+            arguments={
+                "x-single-active-consumer": True,
+                "x-message-ttl": HEARTBEAT_TTL_MS,
+                "x-max-length": HEARTBEAT_MAX_LENGTH,
+            },
+        )
+        channel.queue_bind(self.heartbeat_queue, self.exchange, routing_key=ROUTE_HEARTBEAT)
+
+
+def connection_parameters(url: str, *, heartbeat: int = 30, name: str = "virtflow-scheduler") -> pika.URLParameters:
+    """pika parameters from an ``amqp(s)://`` URL, with sane timeouts and a client name."""
+    params = pika.URLParameters(url)
+    params.heartbeat = heartbeat
+    params.blocked_connection_timeout = 60
+    params.socket_timeout = 5
+    params.stack_timeout = 15
+    params.connection_attempts = 1
+    params.client_properties = {"connection_name": name}
+    if url.startswith("amqps://") and params.ssl_options is None:
+        params.ssl_options = pika.SSLOptions(ssl.create_default_context())
+    return params
+
+
+def connect(url: str, *, heartbeat: int = 30, name: str = "virtflow-scheduler") -> pika.BlockingConnection:
+    """A blocking connection, or :class:`BrokerUnavailable` with a one-line reason."""
+    try:
+        return pika.BlockingConnection(connection_parameters(url, heartbeat=heartbeat, name=name))
+    except pika.exceptions.ProbableAuthenticationError:
+        raise BrokerUnavailable(f"RabbitMQ at {redact_url(url)} refused the credentials") from None
+    except pika.exceptions.ProbableAccessDeniedError:
+        raise BrokerUnavailable(f"RabbitMQ at {redact_url(url)} denied access to the vhost") from None
+    except pika.exceptions.AMQPError as exc:
+        raise BrokerUnavailable(f"cannot connect to RabbitMQ at {redact_url(url)}: {describe_amqp_error(exc)}") from None
+    except OSError as exc:
+        raise BrokerUnavailable(f"cannot connect to RabbitMQ at {redact_url(url)}: {exc}") from None
+
+
+def describe_amqp_error(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, pika.exceptions.AMQPConnectionError) and exc.args:
+        inner = exc.args[0]
+        text = str(inner) if not isinstance(inner, (list, tuple)) else "; ".join(str(x) for x in inner)
+    return text or type(exc).__name__
+
+
+def message_properties(
+    message_id: str, *, headers: dict[str, Any] | None = None, expiration_ms: int | None = None
+) -> pika.BasicProperties:
+    """Persistent JSON message properties with the schema version header."""
+    return pika.BasicProperties(
+        content_type="application/json",
+        content_encoding="utf-8",
+        delivery_mode=pika.DeliveryMode.Persistent,
+        message_id=message_id,
+        headers={HEADER_SCHEMA: 1, **(headers or {})},
+        expiration=str(expiration_ms) if expiration_ms is not None else None,
+    )

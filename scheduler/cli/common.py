@@ -1,0 +1,58 @@
+"""Shared CLI plumbing: the root group, settings loading, one-line errors, JSON lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from scheduler.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from scheduler.store import Store
+
+
+class CliError(Exception):
+    """An expected failure, shown as ``error: <message>`` with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="virtflow-scheduler")
+def cli() -> None:
+    """virtflow-scheduler: place VMs on bare-metal nodes."""
+
+
+def settings_or_exit(**overrides: Any) -> Settings:
+    """Load the configuration or fail with the key that is wrong (exit 2)."""
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        raise CliError(str(exc), exit_code=2) from None
+
+
+def emit_json(obj: Any) -> None:
+    """One JSON object per line on stdout (the ``--json`` contract of DESIGN.md)."""
+    sys.stdout.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")
+
+
+def open_store(settings: Settings, *, migrate: bool = False) -> Store:
+    """The store for ``database.url``; unreachable or unmigrated databases are one-line errors."""
+    from scheduler.store import DatabaseUnavailable, NotMigrated, Store
+
+    try:
+        store = Store.from_url(settings.database.url)
+        if migrate:
+            store.upgrade()
+        else:
+            store.check_schema()
+        return store
+    except DatabaseUnavailable as exc:
+        raise CliError(str(exc)) from None
+    except NotMigrated as exc:
+        raise CliError(str(exc)) from None

@@ -1,0 +1,207 @@
+"""``scheduler submit`` and ``scheduler release``: the producer side.
+
+The producer writes nothing to the database (DESIGN.md); a request exists
+once RabbitMQ has confirmed it. Each line of a batch is validated first:
+bad lines are reported by line number and field and skipped, the good ones
+are still sent, and the exit code says that something was wrong.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from typing import IO, Any
+
+import click
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
+
+from scheduler.broker import ROUTE_REQUEST, BrokerUnavailable, Topology
+from scheduler.cli.common import CliError, cli, emit_json, open_store, settings_or_exit
+from scheduler.config import Settings
+from scheduler.models import MAX_BODY_BYTES, SchedulingRequest, TaskStatus, format_validation_error
+from scheduler.producer.publisher import Outgoing, PublishReport, Publisher
+from scheduler.simulate import parse_trace_line
+
+EXIT_BAD_INPUT = 1
+EXIT_NOT_PUBLISHED = 2
+EXIT_TASK_FAILED = 3
+EXIT_TIMEOUT = 4
+
+
+def _publisher(settings: Settings) -> Publisher:
+    return Publisher(str(settings.amqp.url), Topology.from_config(settings.amqp), heartbeat=settings.amqp.heartbeat)
+
+
+def _read_lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
+    for lineno, line in enumerate(stream, start=1):
+        if line.strip():
+            yield lineno, line
+
+
+def messages_from_file(path: str) -> tuple[list[Outgoing], list[str]]:
+    """Valid requests and releases, and one problem per bad input line (``line N: field: rule``).
+
+    ``{"release": ID}`` lines are accepted too, so a trace written for
+    ``scheduler simulate`` can be replayed against the real service.
+    """
+    good: list[Outgoing] = []
+    problems: list[str] = []
+    try:
+        stream: IO[str] = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise CliError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        for lineno, line in _read_lines(stream):
+            if len(line.encode()) > MAX_BODY_BYTES:
+                problems.append(f"line {lineno}: longer than {MAX_BODY_BYTES} bytes")
+                continue
+            try:
+                item = parse_trace_line(line)
+            except ValueError as exc:
+                problems.append(f"line {lineno}: {exc}")
+                continue
+            if isinstance(item, SchedulingRequest):
+                good.append(Outgoing.request(item))
+            else:
+                good.append(Outgoing.release(item.release))
+    except UnicodeDecodeError:
+        problems.append(f"{path}: not UTF-8 text")
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    return good, problems
+
+
+@cli.command("submit")
+@click.option("--file", "file_", help="JSON lines of requests ('-' = stdin)")
+@click.option("--cpu", type=int, help="vCPUs")
+@click.option("--memory", type=int, help="MiB")
+@click.option("--disk", type=int, default=0, show_default=True, help="GiB")
+@click.option("--pool", default="default", show_default=True)
+@click.option("--dedicated", is_flag=True)
+@click.option("--tag", "tags", multiple=True, help="required node tag (repeatable)")
+@click.option("--task-id", help="default: a new UUID")
+@click.option("--strategy", help="override the configured strategy for this request")
+@click.option("--priority", type=int, default=0, show_default=True)
+@click.option("--anti-affinity", "group", help="anti-affinity group")
+@click.option("--callback-url", help="extra webhook target (must match webhooks.allow)")
+@click.option("--wait", is_flag=True, help="wait until every task is terminal and print the results")
+@click.option("--timeout", type=float, default=120, show_default=True, help="seconds, with --wait")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+def submit_cmd(
+    file_: str | None, cpu: int | None, memory: int | None, disk: int, pool: str, dedicated: bool,
+    tags: tuple[str, ...], task_id: str | None, strategy: str | None, priority: int, group: str | None,
+    callback_url: str | None, wait: bool, timeout: float, as_json: bool,
+) -> None:
+    """Publish scheduling requests (publisher confirms; prints the task ids)."""
+    settings = settings_or_exit()
+    problems: list[str] = []
+    if file_ is not None:
+        if cpu is not None or memory is not None or task_id is not None:
+            raise CliError("give either --file or the request flags, not both", exit_code=EXIT_BAD_INPUT)
+        messages, problems = messages_from_file(file_)
+    else:
+        if cpu is None or memory is None:
+            raise CliError("--cpu and --memory are required (or --file)", exit_code=EXIT_BAD_INPUT)
+        fields: dict[str, Any] = {
+            "requested_cpu": cpu, "requested_memory": memory, "requested_disk": disk, "requested_pool": pool,
+            "dedicated": dedicated, "required_tags": list(tags), "strategy": strategy, "priority": priority,
+            "anti_affinity_group": group, "callback_url": callback_url,
+        }
+        if task_id is not None:
+            fields["task_id"] = task_id
+        try:
+            messages = [Outgoing.request(SchedulingRequest.model_validate(fields))]
+        except ValidationError as exc:
+            raise CliError(format_validation_error(exc), exit_code=EXIT_BAD_INPUT) from None
+    for problem in problems:
+        click.echo(f"skipped: {problem}", err=True)
+    report = _publish(settings, messages)
+    releases = {m.message_id for m in messages if m.routing_key != ROUTE_REQUEST}
+    for tid in report.confirmed:
+        if as_json:
+            emit_json({"task_id": tid, "published": True})
+        else:
+            click.echo(tid)
+    for tid, why in report.failed.items():
+        if as_json:
+            emit_json({"task_id": tid, "published": False, "error": why})
+        click.echo(f"not published: {tid}: {why}", err=True)
+    waitable = [t for t in report.confirmed if t not in releases]
+    if wait and waitable:
+        code = _wait_for(settings, waitable, timeout, as_json)
+        if code:
+            sys.exit(code)
+    if report.failed:
+        sys.exit(EXIT_NOT_PUBLISHED)
+    if problems:
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _publish(settings: Settings, messages: list[Outgoing]) -> PublishReport:
+    publisher = _publisher(settings)
+    try:
+        publisher.declare()
+        show = len(messages) > 1 and sys.stderr.isatty()
+        if not show:
+            return publisher.publish(messages)
+        with Progress(TextColumn("publishing"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                      console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("publish", total=len(messages))
+            return publisher.publish(messages, on_confirm=lambda n: bar.advance(task, n))
+    except BrokerUnavailable as exc:
+        raise CliError(str(exc), exit_code=EXIT_NOT_PUBLISHED) from None
+
+
+def _wait_for(settings: Settings, task_ids: list[str], timeout: float, as_json: bool) -> int:
+    """Poll the database until every task is terminal; print each result once."""
+    store = open_store(settings)
+    pending = set(task_ids)
+    deadline = time.monotonic() + timeout
+    failed = 0
+    delay = 0.05
+    while pending:
+        states = store.task_states(sorted(pending))
+        done = [t for t, s in states.items() if TaskStatus(s).terminal]
+        for record in (store.get_task(t) for t in sorted(done)):
+            if record is None:
+                continue
+            pending.discard(record.task_id)
+            failed += record.status is TaskStatus.FAILED
+            if as_json:
+                emit_json(record.to_json())
+            else:
+                where = record.node or f"{record.reason}: {record.message}"
+                click.echo(f"{record.task_id}\t{record.status}\t{where}")
+        if not pending:
+            break
+        if time.monotonic() >= deadline:
+            click.echo(f"timed out after {timeout}s; still pending: {len(pending)}", err=True)
+            return EXIT_TIMEOUT
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    return EXIT_TASK_FAILED if failed else 0
+
+
+@cli.command("release")
+@click.argument("task_ids", nargs=-1, required=True)
+def release_cmd(task_ids: tuple[str, ...]) -> None:
+    """Give tasks' resources back (the VMs are gone)."""
+    settings = settings_or_exit()
+    from scheduler.models import ReleaseRequest
+
+    for tid in task_ids:
+        try:
+            ReleaseRequest(release=tid)
+        except ValidationError as exc:
+            raise CliError(f"{tid!r}: {format_validation_error(exc)}", exit_code=EXIT_BAD_INPUT) from None
+    report = _publish(settings, [Outgoing.release(t) for t in task_ids])
+    for tid in report.confirmed:
+        click.echo(f"release published: {tid}")
+    for tid, why in report.failed.items():
+        click.echo(f"not published: {tid}: {why}", err=True)
+    if report.failed:
+        sys.exit(EXIT_NOT_PUBLISHED)

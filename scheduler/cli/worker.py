@@ -1,0 +1,56 @@
+"""``scheduler worker``: wire the daemon's parts together and run it.
+
+This is the one place that builds the real collaborators (engine and store,
+elector, HTTP server) from the settings and hands them to
+:class:`~scheduler.worker.daemon.Worker`; nothing below it reaches for a
+global.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import structlog
+
+from scheduler.cli.common import CliError, cli, open_store, settings_or_exit
+from scheduler.config import Settings
+from scheduler.logging import configure_logging
+from scheduler.elector import AlwaysLeader, LeaderElector, LockError, build_elector, resolve_backend
+from scheduler.store import Store
+
+
+@cli.command("worker")
+@click.option("--no-migrate", is_flag=True, help="do not run database migrations at start")
+def worker_cmd(no_migrate: bool) -> None:
+    """Run the daemon: campaign for leadership, consume, decide, commit, ack."""
+    settings = settings_or_exit()
+    configure_logging(settings.logging)
+    store = open_store(settings, migrate=settings.database.migrate_on_start and not no_migrate)
+    code = run_worker(settings, store)
+    sys.exit(code)
+
+
+def build_leadership(settings: Settings, store: Store) -> LeaderElector:
+    """The elector for the configured backend; ``none`` reuses the fence's epoch."""
+    if resolve_backend(settings, os.environ) == "none":
+        # A lone replica continues the epoch the database already has, so a
+        # database once used with real election still accepts its commits.
+        return AlwaysLeader(settings.identity, epoch=max(store.fence_epoch(), 1))
+    try:
+        return build_elector(settings, engine=store.engine)
+    except LockError as exc:
+        raise CliError(f"leader election: {exc}", exit_code=2) from None
+
+
+def run_worker(settings: Settings, store: Store) -> int:
+    from scheduler.worker.daemon import Worker
+
+    log = structlog.get_logger("scheduler.worker")
+    leadership = build_leadership(settings, store)
+    worker = Worker(settings, store, leadership)
+    worker.install_signal_handlers()
+    log.info("worker starting", identity=settings.identity, strategy=settings.strategy,
+             election=leadership.backend)
+    return worker.run()

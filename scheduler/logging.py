@@ -1,0 +1,46 @@
+"""structlog set-up: JSON lines for machines, readable lines for people.
+
+``format: auto`` picks JSON when stderr is not a terminal (containers, CI,
+log shippers) and the console renderer when it is. Standard-library logging
+(pika, SQLAlchemy, uvicorn) goes through the same renderer so a log stream
+has one shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+from scheduler.config import LoggingConfig
+
+
+def configure_logging(cfg: LoggingConfig) -> None:
+    """Configure structlog and the stdlib root logger once, at process start."""
+    level = getattr(logging, cfg.level.upper())
+    as_json = cfg.format == "json" or (cfg.format == "auto" and not sys.stderr.isatty())
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
+        structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer,
+    ]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Libraries are chatty at INFO about things the scheduler already logs.
+    for noisy in ("pika", "sqlalchemy.engine", "alembic", "httpx", "kubernetes", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

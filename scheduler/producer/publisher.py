@@ -1,0 +1,210 @@
+"""Publishing with pipelined publisher confirms and ``mandatory`` routing.
+
+Why not pika's BlockingChannel in confirm mode: it waits for the broker's
+confirm of each message before sending the next, and a persistent message
+is confirmed only once it is on disk, so a batch crawls at one fsync per
+message. Here a window of messages is in flight at once on pika's
+asynchronous ``SelectConnection``; confirms (which the broker may coalesce
+with ``multiple``) release the window. A message counts as sent only when
+confirmed; a ``basic.return`` (unroutable with ``mandatory``) or a
+``basic.nack`` marks it failed, and anything unconfirmed when the connection
+drops is reported failed too, so the caller knows exactly which task ids to
+send again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+from pika.adapters.select_connection import SelectConnection
+from pika.channel import Channel
+from pika.spec import Basic, BasicProperties
+
+from scheduler.broker import (
+    ROUTE_RELEASE,
+    ROUTE_REQUEST,
+    BrokerUnavailable,
+    Topology,
+    connect,
+    connection_parameters,
+    describe_amqp_error,
+    message_properties,
+)
+from scheduler.config import redact_url
+from scheduler.models import ReleaseRequest, SchedulingRequest
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to publish: its id (the task id), routing key and body."""
+
+    message_id: str
+    routing_key: str
+    body: bytes
+
+    @classmethod
+    def request(cls, req: SchedulingRequest) -> Outgoing:
+        return cls(req.task_id, ROUTE_REQUEST, req.model_dump_json(exclude_none=False).encode())
+
+    @classmethod
+    def release(cls, task_id: str) -> Outgoing:
+        return cls(task_id, ROUTE_RELEASE, ReleaseRequest(release=task_id).model_dump_json().encode())
+
+
+@dataclass
+class PublishReport:
+    """What happened to each message: confirmed, or failed with a reason."""
+
+    confirmed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class Publisher:
+    """Publishes batches to the scheduler exchange; one connection per :meth:`publish` call."""
+
+    def __init__(self, url: str, topology: Topology, *, window: int = 1000, heartbeat: int = 30) -> None:
+        self.url = url
+        self.topology = topology
+        self.window = window
+        self.heartbeat = heartbeat
+
+    def declare(self) -> None:
+        """Declare the topology (idempotent), so a message published before any worker started is kept."""
+        conn = connect(self.url, heartbeat=self.heartbeat, name="virtflow-scheduler producer")
+        try:
+            self.topology.declare(conn.channel())
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            raise BrokerUnavailable(f"declaring the topology failed: {exc.reply_text}") from None
+        finally:
+            if conn.is_open:
+                conn.close()
+
+    def publish(
+        self, messages: Iterable[Outgoing], *, on_confirm: Callable[[int], None] | None = None
+    ) -> PublishReport:
+        """Publish everything with confirms; returns which ids were confirmed and which failed."""
+        run = _PipelinedRun(self, iter(messages), on_confirm)
+        return run.execute()
+
+
+class _PipelinedRun:
+    """One publishing session on a SelectConnection; all callbacks run on its I/O loop."""
+
+    def __init__(self, owner: Publisher, messages: Iterator[Outgoing], on_confirm: Callable[[int], None] | None):
+        self.owner = owner
+        self.messages = messages
+        self.on_confirm = on_confirm
+        self.report = PublishReport()
+        self.pending: dict[int, str] = {}  # delivery tag -> message id
+        self.returned: dict[str, str] = {}
+        self.next_tag = 1
+        self.exhausted = False
+        self.channel: Channel | None = None
+        self.error: str | None = None
+        self.conn: SelectConnection | None = None
+
+    def execute(self) -> PublishReport:
+        params = connection_parameters(
+            self.owner.url, heartbeat=self.owner.heartbeat, name="virtflow-scheduler producer"
+        )
+        self.conn = SelectConnection(
+            params,
+            on_open_callback=self._on_open,
+            on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_closed,
+        )
+        self.conn.ioloop.start()
+        if self.error and not self.report.confirmed and not self.pending and not self.report.failed:
+            raise BrokerUnavailable(self.error)
+        for tag in sorted(self.pending):
+            self.report.failed[self.pending[tag]] = self.error or "not confirmed before the connection closed"
+        self.pending.clear()
+        # Whatever was never sent is failed too, so the caller can resend it.
+        if self.error:
+            for msg in self.messages:
+                self.report.failed[msg.message_id] = f"not sent: {self.error}"
+        return self.report
+
+    # -- connection lifecycle
+    def _on_open(self, conn: SelectConnection) -> None:
+        conn.channel(on_open_callback=self._on_channel)
+
+    def _on_open_error(self, conn: SelectConnection, exc: BaseException) -> None:
+        url = redact_url(self.owner.url)
+        if isinstance(exc, pika.exceptions.ProbableAuthenticationError):
+            self.error = f"RabbitMQ at {url} refused the credentials"
+        else:
+            self.error = f"cannot connect to RabbitMQ at {url}: {describe_amqp_error(exc)}"
+        conn.ioloop.stop()
+
+    def _on_closed(self, conn: SelectConnection, reason: BaseException) -> None:
+        if not isinstance(reason, pika.exceptions.ConnectionClosedByClient) and self.error is None:
+            self.error = f"connection lost: {describe_amqp_error(reason)}"
+        conn.ioloop.stop()
+
+    def _on_channel(self, channel: Channel) -> None:
+        self.channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(ack_nack_callback=self._on_delivery, callback=lambda _frame: self._pump())
+
+    def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
+        if self.error is None and not isinstance(reason, pika.exceptions.ChannelClosedByClient):
+            self.error = f"channel closed by the broker: {reason}"
+        if self.conn is not None and self.conn.is_open:
+            self.conn.close()
+
+    # -- publishing
+    def _pump(self) -> None:
+        assert self.channel is not None
+        while not self.exhausted and len(self.pending) < self.owner.window:
+            msg = next(self.messages, None)
+            if msg is None:
+                self.exhausted = True
+                break
+            self.channel.basic_publish(
+                self.owner.topology.exchange,
+                msg.routing_key,
+                msg.body,
+                properties=message_properties(msg.message_id),
+                mandatory=True,
+            )
+            self.pending[self.next_tag] = msg.message_id
+            self.next_tag += 1
+        if self.exhausted and not self.pending:
+            self._finish()
+
+    def _on_return(self, channel: Channel, method: Basic.Return, props: BasicProperties, body: bytes) -> None:
+        # A return always precedes the ack of the same message.
+        self.returned[str(props.message_id)] = f"unroutable ({method.reply_text}): no queue bound for {method.routing_key!r}"
+
+    def _on_delivery(self, frame: Any) -> None:
+        method = frame.method
+        acked = isinstance(method, Basic.Ack)
+        tags = [t for t in self.pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
+        confirmed = 0
+        for tag in tags:
+            message_id = self.pending.pop(tag, None)
+            if message_id is None:
+                continue
+            if not acked:
+                self.report.failed[message_id] = "nacked by the broker"
+            elif message_id in self.returned:
+                self.report.failed[message_id] = self.returned.pop(message_id)
+            else:
+                self.report.confirmed.append(message_id)
+                confirmed += 1
+        if confirmed and self.on_confirm is not None:
+            self.on_confirm(confirmed)
+        self._pump()
+
+    def _finish(self) -> None:
+        if self.conn is not None and self.conn.is_open:
+            self.conn.close()

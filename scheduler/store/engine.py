@@ -1,0 +1,97 @@
+"""Engine construction for SQLite and PostgreSQL from one ``DATABASE_URL``.
+
+Why the SQLite set-up is not SQLAlchemy's default: pysqlite opens transactions
+lazily and as ``DEFERRED``, so two processes can both read a row and then both
+try to write it; and its default journal blocks readers during writes. We
+switch to WAL (readers never block the writer), turn foreign keys on, wait for
+the lock instead of failing at once (busy timeout), and start every
+transaction with ``BEGIN IMMEDIATE`` so a writer takes the write lock before
+it reads what it is about to change. That gives SQLite the same
+read-then-conditional-write safety that ``SELECT ... FOR UPDATE`` gives on
+PostgreSQL, which the fence and the database lease rely on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
+
+from scheduler.config import redact_url
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY_OPTION = "scheduler_read_only"
+"""Execution option: on SQLite, begin with a deferred ``BEGIN`` instead of ``BEGIN IMMEDIATE``."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached; the message names the URL, password hidden."""
+
+
+def normalise_url(url: str) -> URL:
+    """``postgresql://`` -> psycopg 3; ``postgres://`` accepted as Heroku-style alias."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif backend != "sqlite":
+        raise ValueError(f"unsupported database {backend!r}: use sqlite:// or postgresql://")
+    return parsed
+
+
+def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
+    """An engine configured for this service's access pattern on either backend."""
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, echo=echo)
+    return create_engine(
+        parsed,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 5, "application_name": "virtflow-scheduler"},
+    )
+
+
+def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
+    memory = url.database in (None, "", ":memory:")
+    kwargs: dict[str, Any] = {"echo": echo}
+    if not memory:
+        # One connection per checkout: SQLite connections are cheap, and a
+        # pooled connection kept across fork()s or threads causes more
+        # trouble than it saves.
+        kwargs["poolclass"] = NullPool
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control away from pysqlite so BEGIN IMMEDIATE works.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # A reader may ask for a plain (deferred) transaction: a WAL snapshot
+        # that never takes the write lock, so long reads (loading the fleet,
+        # listing tasks) do not stall the committer.
+        if conn.get_execution_options().get(READ_ONLY_OPTION):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def describe_url(url: str) -> str:
+    """The URL with the password hidden, for messages."""
+    return redact_url(url)

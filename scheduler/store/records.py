@@ -1,0 +1,168 @@
+"""Plain values that go in and out of the store: commit items, results and task records.
+
+Why frozen dataclasses and not ORM objects: the worker builds hundreds of
+these per commit and the store turns them into executemany parameter lists;
+plain slotted dataclasses cost a fraction of an ORM identity map, and being
+immutable they can be handed between the consumer thread and the committer
+without copying.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from scheduler.fleet import Allocation
+from scheduler.models import Reason, SchedulingRequest, TaskStatus
+
+# ------------------------------------------------------------------ commit items
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A request placed on ``node``: task -> ``scheduled``, one allocation, one ``task.scheduled`` event."""
+
+    request: SchedulingRequest
+    node: str
+    node_ip: str
+    strategy: str
+    message: str
+    attempts: int
+
+    @property
+    def task_id(self) -> str:
+        return self.request.task_id
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A request that will never be placed: task -> ``failed``, one ``task.failed`` event.
+
+    ``request_json`` is the request as received (it may not validate: that is
+    often why it failed), or None when only the task id could be read.
+    """
+
+    task_id: str
+    request_json: str | None
+    reason: Reason
+    message: str
+    strategy: str | None
+    attempts: int
+    callback_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A request that fits nowhere yet and will be retried: task -> ``waiting``, no event."""
+
+    request: SchedulingRequest
+    message: str
+    attempts: int
+    strategy: str
+
+    @property
+    def task_id(self) -> str:
+        return self.request.task_id
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """The VM is gone: a ``scheduled`` task -> ``released``, its allocation ends, one event."""
+
+    task_id: str
+
+
+CommitItem = Placement | Failure | Waiting | Release
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """What one :meth:`Store.commit` did.
+
+    ``applied``: task ids whose row changed, in batch order (a task appears
+    once even if several items touched it). ``duplicates``: placements,
+    failures or waits for tasks that were already terminal, so nothing
+    changed (redeliveries). ``ignored``: releases of tasks that were not
+    ``scheduled``. ``released``: the allocations that ended, so the caller
+    can give the capacity back in its in-memory fleet. ``event_ids``: the
+    outbox events written.
+    """
+
+    applied: tuple[str, ...] = ()
+    duplicates: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+    released: tuple[Allocation, ...] = ()
+    event_ids: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------- queries
+
+
+@dataclass(frozen=True, slots=True)
+class ImportCounts:
+    """The outcome of a node import; ``revision`` is the inventory revision after it."""
+
+    created: int
+    updated: int
+    unchanged: int
+    revision: int
+
+    @property
+    def total(self) -> int:
+        return self.created + self.updated + self.unchanged
+
+
+@dataclass(frozen=True, slots=True)
+class NodeUsage:
+    """What the active allocations on one node add up to."""
+
+    cpu: int = 0
+    memory: int = 0
+    disk: int = 0
+    vms: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"cpu": self.cpu, "memory": self.memory, "disk": self.disk, "vms": self.vms}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """One task row as the CLI and the HTTP API show it.
+
+    ``request`` is the stored request; None when the task failed before a
+    request object could be read (only its id was).
+    """
+
+    task_id: str
+    status: TaskStatus
+    node: str | None
+    node_ip: str | None
+    reason: Reason | None
+    message: str | None
+    attempts: int
+    strategy: str | None
+    request: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``scheduler tasks --json`` line of DESIGN.md."""
+        return {
+            "task_id": self.task_id,
+            "status": self.status.value,
+            "node": self.node,
+            "reason": self.reason.value if self.reason else None,
+            "message": self.message,
+            "attempts": self.attempts,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+    def to_detail_json(self) -> dict[str, Any]:
+        """:meth:`to_json` plus the node's IP, the strategy and the request (``scheduler status --json``)."""
+        out = self.to_json()
+        out["node_ip"] = self.node_ip
+        out["strategy"] = self.strategy
+        out["request"] = self.request
+        return out

@@ -1,0 +1,54 @@
+"""What a strategy is: given the nodes that passed the filters, pick one.
+
+Filtering (can this node take the VM at all?) is shared by every strategy and
+lives in :mod:`scheduler.strategies.filters`; a strategy only ranks the
+survivors, like a kube-scheduler score plugin or a Nova weigher. Scoring
+strategies return one score per node of the pool slice (lower is better);
+the base class masks out infeasible nodes and takes the first minimum, which
+is the lowest node name because the fleet is sorted by name within a pool.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+
+from scheduler.fleet import BoolArray, FleetView, FloatArray
+from scheduler.models import SchedulingRequest
+
+
+class Strategy(ABC):
+    """Chooses one node among the feasible nodes of a pool slice."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    @abstractmethod
+    def choose(self, fleet: FleetView, start: int, stop: int, feasible: BoolArray, req: SchedulingRequest) -> int:
+        """Absolute index of the chosen node; ``feasible`` (length stop-start) has at least one True."""
+
+
+class ScoringStrategy(Strategy):
+    """A strategy defined by a vectorised score over the pool slice: lowest score wins."""
+
+    @abstractmethod
+    def score(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
+        """One score per node in ``[start:stop]``; only feasible nodes' scores are looked at."""
+
+    def choose(self, fleet: FleetView, start: int, stop: int, feasible: BoolArray, req: SchedulingRequest) -> int:
+        scores = self.score(fleet, start, stop, req)
+        masked = np.where(feasible, scores, np.inf)
+        return start + int(np.argmin(masked))
+
+
+def utilization_after(fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> tuple[
+    FloatArray, FloatArray, FloatArray
+]:
+    """Fraction of cpu, memory and disk in use on each node if ``req`` were placed there."""
+    sl = slice(start, stop)
+    cpu = (fleet.cap_cpu[sl] - fleet.free_cpu[sl] + req.requested_cpu) * fleet.inv_cpu[sl]
+    mem = (fleet.cap_mem[sl] - fleet.free_mem[sl] + req.requested_memory) * fleet.inv_mem[sl]
+    disk = (fleet.cap_disk[sl] - fleet.free_disk[sl] + req.requested_disk) * fleet.inv_disk[sl]
+    return cpu, mem, disk

@@ -1,0 +1,88 @@
+"""The placer: filter, then let the chosen strategy pick; no I/O, no clock of its own.
+
+It owns the strategy instances (built once per name through the factory, so
+``round_robin``'s cursor and ``random``'s generator persist across decisions)
+and the configured default, which can be switched at run time
+(:meth:`Placer.switch`) when the operator edits the ConfigMap.
+"""
+
+from __future__ import annotations
+
+import time
+
+from scheduler.fleet import FleetView
+from scheduler.models import Decision, Reason, SchedulingRequest
+from scheduler.strategies.base import Strategy
+from scheduler.strategies.filters import feasible_nodes
+from scheduler.strategies.registry import STRATEGY_NAMES, UnknownStrategy, get_strategy
+
+
+class Placer:
+    """Decides where each request goes; pure apart from the strategies' own state."""
+
+    def __init__(
+        self,
+        default: str = "least_loaded",
+        *,
+        weights: tuple[float, float, float] = (0.4, 0.4, 0.2),
+        seed: int = 0,
+        dedicated_exclusive: bool = True,
+    ) -> None:
+        self.weights = weights
+        self.seed = seed
+        self.dedicated_exclusive = dedicated_exclusive
+        self._instances: dict[str, Strategy] = {}
+        self.default = default
+        self.strategy(default)  # fail now, at start-up, on an unknown name
+
+    def strategy(self, name: str) -> Strategy:
+        found = self._instances.get(name)
+        if found is None:
+            found = get_strategy(name, weights=self.weights, seed=self.seed)
+            self._instances[name] = found
+        return found
+
+    def switch(self, name: str) -> None:
+        """Make ``name`` the default strategy; raises UnknownStrategy and keeps the old one."""
+        self.strategy(name)
+        self.default = name
+
+    def decide(self, fleet: FleetView, req: SchedulingRequest, *, now: float | None = None) -> Decision:
+        """Where ``req`` should go on ``fleet`` now (nothing is reserved: see :meth:`place`)."""
+        name = req.strategy or self.default
+        try:
+            strategy = self.strategy(name)
+        except UnknownStrategy as exc:
+            return Decision(
+                task_id=req.task_id, strategy=name, reason=Reason.UNKNOWN_STRATEGY, message=str(exc),
+                total=fleet.size,
+            )
+        feas = feasible_nodes(
+            fleet, req, now=time.monotonic() if now is None else now, exclusive=self.dedicated_exclusive
+        )
+        if feas.count == 0:
+            reason = feas.failure_reason()
+            message = feas.explain()
+            if reason is Reason.UNKNOWN_POOL:
+                known = ", ".join(sorted(fleet.pools)) or "none"
+                message = f"unknown pool {req.requested_pool!r} (known: {known}); {message}"
+            return Decision(
+                task_id=req.task_id, strategy=name, reason=reason, message=message,
+                rejections=feas.rejections, total=feas.total,
+            )
+        index = strategy.choose(fleet, feas.start, feas.stop, feas.feasible_mask(), req)
+        return Decision(
+            task_id=req.task_id, strategy=name, node=fleet.names[index], node_index=index,
+            message=f"{fleet.names[index]} by {name}; {feas.explain()}", rejections=feas.rejections,
+            candidates=feas.count, total=feas.total,
+        )
+
+    def place(self, fleet: FleetView, req: SchedulingRequest, *, now: float | None = None) -> Decision:
+        """Decide and, when a node was found, reserve it in ``fleet``."""
+        decision = self.decide(fleet, req, now=now)
+        if decision.node_index is not None:
+            fleet.reserve(decision.node_index, req)
+        return decision
+
+
+__all__ = ["STRATEGY_NAMES", "Placer", "UnknownStrategy"]

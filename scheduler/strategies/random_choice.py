@@ -1,0 +1,27 @@
+"""random: a uniformly random feasible node, from a seeded generator.
+
+Seeded (``random_seed`` in config, ``--seed`` in simulate) so that a placement
+sequence can be replayed exactly: randomness for spreading, not for surprises.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from scheduler.fleet import BoolArray, FleetView
+from scheduler.models import SchedulingRequest
+from scheduler.strategies.base import Strategy
+
+
+class RandomChoice(Strategy):
+    name: ClassVar[str] = "random"
+    description: ClassVar[str] = "a uniformly random feasible node (seeded, reproducible)"
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def choose(self, fleet: FleetView, start: int, stop: int, feasible: BoolArray, req: SchedulingRequest) -> int:
+        candidates = np.flatnonzero(feasible)
+        return start + int(candidates[int(self._rng.integers(len(candidates)))])

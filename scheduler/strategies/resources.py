@@ -1,0 +1,49 @@
+"""cpu, memory and hybrid: the node with the most free resources after placement.
+
+``cpu`` and ``memory`` look at one resource in absolute units (the node with
+the most free vCPUs, or MiB); ``hybrid`` weighs the free fraction of every
+resource (weights from ``strategy_weights``), so big and small nodes compare
+fairly.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from scheduler.fleet import FleetView, FloatArray
+from scheduler.models import SchedulingRequest
+from scheduler.strategies.base import ScoringStrategy, utilization_after
+
+
+class MostFreeCpu(ScoringStrategy):
+    name: ClassVar[str] = "cpu"
+    description: ClassVar[str] = "most free vCPUs after placement"
+
+    def score(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
+        return np.negative(fleet.free_cpu[start:stop], dtype=np.float64)
+
+
+class MostFreeMemory(ScoringStrategy):
+    name: ClassVar[str] = "memory"
+    description: ClassVar[str] = "most free memory after placement"
+
+    def score(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
+        return np.negative(fleet.free_mem[start:stop], dtype=np.float64)
+
+
+class Hybrid(ScoringStrategy):
+    name: ClassVar[str] = "hybrid"
+    description: ClassVar[str] = "most weighted free fraction of cpu, memory and disk (weights in config)"
+
+    def __init__(self, cpu: float = 0.4, memory: float = 0.4, disk: float = 0.2) -> None:
+        self.weights = (cpu, memory, disk)
+
+    def score(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
+        cpu, mem, disk = utilization_after(fleet, start, stop, req)
+        wc, wm, wd = self.weights
+        # free fraction = 1 - utilization; maximizing it is minimizing utilization's
+        # negation, written as the free fraction to say what the strategy means.
+        free: FloatArray = wc * (1.0 - cpu) + wm * (1.0 - mem) + wd * (1.0 - disk)
+        return np.negative(free)

@@ -1,0 +1,211 @@
+"""Turning a group of delivered messages into decisions, with an undo for the fleet.
+
+This is the worker's core step, kept free of I/O so it can be tested without
+a broker or a database: decode and validate every message, apply releases,
+place requests (higher ``priority`` first), and produce (a) the items for one
+store transaction, (b) the messages to dead-letter and to send back through
+the retry queue, and (c) an undo that puts the in-memory fleet back exactly
+as it was if the transaction fails. Nothing here acknowledges anything; the
+daemon acks only after the commit (DESIGN.md invariant 3).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.broker import HEADER_ATTEMPT
+from scheduler.fleet import Allocation, FleetView
+from scheduler.models import (
+    BadMessage,
+    Decision,
+    Reason,
+    ReleaseRequest,
+    SchedulingRequest,
+    parse_message,
+)
+from scheduler.store import CommitItem, Failure, Placement, Release, Waiting
+from scheduler.strategies import Placer
+from scheduler.webhooks.policy import callback_refusal
+
+RETRYABLE = frozenset({Reason.INSUFFICIENT_RESOURCES, Reason.NO_ONLINE_NODES})
+MAX_STORED_BODY = 4096
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One delivered message, as the daemon's consumer callback captured it."""
+
+    delivery_tag: int
+    body: bytes
+    headers: dict[str, Any]
+    redelivered: bool = False
+    received: float = 0.0
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    """A request to send back through ``<queue>.retry`` after the commit."""
+
+    message: Incoming
+    request: SchedulingRequest
+    attempt: int
+    delay_ms: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    message: Incoming
+    reason: str
+
+
+@dataclass
+class GroupPlan:
+    """Everything one group of messages turns into."""
+
+    items: list[CommitItem] = field(default_factory=list)
+    retries: list[RetryLater] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    deferred: list[Incoming] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    placed: dict[str, SchedulingRequest] = field(default_factory=dict)
+    _undo: list[Callable[[], None]] = field(default_factory=list)
+
+    def undo(self, fleet: FleetView) -> None:
+        """Put the fleet back as it was before :func:`plan_group` (most recent change first)."""
+        for step in reversed(self._undo):
+            step()
+        self._undo.clear()
+
+    def forget(self, fleet: FleetView, task_ids: list[str]) -> None:
+        """Drop reservations the store refused as duplicates (the task already had an outcome)."""
+        for task_id in task_ids:
+            if task_id in self.placed:
+                fleet.release(task_id)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    initial_backoff: float = 1.0
+    max_backoff: float = 60.0
+
+    def delay_ms(self, attempt: int, rng: random.Random) -> int:
+        """Exponential backoff with +-10% jitter, so a wave of waiting requests spreads out."""
+        base = min(self.initial_backoff * 2 ** max(attempt - 1, 0), self.max_backoff)
+        return max(1, int(base * 1000 * rng.uniform(0.9, 1.1)))
+
+
+def attempt_of(headers: dict[str, Any]) -> int:
+    value = headers.get(HEADER_ATTEMPT, 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
+
+
+def plan_group(
+    messages: list[Incoming],
+    fleet: FleetView,
+    placer: Placer,
+    *,
+    now: float,
+    retry: RetryPolicy,
+    callback_allow: list[str],
+    rng: random.Random,
+) -> GroupPlan:
+    """Decide a whole group in memory; see the module docstring for what comes out."""
+    plan = GroupPlan()
+    releases: list[tuple[ReleaseRequest, Incoming]] = []
+    requests: list[tuple[SchedulingRequest, Incoming]] = []
+    for msg in messages:
+        try:
+            parsed = parse_message(msg.body)
+        except BadMessage as bad:
+            if bad.task_id is None:
+                plan.dead.append(DeadLetter(msg, f"{bad.reason}: {bad.message}"))
+            else:
+                plan.items.append(Failure(
+                    task_id=bad.task_id, request_json=_stored_body(msg.body), reason=bad.reason,
+                    message=bad.message, strategy=None, attempts=attempt_of(msg.headers), callback_url=None,
+                ))
+            continue
+        if isinstance(parsed, ReleaseRequest):
+            releases.append((parsed, msg))
+        else:
+            requests.append((parsed, msg))
+
+    requested_here = {req.task_id for req, _ in requests}
+    for rel, msg in releases:
+        if rel.release in requested_here:
+            # Its request is in this very group and not committed yet: releasing
+            # now would be ignored. Hand it back to the queue for the next group.
+            plan.deferred.append(msg)
+            continue
+        alloc = fleet.release(rel.release)
+        if alloc is not None:
+            plan._undo.append(_restore(fleet, alloc))
+        plan.items.append(Release(task_id=rel.release))
+
+    seen: set[str] = set()
+    # Higher priority first; the sort is stable, so arrival order breaks ties.
+    for req, msg in sorted(requests, key=lambda pair: -pair[0].priority):
+        if req.task_id in seen or fleet.allocation(req.task_id) is not None:
+            plan.duplicates.append(req.task_id)
+            continue
+        seen.add(req.task_id)
+        attempt = attempt_of(msg.headers)
+        if req.callback_url is not None:
+            refusal = callback_refusal(req.callback_url, callback_allow)
+            if refusal is not None:
+                plan.items.append(Failure(
+                    task_id=req.task_id, request_json=req.model_dump_json(), reason=Reason.INVALID_REQUEST,
+                    message=refusal, strategy=req.strategy, attempts=attempt, callback_url=None,
+                ))
+                continue
+        decision = placer.decide(fleet, req, now=now)
+        plan.decisions.append(decision)
+        if decision.node_index is not None:
+            fleet.reserve(decision.node_index, req)
+            plan.placed[req.task_id] = req
+            plan._undo.append(_unreserve(fleet, req.task_id))
+            plan.items.append(Placement(
+                request=req, node=decision.node or "", node_ip=fleet.ips[decision.node_index],
+                strategy=decision.strategy, message=decision.message, attempts=attempt,
+            ))
+        elif decision.reason in RETRYABLE and attempt < retry.max_attempts:
+            delay = retry.delay_ms(attempt, rng)
+            plan.items.append(Waiting(
+                request=req, message=f"attempt {attempt}/{retry.max_attempts}, retrying in "
+                f"{delay / 1000:.1f}s: {decision.message}", attempts=attempt, strategy=decision.strategy,
+            ))
+            plan.retries.append(RetryLater(msg, req, attempt + 1, delay))
+        else:
+            assert decision.reason is not None
+            message = decision.message
+            if decision.reason in RETRYABLE:
+                message = f"gave up after {attempt} attempts: {message}"
+            plan.items.append(Failure(
+                task_id=req.task_id, request_json=req.model_dump_json(), reason=decision.reason,
+                message=message, strategy=decision.strategy, attempts=attempt, callback_url=req.callback_url,
+            ))
+    return plan
+
+
+def _restore(fleet: FleetView, alloc: Allocation) -> Callable[[], None]:
+    return lambda: fleet.restore(alloc)
+
+
+def _unreserve(fleet: FleetView, task_id: str) -> Callable[[], None]:
+    return lambda: None if fleet.release(task_id) is None else None
+
+
+def _stored_body(body: bytes) -> str:
+    """What to keep of an invalid body for the task record: JSON text, bounded in size."""
+    text = body[:MAX_STORED_BODY].decode("utf-8", errors="replace")
+    try:
+        json.loads(text)
+        return text
+    except ValueError:
+        return json.dumps({"invalid_body": text})

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The first README command: the real pipeline on embedded defaults.
+# SQLite (./scheduler.db), the database lease, the local RabbitMQ; imports the
+# sample fleet, starts a worker, submits the sample requests, waits for the
+# placements, shows them, and stops the worker gracefully.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+S=.venv/bin/scheduler
+mkdir -p .demo
+scripts/ensure-services.sh
+export HTTP_PORT="${HTTP_PORT:-8080}"
+
+echo "== migrating the database and importing examples/fleet.yaml"
+$S db upgrade
+$S nodes import examples/fleet.yaml
+
+echo "== starting a worker (log: .demo/worker.log)"
+$S worker >.demo/worker.log 2>&1 &
+worker=$!
+trap 'kill -TERM $worker 2>/dev/null; wait $worker 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  if $S leader --json 2>/dev/null | grep -q '"leading": *true'; then break; fi
+  if ! kill -0 $worker 2>/dev/null; then echo "worker exited:"; cat .demo/worker.log; exit 1; fi
+  sleep 0.2
+done
+
+echo "== submitting examples/requests.jsonl and waiting for the outcomes"
+$S submit --file examples/requests.jsonl --wait --timeout 60 || true
+
+echo "== tasks"
+$S tasks
+echo "== nodes"
+$S nodes list
+echo "== dashboard and API while it runs: http://127.0.0.1:${HTTP_PORT}/ (stopping the worker now)"
