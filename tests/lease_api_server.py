@@ -651,7 +651,9 @@ class LeaseApiServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> LeaseApiServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="lease-api", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="lease-api", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -1075,6 +1077,7 @@ def _json(body: bytes) -> Any:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real server; the client pools connections
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
     server_version = "lease-api-fake"
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: the request log is in .requests
@@ -1147,7 +1150,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(payload)))
             self.send_header("Audit-Id", str(uuid.uuid4()))
             for warning in warnings:
-                self.send_header("Warning", f'299 - "{warning}"')
+                quoted = warning.replace("\\", "\\\\").replace('"', '\\"')
+                self.send_header("Warning", f'299 - "{quoted}"')
             self.end_headers()
             self.wfile.write(payload)
         except OSError:  # the client gave up (timeout) before the answer

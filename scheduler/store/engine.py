@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 from scheduler.config import redact_url
 
@@ -61,11 +61,15 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
     memory = url.database in (None, "", ":memory:")
     kwargs: dict[str, Any] = {"echo": echo}
     if not memory:
-        # One connection per checkout: SQLite connections are cheap, and a
-        # pooled connection kept across fork()s or threads causes more
-        # trouble than it saves.
-        kwargs["poolclass"] = NullPool
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs)
+        # Pooled, not one connection per transaction: closing the last
+        # connection to a WAL database checkpoints it, which made every commit
+        # pay for a checkpoint. Connections are checked for liveness and
+        # never shared between threads at once (check_same_thread is off
+        # because the pool, not the thread, owns them).
+        kwargs.update(poolclass=QueuePool, pool_size=5, max_overflow=10, pool_pre_ping=False)
+    engine = create_engine(
+        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}, **kwargs
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

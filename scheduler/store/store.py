@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, bindparam, cast, func, select, update
+from sqlalchemy import Connection, Engine, and_, func, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.sql.dml import Insert
@@ -39,19 +37,20 @@ from sqlalchemy.sql.dml import Insert
 from scheduler.fleet import Allocation, FleetView
 from scheduler.models import Node, Reason, SchedulingRequest, TaskStatus
 from scheduler.store import migrate
+from scheduler.store.bulk import writer_for
+from scheduler.store.commit import (
+    ALLOCATION_COLUMNS,
+    OUTBOX_COLUMNS,
+    TASK_COLUMNS,
+    TASK_UPDATE_COLUMNS,
+    TaskState,
+    compact_json,
+    plan_batch,
+    releasable,
+)
 from scheduler.store.engine import READ_ONLY_OPTION, make_engine
 from scheduler.store.errors import FencedOut, UnknownNode, connect
-from scheduler.store.records import (
-    CommitItem,
-    CommitResult,
-    Failure,
-    ImportCounts,
-    NodeUsage,
-    Placement,
-    Release,
-    TaskRecord,
-    Waiting,
-)
+from scheduler.store.records import CommitItem, CommitResult, ImportCounts, NodeUsage, TaskRecord
 from scheduler.store.schema import (
     FENCE_ROW,
     INVENTORY_REVISION,
@@ -63,45 +62,16 @@ from scheduler.store.schema import (
     tasks,
 )
 
-TERMINAL = frozenset({TaskStatus.SCHEDULED, TaskStatus.FAILED, TaskStatus.RELEASED})
-_TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
-
 # Ids per IN (...) list: far below SQLite's 32,766 and PostgreSQL's 65,535
 # bind-parameter limits, large enough that a 1,000-item batch is one query.
 _IN_CHUNK = 2000
 _FLEET_PARTITION = 20_000
 
 _NODE_COLUMNS = (
-    nodes.c.name,
-    nodes.c.ip,
-    nodes.c.pool,
-    nodes.c.dedicated,
-    nodes.c.cpu,
-    nodes.c.memory,
-    nodes.c.disk,
-    nodes.c.max_vms,
-    nodes.c.tags,
-    nodes.c.zone,
-    nodes.c.cordoned,
-)
+    nodes.c.name, nodes.c.ip, nodes.c.pool, nodes.c.dedicated, nodes.c.cpu, nodes.c.memory,
+    nodes.c.disk, nodes.c.max_vms, nodes.c.tags, nodes.c.zone, nodes.c.cordoned,
+)  # fmt: skip
 _NODE_FIELDS = ("ip", "pool", "dedicated", "cpu", "memory", "disk", "max_vms", "tags", "zone", "cordoned")
-_TASK_UPDATE_COLUMNS = (
-    "request",
-    "status",
-    "node",
-    "reason",
-    "message",
-    "attempts",
-    "strategy",
-    "priority",
-    "epoch",
-    "updated_at",
-)
-_EVENT_TYPES = {
-    TaskStatus.SCHEDULED: "task.scheduled",
-    TaskStatus.FAILED: "task.failed",
-    TaskStatus.RELEASED: "task.released",
-}
 
 
 def _now() -> datetime:
@@ -113,31 +83,9 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _compact(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
 def _chunks(seq: Sequence[str], size: int = _IN_CHUNK) -> Iterator[Sequence[str]]:
     for start in range(0, len(seq), size):
         yield seq[start : start + size]
-
-
-@dataclass(slots=True)
-class _TaskState:
-    """A task's row as the commit batch evolves it, item by item."""
-
-    status: TaskStatus | None
-    request_text: str | None
-    request: dict[str, Any] | None
-    node: str | None = None
-    node_ip: str | None = None
-    reason: str | None = None
-    message: str | None = None
-    attempts: int = 0
-    strategy: str | None = None
-    priority: int = 0
-    created_at: datetime | None = None
-    dirty: bool = False
 
 
 class Store:
@@ -146,7 +94,7 @@ class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._dialect = engine.dialect.name
-        self._pg_bulk_cache: dict[tuple[Any, ...], Any] = {}
+        self._writer = writer_for(engine.dialect)
         if self._dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"unsupported database dialect {self._dialect!r}")
 
@@ -186,50 +134,6 @@ class Store:
         return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
             index_elements=[key], set_={c: stmt.excluded[c] for c in update_columns}
         )
-
-    def _bulk(
-        self,
-        conn: Connection,
-        table: Table,
-        rows: list[dict[str, Any]],
-        *,
-        upsert_key: str | None = None,
-        update_columns: Sequence[str] = (),
-    ) -> None:
-        """Insert (or upsert on ``upsert_key``) ``rows``, all with the same keys, in one round trip.
-
-        SQLite: ``cursor.executemany`` over one prepared statement is a C loop
-        in-process; nothing is faster. PostgreSQL: psycopg's executemany is
-        one statement per row (pipelined, still ~80 µs a row), and a
-        multi-row VALUES list is worse (psycopg re-parses a 10,000-parameter
-        query every time). So each column travels as one array parameter and
-        the server expands them: ``INSERT ... SELECT * FROM unnest($1::t1[],
-        $2::t2[], ...)``, one statement and one network round trip per batch.
-        """
-        if not rows:
-            return
-        columns = list(rows[0])
-        if self._dialect != "postgresql":
-            stmt: Insert = sqlite_dialect.insert(table)
-            if upsert_key is not None:
-                stmt = stmt.on_conflict_do_update(  # type: ignore[attr-defined]
-                    index_elements=[upsert_key], set_={c: stmt.excluded[c] for c in update_columns}  # type: ignore[attr-defined]
-                )
-            conn.execute(stmt, rows)
-            return
-        key = (table.name, tuple(columns), upsert_key, tuple(update_columns))
-        stmt = self._pg_bulk_cache.get(key)  # type: ignore[assignment]
-        if stmt is None:
-            arrays = func.unnest(
-                *[cast(bindparam(f"a_{c}"), pg_dialect.ARRAY(table.c[c].type)) for c in columns]
-            ).table_valued(*columns).render_derived()
-            pg_stmt = pg_dialect.insert(table).from_select(columns, select(*[arrays.c[c] for c in columns]))
-            if upsert_key is not None:
-                pg_stmt = pg_stmt.on_conflict_do_update(
-                    index_elements=[upsert_key], set_={c: pg_stmt.excluded[c] for c in update_columns}
-                )
-            stmt = self._pg_bulk_cache[key] = pg_stmt
-        conn.execute(stmt, {f"a_{c}": [r[c] for r in rows] for c in columns})
 
     # ------------------------------------------------------------ schema
     def upgrade(self) -> str:
@@ -419,17 +323,19 @@ class Store:
 
     # ------------------------------------------------------------ commit
     def commit(self, items: Sequence[CommitItem], epoch: int) -> CommitResult:
-        """Record a batch of decisions atomically, fenced by ``epoch``.
+        """Record a batch of decisions atomically, fenced by ``epoch``: the worker's hot path.
 
-        In one transaction: lock the fence and refuse the whole batch
+        In one transaction: lock the fence row and refuse the whole batch
         (:class:`FencedOut`, nothing written) if a newer epoch is stored;
-        read the current status of every task in the batch; apply the items
-        in order (a decision for a task already terminal is a duplicate, a
-        release of a task that is not ``scheduled`` is ignored); then write
-        task upserts, allocation inserts and releases, and one outbox event
-        per terminal status change, each as a single executemany.
+        read the current state of every task in the batch; apply the items
+        in order (see :mod:`scheduler.store.commit` for the rules: duplicates
+        and ignored releases change nothing and are reported); then write
+        the task rows, the new allocations, the ended allocations and one
+        outbox event per terminal status change, each table in one bulk
+        operation.
         """
         now = _now()
+        writer = self._writer
         ids = list(dict.fromkeys(item.task_id for item in items))
         with self._write() as conn:
             stored = self._lock_fence(conn)
@@ -438,148 +344,33 @@ class Store:
             if not items:
                 return CommitResult()
             states = self._read_states(conn, ids)
-            release_ids = [
-                item.task_id
-                for item in items
-                if isinstance(item, Release)
-                and (s := states.get(item.task_id))
-                and s.status is TaskStatus.SCHEDULED
-            ]
-            active = self._active_allocations(conn, release_ids) if release_ids else {}
+            to_release = releasable(items, states)
+            active = self._active_allocations(conn, to_release) if to_release else {}
+            stamp = writer.timestamp(now)
+            plan = plan_batch(items, states, active, epoch=epoch, now=now, stamp=stamp)
+            writer.upsert(conn, tasks, TASK_COLUMNS, plan.task_rows, "task_id", TASK_UPDATE_COLUMNS)
+            writer.insert(conn, allocations, ALLOCATION_COLUMNS, plan.allocation_rows)
+            for chunk in _chunks(plan.release_in_db):
+                conn.execute(
+                    update(allocations)
+                    .where(and_(allocations.c.task_id.in_(chunk), allocations.c.released_at.is_(None)))
+                    .values(released_at=now)
+                )
+            writer.insert(conn, outbox, OUTBOX_COLUMNS, plan.outbox_rows)
+        return plan.result
 
-            applied: dict[str, None] = {}
-            duplicates: list[str] = []
-            ignored: list[str] = []
-            released: list[Allocation] = []
-            new_allocs: dict[str, dict[str, Any]] = {}
-            release_in_db: list[str] = []
-            events: list[dict[str, Any]] = []
-            stamp = now.isoformat().replace("+00:00", "Z")
-
-            for item in items:
-                tid = item.task_id
-                state = states.get(tid)
-                if isinstance(item, Release):
-                    if state is None or state.status is not TaskStatus.SCHEDULED:
-                        ignored.append(tid)
-                        continue
-                    pending = new_allocs.get(tid)
-                    if pending is not None and pending["released_at"] is None:
-                        pending["released_at"] = now
-                        released.append(_alloc_from_row(pending))
-                    elif tid in active:
-                        release_in_db.append(tid)
-                        released.append(active.pop(tid))
-                    state.status = TaskStatus.RELEASED
-                    state.reason = None
-                    state.message = "released"
-                elif state is not None and state.status in TERMINAL:
-                    duplicates.append(tid)
-                    continue
-                elif isinstance(item, Placement):
-                    state = self._state_for(states, tid, state, item.request)
-                    state.status = TaskStatus.SCHEDULED
-                    state.node = item.node
-                    state.node_ip = item.node_ip
-                    state.reason = None
-                    state.message = item.message
-                    state.attempts = item.attempts
-                    state.strategy = item.strategy
-                    req = item.request
-                    new_allocs[tid] = {
-                        "task_id": tid,
-                        "node": item.node,
-                        "cpu": req.requested_cpu,
-                        "memory": req.requested_memory,
-                        "disk": req.requested_disk,
-                        "anti_affinity_group": req.anti_affinity_group,
-                        "epoch": epoch,
-                        "created_at": now,
-                        "released_at": None,
-                    }
-                elif isinstance(item, Waiting):
-                    state = self._state_for(states, tid, state, item.request)
-                    state.status = TaskStatus.WAITING
-                    state.node = None
-                    state.node_ip = None
-                    state.reason = None
-                    state.message = item.message
-                    state.attempts = item.attempts
-                    state.strategy = item.strategy
-                else:  # Failure
-                    state = self._failure_state(states, tid, state, item)
-                    state.status = TaskStatus.FAILED
-                    state.node = None
-                    state.node_ip = None
-                    state.reason = item.reason.value
-                    state.message = item.message
-                    state.attempts = item.attempts
-                    state.strategy = item.strategy
-                state.dirty = True
-                applied[tid] = None
-                if state.status in TERMINAL:
-                    events.append(_event_row(tid, state, stamp, now, item))
-
-            task_rows = [
-                {
-                    "task_id": tid,
-                    "request": s.request_text,
-                    "status": s.status.value if s.status else TaskStatus.QUEUED.value,
-                    "node": s.node,
-                    "reason": s.reason,
-                    "message": s.message,
-                    "attempts": s.attempts,
-                    "strategy": s.strategy,
-                    "priority": s.priority,
-                    "epoch": epoch,
-                    "created_at": s.created_at or now,
-                    "updated_at": now,
-                }
-                for tid, s in states.items()
-                if s.dirty
-            ]
-            if task_rows:
-                self._bulk(conn, tasks, task_rows, upsert_key="task_id", update_columns=_TASK_UPDATE_COLUMNS)
-            if new_allocs:
-                self._bulk(conn, allocations, list(new_allocs.values()))
-            if release_in_db:
-                for chunk in _chunks(release_in_db):
-                    conn.execute(
-                        update(allocations)
-                        .where(and_(allocations.c.task_id.in_(chunk), allocations.c.released_at.is_(None)))
-                        .values(released_at=now)
-                    )
-            if events:
-                self._bulk(conn, outbox, events)
-        return CommitResult(
-            applied=tuple(applied),
-            duplicates=tuple(duplicates),
-            ignored=tuple(ignored),
-            released=tuple(released),
-            event_ids=tuple(e["event_id"] for e in events),
-        )
-
-    def _read_states(self, conn: Connection, ids: Sequence[str]) -> dict[str, _TaskState]:
-        states: dict[str, _TaskState] = {}
+    def _read_states(self, conn: Connection, ids: Sequence[str]) -> dict[str, TaskState]:
+        states: dict[str, TaskState] = {}
         stmt = select(
-            tasks.c.task_id,
-            tasks.c.status,
-            tasks.c.request,
-            tasks.c.node,
-            nodes.c.ip,
-            tasks.c.reason,
-            tasks.c.message,
-            tasks.c.attempts,
-            tasks.c.strategy,
-            tasks.c.priority,
-            tasks.c.created_at,
-        ).select_from(tasks.outerjoin(nodes, nodes.c.name == tasks.c.node))
+            tasks.c.task_id, tasks.c.status, tasks.c.request, tasks.c.node, nodes.c.ip, tasks.c.reason,
+            tasks.c.message, tasks.c.attempts, tasks.c.strategy, tasks.c.priority, tasks.c.created_at,
+        ).select_from(tasks.outerjoin(nodes, nodes.c.name == tasks.c.node))  # fmt: skip
+        stamp = self._writer.timestamp
         for chunk in _chunks(ids):
             for row in conn.execute(stmt.where(tasks.c.task_id.in_(chunk))):
-                states[row.task_id] = _TaskState(
+                states[row.task_id] = TaskState(
                     status=TaskStatus(row.status),
                     request_text=row.request,
-                    request=None,  # parsed lazily: only a release of this task needs it
                     node=row.node,
                     node_ip=row.ip,
                     reason=row.reason,
@@ -587,62 +378,20 @@ class Store:
                     attempts=row.attempts,
                     strategy=row.strategy,
                     priority=row.priority,
-                    created_at=row.created_at,
+                    created=stamp(_utc(row.created_at)),
                 )
         return states
 
     def _active_allocations(self, conn: Connection, ids: Sequence[str]) -> dict[str, Allocation]:
         out: dict[str, Allocation] = {}
         stmt = select(
-            allocations.c.task_id,
-            allocations.c.node,
-            allocations.c.cpu,
-            allocations.c.memory,
-            allocations.c.disk,
-            allocations.c.anti_affinity_group,
-        ).where(allocations.c.released_at.is_(None))
+            allocations.c.task_id, allocations.c.node, allocations.c.cpu, allocations.c.memory,
+            allocations.c.disk, allocations.c.anti_affinity_group,
+        ).where(allocations.c.released_at.is_(None))  # fmt: skip
         for chunk in _chunks(ids):
             for t, n, c, m, d, g in conn.execute(stmt.where(allocations.c.task_id.in_(chunk))):
                 out[t] = Allocation(t, n, c, m, d, g)
         return out
-
-    @staticmethod
-    def _state_for(
-        states: dict[str, _TaskState], tid: str, state: _TaskState | None, request: SchedulingRequest
-    ) -> _TaskState:
-        body = request.model_dump(mode="json")
-        text = _compact(body)
-        if state is None:
-            state = states[tid] = _TaskState(status=None, request_text=text, request=body)
-        else:
-            state.request_text = text
-            state.request = body
-        state.priority = request.priority
-        return state
-
-    @staticmethod
-    def _failure_state(
-        states: dict[str, _TaskState], tid: str, state: _TaskState | None, item: Failure
-    ) -> _TaskState:
-        body: dict[str, Any] | None = None
-        text: str | None = None
-        if item.request_json is not None:
-            try:
-                parsed = json.loads(item.request_json)
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, dict):
-                body, text = parsed, item.request_json
-            else:  # keep what arrived, as a JSON string, for the operator to see
-                text = _compact(item.request_json)
-        if state is None:
-            state = states[tid] = _TaskState(status=None, request_text=text or "null", request=body)
-        elif text is not None:
-            state.request_text = text
-            state.request = body
-        if body is not None and isinstance(body.get("priority"), int):
-            state.priority = body["priority"]
-        return state
 
     # ------------------------------------------------------------ tasks
     def record_queued(self, request: SchedulingRequest) -> bool:
@@ -771,7 +520,7 @@ def _node_row(node: Node) -> dict[str, Any]:
         "memory": node.memory,
         "disk": node.disk,
         "max_vms": node.max_vms,
-        "tags": _compact(list(node.tags)),
+        "tags": compact_json(list(node.tags)),
         "zone": node.zone,
         "cordoned": node.cordoned,
     }
@@ -795,53 +544,6 @@ def _node_from_row(row: Any) -> Node:
         zone=row.zone,
         cordoned=bool(row.cordoned),
     )
-
-
-def _alloc_from_row(row: Mapping[str, Any]) -> Allocation:
-    return Allocation(
-        row["task_id"], row["node"], row["cpu"], row["memory"], row["disk"], row["anti_affinity_group"]
-    )
-
-
-def _event_row(tid: str, state: _TaskState, stamp: str, now: datetime, item: CommitItem) -> dict[str, Any]:
-    """One outbox row: the webhook body of DESIGN.md, serialised once, exactly as it will be sent."""
-    assert state.status is not None
-    event_id = uuid.uuid4().hex
-    event_type = _EVENT_TYPES[state.status]
-    if state.request is None and state.request_text is not None:
-        parsed = json.loads(state.request_text)
-        state.request = parsed if isinstance(parsed, dict) else None
-    request = state.request
-    if isinstance(item, Failure):
-        callback = item.callback_url
-    elif isinstance(item, Placement):
-        callback = item.request.callback_url
-    else:
-        cb = request.get("callback_url") if request else None
-        callback = cb if isinstance(cb, str) else None
-    body = {
-        "id": event_id,
-        "type": event_type,
-        "created_at": stamp,
-        "task": {
-            "task_id": tid,
-            "status": state.status.value,
-            "node": {"name": state.node, "ip": state.node_ip} if state.node else None,
-            "reason": state.reason,
-            "message": state.message,
-            "attempts": state.attempts,
-            "request": request,
-        },
-    }
-    return {
-        "event_id": event_id,
-        "type": event_type,
-        "task_id": tid,
-        "payload": _compact(body),
-        "callback_url": callback,
-        "dispatched": False,
-        "created_at": now,
-    }
 
 
 def _task_select() -> Any:

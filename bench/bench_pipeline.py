@@ -1,0 +1,239 @@
+"""Pipeline benchmark: raw broker round trip vs end to end, latency, submit rate, worker memory.
+
+Prints, for SQLite and PostgreSQL at 1,000 nodes:
+
+* raw broker round trip: persistent publish with confirms, consume, ack, no work;
+* end to end: submit -> decision committed -> acked, with a real worker process;
+* publish-to-commit latency p50/p99 at 1,000 requests/s offered;
+
+and once: ``scheduler submit --file`` of 10,000 requests, and the worker's
+RSS with 10,000 nodes. Goals are printed next to the figures; nothing here
+asserts: this is a measurement, run it before and after touching a hot path.
+
+Usage: ``.venv/bin/python bench/bench_pipeline.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pika
+from sqlalchemy import create_engine, select, text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scheduler.broker import Topology  # noqa: E402
+from scheduler.models import TaskStatus  # noqa: E402
+from scheduler.producer.publisher import Outgoing, Publisher  # noqa: E402
+from scheduler.store.schema import tasks  # noqa: E402
+from tests.harness import Deployment, make_nodes, make_requests, wait_until  # noqa: E402
+
+AMQP = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+PG = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def raw_round_trip(n: int) -> float:
+    """Messages/s for publish (confirmed, persistent) + consume + ack with no work, concurrently."""
+    suffix = uuid.uuid4().hex[:8]
+    topo = Topology(f"bench.raw.{suffix}", f"bench.raw.{suffix}")
+    publisher = Publisher(AMQP, topo)
+    publisher.declare()
+    done = threading.Event()
+    consumed = 0
+
+    def consume() -> None:
+        nonlocal consumed
+        conn = pika.BlockingConnection(pika.URLParameters(AMQP))
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=256)
+        pending: list[int] = []
+
+        def on_message(_ch: object, method: pika.spec.Basic.Deliver, _p: object, _b: bytes) -> None:
+            nonlocal consumed
+            pending.append(method.delivery_tag)
+            consumed += 1
+
+        ch.basic_consume(topo.queue, on_message)
+        while consumed < n:
+            conn.process_data_events(time_limit=0.005)
+            if pending:
+                ch.basic_ack(pending[-1], multiple=True)
+                pending.clear()
+        conn.close()
+        done.set()
+
+    body = make_requests(1)[0].model_dump_json().encode()
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    report = publisher.publish(Outgoing(f"raw-{i}", "request", body) for i in range(n))
+    assert report.ok, report.failed
+    done.wait(120)
+    elapsed = time.perf_counter() - start
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
+    ch = conn.channel()
+    for q in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
+        ch.queue_delete(q)
+    ch.exchange_delete(topo.exchange)
+    conn.close()
+    return n / elapsed
+
+
+def end_to_end(dep: Deployment, n: int, prefix: str) -> float:
+    """Tasks/s from the first publish until every task is terminal (committed and acked)."""
+    reqs = make_requests(n, prefix=prefix, seed=1)
+    ids = [r.task_id for r in reqs]
+    start = time.perf_counter()
+    dep.publish(Outgoing.request(r) for r in reqs)
+    wait_until(lambda: dep.store.task_counts().get(TaskStatus.SCHEDULED, 0)
+               + dep.store.task_counts().get(TaskStatus.FAILED, 0) >= n, 300, "burst", interval=0.02)
+    elapsed = time.perf_counter() - start
+    assert len(dep.statuses(ids)) == n
+    return n / elapsed
+
+
+def latency_at_rate(dep: Deployment, rate: int, seconds: float, prefix: str) -> tuple[float, float]:
+    """Publish ``rate`` requests/s, paced; returns publish-to-commit p50 and p99 in ms."""
+    n = int(rate * seconds)
+    reqs = make_requests(n, prefix=prefix, seed=2)
+    sent: dict[str, float] = {}
+    publisher = Publisher(dep.amqp_url, dep.topology, window=64)
+    start = time.time()
+
+    def paced() -> object:
+        for i, r in enumerate(reqs):
+            due = start + i / rate
+            delay = due - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            sent[r.task_id] = time.time()
+            yield Outgoing.request(r)
+
+    report = publisher.publish(paced())  # type: ignore[arg-type]
+    assert report.ok
+    dep.wait_terminal([r.task_id for r in reqs], timeout=120)
+    with dep.store.engine.connect() as conn:
+        rows = conn.execute(select(tasks.c.task_id, tasks.c.updated_at).where(
+            tasks.c.task_id.in_(list(sent)))).all()
+    lat = []
+    for task_id, updated in rows:
+        stamp = updated if updated.tzinfo else updated.replace(tzinfo=UTC)
+        lat.append((stamp.timestamp() - sent[task_id]) * 1000)
+    arr = np.asarray(lat)
+    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
+
+
+def submit_file_rate(n: int) -> tuple[float, float]:
+    """``scheduler submit --file`` of n requests: (messages/s of the whole command, seconds)."""
+    suffix = uuid.uuid4().hex[:8]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "reqs.jsonl"
+        path.write_text("".join(r.model_dump_json() + "\n" for r in make_requests(n, prefix=f"sub-{suffix}")))
+        env = {**os.environ, "AMQP_URL": AMQP, "SCHEDULER_AMQP__EXCHANGE": f"bench.sub.{suffix}",
+               "SCHEDULER_AMQP__QUEUE": f"bench.sub.{suffix}", "SCHEDULER_CONFIG": str(ROOT / "config.yaml")}
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "scheduler", "submit", "--file", str(path)], env=env,
+                             capture_output=True, text=True, check=False)
+        elapsed = time.perf_counter() - start
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr)
+        assert len(out.stdout.split()) == n
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
+    ch = conn.channel()
+    topo = Topology(f"bench.sub.{suffix}", f"bench.sub.{suffix}")
+    for q in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
+        ch.queue_delete(q)
+    ch.exchange_delete(topo.exchange)
+    conn.close()
+    return n / elapsed, elapsed
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def deployment(db: str, workdir: Path) -> tuple[Deployment, str | None]:
+    suffix = uuid.uuid4().hex[:8]
+    schema = None
+    if db == "postgresql":
+        schema = f"bench_{suffix}"
+        admin = create_engine(PG.replace("postgresql://", "postgresql+psycopg://", 1))
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        admin.dispose()
+        from urllib.parse import quote
+
+        url = f"{PG}?options={quote(f'-csearch_path={schema}')}"
+    else:
+        url = f"sqlite:///{workdir / 'bench.db'}"
+    dep = Deployment(url, AMQP, f"bench.x.{suffix}", f"bench.q.{suffix}", workdir)
+    return dep, schema
+
+
+def drop_schema(schema: str | None) -> None:
+    if schema is None:
+        return
+    admin = create_engine(PG.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="smaller bursts")
+    parser.add_argument("--burst", type=int, default=0)
+    args = parser.parse_args()
+    burst = args.burst or (3000 if args.quick else 10000)
+    print(f"pipeline benchmark: {burst} requests per burst, 1,000 nodes, {os.cpu_count()} cores, "
+          f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(f"{'backend':<11} {'raw broker/s':>13} {'end-to-end/s':>13} {'ratio':>6} "
+          f"{'p50 ms @1k/s':>13} {'p99 ms @1k/s':>13}")
+    for db in ("sqlite", "postgresql"):
+        with tempfile.TemporaryDirectory() as tmp:
+            dep, schema = deployment(db, Path(tmp))
+            try:
+                dep.store.import_nodes(make_nodes(1000))
+                dep.start_worker("bench")
+                dep.wait_leading("bench")
+                raw = raw_round_trip(burst)
+                e2e = end_to_end(dep, burst, f"e2e-{db}")
+                p50, p99 = latency_at_rate(dep, 1000, 5 if not args.quick else 3, f"lat-{db}")
+                print(f"{db:<11} {raw:>13,.0f} {e2e:>13,.0f} {e2e / raw:>6.2f} {p50:>13.1f} {p99:>13.1f}")
+            finally:
+                dep.close()
+                drop_schema(schema)
+    print("goals: end-to-end >= 3,000/s and >= 0.5x raw; p99 <= 50 ms at 1,000/s offered")
+    rate, secs = submit_file_rate(10000)
+    print(f"submit --file 10,000 requests: {rate:,.0f} messages/s ({secs:.2f} s, whole command incl. start-up); "
+          "goal >= 5,000/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        dep, schema = deployment("sqlite", Path(tmp))
+        try:
+            dep.store.import_nodes(make_nodes(10000))
+            proc = dep.start_worker("rss")
+            dep.wait_leading("rss", timeout=60)
+            end_to_end(dep, 2000, "rss")
+            print(f"worker RSS with 10,000 nodes after 2,000 placements: {rss_mb(proc.pid):.0f} MB; goal <= 150 MB")
+        finally:
+            dep.close()
+    print(json.dumps({"done": True}))
+
+
+if __name__ == "__main__":
+    main()

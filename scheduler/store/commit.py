@@ -1,0 +1,294 @@
+"""Planning one commit batch: from decisions and current task states to rows to write.
+
+Kept apart from the SQL so the rules read in one place and in batch order:
+
+* a Placement, Failure or Waiting for a task that is already terminal
+  (``scheduled``, ``failed``, ``released``) is a duplicate: nothing changes,
+  which is what makes redelivered messages harmless (DESIGN.md invariant 2);
+* a Release applies only to a ``scheduled`` task; anything else is ignored;
+* items apply in order, so a batch holding a placement and then the release
+  of the same task ends ``released`` with two events, and a release followed
+  by a placement of the same task leaves the placement a duplicate;
+* every change to a terminal status yields exactly one outbox event whose
+  payload is the webhook body of DESIGN.md, serialised once, here.
+
+The functions are pure: the caller reads the states under the fence lock,
+and writes the plan in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from scheduler.fleet import Allocation
+from scheduler.models import MAX_PRIORITY, TaskStatus
+from scheduler.store.records import CommitItem, CommitResult, Failure, Placement, Release, Waiting
+
+TERMINAL = frozenset({TaskStatus.SCHEDULED, TaskStatus.FAILED, TaskStatus.RELEASED})
+
+TASK_COLUMNS = (
+    "task_id", "request", "status", "node", "reason", "message", "attempts", "strategy", "priority", "epoch",
+    "created_at", "updated_at",
+)  # fmt: skip
+TASK_UPDATE_COLUMNS = tuple(c for c in TASK_COLUMNS if c not in ("task_id", "created_at"))
+ALLOCATION_COLUMNS = (
+    "task_id", "node", "cpu", "memory", "disk", "anti_affinity_group", "epoch", "created_at", "released_at",
+)  # fmt: skip
+OUTBOX_COLUMNS = ("event_id", "type", "task_id", "payload", "callback_url", "dispatched", "created_at")
+
+STRATEGY_MAX = 64  # tasks.strategy is VARCHAR(64)
+
+EVENT_TYPES = {
+    TaskStatus.SCHEDULED: "task.scheduled",
+    TaskStatus.FAILED: "task.failed",
+    TaskStatus.RELEASED: "task.released",
+}
+
+
+def compact_json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(slots=True)
+class TaskState:
+    """A task's row as the batch evolves it, item by item.
+
+    ``request_text`` is the stored JSON; ``created`` is None for a row not in
+    the database yet (the writer then stamps it with the batch time).
+    """
+
+    status: TaskStatus | None
+    request_text: str
+    node: str | None = None
+    node_ip: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    attempts: int = 0
+    strategy: str | None = None
+    priority: int = 0
+    created: Any = None
+    callback_url: str | None = None
+    callback_known: bool = False
+    dirty: bool = False
+
+    def callback(self) -> str | None:
+        """The request's ``callback_url``, parsed from the stored JSON only when first needed."""
+        if not self.callback_known:
+            try:
+                parsed = json.loads(self.request_text)
+            except ValueError:
+                parsed = None
+            value = parsed.get("callback_url") if isinstance(parsed, dict) else None
+            self.callback_url = value if isinstance(value, str) else None
+            self.callback_known = True
+        return self.callback_url
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    """Rows to write for one batch (tuples in the ``*_COLUMNS`` orders) and the result to report."""
+
+    task_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    allocation_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    release_in_db: list[str] = field(default_factory=list)
+    outbox_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    result: CommitResult = field(default_factory=CommitResult)
+
+
+def releasable(items: Sequence[CommitItem], states: dict[str, TaskState]) -> list[str]:
+    """Ids of releases whose task is ``scheduled`` in the database (their allocations must be read)."""
+    out = []
+    for item in items:
+        if isinstance(item, Release):
+            state = states.get(item.task_id)
+            if state is not None and state.status is TaskStatus.SCHEDULED:
+                out.append(item.task_id)
+    return out
+
+
+def plan_batch(
+    items: Sequence[CommitItem],
+    states: dict[str, TaskState],
+    active: dict[str, Allocation],
+    *,
+    epoch: int,
+    now: datetime,
+    stamp: Any,
+) -> BatchPlan:
+    """Apply ``items`` in order to ``states`` (mutated) and return the rows to write.
+
+    ``active`` holds the database's active allocations of the tasks being
+    released; ``stamp`` is ``now`` as the bulk writer wants timestamps.
+    """
+    applied: dict[str, None] = {}
+    duplicates: list[str] = []
+    ignored: list[str] = []
+    released: list[Allocation] = []
+    new_allocs: dict[str, list[Any]] = {}
+    release_in_db: list[str] = []
+    outbox_rows: list[tuple[Any, ...]] = []
+    event_ids: list[str] = []
+    created_at = now.isoformat().replace("+00:00", "Z")
+
+    for item in items:
+        tid = item.task_id
+        state = states.get(tid)
+        if isinstance(item, Release):
+            if state is None or state.status is not TaskStatus.SCHEDULED:
+                ignored.append(tid)
+                continue
+            pending = new_allocs.get(tid)
+            if pending is not None and pending[8] is None:  # placed earlier in this batch
+                pending[8] = stamp
+                released.append(Allocation(*pending[:6]))
+            elif tid in active:
+                release_in_db.append(tid)
+                released.append(active.pop(tid))
+            state.status = TaskStatus.RELEASED
+            state.reason = None
+            state.message = "released"
+            callback = state.callback()
+        elif state is not None and state.status in TERMINAL:
+            duplicates.append(tid)
+            continue
+        elif isinstance(item, Placement):
+            req = item.request
+            state = _with_request(states, tid, state, req.model_dump_json(), req.priority)
+            state.callback_url, state.callback_known = req.callback_url, True
+            state.status = TaskStatus.SCHEDULED
+            state.node = item.node
+            state.node_ip = item.node_ip
+            state.reason = None
+            state.message = item.message
+            state.attempts = item.attempts
+            state.strategy = item.strategy
+            new_allocs[tid] = [
+                tid, item.node, req.requested_cpu, req.requested_memory, req.requested_disk,
+                req.anti_affinity_group, epoch, stamp, None,
+            ]  # fmt: skip
+            callback = req.callback_url
+        elif isinstance(item, Waiting):
+            req = item.request
+            state = _with_request(states, tid, state, req.model_dump_json(), req.priority)
+            state.callback_url, state.callback_known = req.callback_url, True
+            state.status = TaskStatus.WAITING
+            state.node = state.node_ip = state.reason = None
+            state.message = item.message
+            state.attempts = item.attempts
+            state.strategy = item.strategy
+            callback = None
+        else:
+            state = _with_failure(states, tid, state, item)
+            state.status = TaskStatus.FAILED
+            state.node = state.node_ip = None
+            state.reason = item.reason.value
+            state.message = item.message
+            state.attempts = item.attempts
+            # Whatever arrived, it must fit the column, or the whole batch would fail.
+            state.strategy = item.strategy[:STRATEGY_MAX] if item.strategy else None
+            callback = item.callback_url
+        state.dirty = True
+        applied[tid] = None
+        if state.status in TERMINAL:
+            event_id = uuid.uuid4().hex
+            event_type = EVENT_TYPES[state.status]
+            payload = _payload(event_id, event_type, created_at, tid, state)
+            outbox_rows.append((event_id, event_type, tid, payload, callback, False, stamp))
+            event_ids.append(event_id)
+
+    task_rows = [
+        (
+            tid, s.request_text, s.status.value if s.status else TaskStatus.QUEUED.value, s.node, s.reason,
+            s.message, s.attempts, s.strategy, s.priority, epoch, stamp if s.created is None else s.created, stamp,
+        )  # fmt: skip
+        for tid, s in states.items()
+        if s.dirty
+    ]
+    return BatchPlan(
+        task_rows=task_rows,
+        allocation_rows=[tuple(a) for a in new_allocs.values()],
+        release_in_db=release_in_db,
+        outbox_rows=outbox_rows,
+        result=CommitResult(
+            applied=tuple(applied),
+            duplicates=tuple(duplicates),
+            ignored=tuple(ignored),
+            released=tuple(released),
+            event_ids=tuple(event_ids),
+        ),
+    )
+
+
+def _payload(event_id: str, event_type: str, created_at: str, tid: str, state: TaskState) -> str:
+    """The webhook body, compact JSON, with the stored request text spliced in rather than re-encoded.
+
+    Equivalent to ``compact_json({"id", "type", "created_at", "task": {...,
+    "request": <request>}})``; splicing saves parsing and re-serialising the
+    request for every event. ``event_id``, ``event_type`` and ``created_at``
+    are hex, fixed names and an ISO timestamp: nothing to escape.
+    """
+    task = compact_json(
+        {
+            "task_id": tid,
+            "status": state.status.value if state.status else None,
+            "node": {"name": state.node, "ip": state.node_ip} if state.node else None,
+            "reason": state.reason,
+            "message": state.message,
+            "attempts": state.attempts,
+        }
+    )
+    return (
+        f'{{"id":"{event_id}","type":"{event_type}","created_at":"{created_at}",'
+        f'"task":{task[:-1]},"request":{state.request_text}}}}}'
+    )
+
+
+def _with_request(
+    states: dict[str, TaskState], tid: str, state: TaskState | None, text: str, priority: int
+) -> TaskState:
+    if state is None:
+        state = states[tid] = TaskState(status=None, request_text=text)
+    else:
+        state.request_text = text
+    state.priority = priority
+    return state
+
+
+def _with_failure(states: dict[str, TaskState], tid: str, state: TaskState | None, item: Failure) -> TaskState:
+    """The state of a failing task; the request as received is kept when it is a JSON object.
+
+    A request that is not a JSON object is stored as a JSON string (what
+    arrived, for the operator to see); no request at all keeps what the row
+    already had, or ``null``.
+    """
+    text: str | None = None
+    priority: int | None = None
+    callback: str | None = None
+    if item.request_json is not None:
+        try:
+            parsed = json.loads(item.request_json)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            text = compact_json(parsed)
+            prio = parsed.get("priority")
+            valid = isinstance(prio, int) and not isinstance(prio, bool) and abs(prio) <= MAX_PRIORITY
+            priority = prio if valid else None
+            cb = parsed.get("callback_url")
+            callback = cb if isinstance(cb, str) else None
+        else:
+            text = compact_json(item.request_json)
+    if state is None:
+        state = states[tid] = TaskState(status=None, request_text=text or "null")
+    elif text is not None:
+        state.request_text = text
+    if text is not None:
+        state.callback_url, state.callback_known = callback, True
+    if priority is not None:
+        state.priority = priority
+    return state
