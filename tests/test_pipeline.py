@@ -194,3 +194,27 @@ def test_reconnects_after_broker_closes_the_connection(deployment: Deployment) -
     dep.check_invariants()
     assert "broker connection lost" in dep.log_of("worker-rc")
     assert dep.procs[0].poll() is None
+
+
+def test_strategy_switches_in_place_when_the_config_file_changes(deployment: Deployment) -> None:
+    dep = deployment
+    dep.extra_env["SCHEDULER_WORKER__CONFIG_WATCH_INTERVAL"] = "0.2"
+    dep.write_config("strategy: least_loaded\n")
+    dep.store.import_nodes(make_nodes(4))
+    dep.start_worker()
+    dep.wait_leading("worker-0")
+
+    def strategies_of(prefix: str) -> set[str | None]:
+        reqs = make_requests(5, prefix=prefix)
+        dep.publish([Outgoing.request(r) for r in reqs])
+        dep.wait_terminal([r.task_id for r in reqs])
+        return {t.strategy for t in (dep.store.get_task(r.task_id) for r in reqs) if t is not None}
+
+    assert strategies_of("before") == {"least_loaded"}
+    dep.write_config("strategy: best_fit\n")
+    wait_until(lambda: "strategy switched" in dep.log_of("worker-0"), 10, "the switch to be logged")
+    assert strategies_of("after") == {"best_fit"}
+    dep.write_config("strategy: fastest\n")
+    wait_until(lambda: "keeping the current strategy" in dep.log_of("worker-0"), 10, "the bad value refused")
+    assert strategies_of("still") == {"best_fit"}
+    assert dep.procs[0].poll() is None

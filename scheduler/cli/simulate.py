@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -10,11 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from scheduler.cli.common import CliError, cli, emit_json, settings_or_exit
-from scheduler.fleet import FleetView
-from scheduler.store.errors import NodesFileError
-from scheduler.store.nodesfile import load_nodes_file
-from scheduler.simulate import SimulationResult, TraceError, iter_json_lines, read_trace, simulate
-from scheduler.strategies import STRATEGIES, STRATEGY_NAMES, Placer
+from scheduler.strategies.registry import STRATEGIES, STRATEGY_NAMES
+
+if TYPE_CHECKING:
+    from scheduler.simulate import SimulationResult
 
 PROGRESS_THRESHOLD = 5000
 
@@ -41,6 +41,12 @@ def strategies_cmd(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="one JSON line per input line, then a summary line")
 def simulate_cmd(nodes_file: str, requests_file: str, strategy: str | None, seed: int | None, as_json: bool) -> None:
     """Replay a request trace on a fleet file and report every placement (no broker, no database)."""
+    from scheduler.fleet import FleetView
+    from scheduler.simulate import TraceError, iter_json_lines, read_trace, simulate
+    from scheduler.store.errors import NodesFileError
+    from scheduler.store.nodesfile import load_nodes_file
+    from scheduler.strategies import Placer
+
     settings = settings_or_exit()
     try:
         nodes = load_nodes_file(nodes_file)

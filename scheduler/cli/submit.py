@@ -21,9 +21,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 from scheduler.broker import ROUTE_REQUEST, BrokerUnavailable, Topology
 from scheduler.cli.common import CliError, cli, emit_json, open_store, settings_or_exit
 from scheduler.config import Settings
-from scheduler.models import MAX_BODY_BYTES, SchedulingRequest, TaskStatus, format_validation_error
+from scheduler.models import (
+    MAX_BODY_BYTES,
+    SchedulingRequest,
+    TaskStatus,
+    format_validation_error,
+    parse_json_line,
+)
 from scheduler.producer.publisher import Outgoing, PublishReport, Publisher
-from scheduler.simulate import parse_trace_line
 
 EXIT_BAD_INPUT = 1
 EXIT_NOT_PUBLISHED = 2
@@ -59,7 +64,7 @@ def messages_from_file(path: str) -> tuple[list[Outgoing], list[str]]:
                 problems.append(f"line {lineno}: longer than {MAX_BODY_BYTES} bytes")
                 continue
             try:
-                item = parse_trace_line(line)
+                item = parse_json_line(line)
             except ValueError as exc:
                 problems.append(f"line {lineno}: {exc}")
                 continue

@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 import structlog
 
 from scheduler.cli.common import CliError, cli, open_store, settings_or_exit
 from scheduler.config import Settings
-from scheduler.logging import configure_logging
-from scheduler.elector import AlwaysLeader, LeaderElector, LockError, build_elector, resolve_backend
-from scheduler.store import Store
+
+if TYPE_CHECKING:
+    from scheduler.elector import LeaderElector
+    from scheduler.store import Store
 
 
 @cli.command("worker")
 @click.option("--no-migrate", is_flag=True, help="do not run database migrations at start")
 def worker_cmd(no_migrate: bool) -> None:
     """Run the daemon: campaign for leadership, consume, decide, commit, ack."""
+    from scheduler.logging import configure_logging
+
     settings = settings_or_exit()
     configure_logging(settings.logging)
     store = open_store(settings, migrate=settings.database.migrate_on_start and not no_migrate)
@@ -34,6 +38,8 @@ def worker_cmd(no_migrate: bool) -> None:
 
 def build_leadership(settings: Settings, store: Store) -> LeaderElector:
     """The elector for the configured backend; ``none`` reuses the fence's epoch."""
+    from scheduler.elector import AlwaysLeader, LockError, build_elector, resolve_backend
+
     if resolve_backend(settings, os.environ) == "none":
         # A lone replica continues the epoch the database already has, so a
         # database once used with real election still accepts its commits.

@@ -49,7 +49,11 @@ Where this differs from client-go, and why:
   (``retry_period * (1 + 1.2 * rand)``).
 * If the lease is deleted, it is recreated with the last observed epoch + 1
   (client-go restarts at 0), so epochs never go backwards for a replica that
-  saw the old lease.
+  saw the old lease; and a standby that saw another holder's lease does not
+  recreate it before that lease has expired on its clock (client-go creates
+  at once, so for up to one retry period two replicas believe they lead). A
+  replica that never saw the old lease (started after the deletion) cannot
+  know; there the fencing epoch is what protects the data.
 """
 
 from __future__ import annotations
@@ -321,6 +325,12 @@ class Elector:
                 log.warning("lease disappeared while leading", identity=self._identity, epoch=epoch)
                 self._superseded = True
                 return False
+            if observed is not None:
+                holder = observed.record.holder_identity
+                if holder and holder != self._identity and observed.expires_at() > self._monotonic():
+                    # The record vanished (deleted by hand) while another holder's lease is
+                    # still valid on our clock: that leader has not stepped down yet.
+                    return False
             record = replace(desired, leader_transitions=self._creation_epoch())
             try:
                 version = self._lock.create(record, timeout=self._left(call_deadline))

@@ -137,12 +137,25 @@ def read_leader(
     backend = resolve_backend(settings, env)
     if backend == "none":
         return LeaderInfo("none", "no election (backend none)", None, FIXED_EPOCH, None, None, None, None)
+    if backend == "database" and engine is None:
+        _require_sqlite_file(settings.database.url)
     lock = build_lock(settings, engine=engine, environ=env, service_account_file=service_account_file)
     try:
         found = lock.get(timeout=timeout)
     finally:
         lock.close()
     return leader_info(backend, lock.describe(), found[0] if found else None, now=now or datetime.now(UTC))
+
+
+def _require_sqlite_file(url: str) -> None:
+    """A reader must not create an empty SQLite file where the database was expected."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    if not Path(parsed.database).exists():
+        raise LockError(f"database file {parsed.database} does not exist (run `scheduler db upgrade`)")
 
 
 __all__ = ["LockError", "build_elector", "build_lock", "read_leader", "resolve_backend"]

@@ -14,6 +14,7 @@ send again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,18 +88,41 @@ class Publisher:
                 conn.close()
 
     def publish(
-        self, messages: Iterable[Outgoing], *, on_confirm: Callable[[int], None] | None = None
+        self,
+        messages: Iterable[Outgoing],
+        *,
+        on_confirm: Callable[[int], None] | None = None,
+        rate: float | None = None,
+        on_sent: Callable[[Outgoing], None] | None = None,
     ) -> PublishReport:
-        """Publish everything with confirms; returns which ids were confirmed and which failed."""
-        run = _PipelinedRun(self, iter(messages), on_confirm)
+        """Publish everything with confirms; returns which ids were confirmed and which failed.
+
+        ``rate`` (messages/s) paces the publishing on the I/O loop's timer, so
+        each message leaves when it is due instead of in window-sized bursts;
+        ``on_sent`` is called as each one is handed to the socket.
+        """
+        run = _PipelinedRun(self, iter(messages), on_confirm, rate=rate, on_sent=on_sent)
         return run.execute()
 
 
 class _PipelinedRun:
     """One publishing session on a SelectConnection; all callbacks run on its I/O loop."""
 
-    def __init__(self, owner: Publisher, messages: Iterator[Outgoing], on_confirm: Callable[[int], None] | None):
+    def __init__(
+        self,
+        owner: Publisher,
+        messages: Iterator[Outgoing],
+        on_confirm: Callable[[int], None] | None,
+        *,
+        rate: float | None = None,
+        on_sent: Callable[[Outgoing], None] | None = None,
+    ):
         self.owner = owner
+        self.rate = rate
+        self.on_sent = on_sent
+        self.sent = 0
+        self.started_at = 0.0
+        self.timer_armed = False
         self.messages = messages
         self.on_confirm = on_confirm
         self.report = PublishReport()
@@ -163,8 +187,18 @@ class _PipelinedRun:
 
     # -- publishing
     def _pump(self) -> None:
-        assert self.channel is not None
+        assert self.channel is not None and self.conn is not None
         while not self.exhausted and len(self.pending) < self.owner.window:
+            if self.rate:
+                now = time.monotonic()
+                if not self.started_at:
+                    self.started_at = now
+                due = self.started_at + self.sent / self.rate
+                if due > now:
+                    if not self.timer_armed:
+                        self.timer_armed = True
+                        self.conn.ioloop.call_later(due - now, self._on_timer)
+                    return
             msg = next(self.messages, None)
             if msg is None:
                 self.exhausted = True
@@ -178,8 +212,15 @@ class _PipelinedRun:
             )
             self.pending[self.next_tag] = msg.message_id
             self.next_tag += 1
+            self.sent += 1
+            if self.on_sent is not None:
+                self.on_sent(msg)
         if self.exhausted and not self.pending:
             self._finish()
+
+    def _on_timer(self) -> None:
+        self.timer_armed = False
+        self._pump()
 
     def _on_return(self, channel: Channel, method: Basic.Return, props: BasicProperties, body: bytes) -> None:
         # A return always precedes the ack of the same message.

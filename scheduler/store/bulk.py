@@ -30,6 +30,8 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Connection, DateTime, Dialect, Float, Integer, Table
 
+Rows = Sequence[tuple[Any, ...]]
+
 
 class BulkWriter:
     """Backend-specific ``insert`` / ``upsert`` of many tuples, and how a timestamp is passed."""
@@ -42,7 +44,7 @@ class BulkWriter:
         """``value`` (aware, UTC) as this writer's rows carry it."""
         return value
 
-    def insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+    def insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: Rows) -> None:
         raise NotImplementedError
 
     def upsert(
@@ -50,7 +52,7 @@ class BulkWriter:
         conn: Connection,
         table: Table,
         columns: Sequence[str],
-        rows: Sequence[tuple[Any, ...]],
+        rows: Rows,
         key: str,
         update_columns: Sequence[str],
     ) -> None:
@@ -67,7 +69,7 @@ class SqliteBulkWriter(BulkWriter):
         # The storage format of sqlalchemy.dialects.sqlite.DATETIME (naive, UTC by our convention).
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
-    def insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+    def insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: Rows) -> None:
         if rows:
             conn.exec_driver_sql(self._statement(table, columns, None, ()), list(rows))
 
@@ -76,7 +78,7 @@ class SqliteBulkWriter(BulkWriter):
         conn: Connection,
         table: Table,
         columns: Sequence[str],
-        rows: Sequence[tuple[Any, ...]],
+        rows: Rows,
         key: str,
         update_columns: Sequence[str],
     ) -> None:
@@ -102,7 +104,7 @@ class SqliteBulkWriter(BulkWriter):
 class PostgresBulkWriter(BulkWriter):
     """Binary ``COPY`` into the table, or into a temporary staging table and then an upsert."""
 
-    def insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+    def insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: Rows) -> None:
         if rows:
             self._copy(conn, table, self._quote(table.name), columns, rows)
 
@@ -111,7 +113,7 @@ class PostgresBulkWriter(BulkWriter):
         conn: Connection,
         table: Table,
         columns: Sequence[str],
-        rows: Sequence[tuple[Any, ...]],
+        rows: Rows,
         key: str,
         update_columns: Sequence[str],
     ) -> None:
@@ -137,9 +139,7 @@ class PostgresBulkWriter(BulkWriter):
         conn.exec_driver_sql(sql)
         conn.exec_driver_sql(f"DELETE FROM {stage}")
 
-    def _copy(
-        self, conn: Connection, table: Table, target: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
-    ) -> None:
+    def _copy(self, conn: Connection, table: Table, target: str, columns: Sequence[str], rows: Rows) -> None:
         types = [_pg_type(table.c[c].type) for c in columns]
         sql = f"COPY {target} ({self._cols(columns)}) FROM STDIN (FORMAT BINARY)"
         driver = conn.connection.driver_connection

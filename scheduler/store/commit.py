@@ -201,14 +201,15 @@ def plan_batch(
             outbox_rows.append((event_id, event_type, tid, payload, callback, False, stamp))
             event_ids.append(event_id)
 
-    task_rows = [
-        (
-            tid, s.request_text, s.status.value if s.status else TaskStatus.QUEUED.value, s.node, s.reason,
-            s.message, s.attempts, s.strategy, s.priority, epoch, stamp if s.created is None else s.created, stamp,
-        )  # fmt: skip
-        for tid, s in states.items()
-        if s.dirty
-    ]
+    task_rows = []
+    for tid, s in states.items():
+        if s.dirty:
+            status = s.status.value if s.status else TaskStatus.QUEUED.value
+            created = stamp if s.created is None else s.created
+            task_rows.append(
+                (tid, s.request_text, status, s.node, s.reason, s.message, s.attempts, s.strategy, s.priority,
+                 epoch, created, stamp)
+            )  # fmt: skip
     return BatchPlan(
         task_rows=task_rows,
         allocation_rows=[tuple(a) for a in new_allocs.values()],
@@ -259,7 +260,9 @@ def _with_request(
     return state
 
 
-def _with_failure(states: dict[str, TaskState], tid: str, state: TaskState | None, item: Failure) -> TaskState:
+def _with_failure(
+    states: dict[str, TaskState], tid: str, state: TaskState | None, item: Failure
+) -> TaskState:
     """The state of a failing task; the request as received is kept when it is a JSON object.
 
     A request that is not a JSON object is stored as a JSON string (what

@@ -40,7 +40,8 @@ class NodesFileError(ValueError):
 
 def unavailable_message(engine: Engine, exc: BaseException) -> str:
     """``cannot reach database URL: <first line of the driver's reason>``, password hidden."""
-    url = engine.url.render_as_string(hide_password=False)
+    # Named as the operator wrote it (postgresql://), not as the driver sees it (postgresql+psycopg://).
+    url = engine.url.set(drivername=engine.url.get_backend_name()).render_as_string(hide_password=False)
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip()
     reason = text.splitlines()[0] if text else type(orig).__name__

@@ -5,16 +5,33 @@ submitter's behalf, a classic server-side request forgery vector. It is only
 honoured when it matches an operator's pattern in ``webhooks.allow``, and
 never when it points at link-local or cloud metadata addresses, whatever the
 allow-list says.
+
+Two layers, because a URL's text does not say where it leads:
+
+* :func:`callback_refusal` judges the text: scheme, metadata host names,
+  literal addresses (including the legacy numeric forms ``2852039166`` and
+  ``0xa9fea9fe`` that resolvers accept for 169.254.169.254, and IPv4 hidden
+  in IPv6), and the allow-list. It is pure and cheap: the worker calls it
+  for every request that names a callback, the dispatcher again before
+  every attempt (the allow-list may have changed since).
+* :func:`address_refusal` judges one resolved address; the dispatcher's
+  connection guard (:mod:`scheduler.webhooks.transport`) applies it to
+  every address a callback host resolves to, at connect time, so a name
+  that resolves (or is rebound) to a metadata address is never connected.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import re
+import socket
 
 import httpx
 
-# Cloud metadata endpoints reachable by name or address from inside a VM or pod.
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Cloud metadata endpoints reachable by name from inside a VM or pod.
 METADATA_HOSTS = frozenset({
     "metadata.google.internal",
     "metadata.goog",
@@ -24,6 +41,58 @@ METADATA_HOSTS = frozenset({
     "100.100.100.200",  # Alibaba Cloud metadata
     "fd00:ec2::254",  # AWS IMDS over IPv6
 })
+
+# ... and by address. 169.254.169.254 (AWS, GCP, Azure, OpenStack, ...) is
+# link-local and refused as such; these are the ones outside link-local.
+METADATA_ADDRESSES: frozenset[IPAddress] = frozenset({
+    ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+    ipaddress.ip_address("fd00:ec2::254"),  # AWS IMDS over IPv6
+    ipaddress.ip_address("192.0.0.192"),  # Oracle Cloud (classic)
+    ipaddress.ip_address("168.63.129.16"),  # Azure WireServer
+})
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# What inet_aton accepts besides dotted quads: 1-4 parts, decimal, octal or hex.
+_LEGACY_IPV4 = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}$")
+
+
+def address_refusal(ip: IPAddress) -> str | None:
+    """None when a connection to ``ip`` is acceptable; otherwise why not.
+
+    Loopback and private addresses are acceptable: an operator may well run
+    a receiver next to the scheduler, and the allow-list is where they say so.
+    """
+    embedded = _embedded_ipv4(ip)
+    for candidate in (ip, embedded):
+        if candidate is None:
+            continue
+        if candidate in METADATA_ADDRESSES:
+            return f"address {ip} is a cloud metadata endpoint"
+        if candidate.is_link_local:
+            return f"address {ip} is link-local (cloud metadata lives there)"
+        if candidate.is_multicast or candidate.is_unspecified or candidate.is_reserved:
+            return f"address {ip} is multicast, unspecified or reserved"
+    return None
+
+
+def literal_address(host: str) -> IPAddress | None:
+    """The address a host string denotes by itself, or None for a name that must be resolved.
+
+    Besides standard IPv4/IPv6 text this accepts what ``inet_aton`` accepts
+    (``2852039166``, ``0xa9fea9fe``, ``169.254.43518``), because the system
+    resolver turns those into addresses too.
+    """
+    host = host.strip("[]").lower().rstrip(".")
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if _LEGACY_IPV4.match(host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 def callback_refusal(url: str, allow: list[str]) -> str | None:
@@ -35,16 +104,28 @@ def callback_refusal(url: str, allow: list[str]) -> str | None:
     if parsed.scheme not in ("http", "https"):
         return "callback_url must be http:// or https://"
     host = parsed.host.lower().rstrip(".")
+    if not host:
+        return "callback_url has no host"
     if host in METADATA_HOSTS:
         return f"callback_url host {host} is a cloud metadata endpoint"
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        ip = None
-    if ip is not None and (ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved):
-        return f"callback_url address {ip} is link-local, multicast or reserved"
+    ip = literal_address(host)
+    if ip is not None:
+        refusal = address_refusal(ip)
+        if refusal is not None:
+            return f"callback_url {refusal}"
     if not allow:
         return "callback_url is not allowed: webhooks.allow is empty"
     if not any(fnmatch.fnmatchcase(url, pattern) for pattern in allow):
         return f"callback_url {url} matches no pattern in webhooks.allow"
+    return None
+
+
+def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address inside ``::ffff:a.b.c.d`` or NAT64 ``64:ff9b::a.b.c.d``, which reach it."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None

@@ -25,6 +25,8 @@ a failed COMMIT may still have been applied.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 import signal
 import threading
@@ -119,7 +121,7 @@ class Worker:
         self._consumer_tags: list[str] = []
         self._next_inventory_check = 0.0
         self._next_config_check = 0.0
-        self._config_mtime: float | None = None
+        self._config_digest_seen: str | None = self._config_digest()
 
     # ------------------------------------------------------------------ run
     def install_signal_handlers(self) -> None:
@@ -187,6 +189,10 @@ class Worker:
         elif leader and (self.leadership.epoch or 0) != self._epoch:
             self._drop_leadership("lease changed hands and came back")
         now = self.clock()
+        if now >= self._next_config_check:
+            # Standbys follow the config too, so a new leader starts with the new strategy.
+            self._next_config_check = now + self.settings.worker.config_watch_interval
+            self._check_config()
         if self._consume_channel is None:
             conn.process_data_events(time_limit=min(0.2, self.settings.election.retry_period / 2))
             return
@@ -200,9 +206,6 @@ class Worker:
         if now >= self._next_inventory_check:
             self._next_inventory_check = now + self.settings.worker.inventory_poll_interval
             self._check_inventory()
-        if now >= self._next_config_check:
-            self._next_config_check = now + self.settings.worker.config_watch_interval
-            self._check_config()
 
     # ----------------------------------------------------------- leadership
     def _become_leader(self, conn: pika.BlockingConnection) -> None:
@@ -380,35 +383,48 @@ class Worker:
         self._inventory_rev = rev
         log.info("inventory reloaded", revision=rev, nodes=self._fleet.size)
 
-    def _check_config(self) -> None:
-        """Apply a changed ``strategy`` from the mounted config file without a restart."""
+    def _config_digest(self) -> str | None:
+        """Hash of the config file's contents (a ConfigMap update swaps a symlink: mtimes mislead)."""
         path = config_path()
         if path is None:
-            return
+            return None
         try:
-            mtime = path.stat().st_mtime
+            return hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError:
+            return None
+
+    def _check_config(self) -> None:
+        """Apply a changed ``strategy`` from the mounted config file without a restart."""
+        digest = self._config_digest()
+        if digest is None or digest == self._config_digest_seen:
             return
-        if mtime == self._config_mtime:
-            return
-        first = self._config_mtime is None
-        self._config_mtime = mtime
-        if first:
-            return
+        self._config_digest_seen = digest
         try:
             fresh = load_settings()
         except Exception as exc:  # ConfigError or an unreadable file: keep running as we are
             log.error("config file changed but is invalid; keeping the current strategy",
                       strategy=self.placer.default, error=str(exc))
+            self._count_switch(ok=False)
             return
-        if fresh.strategy != self.placer.default:
-            try:
-                self.placer.switch(fresh.strategy)
-            except UnknownStrategy as exc:
-                log.error("unknown strategy in config; keeping the current one", error=str(exc))
-                return
-            log.info("strategy switched", strategy=fresh.strategy)
-            self.state.strategy = fresh.strategy
+        if os.environ.get("SCHEDULING_STRATEGY"):
+            log.warning("config file changed, but SCHEDULING_STRATEGY in the environment overrides its strategy",
+                        strategy=self.placer.default)
+            return
+        if fresh.strategy == self.placer.default:
+            return
+        try:
+            self.placer.switch(fresh.strategy)
+        except UnknownStrategy as exc:
+            log.error("unknown strategy in config; keeping the current one", error=str(exc))
+            self._count_switch(ok=False)
+            return
+        log.info("strategy switched", strategy=fresh.strategy)
+        self.state.strategy = fresh.strategy
+        self._count_switch(ok=True)
+
+    def _count_switch(self, *, ok: bool) -> None:
+        key = "strategy_switches" if ok else "strategy_switches_rejected"
+        self.state.extra[key] = int(self.state.extra.get(key, 0)) + 1
 
 
 def _short(exc: BaseException) -> str:

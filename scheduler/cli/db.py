@@ -1,0 +1,87 @@
+"""``scheduler db upgrade``, and the store session every database-backed command uses.
+
+Why one helper for all of them: the rules for talking to the database from a
+command line are the same everywhere. The URL comes from the configuration
+(``DATABASE_URL``); a database that cannot be reached is one line naming the
+URL with its password hidden; commands that write migrate first, commands
+that only read refuse an uninitialised database with the command to run
+instead of failing on a missing table; any other database error is one line,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from scheduler.cli.common import CliError, cli, settings_or_exit
+from scheduler.config import redact_url
+from scheduler.store import DatabaseUnavailable, NotMigrated, Store
+from scheduler.store import migrate as migrations
+
+
+@contextmanager
+def store_session(*, migrate: bool | None) -> Iterator[Store]:
+    """A :class:`Store` on ``database.url`` for one command, closed afterwards.
+
+    ``migrate=True`` runs the migrations first (write commands),
+    ``migrate=False`` requires the schema at head (read commands), ``None``
+    does neither (``db upgrade`` itself).
+    """
+    settings = settings_or_exit()
+    url = redact_url(settings.database.url)
+    if migrate is False:
+        _refuse_missing_sqlite_file(settings.database.url)
+    try:
+        store = Store.from_url(settings.database.url)
+    except ValueError as exc:
+        raise CliError(f"database.url: {exc}", exit_code=2) from None
+    try:
+        if migrate is True:
+            store.upgrade()
+        elif migrate is False:
+            store.check_schema()
+        yield store
+    except (DatabaseUnavailable, NotMigrated) as exc:
+        raise CliError(str(exc)) from None
+    except SQLAlchemyError as exc:
+        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise CliError(f"database error on {url}: {lines[0] if lines else type(exc).__name__}") from None
+    finally:
+        store.close()
+
+
+def _refuse_missing_sqlite_file(url: str) -> None:
+    """A read must not leave an empty SQLite file behind (connecting would create one)."""
+    parsed = make_url(url)
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.database not in (None, "", ":memory:")
+        and "uri" not in parsed.query
+    ):
+        path = Path(parsed.database)
+        if not path.exists():
+            raise CliError(f"database not initialised ({path} does not exist): run `scheduler db upgrade`")
+
+
+@cli.group("db")
+def db_group() -> None:
+    """The database schema."""
+
+
+@db_group.command("upgrade")
+def upgrade_cmd() -> None:
+    """Create or upgrade the schema to the newest revision (safe to run again)."""
+    where = redact_url(settings_or_exit().database.url)
+    with store_session(migrate=None) as store:
+        before = migrations.current_revision(store.engine)
+        after = store.upgrade()
+    if before == after:
+        click.echo(f"database {where} already at revision {after} (head)")
+    else:
+        click.echo(f"database {where} upgraded from {before or 'empty'} to revision {after} (head)")

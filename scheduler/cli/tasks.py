@@ -1,0 +1,122 @@
+"""``scheduler status ID`` and ``scheduler tasks``: task status, read from the database.
+
+Both only read, and never migrate: on an uninitialised database they say
+which command to run. ``--json`` prints the DESIGN.md line shape (one object
+per line) for scripts and tests.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from scheduler.cli.common import CliError, cli, emit_json
+from scheduler.cli.db import store_session
+from scheduler.models import TaskStatus
+from scheduler.store import TaskRecord
+
+STATUS_STYLES = {
+    TaskStatus.QUEUED: "cyan",
+    TaskStatus.WAITING: "yellow",
+    TaskStatus.SCHEDULED: "green",
+    TaskStatus.FAILED: "red",
+    TaskStatus.RELEASED: "dim",
+}
+
+
+@cli.command("status")
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object")
+def status_cmd(task_id: str, as_json: bool) -> None:
+    """The status of task TASK_ID: where it runs, or why it failed."""
+    with store_session(migrate=False) as store:
+        record = store.get_task(task_id)
+    if record is None:
+        raise CliError(f"unknown task {task_id!r}")
+    if as_json:
+        emit_json(record.to_detail_json())
+        return
+    click.echo(render_status(record))
+
+
+@cli.command("tasks")
+@click.option(
+    "--status",
+    "status",
+    type=click.Choice([s.value for s in TaskStatus]),
+    default=None,
+    help="only this status",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="at most N tasks (most recent first)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per task")
+def tasks_cmd(status: str | None, limit: int | None, as_json: bool) -> None:
+    """Tasks, most recently updated first."""
+    with store_session(migrate=False) as store:
+        records = store.list_tasks(TaskStatus(status) if status else None, limit)
+    if as_json:
+        for record in records:
+            emit_json(record.to_json())
+        return
+    console = Console(highlight=False)
+    if not records:
+        console.print("no tasks" + (f" with status {status}" if status else ""))
+        return
+    table = Table(header_style="bold")
+    for col in ("task", "status", "node", "reason", "attempts", "updated", "message"):
+        table.add_column(col, no_wrap=col != "message", overflow="fold" if col == "message" else "ellipsis")
+    now = datetime.now(UTC)
+    for r in records:
+        table.add_row(
+            r.task_id,
+            f"[{STATUS_STYLES[r.status]}]{r.status.value}[/]",
+            r.node or "-",
+            r.reason.value if r.reason else "-",
+            str(r.attempts),
+            _ago(r.updated_at, now),
+            r.message or "",
+        )
+    console.print(table)
+
+
+def render_status(r: TaskRecord) -> str:
+    """The human-readable form of one task."""
+    node = f"{r.node} ({r.node_ip})" if r.node and r.node_ip else (r.node or "-")
+    lines = [
+        f"task:      {r.task_id}",
+        f"status:    {r.status.value}",
+        f"node:      {node}",
+    ]
+    if r.reason:
+        lines.append(f"reason:    {r.reason.value}")
+    lines += [
+        f"message:   {r.message or '-'}",
+        f"attempts:  {r.attempts}",
+        f"strategy:  {r.strategy or '-'}",
+        f"created:   {r.created_at.isoformat(timespec='seconds')}",
+        f"updated:   {r.updated_at.isoformat(timespec='seconds')}",
+    ]
+    if r.request:
+        req = r.request
+        cpu, mem, disk = req.get("requested_cpu"), req.get("requested_memory"), req.get("requested_disk", 0)
+        want = f"{cpu} vCPU, {mem} MiB, {disk} GiB"
+        extras = [f"pool {req.get('requested_pool', 'default')}"]
+        if req.get("dedicated"):
+            extras.append("dedicated")
+        if req.get("required_tags"):
+            extras.append("tags " + ",".join(map(str, req["required_tags"])))
+        lines.append(f"request:   {want}; {', '.join(extras)}")
+    return "\n".join(lines)
+
+
+def _ago(when: datetime, now: datetime) -> str:
+    seconds = max(0.0, (now - when).total_seconds())
+    if seconds < 60:
+        return f"{seconds:.0f}s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m ago"
+    if seconds < 86400:
+        return f"{seconds / 3600:.0f}h ago"
+    return when.date().isoformat()

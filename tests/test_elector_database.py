@@ -1,0 +1,103 @@
+"""Leader election on the ``leases`` row, on real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+
+from scheduler.elector import DatabaseLeaseLock
+from scheduler.store.engine import make_engine
+from tests.test_elector import (
+    Cluster,
+    check_graceful_handover,
+    check_outage_steps_down,
+    check_takeover_after_kill,
+    contention_rounds,
+    create_tables,
+)
+
+NAME = "virtflow-scheduler"
+
+
+@pytest.fixture
+def schema(db_url: str) -> Iterator[str]:
+    create_tables(db_url).dispose()
+    yield db_url
+
+
+@pytest.fixture
+def cluster(schema: str) -> Iterator[Cluster]:
+    engines: list[Engine] = []
+
+    def new_lock() -> DatabaseLeaseLock:
+        engine = make_engine(schema, pool_size=1)  # one engine per candidate, like separate processes
+        engines.append(engine)
+        return DatabaseLeaseLock(engine, NAME)
+
+    candidates = Cluster(new_lock)
+    yield candidates
+    candidates.close()
+    for engine in engines:
+        engine.dispose()
+
+
+def test_exactly_one_leader_over_rounds_of_contention(cluster: Cluster, schema: str) -> None:
+    contention_rounds(cluster, graceful=8, kills=2)
+    cluster.assert_one_leader_at_a_time()
+    assert cluster.samples > 1000 and len(cluster.terms) >= 11
+    engine = make_engine(schema)
+    try:
+        found = DatabaseLeaseLock(engine, NAME).get(timeout=5)
+    finally:
+        engine.dispose()
+    assert found is not None and found[0].leader_transitions == max(t.epoch for t in cluster.terms)
+
+
+def test_takeover_after_the_leader_is_killed(cluster: Cluster) -> None:
+    check_takeover_after_kill(cluster)
+
+
+def test_release_on_stop_hands_over_within_a_retry_period(cluster: Cluster) -> None:
+    check_graceful_handover(cluster)
+
+
+def test_database_outage_makes_the_leader_step_down(cluster: Cluster, schema: str) -> None:
+    """The database stops answering lease writes: another session holds an exclusive lock
+    (SQLite: BEGIN EXCLUSIVE on the file; PostgreSQL: LOCK TABLE leases), so every lease
+    statement waits until its time limit, as with a hung or partitioned server."""
+    held = threading.Event()
+    release = threading.Event()
+    url = make_url(schema)
+
+    def hold_lock() -> None:
+        if url.get_backend_name() == "sqlite":
+            conn = sqlite3.connect(url.database or "", isolation_level=None, timeout=30)
+            conn.execute("BEGIN EXCLUSIVE")
+            held.set()
+            release.wait(30)
+            conn.execute("ROLLBACK")
+            conn.close()
+            return
+        engine = make_engine(schema)
+        with engine.connect() as conn, conn.begin():
+            conn.execute(text("LOCK TABLE leases IN ACCESS EXCLUSIVE MODE"))
+            held.set()
+            release.wait(30)
+        engine.dispose()
+
+    holder = threading.Thread(target=hold_lock, daemon=True)
+
+    def down() -> None:
+        holder.start()
+        assert held.wait(10)
+
+    def up() -> None:
+        release.set()
+        holder.join(10)
+
+    check_outage_steps_down(cluster, down, up)

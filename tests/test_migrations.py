@@ -1,0 +1,158 @@
+"""Migrations: from empty, again (idempotent), and exactly the schema of ``schema.py``, on both backends."""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect, select, text
+
+from scheduler.store import NotMigrated, Store, make_engine, migrate
+from scheduler.store.schema import FENCE_ROW, INVENTORY_REVISION, fence, metadata, revisions
+
+
+@pytest.fixture
+def engine(db_url: str) -> Any:
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+def _diffs(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": False})
+        return list(compare_metadata(ctx, metadata))
+
+
+def _where(index: dict[str, Any]) -> str | None:
+    options = index.get("dialect_options", {})
+    clause = options.get("postgresql_where", options.get("sqlite_where"))
+    if clause is None:
+        return None
+    return _norm(str(clause))
+
+
+def _norm(sql: str) -> str:
+    return re.sub(r"[()\s]+", " ", sql).strip().lower()
+
+
+def test_upgrade_from_empty_then_again_is_idempotent(engine: Engine) -> None:
+    assert migrate.current_revision(engine) is None
+    with pytest.raises(NotMigrated, match="scheduler db upgrade"):
+        migrate.check(engine)
+
+    head = migrate.head_revision()
+    assert migrate.upgrade(engine) == head
+    assert migrate.upgrade(engine) == head  # second run: nothing to do, no error
+    migrate.check(engine)
+
+    with engine.connect() as conn:
+        # Seeds: the fencing row at epoch 0 and the inventory counter at 0, once each.
+        assert conn.execute(select(fence.c.name, fence.c.epoch)).all() == [(FENCE_ROW, 0)]
+        assert conn.execute(select(revisions.c.name, revisions.c.value)).all() == [(INVENTORY_REVISION, 0)]
+
+
+def test_migrated_schema_matches_metadata(engine: Engine) -> None:
+    migrate.upgrade(engine)
+    assert _diffs(engine) == []
+    # compare_metadata ignores partial-index predicates: check those ourselves.
+    with engine.connect() as conn:
+        reflected = {ix["name"]: ix for ix in inspect(conn).get_indexes("allocations")}
+    for index in metadata.tables["allocations"].indexes:
+        got = reflected[index.name]
+        assert bool(got["unique"]) == bool(index.unique), index.name
+        where = index.dialect_options[engine.dialect.name]["where"]
+        assert _where(got) == (_norm(str(where)) if where is not None else None), index.name
+    assert _where(reflected["uq_allocations_active_task"]) == "released_at is null"
+
+
+def test_comparison_detects_drift(engine: Engine) -> None:
+    """The check above can fail: drop an index and a column and it must notice."""
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_outbox_pending"))
+    diffs = _diffs(engine)
+    assert any(d[0] == "add_index" and d[1].name == "ix_outbox_pending" for d in diffs), diffs
+
+
+def test_alembic_version_lands_in_the_urls_schema(db_url: str, engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("schemas are a PostgreSQL notion")
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+        tables = set(
+            conn.execute(
+                text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"), {"s": schema}
+            ).scalars()
+        )
+        in_public = conn.execute(
+            text(
+                "SELECT count(*) FROM information_schema.tables "
+                "WHERE table_schema = 'public' AND table_name = 'alembic_version'"
+            )
+        ).scalar_one()
+    assert schema.startswith("t_")
+    assert {"alembic_version", "nodes", "tasks", "allocations", "outbox", "fence"} <= tables
+    assert in_public == 0
+
+
+def test_downgrade_to_base_and_up_again(engine: Engine) -> None:
+    migrate.upgrade(engine)
+    cfg = migrate.alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "base")
+    with engine.connect() as conn:
+        assert "nodes" not in inspect(conn).get_table_names()
+    migrate.upgrade(engine)
+    assert _diffs(engine) == []
+
+
+def test_env_py_without_a_passed_connection_uses_database_url(
+    db_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Alembic run by hand (no connection in config.attributes) reads DATABASE_URL, from any directory."""
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("SCHEDULER_CONFIG", str(tmp_path / "empty.yaml"))
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    command.upgrade(migrate.alembic_config(), "head")
+    assert migrate.current_revision(engine) == migrate.head_revision()
+
+
+def test_concurrent_upgrades_both_succeed(db_url: str) -> None:
+    """Two replicas starting at once both migrate; one does the work, the other finds it done."""
+    engines = [make_engine(db_url), make_engine(db_url)]
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def run(eng: Engine) -> None:
+        barrier.wait()
+        try:
+            migrate.upgrade(eng)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert _diffs(engines[0]) == []
+    for e in engines:
+        e.dispose()
+
+
+def test_store_upgrade_and_check(db_url: str) -> None:
+    with Store.from_url(db_url) as store:
+        with pytest.raises(NotMigrated):
+            store.check_schema()
+        store.upgrade()
+        store.check_schema()
