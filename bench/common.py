@@ -12,11 +12,13 @@ package importable from a plain checkout as well as from an installed one.
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # a plain checkout, not installed: import the package from the tree
@@ -72,51 +74,64 @@ def make_nodes(
     """
     return [
         Node.model_construct(
-            name=node_name(i), ip=f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", pool=pool, dedicated=False,
-            cpu=cpu, memory=memory, disk=disk, max_vms=max_vms, tags=[], zone=None, cordoned=False,
+            name=node_name(i),
+            ip=ipaddress.IPv4Address(0x0A000000 + i),  # 10.x.y.z
+            pool=pool,
+            dedicated=False,
+            cpu=cpu,
+            memory=memory,
+            disk=disk,
+            max_vms=max_vms,
+            tags=[],
+            zone=None,
+            cordoned=False,
         )
         for i in range(n)
     ]
 
 
-def vm_shape(rng: np.random.Generator) -> tuple[int, int, str]:
-    """One VM: (vCPUs, MiB, family), from the mix above; at most half a node in memory."""
-    cpu = int(rng.choice(VM_SIZES, p=VM_SIZE_P))
-    names = list(FAMILIES)
-    family = names[int(rng.choice(len(names), p=[FAMILIES[f][1] for f in names]))]
-    ratios = FAMILIES[family][0]
-    ratio = int(ratios[int(rng.integers(len(ratios)))])
-    memory = min(cpu * ratio * GIB, VM_MAX_MEMORY)
-    return cpu, memory, family
+def vm_shapes(rng: np.random.Generator, count: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """``count`` VMs from the mix above, as arrays of vCPUs and MiB; at most half a node in memory."""
+    cpu = rng.choice(VM_SIZES, size=count, p=VM_SIZE_P).astype(np.int64)
+    family = rng.choice(len(FAMILIES), size=count, p=[p for _ratios, p in FAMILIES.values()])
+    pick = rng.random(count)
+    ratio = np.zeros(count, dtype=np.int64)
+    for k, (ratios, _p) in enumerate(FAMILIES.values()):
+        options = np.asarray(ratios, dtype=np.int64)
+        chosen = options[(pick * len(options)).astype(np.int64)]
+        ratio = np.where(family == k, chosen, ratio)
+    memory = np.minimum(cpu * ratio * GIB, VM_MAX_MEMORY)
+    return cpu, memory
 
 
-def partially_filled(nodes: list[Node], rng: np.random.Generator, fill: float = 0.6) -> FleetView:
-    """A fleet view whose nodes carry VMs up to about ``fill`` of their cpu and memory, unevenly.
+def partially_filled(nodes: list[Node], rng: np.random.Generator, fill: float = 0.8) -> FleetView:
+    """A fleet view whose nodes carry VMs, unevenly: about half the cpu and memory allocated by default.
 
-    Each node gets its own target (uniform in [0, 2*fill], capped at 0.95) so
-    that the fleet looks like a real one: some nodes nearly empty, some nearly
-    full, most in between, which is what makes filters and scores do real work.
-    Allocations go through :meth:`FleetView.build`, the path the worker uses at
-    start-up, so the view's bookkeeping is the real one.
+    Each node gets its own target utilization (uniform in [0, 2*fill], capped
+    at 0.95) so that the fleet looks like a real one: some nodes nearly
+    empty, some nearly full, most in between, which is what makes filters and
+    scores do real work. A node takes VMs from its own random sequence until
+    the next one would pass its target, so it ends somewhat below it.
+    Allocations go through :meth:`FleetView.build`, the path the worker uses
+    at start-up, so the view's bookkeeping is the real one.
     """
-    allocations: list[Allocation] = []
-    task = 0
-    for node in nodes:
-        target = min(0.95, float(rng.uniform(0.0, 2 * fill)))
-        cpu_left = int(node.cpu * target)
-        mem_left = int(node.memory * target)
-        vms = 0
-        for _ in range(64):
-            cpu, memory, _family = vm_shape(rng)
-            if cpu > cpu_left or memory > mem_left or vms + 1 >= node.max_vms:
-                if cpu_left < 1 or mem_left < GIB:
-                    break
-                continue
-            allocations.append(Allocation(f"fill-{task}", node.name, cpu, memory, 10))
-            task += 1
-            vms += 1
-            cpu_left -= cpu
-            mem_left -= memory
+    n = len(nodes)
+    per_node = 48
+    cpu, memory = vm_shapes(rng, n * per_node)
+    cpu = cpu.reshape(n, per_node)
+    memory = memory.reshape(n, per_node)
+    target = np.minimum(0.95, rng.uniform(0.0, 2 * fill, n))
+    cap_cpu = np.array([x.cpu for x in nodes])
+    cap_mem = np.array([x.memory for x in nodes])
+    fits = (np.cumsum(cpu, axis=1) <= (cap_cpu * target)[:, None]) & (
+        np.cumsum(memory, axis=1) <= (cap_mem * target)[:, None]
+    )
+    counts = np.minimum(np.argmin(np.c_[fits, np.zeros(n, bool)], axis=1), [x.max_vms - 1 for x in nodes])
+    allocations = [
+        Allocation(f"fill-{i}-{j}", nodes[i].name, int(cpu[i, j]), int(memory[i, j]), 10)
+        for i in range(n)
+        for j in range(int(counts[i]))
+    ]
     return FleetView.build(nodes, allocations)
 
 
@@ -138,15 +153,17 @@ def churn_trace(rng: np.random.Generator, steps: int, release_p: float = 0.2) ->
     as for the real service). Arrivals outpace departures, so a long enough
     trace over-subscribes any fleet.
     """
+    cpu, memory = vm_shapes(rng, steps)
+    release = rng.random(steps) < release_p
+    which = rng.random(steps)
     out: list[Step] = []
     live: list[str] = []
     for i in range(steps):
-        cpu, memory, _family = vm_shape(rng)
         task_id = f"vm-{i}"
-        out.append(Step(task_id, cpu, memory))
+        out.append(Step(task_id, int(cpu[i]), int(memory[i])))
         live.append(task_id)
-        if live and rng.random() < release_p:
-            j = int(rng.integers(len(live)))
+        if release[i]:
+            j = int(which[i] * len(live))
             live[j], live[-1] = live[-1], live[j]
             out.append(Step(live.pop(), release=True))
     return out

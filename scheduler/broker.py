@@ -19,6 +19,7 @@ Topology (declared idempotently by both sides at start):
 from __future__ import annotations
 
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,8 @@ ROUTE_HEARTBEAT = "nodes.heartbeat"
 HEADER_SCHEMA = "x-schema-version"
 HEADER_ATTEMPT = "x-attempt"
 HEADER_DEATH_REASON = "x-death-reason"
-HEADER_FIRST_SEEN = "x-first-seen"
+HEADER_PUBLISHED_AT = "x-published-at-ms"
+"""Unix milliseconds of the first publish (AMQP tables carry no floats); kept across retries."""
 HEARTBEAT_TTL_MS = 60_000
 HEARTBEAT_MAX_LENGTH = 100_000
 
@@ -136,12 +138,16 @@ def describe_amqp_error(exc: BaseException) -> str:
 def message_properties(
     message_id: str, *, headers: dict[str, Any] | None = None, expiration_ms: int | None = None
 ) -> pika.BasicProperties:
-    """Persistent JSON message properties with the schema version header."""
+    """Persistent JSON message properties with the schema version and publish-time headers.
+
+    The caller's headers come last, so a retry keeps the original publish time
+    and publish-to-commit latency counts the whole wait.
+    """
     return pika.BasicProperties(
         content_type="application/json",
         content_encoding="utf-8",
         delivery_mode=pika.DeliveryMode.Persistent,
         message_id=message_id,
-        headers={HEADER_SCHEMA: 1, **(headers or {})},
+        headers={HEADER_SCHEMA: 1, HEADER_PUBLISHED_AT: int(time.time() * 1000), **(headers or {})},
         expiration=str(expiration_ms) if expiration_ms is not None else None,
     )

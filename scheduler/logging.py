@@ -26,7 +26,9 @@ def configure_logging(cfg: LoggingConfig) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     # The scheduler's own events skip the stdlib logging machinery and are
     # rendered and written directly: one log line per decision is on the hot
@@ -44,6 +46,7 @@ def configure_logging(cfg: LoggingConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Libraries are chatty at INFO about things the scheduler already logs.
-    for noisy in ("pika", "sqlalchemy.engine", "alembic", "httpx", "kubernetes", "urllib3"):
+    # Libraries are chatty at INFO about things the scheduler already logs
+    # (uvicorn: its start-up lines; the HTTP server logs its own "http serving").
+    for noisy in ("pika", "sqlalchemy.engine", "alembic", "httpx", "kubernetes", "urllib3", "uvicorn"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -12,9 +12,9 @@ Two kinds of figures, two mechanisms:
   deliveries, the fence) is read when Prometheus scrapes, by
   :class:`StateCollector`. Those reads hit the database or the broker, so they
   are cached and refreshed *in the background* once stale
-  (stale-while-revalidate): a scrape never waits for a query after the very
-  first one, which is what keeps ``/metrics`` within its 50 ms budget on a
-  10,000-node fleet whatever the database is doing.
+  (stale-while-revalidate), and the first read starts at installation: a
+  scrape never waits for a query, which is what keeps ``/metrics`` within its
+  50 ms budget on a 10,000-node fleet whatever the database is doing.
 
 Every metric lives in the :class:`~prometheus_client.CollectorRegistry`
 passed in. Nothing registers into prometheus-client's global default
@@ -42,7 +42,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, select
+from sqlalchemy import case, false, func, select
 
 from scheduler.broker import Topology, connect
 from scheduler.models import TaskStatus
@@ -236,15 +236,15 @@ class SchedulerMetrics:
         self.group_size.observe(len(plan.items))
         self.commit_seconds.observe(seconds)
 
+        # ``published_at``: task id -> the producer's publish time in Unix milliseconds (an integer
+        # header, as AMQP field tables carry no floats).
         published = getattr(plan, "published_at", None)
         if isinstance(published, Mapping) and published:
             now = self._clock()
             for task_id in terminal:
                 at = published.get(task_id)
-                if isinstance(at, int | float):
-                    # Producer timestamps are milliseconds when large (AMQP headers carry no floats).
-                    sent = at / 1000 if at > 1e11 else float(at)
-                    self.publish_to_commit.observe(max(0.0, now - sent))
+                if isinstance(at, int | float) and not isinstance(at, bool):
+                    self.publish_to_commit.observe(max(0.0, now - at / 1000))
 
 
 def _floats(values: Any) -> Iterator[float]:
@@ -261,18 +261,19 @@ def _floats(values: Any) -> Iterator[float]:
 class Cached(Generic[T]):
     """One value read from outside (database, broker), refreshed in the background when stale.
 
-    The first :meth:`get` reads synchronously when ``sync_first`` (so the first
-    scrape after start is complete); after that, a stale value is returned at
-    once and one background thread refreshes it. Reads are attempted at most
-    once per ``max_age``, successful or not. A failed read keeps the last good
-    value and is reported through :attr:`ok`, so a database hiccup shows up as
-    ``scheduler_metrics_source_up 0`` instead of a failed or slow scrape.
+    :meth:`get` never waits for the source: it returns the value it has and,
+    when that is older than ``max_age``, starts one background thread to read
+    a fresh one (stale-while-revalidate). :meth:`prefetch` starts the first
+    read early (at start-up), so the first scrape already finds figures.
+    Reads are attempted at most once per ``max_age``, successful or not. A
+    failed read keeps the last good value and is reported through :attr:`ok`,
+    so a database hiccup shows up as ``scheduler_metrics_source_up 0``, never
+    as a slow or failed scrape.
     """
 
     name: str
     fetch: Callable[[], T]
     max_age: float
-    sync_first: bool = True
     clock: Callable[[], float] = time.monotonic
     value: T | None = None
     fetched_at: float | None = None
@@ -282,23 +283,30 @@ class Cached(Generic[T]):
     _refreshing: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def get(self) -> T | None:
-        """The cached value (None before the first successful read); starts a refresh when due."""
+    def get(self, *, block_if_empty: bool = False) -> T | None:
+        """The cached value; starts a background refresh when due.
+
+        ``block_if_empty``: read synchronously when there is no value yet (for
+        callers that must answer with data or an error, like the dashboard API).
+        """
+        if block_if_empty and self.value is None:
+            return self.refresh_now()
         with self._lock:
             now = self.clock()
             due = self._tried_at is None or now - self._tried_at >= self.max_age
             if not due or self._refreshing:
                 return self.value
-            first = self._tried_at is None
             self._tried_at, self._refreshing = now, True
-        if first and self.sync_first:
-            self._refresh()
-        else:
-            threading.Thread(target=self._refresh, name=f"metrics-{self.name}", daemon=True).start()
+        threading.Thread(target=self._refresh, name=f"cached-{self.name}", daemon=True).start()
         return self.value
 
+    def prefetch(self) -> None:
+        """Start the first read in the background (no-op once anything was tried)."""
+        if self._tried_at is None:
+            self.get()
+
     def refresh_now(self) -> T | None:
-        """Read synchronously (tests, and callers that need the current figure)."""
+        """Read synchronously, now (tests, and callers that need the current figure)."""
         with self._lock:
             self._tried_at, self._refreshing = self.clock(), True
         self._refresh()
@@ -314,7 +322,9 @@ class Cached(Generic[T]):
         except Exception as exc:
             with self._lock:
                 self.ok, self.error, self._refreshing = False, _first_line(exc), False
-            log.warning("metrics source unavailable", source=self.name, error=_first_line(exc))
+            log.warning(
+                "source unavailable; keeping the last figures", source=self.name, error=_first_line(exc)
+            )
             return
         with self._lock:
             self.value, self.fetched_at, self.ok, self.error = value, self.clock(), True, None
@@ -393,7 +403,7 @@ def read_database_figures(store: Store) -> DatabaseFigures:
                 select(deliveries.c.status, func.count()).group_by(deliveries.c.status)
             ).all()
             pending = conn.execute(
-                select(func.count()).select_from(outbox).where(outbox.c.dispatched.is_(False))
+                select(func.count()).select_from(outbox).where(outbox.c.dispatched == false())
             ).scalar_one()
             fence_row = conn.execute(
                 select(fence.c.epoch, fence.c.holder).where(fence.c.name == FENCE_ROW)
@@ -485,6 +495,8 @@ def read_queue_figures(url: str, topology: Topology) -> QueueFigures:
             try:
                 ok = channel.queue_declare(queue, passive=True)
             except pika.exceptions.ChannelClosedByBroker:
+                if role == "requests":  # nothing declared yet: the others are missing too
+                    break
                 channel = conn.channel()
                 continue
             messages[role] = int(ok.method.message_count)
@@ -528,14 +540,21 @@ class StateCollector(Collector):
             self.database = Cached("database", lambda: read_database_figures(db_store), database_max_age)
         if settings is not None:
             url, topology = str(settings.amqp.url), Topology.from_config(settings.amqp)
-            # Never on the scrape's own time: an unreachable broker would stall it for the socket timeout.
-            self.broker = Cached(
-                "broker", lambda: read_queue_figures(url, topology), broker_max_age, sync_first=False
-            )
+            self.broker = Cached("broker", lambda: read_queue_figures(url, topology), broker_max_age)
+
+    def prefetch(self) -> None:
+        """Start the first database read now, in the background, so the first scrape has its figures.
+
+        Not the broker's: at installation the worker has not declared its
+        queues yet, and a passive declare of a missing queue makes pika log a
+        warning; the first scrape starts that read instead.
+        """
+        if self.database is not None:
+            self.database.prefetch()
 
     def describe(self) -> Iterable[Metric]:
         """The names this collector owns, so a clash with another collector is caught at registration."""
-        return [*self._families().values(), *self._lease_families()]
+        return [*self._families().values(), self._switches(None), *self._lease_families()]
 
     def collect(self) -> Iterable[Metric]:
         families = self._families()
@@ -593,7 +612,21 @@ class StateCollector(Collector):
                 for role, count in sorted(queues.consumers.items()):
                     families["queue_consumers"].add_metric([role], float(count))
 
-        return [*families.values(), *self._lease_families()]
+        return [*families.values(), self._switches(state), *self._lease_families()]
+
+    @staticmethod
+    def _switches(state: WorkerState | None) -> CounterMetricFamily:
+        """Strategy switches from the config file, as the worker counts them in ``WorkerState.extra``."""
+        family = CounterMetricFamily(
+            f"{PREFIX}_strategy_switches",
+            "Strategy changes read from the config file: applied, or rejected (invalid file or name).",
+            labels=["result"],
+        )
+        if state is not None:
+            for key, result in (("strategy_switches", "applied"), ("strategy_switches_rejected", "rejected")):
+                value = state.extra.get(key, 0)
+                family.add_metric([result], float(value) if isinstance(value, int | float) else 0.0)
+        return family
 
     def _lease_families(self) -> list[Metric]:
         """Renewal counters, when the elector keeps them (``renewals``, ``renewal_failures`` attributes)."""
@@ -681,6 +714,7 @@ def install_metrics(
         store=store, settings=settings, state=state, hooks=hooks, leadership=leadership
     )
     registry.register(collector)
+    collector.prefetch()
     return hooks, collector
 
 

@@ -74,6 +74,7 @@ class Deployment:
     queue: str
     workdir: Path
     election: str = "none"
+    http: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     store: Store = field(init=False)
@@ -96,7 +97,9 @@ class Deployment:
             "ELECTION_BACKEND": self.election,
             "POD_NAME": identity,
             "SCHEDULER_CONFIG": str(self.workdir / "config.yaml"),
-            "SCHEDULER_HTTP__ENABLED": "false",
+            "SCHEDULER_HTTP__ENABLED": "true" if self.http else "false",
+            "HTTP_PORT": "0",
+            "SCHEDULER_HTTP__HOST": "127.0.0.1",
             "SCHEDULER_RETRY__INITIAL_BACKOFF": "0.05",
             "SCHEDULER_RETRY__MAX_BACKOFF": "0.2",
             "SCHEDULER_RETRY__MAX_ATTEMPTS": "3",
@@ -130,6 +133,17 @@ class Deployment:
 
         epoch: int = wait_until(holder, timeout, f"{identity} to lead")
         return epoch
+
+    def http_url(self, identity: str, timeout: float = 20) -> str:
+        """The URL the worker's HTTP server listens on (it binds port 0 and logs the real one)."""
+        def found() -> str | None:
+            for line in decode_lines(self.log_of(identity)):
+                if line.get("event") == "http serving":
+                    return str(line["url"])
+            return None
+
+        url: str = wait_until(found, timeout, f"{identity}'s HTTP server")
+        return url
 
     def log_of(self, identity: str) -> str:
         path = self.workdir / f"{identity}.log"

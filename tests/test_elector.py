@@ -562,6 +562,8 @@ def test_leader_command_on_the_database(sqlite_url: str, cli_env: dict[str, str]
     try:
         empty = runner.invoke(cli, ["leader"], env=env)
         assert empty.exit_code == 0 and "no leader" in empty.output
+        disabled = runner.invoke(cli, ["leader", "--json"], env={**env, "ELECTION_BACKEND": "none"})
+        assert json.loads(disabled.output)["backend"] == "none"
 
         now = datetime.now(UTC)
         DatabaseLeaseLock(engine, "virtflow-scheduler").create(

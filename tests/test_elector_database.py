@@ -101,3 +101,25 @@ def test_database_outage_makes_the_leader_step_down(cluster: Cluster, schema: st
         holder.join(10)
 
     check_outage_steps_down(cluster, down, up)
+
+
+def test_a_recreated_lease_starts_above_the_epoch_floor(db_url: str) -> None:
+    """A replica that never saw a deleted lease must not restart epochs below the fence."""
+    from scheduler.elector import DatabaseLeaseLock, Elector
+    from scheduler.store import Store
+
+    store = Store.from_url(db_url)
+    store.upgrade()
+    store.claim_fence(41, "old-leader")
+    elector = Elector(
+        DatabaseLeaseLock(store.engine, "floor-test"), "newcomer",
+        lease_duration=1.0, renew_deadline=0.6, retry_period=0.15, epoch_floor=store.fence_epoch,
+    )
+    elector.start()
+    try:
+        assert elector.wait_for_leadership(5)
+        assert elector.epoch == 42
+        store.claim_fence(elector.epoch, "newcomer")  # accepted: not below the fence
+    finally:
+        elector.stop()
+        store.close()

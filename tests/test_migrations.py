@@ -88,7 +88,8 @@ def test_alembic_version_lands_in_the_urls_schema(db_url: str, engine: Engine) -
         schema = conn.execute(text("SELECT current_schema()")).scalar_one()
         tables = set(
             conn.execute(
-                text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"), {"s": schema}
+                text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
+                {"s": schema},
             ).scalars()
         )
         in_public = conn.execute(

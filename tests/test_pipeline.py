@@ -218,3 +218,46 @@ def test_strategy_switches_in_place_when_the_config_file_changes(deployment: Dep
     wait_until(lambda: "keeping the current strategy" in dep.log_of("worker-0"), 10, "the bad value refused")
     assert strategies_of("still") == {"best_fit"}
     assert dep.procs[0].poll() is None
+
+
+def test_a_deposed_leaders_commit_is_refused_by_the_fence(deployment: Deployment) -> None:
+    dep = deployment
+    dep.store.import_nodes(make_nodes(3))
+    dep.start_worker()
+    epoch = dep.wait_leading("worker-0")
+    before = make_requests(3, prefix="before")
+    dep.publish([Outgoing.request(r) for r in before])
+    dep.wait_terminal([r.task_id for r in before])
+    # Another replica takes over the fence behind this worker's back.
+    dep.store.claim_fence(epoch + 1, "usurper")
+    after = make_requests(3, prefix="after")
+    dep.publish([Outgoing.request(r) for r in after])
+    wait_until(lambda: "commit refused by the fence" in dep.log_of("worker-0"), 10, "the refused commit")
+    assert dep.statuses([r.task_id for r in after]) == {}
+    assert dep.store.fence_holder() == (epoch + 1, "usurper")
+    # Nothing was lost: the messages went back to the queue for the real leader.
+    wait_until(lambda: dep.queue_depth(dep.queue) == 3, 10, "the requests back in the queue")
+
+
+def test_worker_serves_http_with_the_prototype_api(deployment: Deployment) -> None:
+    import httpx
+
+    dep = deployment
+    dep.http = True
+    dep.store.import_nodes(make_nodes(2))
+    dep.start_worker()
+    dep.wait_leading("worker-0")
+    url = dep.http_url("worker-0")
+    with httpx.Client(base_url=url, timeout=10) as client:
+        assert client.get("/healthz").status_code == 200
+        wait_until(lambda: client.get("/readyz").status_code == 200, 10, "readiness")
+        accepted = client.post("/schedule", json={"task_id": "via-http", "requested_cpu": 2,
+                                                  "requested_memory": 2048})
+        assert accepted.status_code == 202 and accepted.json() == {"task_id": "via-http"}
+        assert client.post("/schedule", json={"requested_cpu": "2", "requested_memory": 1}).status_code == 422
+        dep.wait_terminal(["via-http"])
+        result = client.get("/result/via-http").json()
+        assert result["status"] == "completed" and result["result"]["name"] in {"bm-0000", "bm-0001"}
+        assert client.get("/result/nope").status_code == 404
+        metrics = client.get("/metrics").text
+        assert 'scheduler_decisions_total{' in metrics and "scheduler_leader 1.0" in metrics

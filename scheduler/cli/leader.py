@@ -40,7 +40,7 @@ def leader_cmd(as_json: bool) -> None:
 def render(info: LeaderInfo, now: datetime) -> str:
     """The human-readable form of ``info``."""
     if info.backend == "none":
-        return "election disabled (backend none): this single replica always leads, epoch 1"
+        return "election disabled (backend none): the single replica always leads"
     if info.epoch is None:
         return f"no leader: {info.lock} does not exist yet (no replica has campaigned)"
     lines = [

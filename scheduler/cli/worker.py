@@ -45,18 +45,38 @@ def build_leadership(settings: Settings, store: Store) -> LeaderElector:
         # database once used with real election still accepts its commits.
         return AlwaysLeader(settings.identity, epoch=max(store.fence_epoch(), 1))
     try:
-        return build_elector(settings, engine=store.engine)
+        return build_elector(settings, engine=store.engine, epoch_floor=store.fence_epoch)
     except LockError as exc:
         raise CliError(f"leader election: {exc}", exit_code=2) from None
 
 
 def run_worker(settings: Settings, store: Store) -> int:
+    """Build the worker with its metrics, HTTP face and elector, and run it until stopped."""
+    from prometheus_client import CollectorRegistry
+
+    from scheduler.http import start_http
+    from scheduler.metrics import install_metrics
     from scheduler.worker.daemon import Worker
 
     log = structlog.get_logger("scheduler.worker")
     leadership = build_leadership(settings, store)
-    worker = Worker(settings, store, leadership)
+    registry = CollectorRegistry()
+    holder: list[Worker] = []
+    hooks, _ = install_metrics(
+        registry, store=store, settings=settings, state=lambda: holder[0].state if holder else None,
+        leadership=leadership,
+    )
+    worker = Worker(settings, store, leadership, hooks=hooks)
+    holder.append(worker)
     worker.install_signal_handlers()
+    try:
+        server = start_http(settings, store, registry=registry, state=lambda: worker.state)
+    except OSError as exc:
+        raise CliError(f"http.port {settings.http.port}: {exc.strerror or exc}", exit_code=2) from None
     log.info("worker starting", identity=settings.identity, strategy=settings.strategy,
-             election=leadership.backend)
-    return worker.run()
+             election=leadership.backend, http=server.url if server else None)
+    try:
+        return worker.run()
+    finally:
+        if server is not None:
+            server.stop()

@@ -126,6 +126,7 @@ class Elector:
         release_on_stop: bool = True,
         owns_lock: bool = False,
         request_timeout: float | None = None,
+        epoch_floor: Callable[[], int] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = _utcnow,
         rng: random.Random | None = None,
@@ -148,6 +149,10 @@ class Elector:
         self._on_started_leading = on_started_leading
         self._on_stopped_leading = on_stopped_leading
         self._on_new_leader = on_new_leader
+        self._epoch_floor = epoch_floor
+        # Counters for metrics (read without a lock: monotonic ints written by one thread).
+        self.renewals = 0
+        self.renewal_failures = 0
         self._monotonic = monotonic
         self._wall_clock = wall_clock
         self._rng = rng or random.Random()
@@ -165,7 +170,7 @@ class Elector:
         # Only touched by the elector thread (reads elsewhere see an immutable snapshot).
         self._observed: _Observation | None = None
         self._reported_leader: str | None = None
-        self._superseded = False
+        self._superseded: str | None = None  # why the current term ended early, if it did
 
     # -- public API ---------------------------------------------------------
 
@@ -203,7 +208,9 @@ class Elector:
 
         Idempotent and safe from any thread, including from a callback (then it
         does not wait). ``release=False`` leaves the lease to expire, which is
-        what a crash looks like to the other replicas.
+        what a crash looks like to the other replicas. With a hung backend it
+        can take up to 1.5 x ``renew_deadline`` (the request in flight, then the
+        release's read and write, each bounded by the request timeout).
         """
         with self._state:
             if release is not None:
@@ -273,8 +280,12 @@ class Elector:
                 start, min(start + self._request_timeout, deadline), leading=True
             )
             self._report_transition()
+            if renewed:
+                self.renewals += 1
+            else:
+                self.renewal_failures += 1
             if self._superseded:
-                return "lease taken by another holder"
+                return self._superseded
             if renewed:
                 if self._monotonic() >= deadline:
                     # is_leader() has already said False: end the term, start a new one.
@@ -322,8 +333,7 @@ class Elector:
             return False
         if found is None:
             if leading:
-                log.warning("lease disappeared while leading", identity=self._identity, epoch=epoch)
-                self._superseded = True
+                self._superseded = "the lease was deleted"
                 return False
             if observed is not None:
                 holder = observed.record.holder_identity
@@ -352,7 +362,7 @@ class Elector:
                 holder=current.holder_identity or None,
                 holder_epoch=current.leader_transitions,
             )
-            self._superseded = True
+            self._superseded = "the lease shows another holder or epoch"
             return False
         holder = current.holder_identity
         observed = self._observed
@@ -402,7 +412,7 @@ class Elector:
             self._leading = True
             self._renewed_at = start
             self._epoch = epoch
-        self._superseded = False
+        self._superseded = None
         self._leading_event.set()
         log.info("leadership acquired", identity=self._identity, epoch=epoch, lock=self._lock.describe())
         self._call("on_started_leading", self._on_started_leading, epoch)
@@ -413,7 +423,7 @@ class Elector:
             self._leading = False
             epoch = self._epoch
         self._leading_event.clear()
-        self._superseded = False
+        self._superseded = None
         if was_leading:
             log.warning("leadership lost", identity=self._identity, epoch=epoch, reason=reason)
             self._call("on_stopped_leading", self._on_stopped_leading)
@@ -450,7 +460,16 @@ class Elector:
 
     def _creation_epoch(self) -> int:
         observed = self._observed
-        return observed.record.leader_transitions + 1 if observed else 0
+        epoch = observed.record.leader_transitions + 1 if observed else 0
+        if self._epoch_floor is not None:
+            # A lease recreated by a replica that never saw the old one would
+            # restart at 0, below the fence, and be refused forever; start
+            # above the highest epoch the fence has seen instead.
+            try:
+                epoch = max(epoch, self._epoch_floor() + 1)
+            except Exception as exc:
+                self._log_failure("could not read the epoch floor", exc)
+        return epoch
 
     def _acquire_wait(self, now: float) -> float:
         observed = self._observed

@@ -10,7 +10,7 @@ with the lock.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -24,7 +24,7 @@ from scheduler.elector.kubernetes_lock import (
     load_api_client,
     resolve_namespace,
 )
-from scheduler.elector.none import FIXED_EPOCH, AlwaysLeader
+from scheduler.elector.none import AlwaysLeader
 from scheduler.elector.record import (
     LeaderElector,
     LeaderInfo,
@@ -97,6 +97,7 @@ def build_elector(
     on_new_leader: NewLeader | None = None,
     release_on_stop: bool = True,
     service_account_file: Path = SERVICE_ACCOUNT_NAMESPACE,
+    epoch_floor: Callable[[], int] | None = None,
 ) -> LeaderElector:
     """The elector for ``settings.election`` and ``settings.identity``; call ``start()`` on it."""
     env = os.environ if environ is None else environ
@@ -120,6 +121,7 @@ def build_elector(
         on_new_leader=on_new_leader,
         release_on_stop=release_on_stop,
         owns_lock=True,
+        epoch_floor=epoch_floor,
     )
 
 
@@ -136,7 +138,7 @@ def read_leader(
     env = os.environ if environ is None else environ
     backend = resolve_backend(settings, env)
     if backend == "none":
-        return LeaderInfo("none", "no election (backend none)", None, FIXED_EPOCH, None, None, None, None)
+        return LeaderInfo("none", "no election (backend none)", None, None, None, None, None, None)
     if backend == "database" and engine is None:
         _require_sqlite_file(settings.database.url)
     lock = build_lock(settings, engine=engine, environ=env, service_account_file=service_account_file)

@@ -168,7 +168,8 @@ class LeaderSummary(_Out):
     epoch: int
     strategy: str
     strategy_source: Literal["leader", "configured"] = Field(
-        description="leader: this replica leads and reports its live strategy; configured: from the settings"
+        description="leader: reported live by this replica, the leader; configured: from this replica's "
+        "configuration (which every replica reloads from the same file)"
     )
 
 

@@ -7,19 +7,20 @@ placements/s, a third of the goal. What is fast on each backend:
 
 * SQLite: ``cursor.executemany`` over one prepared statement with plain
   tuples is a C loop; the only per-row Python work left is building the
-  tuple. Timestamps are passed pre-formatted in the exact text form
-  SQLAlchemy's SQLite ``DateTime`` type stores and parses, so rows written
-  here read back through Core like any other.
+  tuple. The statement is SQLAlchemy's own SQLite ``insert()`` /
+  ``on_conflict_do_update()``, compiled once; timestamps are passed
+  pre-formatted in the exact text form SQLAlchemy's SQLite ``DateTime``
+  stores and parses, so these rows read back through Core like any other.
 * PostgreSQL: binary ``COPY ... FROM STDIN``, where psycopg's C extension
   encodes each row (about 1-2 µs) and the server ingests the stream in one
   round trip. ``COPY`` cannot upsert, so upserts copy into a per-session
-  temporary staging table and finish with one ``INSERT ... SELECT ... ON
-  CONFLICT DO UPDATE``.
+  temporary staging table and finish with one SQLAlchemy-compiled
+  ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``.
 
-Both writers take rows as tuples in the order of ``columns``; the statement
-text is built once per (table, columns) and cached on the writer. Identifiers
-are quoted by the dialect and never schema-qualified, so PostgreSQL's
-``search_path`` (set in the URL) decides the schema, as everywhere else.
+Both writers take rows as tuples in the order of ``columns``; statements are
+built once per (table, columns) and cached on the writer. Table names are
+never schema-qualified, so PostgreSQL's ``search_path`` (set in the URL)
+decides the schema, as everywhere else.
 """
 
 from __future__ import annotations
@@ -28,7 +29,22 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Connection, DateTime, Dialect, Float, Integer, Table
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    Float,
+    Integer,
+    Table,
+    select,
+)
+from sqlalchemy import column as sa_column
+from sqlalchemy import table as sa_table
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 Rows = Sequence[tuple[Any, ...]]
 
@@ -37,6 +53,7 @@ class BulkWriter:
     """Backend-specific ``insert`` / ``upsert`` of many tuples, and how a timestamp is passed."""
 
     def __init__(self, dialect: Dialect):
+        self._dialect = dialect
         self._quote = dialect.identifier_preparer.quote
         self._sql: dict[tuple[Any, ...], Any] = {}
 
@@ -86,18 +103,20 @@ class SqliteBulkWriter(BulkWriter):
             conn.exec_driver_sql(self._statement(table, columns, key, update_columns), list(rows))
 
     def _statement(self, table: Table, columns: Sequence[str], key: str | None, update: Sequence[str]) -> str:
+        """SQLAlchemy's own SQLite ``INSERT [... ON CONFLICT DO UPDATE]``, compiled once to qmark SQL."""
         cache_key = (table.name, tuple(columns), key, tuple(update))
         sql = self._sql.get(cache_key)
         if sql is None:
-            q = self._quote
-            sql = (
-                f"INSERT INTO {q(table.name)} ({self._cols(columns)}) "
-                f"VALUES ({', '.join('?' for _ in columns)})"
-            )
+            stmt = sqlite_dialect.insert(table)
             if key is not None:
-                sets = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in update)
-                sql += f" ON CONFLICT ({q(key)}) DO UPDATE SET {sets}"
-            self._sql[cache_key] = sql
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[key], set_={c: stmt.excluded[c] for c in update}
+                )
+            compiled = stmt.compile(dialect=self._dialect, column_keys=list(columns))
+            # The tuples are in ``columns`` order: the statement's parameters must be too.
+            if list(compiled.positiontup or ()) != list(columns):
+                raise AssertionError(f"unexpected parameter order {compiled.positiontup} for {columns}")
+            sql = self._sql[cache_key] = str(compiled)
         return str(sql)
 
 
@@ -121,23 +140,34 @@ class PostgresBulkWriter(BulkWriter):
             return
         q = self._quote
         stage = q(f"_stage_{table.name}")
-        # Per session, created on first use; ON COMMIT DELETE ROWS empties it at
-        # every commit (a rolled-back transaction takes its rows with it).
-        conn.exec_driver_sql(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {q(table.name)}) ON COMMIT DELETE ROWS"
-        )
+        self._ensure_stage(conn, table, stage)
         self._copy(conn, table, stage, columns, rows)
         cache_key = ("upsert", table.name, tuple(columns), key, tuple(update_columns))
         sql = self._sql.get(cache_key)
         if sql is None:
-            cols = self._cols(columns)
-            sets = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in update_columns)
-            sql = self._sql[cache_key] = (
-                f"INSERT INTO {q(table.name)} ({cols}) SELECT {cols} FROM {stage} "
-                f"ON CONFLICT ({q(key)}) DO UPDATE SET {sets}"
+            staged = sa_table(f"_stage_{table.name}", *(sa_column(c) for c in columns))
+            stmt = pg_dialect.insert(table).from_select(list(columns), select(*staged.c))
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[key], set_={c: stmt.excluded[c] for c in update_columns}
             )
-        conn.exec_driver_sql(sql)
-        conn.exec_driver_sql(f"DELETE FROM {stage}")
+            sql = self._sql[cache_key] = str(stmt.compile(dialect=self._dialect))
+        conn.exec_driver_sql(str(sql))
+
+    def _ensure_stage(self, conn: Connection, table: Table, stage: str) -> None:
+        """Create the session's staging table unless it exists, and make sure it is empty.
+
+        Both in one round trip. Asked every time rather than remembered per
+        connection: behind a transaction-pooling proxy (PgBouncer) the next
+        transaction may run on another server session, and a rolled-back
+        transaction takes a table it created with it. ``ON COMMIT DELETE
+        ROWS`` empties it at every commit; the ``DELETE`` (of nothing, as a
+        rule) covers a second upsert of the same table in one transaction.
+        """
+        like = self._quote(table.name)
+        conn.exec_driver_sql(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {like}) ON COMMIT DELETE ROWS; "
+            f"DELETE FROM {stage}"
+        )
 
     def _copy(self, conn: Connection, table: Table, target: str, columns: Sequence[str], rows: Rows) -> None:
         types = [_pg_type(table.c[c].type) for c in columns]
@@ -166,7 +196,9 @@ def _pg_type(sa_type: Any) -> str:
     return "text"  # String, Text: varchar and text share one binary format
 
 
-def writer_for(dialect: Dialect) -> BulkWriter:
+def writer_for(engine: Engine) -> BulkWriter:
+    """The bulk writer for ``engine``'s backend."""
+    dialect = engine.dialect
     if dialect.name == "postgresql":
         return PostgresBulkWriter(dialect)
     if dialect.name == "sqlite":

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from scheduler.fleet import BoolArray, FleetView, FloatArray
+from scheduler.fleet import BoolArray, FleetView, FloatArray, IntArray
 from scheduler.models import SchedulingRequest
 
 
@@ -46,9 +46,23 @@ class ScoringStrategy(Strategy):
 def utilization_after(fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> tuple[
     FloatArray, FloatArray, FloatArray
 ]:
-    """Fraction of cpu, memory and disk in use on each node if ``req`` were placed there."""
+    """Fraction of cpu, memory and disk in use on each node if ``req`` were placed there.
+
+    Each is ``(cap - free + requested) * (1 / cap)``, computed with one
+    temporary less than the plain expression (the add is done in place):
+    the same operations in the same order, so the same bits, but at 100,000
+    nodes every array allocated is a measurable part of a decision. The
+    returned arrays are fresh; callers may modify them in place.
+    """
     sl = slice(start, stop)
-    cpu = (fleet.cap_cpu[sl] - fleet.free_cpu[sl] + req.requested_cpu) * fleet.inv_cpu[sl]
-    mem = (fleet.cap_mem[sl] - fleet.free_mem[sl] + req.requested_memory) * fleet.inv_mem[sl]
-    disk = (fleet.cap_disk[sl] - fleet.free_disk[sl] + req.requested_disk) * fleet.inv_disk[sl]
+    cpu = _after(fleet.cap_cpu[sl], fleet.free_cpu[sl], req.requested_cpu, fleet.inv_cpu[sl])
+    mem = _after(fleet.cap_mem[sl], fleet.free_mem[sl], req.requested_memory, fleet.inv_mem[sl])
+    disk = _after(fleet.cap_disk[sl], fleet.free_disk[sl], req.requested_disk, fleet.inv_disk[sl])
     return cpu, mem, disk
+
+
+def _after(cap: IntArray, free: IntArray, amount: int, inv: FloatArray) -> FloatArray:
+    used = np.subtract(cap, free)
+    used += amount
+    result: FloatArray = np.multiply(used, inv)
+    return result

@@ -50,26 +50,37 @@ STRANDING = 24.0
 
 class BestFit(ScoringStrategy):
     name: ClassVar[str] = "best_fit"
-    description: ClassVar[str] = "consolidate: least remaining capacity after placement, balanced across resources"
+    description: ClassVar[str] = (
+        "consolidate: least remaining capacity after placement, balanced across resources"
+    )
 
     def __init__(self, stranding: float = STRANDING) -> None:
         self.stranding = stranding
 
     def score(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
         sl = slice(start, stop)
-        f_cpu = (fleet.free_cpu[sl] - req.requested_cpu) * fleet.inv_cpu[sl]
-        f_mem = (fleet.free_mem[sl] - req.requested_memory) * fleet.inv_mem[sl]
+        s = self.stranding
+        # Free fractions after placement, (free - requested) / capacity, sharing one integer temporary.
+        left = np.subtract(fleet.free_cpu[sl], req.requested_cpu)
+        f_cpu: FloatArray = np.multiply(left, fleet.inv_cpu[sl])
+        np.subtract(fleet.free_mem[sl], req.requested_memory, out=left)
+        f_mem: FloatArray = np.multiply(left, fleet.inv_mem[sl])
         if req.requested_disk:
-            f_disk = (fleet.free_disk[sl] - req.requested_disk) * fleet.inv_disk[sl]
+            np.subtract(fleet.free_disk[sl], req.requested_disk, out=left)
+            f_disk = np.multiply(left, fleet.inv_disk[sl])
             high = np.maximum(np.maximum(f_cpu, f_mem), f_disk)
             low = np.minimum(np.minimum(f_cpu, f_mem), f_disk)
-            room = f_cpu + f_mem + f_disk
-        else:
-            high = np.maximum(f_cpu, f_mem)
-            low = np.minimum(f_cpu, f_mem)
-            room = f_cpu + f_mem
-        # room + s * (high - low), computed in place to spare two temporaries.
-        np.subtract(high, low, out=high)
-        high *= self.stranding
-        high += room
+            f_cpu += f_mem
+            f_cpu += f_disk  # room
+            high -= low
+            high *= s
+            high += f_cpu
+            return high
+        # Two resources: room + s * spread = (high + low) + s * (high - low) = (1 + s) * high + (1 - s) * low,
+        # which needs neither the room nor the spread as arrays of their own.
+        high = np.maximum(f_cpu, f_mem)
+        low = np.minimum(f_cpu, f_mem, out=f_mem)
+        high *= 1.0 + s
+        low *= 1.0 - s
+        high += low
         return high

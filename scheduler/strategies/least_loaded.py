@@ -25,4 +25,10 @@ class LeastLoaded(ScoringStrategy):
     def score(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
         cpu, mem, disk = utilization_after(fleet, start, stop, req)
         wc, wm, wd = self.weights
-        return wc * cpu + wm * mem + wd * disk
+        # wc * cpu + wm * mem + wd * disk, accumulated in place (same order, same result, no temporaries).
+        cpu *= wc
+        mem *= wm
+        cpu += mem
+        disk *= wd
+        cpu += disk
+        return cpu

@@ -44,6 +44,11 @@ class Hybrid(ScoringStrategy):
         cpu, mem, disk = utilization_after(fleet, start, stop, req)
         wc, wm, wd = self.weights
         # free fraction = 1 - utilization; maximizing it is minimizing utilization's
-        # negation, written as the free fraction to say what the strategy means.
-        free: FloatArray = wc * (1.0 - cpu) + wm * (1.0 - mem) + wd * (1.0 - disk)
-        return np.negative(free)
+        # negation, written as the free fraction to say what the strategy means:
+        # -(wc * (1 - cpu) + wm * (1 - mem) + wd * (1 - disk)), evaluated in place.
+        for part, weight in ((cpu, wc), (mem, wm), (disk, wd)):
+            np.subtract(1.0, part, out=part)
+            part *= weight
+        cpu += mem
+        cpu += disk
+        return np.negative(cpu, out=cpu)

@@ -26,6 +26,7 @@ import fnmatch
 import ipaddress
 import re
 import socket
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -62,16 +63,14 @@ def address_refusal(ip: IPAddress) -> str | None:
     Loopback and private addresses are acceptable: an operator may well run
     a receiver next to the scheduler, and the allow-list is where they say so.
     """
-    embedded = _embedded_ipv4(ip)
-    for candidate in (ip, embedded):
-        if candidate is None:
-            continue
-        if candidate in METADATA_ADDRESSES:
-            return f"address {ip} is a cloud metadata endpoint"
-        if candidate.is_link_local:
-            return f"address {ip} is link-local (cloud metadata lives there)"
-        if candidate.is_multicast or candidate.is_unspecified or candidate.is_reserved:
-            return f"address {ip} is multicast, unspecified or reserved"
+    # ::ffff:a.b.c.d and 64:ff9b::a.b.c.d reach the IPv4 address inside: judge that one.
+    candidate = _embedded_ipv4(ip) or ip
+    if candidate in METADATA_ADDRESSES:
+        return f"address {ip} is a cloud metadata endpoint"
+    if candidate.is_link_local:
+        return f"address {ip} is link-local (cloud metadata lives there)"
+    if candidate.is_multicast or candidate.is_unspecified or candidate.is_reserved:
+        return f"address {ip} is multicast, unspecified or reserved"
     return None
 
 
@@ -118,6 +117,34 @@ def callback_refusal(url: str, allow: list[str]) -> str | None:
     if not any(fnmatch.fnmatchcase(url, pattern) for pattern in allow):
         return f"callback_url {url} matches no pattern in webhooks.allow"
     return None
+
+
+_SECRET_QUERY_KEYS = re.compile(r"(token|secret|key|sig|signature|password|passwd|pwd|auth|code)", re.I)
+
+
+def display_url(url: str) -> str:
+    """``url`` fit for logs and the CLI: the password and secret-looking query values replaced by ``***``.
+
+    Receivers often carry a credential in the URL (``https://user:pw@host``,
+    ``?token=...``); deliveries store the URL as configured, and every place
+    that shows one goes through here. Works on the text, so even a URL that
+    does not parse is shown without its password.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, hostport = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    query = "&".join(
+        f"{pair.split('=', 1)[0]}=***" if "=" in pair and _SECRET_QUERY_KEYS.search(pair.split("=", 1)[0])
+        else pair
+        for pair in parts.query.split("&")
+    ) if parts.query else ""  # fmt: skip
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.broker import HEADER_ATTEMPT
+from scheduler.broker import HEADER_ATTEMPT, HEADER_PUBLISHED_AT
 from scheduler.fleet import Allocation, FleetView
 from scheduler.models import (
     BadMessage,
@@ -71,6 +72,8 @@ class GroupPlan:
     dead: list[DeadLetter] = field(default_factory=list)
     deferred: list[Incoming] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    decision_seconds: list[float] = field(default_factory=list)
+    published_at: dict[str, int] = field(default_factory=dict)
     duplicates: list[str] = field(default_factory=list)
     placed: dict[str, SchedulingRequest] = field(default_factory=dict)
     _undo: list[Callable[[], None]] = field(default_factory=list)
@@ -156,6 +159,9 @@ def plan_group(
             continue
         seen.add(req.task_id)
         attempt = attempt_of(msg.headers)
+        published = msg.headers.get(HEADER_PUBLISHED_AT)
+        if isinstance(published, int) and not isinstance(published, bool):
+            plan.published_at[req.task_id] = published
         if req.callback_url is not None:
             refusal = callback_refusal(req.callback_url, callback_allow)
             if refusal is not None:
@@ -164,7 +170,9 @@ def plan_group(
                     message=refusal, strategy=req.strategy, attempts=attempt, callback_url=None,
                 ))
                 continue
+        started = time.perf_counter()
         decision = placer.decide(fleet, req, now=now)
+        plan.decision_seconds.append(time.perf_counter() - started)
         plan.decisions.append(decision)
         if decision.node_index is not None:
             fleet.reserve(decision.node_index, req)

@@ -1,0 +1,238 @@
+"""The database-backed CLI: db upgrade, nodes import/list/cordon/uncordon, status, tasks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+import scheduler.cli.db
+import scheduler.cli.nodes
+import scheduler.cli.tasks  # noqa: F401  (registers the commands)
+from scheduler.cli.common import CliError, cli
+from scheduler.models import Reason, SchedulingRequest
+from scheduler.store import Failure, Placement, Store, Waiting
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_FLEET = ROOT / "examples" / "fleet.yaml"
+
+
+@pytest.fixture
+def env(db_url: str, tmp_path: Path) -> dict[str, str]:
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    return {"DATABASE_URL": db_url, "SCHEDULER_CONFIG": str(config), "COLUMNS": "120"}
+
+
+@pytest.fixture
+def run(env: dict[str, str]) -> Iterator[object]:
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(cli, list(args), env=env, catch_exceptions=True)
+
+    yield invoke
+
+
+def error_of(result: Result) -> str:
+    """The one-line message ``main()`` would print for this result."""
+    assert result.exit_code != 0, result.output
+    assert isinstance(result.exception, CliError), repr(result.exception)
+    return str(result.exception)
+
+
+def test_read_commands_on_an_empty_database_say_to_upgrade(run: object) -> None:
+    for args in (("nodes", "list"), ("tasks",), ("status", "x")):
+        result = run(*args)  # type: ignore[operator]
+        message = error_of(result)
+        assert "database not initialised" in message and "scheduler db upgrade" in message
+
+
+def test_db_upgrade_twice(run: object, db_url: str) -> None:
+    first = run("db", "upgrade")  # type: ignore[operator]
+    assert first.exit_code == 0, first.output
+    assert "upgraded from empty to revision 0001" in first.output
+    second = run("db", "upgrade")  # type: ignore[operator]
+    assert second.exit_code == 0 and "already at revision 0001" in second.output
+
+
+def test_import_list_cordon_uncordon(run: object, db_url: str) -> None:
+    result = run("nodes", "import", str(EXAMPLE_FLEET))  # type: ignore[operator]
+    assert result.exit_code == 0, result.output
+    assert "12 created, 0 updated, 0 unchanged" in result.output
+    again = run("nodes", "import", str(EXAMPLE_FLEET))  # type: ignore[operator]
+    assert "0 created, 0 updated, 12 unchanged" in again.output
+
+    with Store.from_url(db_url) as store:
+        store.commit(
+            [
+                Placement(
+                    SchedulingRequest(
+                        task_id="vm-1",
+                        requested_cpu=48,
+                        requested_memory=131072,
+                        requested_disk=100,
+                        requested_pool="ai",
+                    ),
+                    "gpu-001",
+                    "10.0.2.1",
+                    "least_loaded",
+                    "ok",
+                    1,
+                )
+            ],
+            epoch=1,
+        )
+
+    table = run("nodes", "list")  # type: ignore[operator]
+    assert table.exit_code == 0, table.output
+    for name in ("bm-001", "gpu-004", "st-002"):
+        assert name in table.output
+    assert "pools" in table.output and "█" in table.output and "50%" in table.output
+
+    lines = [json.loads(x) for x in run("nodes", "list", "--json", "--pool", "ai").output.splitlines()]  # type: ignore[operator]
+    assert [n["name"] for n in lines] == ["gpu-001", "gpu-002", "gpu-003", "gpu-004"]
+    gpu1 = lines[0]
+    assert gpu1["allocated"] == {"cpu": 48, "memory": 131072, "disk": 100, "vms": 1}
+    assert {
+        "name",
+        "ip",
+        "pool",
+        "dedicated",
+        "cpu",
+        "memory",
+        "disk",
+        "max_vms",
+        "tags",
+        "zone",
+        "cordoned",
+    } <= set(gpu1)
+    assert lines[1]["allocated"] == {"cpu": 0, "memory": 0, "disk": 0, "vms": 0}
+
+    assert run("nodes", "cordon", "bm-003").output.strip() == "node bm-003 cordoned"  # type: ignore[operator]
+    assert "already cordoned" in run("nodes", "cordon", "bm-003").output  # type: ignore[operator]
+    listed = {n["name"]: n for n in map(json.loads, run("nodes", "list", "--json").output.splitlines())}  # type: ignore[operator]
+    assert listed["bm-003"]["cordoned"] is True and len(listed) == 12
+    assert run("nodes", "uncordon", "bm-003").output.strip() == "node bm-003 uncordoned"  # type: ignore[operator]
+    unknown = run("nodes", "cordon", "bm-999")  # type: ignore[operator]
+    assert "unknown node 'bm-999'" in error_of(unknown)
+
+
+def test_import_of_a_broken_file_names_node_and_field(run: object, db_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        "nodes:\n  - {name: ok-1, ip: 10.0.0.1, cpu: 8, memory: 1024}\n"
+        "  - {name: bad-2, ip: 10.0.0.2, cpu: 8, memory: lots}\n"
+    )
+    result = run("nodes", "import", str(path))  # type: ignore[operator]
+    message = error_of(result)
+    assert "nodes[1] (bad-2): memory:" in message and "nothing imported" in message
+    assert run("db", "upgrade").exit_code == 0  # type: ignore[operator]
+    assert run("nodes", "list", "--json").output == ""  # type: ignore[operator]
+    missing = run("nodes", "import", str(tmp_path / "nope.yaml"))  # type: ignore[operator]
+    assert missing.exit_code != 0
+
+
+def test_status_and_tasks(run: object, db_url: str) -> None:
+    assert run("db", "upgrade").exit_code == 0  # type: ignore[operator]
+    assert run("nodes", "import", str(EXAMPLE_FLEET)).exit_code == 0  # type: ignore[operator]
+    with Store.from_url(db_url) as store:
+        store.commit(
+            [
+                Placement(
+                    SchedulingRequest(task_id="vm-1", requested_cpu=4, requested_memory=8192),
+                    "bm-001",
+                    "10.0.1.1",
+                    "least_loaded",
+                    "placed on bm-001",
+                    1,
+                ),
+                Failure("vm-2", None, Reason.UNKNOWN_POOL, "no pool 'zz'", None, 1, None),
+                Waiting(
+                    SchedulingRequest(task_id="vm-3", requested_cpu=4, requested_memory=8192),
+                    "0/12 fit",
+                    2,
+                    "least_loaded",
+                ),
+            ],
+            epoch=1,
+        )
+
+    status = run("status", "vm-1")  # type: ignore[operator]
+    assert status.exit_code == 0, status.output
+    assert "scheduled" in status.output and "bm-001 (10.0.1.1)" in status.output
+    detail = json.loads(run("status", "vm-2", "--json").output)  # type: ignore[operator]
+    assert detail["status"] == "failed" and detail["reason"] == "unknown_pool" and detail["node"] is None
+    unknown = run("status", "nope")  # type: ignore[operator]
+    assert error_of(unknown) == "unknown task 'nope'"
+
+    lines = [json.loads(x) for x in run("tasks", "--json").output.splitlines()]  # type: ignore[operator]
+    assert sorted(x["task_id"] for x in lines) == ["vm-1", "vm-2", "vm-3"]
+    for line in lines:
+        assert list(line) == [
+            "task_id",
+            "status",
+            "node",
+            "reason",
+            "message",
+            "attempts",
+            "created_at",
+            "updated_at",
+        ]
+    failed = [json.loads(x) for x in run("tasks", "--status", "failed", "--json").output.splitlines()]  # type: ignore[operator]
+    assert [x["task_id"] for x in failed] == ["vm-2"]
+    assert len(run("tasks", "--json", "--limit", "2").output.splitlines()) == 2  # type: ignore[operator]
+    table = run("tasks")  # type: ignore[operator]
+    assert table.exit_code == 0 and "vm-3" in table.output and "waiting" in table.output
+    assert run("tasks", "--status", "bogus").exit_code == 2  # type: ignore[operator]
+
+
+def test_unreachable_database_is_one_line_through_the_real_entry_point(tmp_path: Path) -> None:
+    """Through ``main()`` as installed: one line on stderr naming the URL, password hidden, exit 1."""
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    env = {
+        **os.environ,
+        "DATABASE_URL": "postgresql://nobody:hunter2@127.0.0.1:1/x",
+        "SCHEDULER_CONFIG": str(config),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", "from scheduler.cli import main; main()", "status", "x"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: cannot reach database postgresql://nobody:***@127.0.0.1:1/x: ")
+    assert "hunter2" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("db", "upgrade"),
+        ("nodes", "import", str(EXAMPLE_FLEET)),
+        ("nodes", "list"),
+        ("tasks",),
+        ("nodes", "cordon", "bm-001"),
+    ],
+)
+def test_unreachable_database_every_command(tmp_path: Path, args: tuple[str, ...]) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    env = {"DATABASE_URL": "postgresql://nobody:hunter2@127.0.0.1:1/x", "SCHEDULER_CONFIG": str(config)}
+    result = CliRunner().invoke(cli, list(args), env=env)
+    message = error_of(result)
+    assert message.startswith("cannot reach database postgresql://nobody:***@127.0.0.1:1/x: ")
+    assert "\n" not in message and "hunter2" not in message

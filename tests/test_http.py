@@ -1,0 +1,369 @@
+"""The HTTP API contract: DESIGN.md's endpoints, seed 000's shapes, 422/404/503, real broker and DB."""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pika
+import pytest
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from scheduler.broker import HEADER_SCHEMA, Topology
+from scheduler.http import HttpServer, create_app
+from scheduler.producer.publisher import Publisher
+from scheduler.store import Store
+from scheduler.worker.daemon import WorkerState
+from tests.harness import Deployment
+from tests.test_http_support import EPOCH, LEADER, make_deployment, settings_for, standard_workload
+
+with warnings.catch_warnings():  # starlette's TestClient warns about httpx on import; it works as it is
+    warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
+    from fastapi.testclient import TestClient
+
+@pytest.fixture
+def deployment(
+    db_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path
+) -> Iterator[Deployment]:
+    """The two-pool fleet on SQLite, then on PostgreSQL, with this test's broker names."""
+    yield from make_deployment(db_url, amqp_url, amqp_names, tmp_path)
+
+
+@pytest.fixture
+def lite(sqlite_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path) -> Iterator[Deployment]:
+    """As ``deployment`` on SQLite only, for behaviour that does not depend on the database backend."""
+    yield from make_deployment(sqlite_url, amqp_url, amqp_names, tmp_path)
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+_OWN = Publisher("amqp://unused", Topology("unused", "unused"))
+
+
+def make_app(
+    dep: Deployment,
+    registry: CollectorRegistry,
+    *,
+    publisher: Publisher | None = _OWN,
+    state: WorkerState | None = None,
+    store: Store | None = None,
+) -> FastAPI:
+    """The app on ``dep``; by default with a publisher to ``dep``'s broker names."""
+    settings = settings_for(dep)
+    pub = Publisher(dep.amqp_url, dep.topology) if publisher is _OWN else publisher
+    return create_app(
+        store=store or dep.store, publisher=pub, state=(lambda: state) if state is not None else None,
+        registry=registry, settings=settings,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def client(deployment: Deployment, registry: CollectorRegistry) -> Iterator[TestClient]:
+    with TestClient(make_app(deployment, registry)) as c:
+        yield c
+
+
+@pytest.fixture
+def lite_client(lite: Deployment, registry: CollectorRegistry) -> Iterator[TestClient]:
+    """A client on SQLite only, for checks that do not depend on the database backend."""
+    with TestClient(make_app(lite, registry)) as c:
+        yield c
+
+
+def drain(dep: Deployment) -> list[tuple[pika.BasicProperties, bytes]]:
+    """Every message in the request queue, with its properties."""
+    conn = pika.BlockingConnection(pika.URLParameters(dep.amqp_url))
+    out = []
+    try:
+        ch = conn.channel()
+        while True:
+            method, props, body = ch.basic_get(dep.queue, auto_ack=True)
+            if method is None:
+                return out
+            out.append((props, body))
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------------ submission
+
+
+def test_schedule_publishes_with_confirms_and_records_queued(
+    client: TestClient, deployment: Deployment
+) -> None:
+    body = {"task_id": "http-1", "requested_cpu": 4, "requested_memory": 8192, "requested_pool": "default"}
+    response = client.post("/schedule", json=body)
+    assert response.status_code == 202
+    assert response.json() == {"task_id": "http-1"}
+
+    messages = drain(deployment)
+    assert len(messages) == 1
+    props, raw = messages[0]
+    sent = json.loads(raw)
+    assert sent["task_id"] == "http-1" and sent["requested_cpu"] == 4 and sent["requested_memory"] == 8192
+    assert props.message_id == "http-1"
+    assert props.content_type == "application/json"
+    assert props.delivery_mode == 2
+    assert props.headers[HEADER_SCHEMA] == 1
+
+    assert client.get("/result/http-1").json() == {"status": "processing"}
+    detail = client.get("/tasks/http-1").json()
+    assert detail["status"] == "queued" and detail["request"]["requested_cpu"] == 4
+
+
+def test_schedule_without_task_id_gets_a_uuid(lite_client: TestClient, lite: Deployment) -> None:
+    # The first prototype's request: no task id, only the resources.
+    response = lite_client.post("/schedule", json={"requested_cpu": 4, "requested_memory": 8192,
+                                              "requested_pool": "default", "dedicated": False})  # fmt: skip
+    assert response.status_code == 202
+    task_id = response.json()["task_id"]
+    assert uuid.UUID(task_id).version == 4
+    [(props, raw)] = drain(lite)
+    assert props.message_id == task_id and json.loads(raw)["task_id"] == task_id
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"requested_memory": 1024}, "requested_cpu"),
+        ({"requested_cpu": "4", "requested_memory": 1024}, "requested_cpu"),  # strict: no coercion
+        ({"requested_cpu": True, "requested_memory": 1024}, "requested_cpu"),
+        ({"requested_cpu": 0, "requested_memory": 1024}, "requested_cpu"),
+        ({"requested_cpu": 1, "requested_memory": 1024, "requested_gpu": 1}, "requested_gpu"),  # typo
+        ({"requested_cpu": 1, "requested_memory": 1024, "task_id": "has space"}, "task_id"),
+        ({"requested_cpu": 1, "requested_memory": 1024, "callback_url": "ftp://x"}, "callback_url"),
+        (
+            {"requested_cpu": 1, "requested_memory": 1024, "callback_url": "https://evil.example.org/x"},
+            "callback_url",
+        ),
+        (
+            {"requested_cpu": 1, "requested_memory": 1024, "callback_url": "http://169.254.169.254/x"},
+            "callback_url",
+        ),
+    ],
+)
+def test_invalid_requests_get_422_with_the_field_and_publish_nothing(
+    lite_client: TestClient, lite: Deployment, body: dict[str, Any], field: str
+) -> None:
+    response = lite_client.post("/schedule", json=body)
+    assert response.status_code == 422, response.text
+    locs = [err["loc"] for err in response.json()["detail"]]
+    assert ["body", field] in locs, locs
+    assert drain(lite) == []
+    assert lite.store.list_tasks() == []
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b""])
+def test_malformed_bodies_get_422(lite_client: TestClient, raw: bytes) -> None:
+    response = lite_client.post("/schedule", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["detail"]
+
+
+def test_allowed_callback_url_is_accepted(lite_client: TestClient, lite: Deployment) -> None:
+    body = {"requested_cpu": 1, "requested_memory": 512, "callback_url": "https://hooks.example.com/vm"}
+    assert lite_client.post("/schedule", json=body).status_code == 202
+    assert len(drain(lite)) == 1
+
+
+def test_oversized_body_is_413(lite_client: TestClient) -> None:
+    padding = "x" * 70_000
+    response = lite_client.post("/schedule", content=b'{"task_id": "' + padding.encode() + b'"}',
+                           headers={"content-type": "application/json"})  # fmt: skip
+    assert response.status_code == 413
+
+
+def test_broker_down_is_503_and_records_nothing(lite: Deployment, registry: CollectorRegistry) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = Publisher(f"amqp://guest:guest@127.0.0.1:{port}/%2F", lite.topology)
+    with TestClient(make_app(lite, registry, publisher=dead)) as c:
+        response = c.post(
+            "/schedule", json={"task_id": "nobroker", "requested_cpu": 1, "requested_memory": 1}
+        )
+    assert response.status_code == 503
+    assert "broker" in response.json()["detail"]
+    assert lite.store.get_task("nobroker") is None
+
+
+def test_replica_without_publisher_refuses_submissions(lite: Deployment, registry: CollectorRegistry) -> None:
+    with TestClient(make_app(lite, registry, publisher=None)) as c:
+        response = c.post("/schedule", json={"requested_cpu": 1, "requested_memory": 1})
+    assert response.status_code == 503
+
+
+# ----------------------------------------------------------------------- reads
+
+
+def test_result_has_the_first_prototypes_shapes(client: TestClient, deployment: Deployment) -> None:
+    work = standard_workload(deployment.store)
+    task_id, node = sorted(work.placed.items())[0]
+    ip = next(n.ip for n in deployment.store.list_nodes() if n.name == node)
+    assert client.get(f"/result/{task_id}").json() == {
+        "status": "completed",
+        "result": {"name": node, "ip": str(ip)},
+    }
+
+    failed = client.get("/result/lost-pool").json()
+    assert set(failed) == {"status", "error"} and failed["status"] == "failed"
+    assert "unknown pool 'nowhere'" in failed["error"]
+
+    assert client.get("/result/too-big").json() == {"status": "processing"}  # waiting for room
+    released = client.get("/result/vm-5").json()
+    assert released["status"] == "completed" and set(released["result"]) == {"name", "ip"}
+
+
+def test_task_detail_and_listing(client: TestClient, deployment: Deployment) -> None:
+    standard_workload(deployment.store)
+    detail = client.get("/tasks/bad-shape").json()
+    assert detail["status"] == "failed" and detail["reason"] == "invalid_request"
+    assert "requested_cpu" in detail["message"]
+    placed = client.get("/tasks/vm-1").json()
+    assert placed["status"] == "scheduled" and placed["node"] and placed["node_ip"] and placed["strategy"]
+    assert set(placed) >= {"task_id", "status", "node", "reason", "message", "attempts", "created_at",
+                           "updated_at", "node_ip", "strategy", "request"}  # fmt: skip
+
+    failed = client.get("/tasks", params={"status": "failed"}).json()
+    assert {t["task_id"] for t in failed} == {"lost-pool", "bad-shape"}
+    assert len(client.get("/tasks", params={"limit": 2}).json()) == 2
+    assert client.get("/tasks", params={"status": "bogus"}).status_code == 422
+
+
+@pytest.mark.parametrize("path", ["/result/unknown-task", "/tasks/unknown-task"])
+def test_unknown_ids_are_404(lite_client: TestClient, path: str) -> None:
+    response = lite_client.get(path)
+    assert response.status_code == 404
+    assert "unknown task" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/result/bad%20id", "/tasks/" + "x" * 129])
+def test_malformed_ids_are_422(lite_client: TestClient, path: str) -> None:
+    assert lite_client.get(path).status_code == 422
+
+
+def test_nodes_show_allocations_and_utilization(client: TestClient, deployment: Deployment) -> None:
+    work = standard_workload(deployment.store)
+    nodes = {n["name"]: n for n in client.get("/nodes").json()}
+    assert set(nodes) == {"bm-01", "bm-02", "bm-03", "bm-04", "gpu-01", "gpu-02"}
+    gpu_node = work.placed["gpu-job"]
+    assert nodes[gpu_node]["allocated"] == {"cpu": 16, "memory": 65536, "disk": 0, "vms": 1}
+    assert nodes[gpu_node]["utilization"]["cpu"] == 0.5
+    total_vms = sum(n["allocated"]["vms"] for n in nodes.values())
+    assert total_vms == len(work.placed)
+    assert {n["name"] for n in client.get("/nodes", params={"pool": "gpu"}).json()} == {"gpu-01", "gpu-02"}
+
+
+def test_summary_feeds_the_dashboard(client: TestClient, deployment: Deployment) -> None:
+    work = standard_workload(deployment.store)
+    s = client.get("/api/summary").json()
+    assert s["leader"] == {"identity": LEADER, "epoch": EPOCH, "strategy": "least_loaded",
+                           "strategy_source": "configured"}  # fmt: skip
+    assert s["replica"]["role"] == "api"
+    assert {p["pool"] for p in s["pools"]} == {"default", "gpu"}
+    assert len(s["nodes"]["name"]) == 6
+    assert {t["task_id"] for t in s["recent_placements"]} == set(work.placed)
+    failures = {t["task_id"]: t["reason"] for t in s["recent_failures"]}
+    assert failures == work.failed
+    assert [t["task_id"] for t in s["waiting"]] == work.waiting
+    assert s["tasks"]["scheduled"] == len(work.placed) and s["tasks"]["released"] == 1
+
+
+# ---------------------------------------------------------------------- health
+
+
+def test_health_docs_and_openapi(lite_client: TestClient) -> None:
+    assert lite_client.get("/healthz").json() == {"status": "ok"}
+    docs = lite_client.get("/docs")
+    assert docs.status_code == 200 and "swagger-ui" in docs.text
+    assert "cdn.jsdelivr" not in docs.text  # served from local files
+    assert lite_client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+    spec = lite_client.get("/openapi.json").json()
+    assert {"/healthz", "/readyz", "/metrics", "/schedule", "/result/{task_id}", "/tasks/{task_id}", "/nodes",
+            "/api/summary"} <= set(spec["paths"])  # fmt: skip
+    dashboard = lite_client.get("/")
+    assert dashboard.status_code == 200 and "/static/dashboard.js" in dashboard.text
+
+
+def test_readiness_reflects_database_and_broker(lite: Deployment, registry: CollectorRegistry) -> None:
+    with TestClient(make_app(lite, registry)) as c:
+        ready = c.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["role"] == "api"
+
+    standby = WorkerState(leader=False, broker_connected=True)
+    with TestClient(make_app(lite, CollectorRegistry(), state=standby)) as c:
+        body = c.get("/readyz").json()
+    assert body["ready"] is True and body["role"] == "standby"  # a healthy standby is ready
+
+    cut_off = WorkerState(leader=True, broker_connected=False)
+    with TestClient(make_app(lite, CollectorRegistry(), state=cut_off)) as c:
+        response = c.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["reasons"] == ["broker: not connected"]
+
+
+def test_database_down_is_503_not_a_crash(lite: Deployment, registry: CollectorRegistry) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = Store.from_url(f"postgresql://nobody@127.0.0.1:{port}/none")
+    try:
+        with TestClient(make_app(lite, registry, store=down)) as c:
+            ready = c.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["database"].startswith("unreachable")
+            assert c.get("/healthz").status_code == 200  # alive all the same
+            for path in ("/result/x", "/tasks/x", "/nodes", "/api/summary"):
+                response = c.get(path)
+                assert response.status_code == 503, path
+                assert "database unavailable" in response.json()["detail"]
+    finally:
+        down.close()
+
+
+def test_metrics_endpoint_serves_prometheus_text(lite_client: TestClient) -> None:
+    lite_client.get("/healthz")
+    response = lite_client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert 'scheduler_http_requests_total{code="200",method="GET",route="/healthz"} 1.0' in response.text
+
+
+def test_server_runs_in_a_thread_and_stops(lite: Deployment, registry: CollectorRegistry) -> None:
+    server = HttpServer(make_app(lite, registry), host="127.0.0.1", port=0)
+    server.start()
+    try:
+        assert server.port > 0
+        assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+        taken = HttpServer(make_app(lite, CollectorRegistry()), host="127.0.0.1", port=server.port)
+        with pytest.raises(OSError):
+            taken.start()
+    finally:
+        server.stop()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{server.url}/healthz", timeout=1)
+
+
+def test_publisher_per_request_is_safe_under_concurrency(lite_client: TestClient, lite: Deployment) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def submit(i: int) -> int:
+        body = {"task_id": f"c-{i}", "requested_cpu": 1, "requested_memory": 256}
+        return lite_client.post("/schedule", json=body).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(submit, range(24)))
+    assert codes == [202] * 24
+    ids = sorted(json.loads(body)["task_id"] for _, body in drain(lite))
+    assert ids == sorted(f"c-{i}" for i in range(24))
+    assert len(lite.store.list_tasks()) == 24

@@ -1,0 +1,409 @@
+"""The store's inventory and task operations, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, insert, select
+
+from scheduler.fleet import FleetView
+from scheduler.models import Node, Reason, SchedulingRequest, TaskStatus
+from scheduler.store import (
+    DatabaseUnavailable,
+    Failure,
+    NodesFileError,
+    Placement,
+    Release,
+    Store,
+    UnknownNode,
+    Waiting,
+    load_nodes_file,
+)
+from scheduler.store.schema import allocations, nodes, tasks
+
+EXAMPLE_FLEET = Path(__file__).resolve().parents[1] / "examples" / "fleet.yaml"
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = Store.from_url(db_url)
+    s.upgrade()
+    yield s
+    s.close()
+
+
+def node(name: str, pool: str = "default", **kw: object) -> Node:
+    fields: dict[str, object] = {
+        "name": name,
+        "ip": f"10.0.0.{zlib.crc32(name.encode()) % 250 + 1}",
+        "pool": pool,
+        "cpu": 16,
+        "memory": 65536,
+        "disk": 500,
+        "max_vms": 10,
+    }
+    fields.update(kw)
+    return Node.model_validate(fields)
+
+
+def req(task_id: str, cpu: int = 2, memory: int = 4096, **kw: object) -> SchedulingRequest:
+    return SchedulingRequest.model_validate(
+        {"task_id": task_id, "requested_cpu": cpu, "requested_memory": memory, **kw}
+    )
+
+
+def count(store: Store, table: object) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ inventory
+
+
+def test_import_counts_upsert_and_revision(store: Store) -> None:
+    assert store.inventory_revision() == 0
+    first = store.import_nodes([node("a"), node("b"), node("c")])
+    assert (first.created, first.updated, first.unchanged, first.revision) == (3, 0, 0, 1)
+
+    again = store.import_nodes([node("a"), node("b"), node("c")])
+    assert (again.created, again.updated, again.unchanged) == (0, 0, 3)
+    assert again.revision == 1, "an import that changes nothing must not bump the revision"
+
+    changed = store.import_nodes([node("a", cpu=32), node("d")])
+    assert (changed.created, changed.updated, changed.unchanged, changed.revision) == (1, 1, 0, 2)
+    by_name = {n.name: n for n in store.list_nodes()}
+    assert sorted(by_name) == ["a", "b", "c", "d"]
+    assert by_name["a"].cpu == 32
+
+
+def test_import_round_trips_every_field(store: Store) -> None:
+    original = node(
+        "gpu-1",
+        pool="ai",
+        dedicated=True,
+        tags=["gpu", "cuda-12"],
+        zone="az2",
+        cpu=96,
+        memory=786432,
+        disk=8000,
+        max_vms=8,
+        ip="fd00::17",
+    )
+    store.import_nodes([original])
+    (loaded,) = store.list_nodes()
+    assert loaded.model_dump(mode="json") == original.model_dump(mode="json")
+    assert store.list_nodes(pool="default") == []
+
+
+def test_reimport_keeps_cordon_unless_the_file_says(store: Store) -> None:
+    store.import_nodes([node("a"), node("b")])
+    assert store.set_cordoned("a", True) is True
+    store.import_nodes([node("a", cpu=20), node("b")])  # file silent on `cordoned`
+    assert {n.name: n.cordoned for n in store.list_nodes()} == {"a": True, "b": False}
+    store.import_nodes([node("a", cordoned=False)])  # file explicit
+    assert {n.name: n.cordoned for n in store.list_nodes()}["a"] is False
+
+
+def test_cordon_uncordon_and_unknown_node(store: Store) -> None:
+    store.import_nodes([node("a")])
+    rev = store.inventory_revision()
+    assert store.set_cordoned("a", True) is True
+    assert store.inventory_revision() == rev + 1
+    assert store.set_cordoned("a", True) is False  # already: no change, no bump
+    assert store.inventory_revision() == rev + 1
+    assert store.set_cordoned("a", False) is True
+    assert store.inventory_revision() == rev + 2
+    with pytest.raises(UnknownNode, match="'nope'"):
+        store.set_cordoned("nope", True)
+
+
+def test_duplicate_names_in_one_import_are_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="duplicate node names: a"):
+        store.import_nodes([node("a"), node("a", cpu=8)])
+    assert store.list_nodes() == []
+
+
+# ------------------------------------------------------------------ fleet files
+
+
+def test_example_fleet_loads(store: Store) -> None:
+    fleet = load_nodes_file(EXAMPLE_FLEET)
+    assert len(fleet) == 12
+    assert {n.pool for n in fleet} == {"default", "ai", "storage"}
+    assert any(n.dedicated for n in fleet) and any("gpu" in n.tags for n in fleet)
+    assert store.import_nodes(fleet).created == 12
+
+
+def test_json_file_and_bare_list(tmp_path: Path) -> None:
+    rows = [{"name": "a", "ip": "10.0.0.1", "cpu": 4, "memory": 1024}]
+    (tmp_path / "f.json").write_text(json.dumps({"nodes": rows}))
+    (tmp_path / "bare.yaml").write_text("- {name: a, ip: 10.0.0.1, cpu: 4, memory: 1024}\n")
+    assert [n.name for n in load_nodes_file(tmp_path / "f.json")] == ["a"]
+    assert [n.name for n in load_nodes_file(tmp_path / "bare.yaml")] == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "nodes:\n  - {name: ok, ip: 10.0.0.1, cpu: 4, memory: 1024}\n"
+            "  - {name: bm-2, ip: 10.0.0.2, cpu: 0, memory: 1}\n",
+            r"nodes\[1\] \(bm-2\): cpu: ",
+        ),
+        ("nodes:\n  - {name: bm-1, ip: not-an-ip, cpu: 4, memory: 1024}\n", r"nodes\[0\] \(bm-1\): ip: "),
+        (
+            "nodes:\n  - {name: bm-1, ip: 10.0.0.1, cpu: 4, memory: 1024, colour: red}\n",
+            r"nodes\[0\] \(bm-1\): colour: ",
+        ),
+        ("nodes:\n  - {name: bm-1, ip: 10.0.0.1, cpu: '4', memory: 1024}\n", r"nodes\[0\] \(bm-1\): cpu: "),
+        ("nodes:\n  - {ip: 10.0.0.1, cpu: 4, memory: 1024}\n", r"nodes\[0\]: name: "),
+        (
+            "nodes:\n  - {name: a, ip: 10.0.0.1, cpu: 4, memory: 1}\n"
+            "  - {name: a, ip: 10.0.0.2, cpu: 4, memory: 1}\n",
+            r"nodes\[1\] \(a\): duplicate name, first defined at nodes\[0\]",
+        ),
+        ("nodes: [1]\n", r"nodes\[0\]: expected a mapping"),
+        ("nodes: []\n", r"empty"),
+        ("nodez: []\n", r"unknown top-level key"),
+        ("nodes: [\n", r"not valid YAML"),
+    ],
+)
+def test_bad_files_name_the_node_and_field(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(text)
+    with pytest.raises(NodesFileError, match=expected):
+        load_nodes_file(path)
+
+
+def test_broken_file_leaves_nothing_behind(store: Store, tmp_path: Path) -> None:
+    store.import_nodes([node("keep")])
+    rev = store.inventory_revision()
+    path = tmp_path / "fleet.yaml"
+    good = "\n".join(f"  - {{name: n{i}, ip: 10.0.1.{i}, cpu: 8, memory: 1024}}" for i in range(1, 30))
+    path.write_text(f"nodes:\n{good}\n  - {{name: bad, ip: 10.0.1.99, cpu: -1, memory: 1024}}\n")
+    with pytest.raises(NodesFileError, match=r"nodes\[29\] \(bad\): cpu"):
+        store.import_nodes(load_nodes_file(path))
+    assert [n.name for n in store.list_nodes()] == ["keep"]
+    assert store.inventory_revision() == rev
+
+
+def test_failed_import_transaction_rolls_back(store: Store) -> None:
+    """All or nothing inside the database too: a row the database refuses undoes the whole batch."""
+    if store.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite does not enforce VARCHAR lengths")
+    store.import_nodes([node("a")])
+    bad = Node.model_construct(**{**node("zz").model_dump(), "pool": "p" * 200})  # longer than the column
+    good = [node(f"n{i}") for i in range(5)]
+    with pytest.raises(Exception, match="too long"):
+        store.import_nodes([*good, bad])
+    assert [n.name for n in store.list_nodes()] == ["a"]
+
+
+# ------------------------------------------------------------------ fleet view
+
+
+def test_load_fleet_round_trips_in_memory_state(store: Store) -> None:
+    inventory = [
+        node(
+            f"bm-{i}",
+            pool="ai" if i % 3 == 0 else "default",
+            tags=["gpu"] if i % 3 == 0 else [],
+            dedicated=i == 4,
+            cordoned=i == 5,
+            cpu=16 + i,
+        )
+        for i in range(8)
+    ]
+    store.import_nodes(inventory)
+    memory = FleetView.build(inventory)
+    items: list[Placement] = []
+    for k in range(20):
+        r = req(
+            f"t{k}",
+            cpu=1 + k % 3,
+            memory=512 * (1 + k % 4),
+            requested_disk=k % 5,
+            anti_affinity_group=f"g{k % 4}" if k % 2 else None,
+        )
+        i = k % len(inventory)
+        memory.reserve(memory.index[inventory[i].name], r)
+        items.append(Placement(r, inventory[i].name, str(inventory[i].ip), "least_loaded", "ok", 1))
+    store.commit(items, epoch=1)
+    store.commit([Release("t3"), Release("t8")], epoch=1)
+    memory.release("t3")
+    memory.release("t8")
+
+    loaded = store.load_fleet(suspicious_after=3, offline_after=7)
+    assert loaded.names == memory.names
+    assert loaded.ips == memory.ips
+    assert loaded.pools == memory.pools
+    for attr in (
+        "cap_cpu",
+        "cap_mem",
+        "cap_disk",
+        "max_vms",
+        "free_cpu",
+        "free_mem",
+        "free_disk",
+        "vms",
+        "dedicated",
+        "cordoned",
+    ):
+        assert np.array_equal(getattr(loaded, attr), getattr(memory, attr)), attr
+    assert set(loaded.tags) == set(memory.tags)
+    assert all(np.array_equal(loaded.tags[t], memory.tags[t]) for t in memory.tags)
+    assert {k: v[1] for k, v in loaded.allocations.items()} == {
+        k: v[1] for k, v in memory.allocations.items()
+    }
+    assert loaded.groups == memory.groups
+    assert (loaded.liveness.suspicious_after, loaded.liveness.offline_after) == (3, 7)
+
+
+def test_node_usage_and_invariant_checks(store: Store) -> None:
+    store.import_nodes([node("a", cpu=4), node("b")])
+    store.commit(
+        [
+            Placement(req("t1", cpu=3), "a", "10.0.0.1", "best_fit", "", 1),
+            Placement(req("t2", cpu=1, memory=100), "a", "10.0.0.1", "best_fit", "", 1),
+        ],
+        epoch=1,
+    )
+    usage = store.node_usage()
+    assert usage["a"].to_json() == {"cpu": 4, "memory": 4196, "disk": 0, "vms": 2}
+    assert "b" not in usage
+    assert store.overcommitted_nodes() == {}
+    assert store.duplicate_active_allocations() == {}
+    assert [a.task_id for a in store.active_allocations("a")] == ["t1", "t2"]
+
+    # The checks must be able to fail: shrink the node under its allocations.
+    store.import_nodes([node("a", cpu=2, max_vms=1)])
+    assert store.overcommitted_nodes() == {"a": ["cpu 4/2", "vms 2/1"]}
+
+
+def test_at_most_one_active_allocation_is_enforced_by_the_schema(store: Store) -> None:
+    store.import_nodes([node("a")])
+    store.commit([Placement(req("t1"), "a", "10.0.0.1", "s", "", 1)], epoch=1)
+    now = datetime.now(UTC)
+    row = {"task_id": "t1", "node": "a", "cpu": 1, "memory": 1, "disk": 0, "epoch": 1, "created_at": now}
+    with pytest.raises(Exception, match=r"(?i)unique"), store.engine.begin() as conn:
+        conn.execute(insert(allocations).values(**row))
+    # A released allocation does not count: the same task may hold a new one after.
+    with store.engine.begin() as conn:
+        conn.execute(insert(allocations).values(**row, released_at=now))
+    assert store.duplicate_active_allocations() == {}
+
+
+# ------------------------------------------------------------------ tasks
+
+
+def test_record_queued_then_lifecycle(store: Store) -> None:
+    store.import_nodes([node("a", ip="10.9.9.9")])
+    r = req("task-1", priority=5, callback_url="https://hooks.example.com/x")
+    assert store.record_queued(r) is True
+    assert store.record_queued(r) is False
+    rec = store.get_task("task-1")
+    assert rec is not None and rec.status is TaskStatus.QUEUED and rec.request == r.model_dump(mode="json")
+
+    store.commit([Waiting(r, "0/1 nodes fit: 1 insufficient memory", 1, "least_loaded")], epoch=1)
+    rec = store.get_task("task-1")
+    assert rec is not None and rec.status is TaskStatus.WAITING and rec.attempts == 1
+
+    store.commit([Placement(r, "a", "10.9.9.9", "least_loaded", "placed on a", 2)], epoch=1)
+    rec = store.get_task("task-1")
+    assert rec is not None
+    assert (rec.status, rec.node, rec.node_ip, rec.attempts, rec.strategy) == (
+        TaskStatus.SCHEDULED,
+        "a",
+        "10.9.9.9",
+        2,
+        "least_loaded",
+    )
+    assert rec.created_at <= rec.updated_at
+    assert rec.created_at.tzinfo is not None
+    assert abs(rec.updated_at - datetime.now(UTC)) < timedelta(minutes=1)
+    assert store.record_queued(r) is False  # the HTTP API cannot push it back to queued
+    assert store.task_states(["task-1", "nope"]) == {"task-1": TaskStatus.SCHEDULED}
+
+    line = rec.to_json()
+    assert list(line) == [
+        "task_id",
+        "status",
+        "node",
+        "reason",
+        "message",
+        "attempts",
+        "created_at",
+        "updated_at",
+    ]
+    assert line["status"] == "scheduled" and line["node"] == "a" and line["reason"] is None
+    assert json.loads(json.dumps(line)) == line
+
+
+def test_list_tasks_filters_and_limits(store: Store) -> None:
+    store.import_nodes([node("a")])
+    store.commit([Placement(req(f"s{i}"), "a", "10.0.0.1", "s", "", 1) for i in range(3)], epoch=1)
+    store.commit(
+        [Failure(f"f{i}", None, Reason.UNKNOWN_POOL, "no pool x", None, 1, None) for i in range(2)], epoch=1
+    )
+    assert len(store.list_tasks()) == 5
+    assert sorted(t.task_id for t in store.list_tasks(TaskStatus.FAILED)) == ["f0", "f1"]
+    assert len(store.list_tasks(TaskStatus.SCHEDULED, limit=2)) == 2
+    assert store.list_tasks(TaskStatus.RELEASED) == []
+    assert store.task_counts() == {TaskStatus.SCHEDULED: 3, TaskStatus.FAILED: 2}
+    assert store.get_task("nope") is None
+
+
+def test_unreachable_database_is_a_clear_error() -> None:
+    with (
+        Store.from_url("postgresql://nobody:s3cret@127.0.0.1:1/x") as store,
+        pytest.raises(DatabaseUnavailable) as info,
+    ):
+        store.list_nodes()
+    message = str(info.value)
+    assert "postgresql://nobody:***@127.0.0.1:1/x" in message
+    assert "s3cret" not in message and "\n" not in message
+
+
+def test_unopenable_sqlite_file_is_a_clear_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/missing-dir/x.db"
+    with (
+        Store.from_url(url) as store,
+        pytest.raises(DatabaseUnavailable, match="cannot reach database sqlite"),
+    ):
+        store.inventory_revision()
+
+
+def test_tasks_table_has_what_commit_wrote(store: Store) -> None:
+    """A direct look at the rows, so the API above is not just agreeing with itself."""
+    store.import_nodes([node("a")])
+    r = req("t1", priority=7, requested_pool="default")
+    store.commit([Placement(r, "a", "10.0.0.1", "cpu", "msg", 3)], epoch=9)
+    with store.engine.connect() as conn:
+        row = conn.execute(select(tasks).where(tasks.c.task_id == "t1")).one()
+        alloc = conn.execute(select(allocations)).one()
+        node_row = conn.execute(select(nodes.c.name)).scalar_one()
+    assert (row.status, row.node, row.attempts, row.strategy, row.priority, row.epoch) == (
+        "scheduled",
+        "a",
+        3,
+        "cpu",
+        7,
+        9,
+    )
+    assert json.loads(row.request) == r.model_dump(mode="json")
+    assert (alloc.task_id, alloc.node, alloc.cpu, alloc.memory, alloc.epoch, alloc.released_at) == (
+        "t1",
+        "a",
+        2,
+        4096,
+        9,
+        None,
+    )
+    assert node_row == "a"
+    assert count(store, tasks) == 1

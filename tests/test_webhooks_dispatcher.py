@@ -1,0 +1,557 @@
+"""The webhook dispatcher against real HTTP receivers on loopback and a real database (SQLite and PostgreSQL).
+
+Outbox events come from :meth:`Store.commit` with real placements, failures
+and releases, exactly as the worker writes them. Receivers are
+``http.server`` servers in threads whose answers each test scripts. Nothing
+sleeps in the hope that something happened: every wait polls a condition
+with a deadline, and "nothing happened" is asserted after the dispatcher
+has provably run a number of cycles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select, update
+
+from scheduler.config import WebhooksConfig
+from scheduler.models import Reason, SchedulingRequest
+from scheduler.store import Failure, Placement, Release, Store
+from scheduler.store.schema import deliveries, outbox
+from scheduler.webhooks import WebhookDispatcher, verify
+from scheduler.webhooks.deliveries import DeliveryRecord, DeliveryStore
+from tests.harness import make_nodes, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-webhook-secret"
+
+
+# ------------------------------------------------------------------ receivers
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One request a receiver got, and what it answered."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+    nth: int  # 1 for the first request with this delivery id at this path
+
+    @property
+    def delivery(self) -> str:
+        return self.headers["x-scheduler-delivery"]
+
+    @property
+    def event(self) -> dict[str, Any]:
+        return dict(json.loads(self.body))
+
+
+Responder = Callable[[str, dict[str, str], bytes, int], int]
+"""(path, headers, body, nth) -> status code; may sleep or block to be slow."""
+
+
+@dataclass
+class Receiver:
+    """A real HTTP server on 127.0.0.1 in a thread, answering as ``respond`` says."""
+
+    respond: Responder = lambda path, headers, body, nth: 204
+    hits: list[Hit] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _counts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                key = (self.path, headers.get("x-scheduler-delivery", ""))
+                with receiver._lock:
+                    nth = receiver._counts[key] = receiver._counts.get(key, 0) + 1
+                status = receiver.respond(self.path, headers, body, nth)
+                with receiver._lock:
+                    receiver.hits.append(Hit(self.path, headers, body, status, nth))
+                payload = b"nope" if status >= 300 else b""
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(payload)))
+                    if status in (429, 503):
+                        self.send_header("Retry-After", "0")
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:  # the dispatcher gave up waiting (a timeout test)
+                    pass
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.server.server_port}{path}"
+
+    def snapshot(self) -> list[Hit]:
+        with self._lock:
+            return list(self.hits)
+
+    def ok_hits(self, path: str | None = None) -> list[Hit]:
+        return [h for h in self.snapshot() if 200 <= h.status < 300 and (path is None or h.path == path)]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receivers() -> Iterator[Callable[..., Receiver]]:
+    made: list[Receiver] = []
+
+    def make(respond: Responder | None = None) -> Receiver:
+        r = Receiver(respond) if respond else Receiver()
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+# ------------------------------------------------------------------ database and dispatchers
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = Store.from_url(db_url)
+    s.upgrade()
+    s.import_nodes(make_nodes(4))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def dispatchers() -> Iterator[Callable[..., WebhookDispatcher]]:
+    started: list[WebhookDispatcher] = []
+
+    def start(store: Store, config: WebhooksConfig, leader: Callable[[], bool] = lambda: True,
+              **kwargs: Any) -> WebhookDispatcher:
+        kwargs.setdefault("poll_interval", 0.02)
+        d = WebhookDispatcher(store, config, leader, **kwargs)
+        d.start()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop(timeout=10)
+
+
+def config(*urls: str, **overrides: Any) -> WebhooksConfig:
+    """Tiny backoffs so retries happen in milliseconds."""
+    values: dict[str, Any] = {
+        "urls": list(urls), "secret": SECRET, "max_attempts": 5, "timeout": 2, "concurrency": 8,
+        "initial_backoff": 0.01, "max_backoff": 0.05,
+    }  # fmt: skip
+    values.update(overrides)
+    return WebhooksConfig.model_validate(values)
+
+
+def request(task_id: str, callback_url: str | None = None) -> SchedulingRequest:
+    return SchedulingRequest(task_id=task_id, requested_cpu=1, requested_memory=512,
+                             callback_url=callback_url)
+
+
+def place(store: Store, *task_ids: str, callback_url: str | None = None) -> list[str]:
+    """Commit placements (as the worker does); returns the outbox event ids."""
+    items = [Placement(request(t, callback_url), "bm-0000", "10.0.0.0", "least_loaded", "placed", 1)
+             for t in task_ids]
+    return list(store.commit(items, epoch=1).event_ids)
+
+
+def release(store: Store, *task_ids: str) -> list[str]:
+    return list(store.commit([Release(t) for t in task_ids], epoch=1).event_ids)
+
+
+def fail(store: Store, *task_ids: str) -> list[str]:
+    items = [Failure(t, request(t).model_dump_json(), Reason.INSUFFICIENT_RESOURCES, "0/4 nodes fit", None, 1,
+                     None) for t in task_ids]
+    return list(store.commit(items, epoch=1).event_ids)
+
+
+def rows(store: Store) -> list[DeliveryRecord]:
+    return DeliveryStore(store.engine).list_deliveries()
+
+
+def by_event(store: Store, url: str | None = None) -> dict[str, DeliveryRecord]:
+    return {r.event_id: r for r in rows(store) if url is None or r.url == url}
+
+
+def all_delivered(store: Store, count: int) -> bool:
+    found = rows(store)
+    return len(found) == count and all(r.status == "delivered" for r in found)
+
+
+def payloads(store: Store) -> dict[str, str]:
+    with store.engine.connect() as conn:
+        return {e: p for e, p in conn.execute(select(outbox.c.event_id, outbox.c.payload))}
+
+
+def run_cycles(dispatcher: WebhookDispatcher, n: int, timeout: float = 10) -> None:
+    """Wait until the dispatcher has run ``n`` more cycles: the way to assert that nothing happens."""
+    target = dispatcher.stats().cycles + n
+    wait_until(lambda: dispatcher.stats().cycles >= target, timeout, f"{n} dispatcher cycles")
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_events_are_delivered_signed_with_the_exact_outbox_body(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    rx = receivers()
+    events = place(store, "a", "b", "c") + release(store, "a") + fail(store, "d")
+    dispatchers(store, config(rx.url()))
+    wait_until(lambda: all_delivered(store, 5), 15, "5 deliveries")
+    hits = rx.snapshot()
+    assert sorted(h.delivery for h in hits) == sorted(events)
+    stored = payloads(store)
+    for hit in hits:
+        assert hit.body == stored[hit.delivery].encode(), "the body is the outbox payload, byte for byte"
+        assert verify(SECRET, hit.headers, hit.body) == int(hit.headers["x-scheduler-timestamp"])
+        assert hit.headers["content-type"] == "application/json"
+        assert hit.headers["x-scheduler-event"] == hit.event["type"]
+        assert hit.delivery == hit.event["id"]
+        assert "virtflow-scheduler" in hit.headers["user-agent"]
+    types = sorted(h.event["type"] for h in hits)
+    assert types == ["task.failed", "task.released", "task.scheduled", "task.scheduled", "task.scheduled"]
+    scheduled = next(h.event for h in hits if h.event["task"]["task_id"] == "b")
+    assert scheduled["task"]["node"] == {"name": "bm-0000", "ip": "10.0.0.0"}
+    assert all(r.attempts == 1 and r.delivered_at is not None for r in rows(store))
+
+
+def test_the_example_receiver_accepts_deliveries_and_acknowledges_duplicates(
+    store: Store, dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    import importlib.util
+
+    path = ROOT / "examples" / "webhook_receiver.py"
+    spec = importlib.util.spec_from_file_location("webhook_receiver", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    handled: list[str] = []
+    server = example.make_server("127.0.0.1", 0, SECRET, lambda kind, event: handled.append(event["id"]))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        events = place(store, "x", "y")
+        first = dispatchers(store, config(f"http://127.0.0.1:{server.server_port}/hooks"))
+        wait_until(lambda: all_delivered(store, 2), 15, "2 deliveries")
+        assert sorted(handled) == sorted(events)
+        # The same event again (at least once means it can happen): acknowledged, not handled twice.
+        with store.engine.begin() as conn:
+            conn.execute(update(deliveries).values(status="pending", next_attempt_at=_now()))
+        wait_until(lambda: all_delivered(store, 2), 15, "2 re-deliveries")
+        assert sorted(handled) == sorted(events)
+        # A wrong secret is refused with 401 and retried (here until dead).
+        first.stop()
+        bad = WebhooksConfig.model_validate({**config().model_dump(), "secret": "wrong", "max_attempts": 2,
+                                             "urls": [f"http://127.0.0.1:{server.server_port}/other"]})
+        place(store, "z")
+        dispatchers(store, bad)
+        wait_until(lambda: any(r.status == "dead" for r in rows(store)), 15, "the forged delivery to die")
+        dead = [r for r in rows(store) if r.status == "dead"]
+        assert dead[0].last_status_code == 401 and "signature mismatch" in (dead[0].last_error or "")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_receiver_failing_n_times_gets_the_event_on_attempt_n_plus_1_with_the_same_delivery_id(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    n = 3
+    rx = receivers(lambda path, headers, body, nth: 500 if nth <= n else 200)
+    (event,) = place(store, "flaky")
+    dispatchers(store, config(rx.url(), max_attempts=n + 1))
+    wait_until(lambda: all_delivered(store, 1), 15, "the delivery")
+    hits = rx.snapshot()
+    assert [h.status for h in hits] == [500] * n + [200]
+    assert {h.delivery for h in hits} == {event}
+    for hit in hits:  # every attempt is signed afresh, and verifies
+        verify(SECRET, hit.headers, hit.body)
+    record = by_event(store)[event]
+    assert record.attempts == n + 1 and record.last_status_code == 200 and record.last_error is None
+
+
+def test_timeouts_and_errors_are_retried_and_recorded(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    gate = threading.Event()
+
+    def respond(path: str, headers: dict[str, str], body: bytes, nth: int) -> int:
+        if nth == 1:
+            time.sleep(1.0)  # longer than the 0.3 s timeout
+            return 200
+        if nth == 2:
+            gate.wait(10)  # hold attempt 2 while the test reads what attempt 1 left
+            return 503
+        return 200
+
+    rx = receivers(respond)
+    (event,) = place(store, "slow")
+    dispatchers(store, config(rx.url(), timeout=0.3))
+
+    def after_first() -> DeliveryRecord | None:
+        record = by_event(store).get(event)
+        return record if record is not None and record.attempts == 1 else None
+
+    first = wait_until(after_first, 10, "the first attempt to time out")
+    assert first.status == "pending" and "read timeout" in (first.last_error or "")
+    gate.set()
+    wait_until(lambda: all_delivered(store, 1), 15, "the delivery")
+    assert by_event(store)[event].attempts == 3
+    assert [h.nth for h in rx.snapshot()][-1] == 3
+
+
+def test_a_dead_receiver_ends_dead_after_max_attempts_and_retry_revives_it(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher],
+    db_url: str, tmp_path: Path,
+) -> None:
+    healthy = threading.Event()
+    rx = receivers(lambda path, headers, body, nth: 200 if healthy.is_set() else 500)
+    closed = f"http://127.0.0.1:{_closed_port()}/hook"  # nothing listens: connection refused
+    (event,) = place(store, "doomed")
+    d = dispatchers(store, config(rx.url(), closed, max_attempts=3))
+    wait_until(lambda: [r.status for r in rows(store)] == ["dead", "dead"], 15, "both deliveries to die")
+    run_cycles(d, 10)
+    assert len(rx.snapshot()) == 3, "no attempt after the last one"
+    records = by_event(store, rx.url())[event], by_event(store, closed)[event]
+    assert records[0].attempts == 3 and records[0].last_status_code == 500
+    assert records[0].last_error is not None and records[0].last_error.startswith("HTTP 500")
+    assert records[1].attempts == 3 and "ConnectError" in (records[1].last_error or "")
+
+    env = _cli_env(db_url, tmp_path)
+    listed = CliRunner().invoke(_cli(), ["webhooks", "list", "--failed", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    lines = [json.loads(line) for line in listed.output.splitlines()]
+    assert {(x["status"], x["attempts"], x["type"], x["task_id"]) for x in lines} == {
+        ("dead", 3, "task.scheduled", "doomed")
+    }
+    table = CliRunner().invoke(_cli(), ["webhooks", "list"], env=env)
+    assert "HTTP 500" in table.output and "2 dead" in table.output
+
+    healthy.set()
+    # The real command, as an operator runs it: by delivery id.
+    out = subprocess.run([sys.executable, "-m", "scheduler", "webhooks", "retry", str(records[0].id)],
+                         env={**os.environ, **env}, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "1 delivery queued" in out.stdout
+    wait_until(lambda: by_event(store, rx.url())[event].status == "delivered", 15, "the revived delivery")
+    revived = by_event(store, rx.url())[event]
+    assert revived.attempts == 1, "retry starts the count again"
+    assert [h.delivery for h in rx.snapshot()] == [event] * 4, "the same delivery id, again"
+    again = CliRunner().invoke(_cli(), ["webhooks", "retry", "--all-failed"], env=env)
+    assert again.exit_code == 0 and "1 delivery queued" in again.output  # the closed port's
+    delivered = CliRunner().invoke(_cli(), ["webhooks", "retry", str(revived.id)], env=env)
+    assert "was delivered" in str(delivered.exception), "a delivered delivery is not sent again"
+
+
+def test_order_is_kept_per_task_and_a_dead_event_does_not_block_the_next(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    def respond(path: str, headers: dict[str, str], body: bytes, nth: int) -> int:
+        event = json.loads(body)
+        if event["task"]["task_id"] == "doomed" and event["type"] == "task.scheduled":
+            return 500  # dies after max_attempts
+        if event["type"] == "task.scheduled" and nth <= 2:
+            return 503  # the earlier event needs three attempts
+        return 204
+
+    rx = receivers(respond)
+    tasks = [f"t{i}" for i in range(12)] + ["doomed"]
+    place(store, *tasks)
+    release(store, *tasks)
+    dispatchers(store, config(rx.url(), max_attempts=3, concurrency=4))
+    ended = lambda: len([r for r in rows(store) if r.status != "pending"]) == 26  # noqa: E731
+    wait_until(ended, 20, "every delivery to end")
+    final = {(r.task_id, r.event_type): r.status for r in rows(store)}
+    assert final[("doomed", "task.scheduled")] == "dead"
+    assert final[("doomed", "task.released")] == "delivered"
+    assert all(status == "delivered" for (task, _), status in final.items() if task != "doomed")
+    for task in tasks:
+        seen = [(h.event["type"], h.status) for h in rx.snapshot() if h.event["task"]["task_id"] == task]
+        released_at = seen.index(("task.released", 204))
+        before = seen[:released_at]
+        assert all(kind == "task.scheduled" for kind, _ in before), f"{task}: released sent early: {seen}"
+        assert len(before) == 3, f"{task}: scheduled must end (delivered or dead) first: {seen}"
+
+
+def test_nothing_is_dispatched_while_not_leading(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    leading = threading.Event()
+    rx = receivers()
+    first = place(store, "a", "b")
+    d = dispatchers(store, config(rx.url()), leader=leading.is_set)
+    run_cycles(d, 10)
+    assert rx.snapshot() == [] and rows(store) == [], "a standby neither sends nor expands"
+    with store.engine.connect() as conn:
+        assert conn.execute(select(outbox.c.dispatched)).scalars().all() == [False, False]
+    leading.set()
+    wait_until(lambda: all_delivered(store, 2), 15, "deliveries once leading")
+    assert sorted(h.delivery for h in rx.snapshot()) == sorted(first)
+    leading.clear()
+    run_cycles(d, 3)  # it has seen that it does not lead any more
+    place(store, "c")
+    run_cycles(d, 10)
+    assert len(rx.snapshot()) == 2 and len(rows(store)) == 2
+    leading.set()
+    wait_until(lambda: all_delivered(store, 3), 15, "the third delivery once leading again")
+
+
+def test_a_dispatcher_killed_mid_deliveries_loses_no_event(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher],
+    db_url: str, tmp_path: Path,
+) -> None:
+    def slow(path: str, headers: dict[str, str], body: bytes, nth: int) -> int:
+        time.sleep(0.1)
+        return 204
+
+    rx = receivers(slow)
+    events = place(store, *[f"k{i}" for i in range(40)])
+    cfg = config(rx.url(), concurrency=4)
+    script = tmp_path / "leader.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        from scheduler.config import WebhooksConfig
+        from scheduler.store import Store
+        from scheduler.webhooks import WebhookDispatcher
+        store = Store.from_url(sys.argv[1])
+        config = WebhooksConfig.model_validate_json(sys.argv[2])
+        WebhookDispatcher(store, config, lambda: True, poll_interval=0.02, claim_lease=1.0).start()
+        time.sleep(600)
+    """))
+    leader = subprocess.Popen([sys.executable, str(script), db_url, cfg.model_dump_json()],
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: len(rx.ok_hits()) >= 8, 30, "the first leader to deliver some events")
+        leader.send_signal(signal.SIGKILL)  # mid-deliveries: requests in flight, claims held
+        leader.wait(10)
+    finally:
+        if leader.poll() is None:
+            leader.kill()
+    delivered_before = len(rx.ok_hits())
+    assert delivered_before < 40, "the kill came too late to prove anything"
+    dispatchers(store, cfg, claim_lease=1.0)  # the next leader
+    wait_until(lambda: all_delivered(store, 40), 30, "every event delivered by the next leader")
+    assert {h.delivery for h in rx.ok_hits()} == set(events), "at least once: every event arrived"
+
+
+def test_callback_urls_are_delivered_only_when_allowed_and_rechecked_before_each_attempt(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    rx = receivers(lambda path, headers, body, nth: 500 if path == "/later/cb" else 204)
+    allowed, forbidden, later = rx.url("/allowed/cb"), rx.url("/forbidden"), rx.url("/later/cb")
+    metadata = "http://169.254.169.254/latest/meta-data/"
+    place(store, "ok", callback_url=allowed)
+    place(store, "evil", callback_url=forbidden)
+    place(store, "imds", callback_url=metadata)
+    place(store, "changed", callback_url=later)
+    allow = [rx.url("/allowed/*"), rx.url("/later/*")]
+    first = dispatchers(store, config(rx.url("/hook"), allow=allow, max_attempts=100))
+    wait_until(lambda: len(rx.ok_hits("/hook")) == 4 and rx.ok_hits("/allowed/cb")
+               and any(h.path == "/later/cb" for h in rx.snapshot()), 15, "configured and allowed deliveries")
+    first.stop()
+    calls_while_allowed = [h.path for h in rx.snapshot()].count("/later/cb")
+    # The operator narrows the allow-list; the next leader must not call /later any more.
+    second = dispatchers(store, config(rx.url("/hook"), allow=[rx.url("/allowed/*")]))
+    DeliveryStore(store.engine).retry(ids=[r.id for r in rows(store) if r.url == later], now=_now())
+    wait_until(lambda: by_event_url(store, later) == "dead", 15, "the no-longer-allowed callback to die")
+    run_cycles(second, 5)
+    paths = [h.path for h in rx.snapshot()]
+    assert "/forbidden" not in paths
+    assert paths.count("/later/cb") == calls_while_allowed, "never called once refused"
+    reasons = {r.url: r.last_error or "" for r in rows(store) if r.status == "dead"}
+    assert "matches no pattern in webhooks.allow" in reasons[forbidden]
+    assert "link-local" in reasons[metadata]
+    assert reasons[later].startswith("refused:") and "matches no pattern" in reasons[later]
+    refused = [r for r in rows(store) if r.url in (forbidden, metadata)]
+    assert all(r.attempts == 0 for r in refused), "refused, never attempted"
+    statuses = {r.url: r.status for r in rows(store) if r.url != rx.url("/hook")}
+    assert statuses[allowed] == "delivered"
+
+
+def by_event_url(store: Store, url: str) -> str | None:
+    found = [r.status for r in rows(store) if r.url == url]
+    return found[0] if found else None
+
+
+def test_dispatcher_thread_is_not_the_callers_and_stop_is_prompt(
+    store: Store, receivers: Callable[..., Receiver]
+) -> None:
+    release_gate = threading.Event()
+    rx = receivers(lambda path, headers, body, nth: 204 if release_gate.wait(10) else 500)
+    place(store, *[f"s{i}" for i in range(4)])
+    d = WebhookDispatcher(store, config(rx.url(), timeout=5), lambda: True, poll_interval=0.02)
+    started = time.monotonic()
+    d.start()
+    assert time.monotonic() - started < 1, "start() returns at once"
+    wait_until(lambda: d.stats().in_flight == 4, 10, "requests in flight")
+    release_gate.set()
+    d.stop(timeout=10)
+    assert not d.running
+    assert all_delivered(store, 4), "stop waits for attempts in flight and records them"
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cli_env(db_url: str, tmp_path: Path) -> dict[str, str]:
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text("{}\n")
+    return {"DATABASE_URL": db_url, "SCHEDULER_CONFIG": str(config_file)}
+
+
+def _cli() -> Any:
+    from scheduler.cli import _register, cli
+
+    _register()
+    return cli
