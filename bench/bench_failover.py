@@ -18,7 +18,6 @@ import signal
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,8 +51,9 @@ def pg_deployment(workdir: Path, election: str, env: dict[str, str]) -> tuple[De
     admin.dispose()
     url = f"{PG}?options={quote(f'-csearch_path={schema}')}"
     suffix = uuid.uuid4().hex[:8]
-    dep = Deployment(url, AMQP, f"bench.fo.{suffix}", f"bench.fo.{suffix}", workdir, election=election,
-                     extra_env=dict(env))
+    dep = Deployment(
+        url, AMQP, f"bench.fo.{suffix}", f"bench.fo.{suffix}", workdir, election=election, extra_env=dict(env)
+    )
     return dep, schema
 
 
@@ -93,7 +93,9 @@ def failover_seconds(env: dict[str, str], how: signal.Signals) -> float:
 
             def first_new_commit() -> datetime | None:
                 with dep.store.engine.connect() as conn:
-                    value = conn.execute(select(func.min(tasks.c.updated_at)).where(tasks.c.epoch > old_epoch)).scalar()
+                    value = conn.execute(
+                        select(func.min(tasks.c.updated_at)).where(tasks.c.epoch > old_epoch)
+                    ).scalar()
                 return value  # type: ignore[no-any-return]
 
             first = wait_until(first_new_commit, 120, "the new leader's first commit", interval=0.05)
@@ -124,7 +126,10 @@ def main() -> None:
     parser.add_argument("--skip-default", action="store_true", help="only the shrunk timings (quick)")
     parser.add_argument("--burst", type=int, default=5000)
     args = parser.parse_args()
-    print(f"failover benchmark, PostgreSQL, 2 workers, 1,000 nodes, 200 requests/s; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(
+        "failover benchmark, PostgreSQL, 2 workers, 1,000 nodes, 200 requests/s; "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
     print(f"{'timings':<22} {'SIGKILL -> first commit':>24} {'SIGTERM -> first commit':>24}")
     for name, env in TIMINGS.items():
         if args.skip_default and not env:
@@ -132,12 +137,18 @@ def main() -> None:
         kill = failover_seconds(env, signal.SIGKILL)
         term = failover_seconds(env, signal.SIGTERM)
         print(f"{name:<22} {kill:>22.2f} s {term:>22.2f} s")
-    print("bounds: SIGKILL <= lease_duration + retry_period (+ reload); SIGTERM ~ one retry period (lease released)")
+    print(
+        "bounds: SIGKILL <= lease_duration + retry_period (+ reload); "
+        "SIGTERM ~ one retry period (lease released)"
+    )
     base = throughput("none", {}, args.burst)
     print(f"throughput, election none: {base:,.0f} tasks/s")
     for name, env in TIMINGS.items():
         tp = throughput("database", env, args.burst)
-        print(f"throughput, database lease {name}: {tp:,.0f} tasks/s ({(base - tp) / base:+.1%} cost); goal < 2%")
+        print(
+            f"throughput, database lease {name}: {tp:,.0f} tasks/s "
+            f"({(base - tp) / base:+.1%} cost); goal < 2%"
+        )
 
 
 if __name__ == "__main__":

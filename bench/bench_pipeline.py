@@ -116,14 +116,16 @@ def latency_at_rate(dep: Deployment, rate: int, seconds: float, prefix: str) -> 
     sent: dict[str, float] = {}
     publisher = Publisher(dep.amqp_url, dep.topology, window=256)
     report = publisher.publish(
-        (Outgoing.request(r) for r in reqs), rate=rate,
+        (Outgoing.request(r) for r in reqs),
+        rate=rate,
         on_sent=lambda msg: sent.__setitem__(msg.message_id, time.time()),
     )
     assert report.ok
     dep.wait_terminal([r.task_id for r in reqs], timeout=120)
     with dep.store.engine.connect() as conn:
-        rows = conn.execute(select(tasks.c.task_id, tasks.c.updated_at).where(
-            tasks.c.task_id.in_(list(sent)))).all()
+        rows = conn.execute(
+            select(tasks.c.task_id, tasks.c.updated_at).where(tasks.c.task_id.in_(list(sent)))
+        ).all()
     lat = []
     for task_id, updated in rows:
         stamp = updated if updated.tzinfo else updated.replace(tzinfo=UTC)
@@ -138,11 +140,21 @@ def submit_file_rate(n: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "reqs.jsonl"
         path.write_text("".join(r.model_dump_json() + "\n" for r in make_requests(n, prefix=f"sub-{suffix}")))
-        env = {**os.environ, "AMQP_URL": AMQP, "SCHEDULER_AMQP__EXCHANGE": f"bench.sub.{suffix}",
-               "SCHEDULER_AMQP__QUEUE": f"bench.sub.{suffix}", "SCHEDULER_CONFIG": str(ROOT / "config.yaml")}
+        env = {
+            **os.environ,
+            "AMQP_URL": AMQP,
+            "SCHEDULER_AMQP__EXCHANGE": f"bench.sub.{suffix}",
+            "SCHEDULER_AMQP__QUEUE": f"bench.sub.{suffix}",
+            "SCHEDULER_CONFIG": str(ROOT / "config.yaml"),
+        }
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "scheduler", "submit", "--file", str(path)], env=env,
-                             capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [sys.executable, "-m", "scheduler", "submit", "--file", str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         elapsed = time.perf_counter() - start
         if out.returncode != 0:
             raise RuntimeError(out.stderr)
@@ -197,10 +209,14 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=0)
     args = parser.parse_args()
     burst = args.burst or (3000 if args.quick else 10000)
-    print(f"pipeline benchmark: {burst} requests per burst, 1,000 nodes, {os.cpu_count()} cores, "
-          f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    print(f"{'backend':<11} {'raw broker/s':>13} {'end-to-end/s':>13} {'ratio':>6} "
-          f"{'p50 ms @1k/s':>13} {'p99 ms @1k/s':>13}")
+    print(
+        f"pipeline benchmark: {burst} requests per burst, 1,000 nodes, {os.cpu_count()} cores, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
+    print(
+        f"{'backend':<11} {'raw broker/s':>13} {'end-to-end/s':>13} {'ratio':>6} "
+        f"{'p50 ms @1k/s':>13} {'p99 ms @1k/s':>13}"
+    )
     for db in ("sqlite", "postgresql"):
         with tempfile.TemporaryDirectory() as tmp:
             dep, schema = deployment(db, Path(tmp))
@@ -217,8 +233,11 @@ def main() -> None:
                 drop_schema(schema)
     print("goals: end-to-end >= 3,000/s and >= 0.5x raw; p99 <= 50 ms at 1,000/s offered")
     rate, secs = submit_file_rate(10000)
-    print(f"submit --file 10,000 requests: {rate:,.0f} messages/s ({secs:.2f} s, whole command incl. start-up); "
-          "goal >= 5,000/s")
+    print(
+        f"submit --file 10,000 requests: {rate:,.0f} messages/s "
+        f"({secs:.2f} s, whole command incl. start-up); "
+        "goal >= 5,000/s"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         dep, schema = deployment("sqlite", Path(tmp))
         try:
@@ -226,7 +245,10 @@ def main() -> None:
             proc = dep.start_worker("rss")
             dep.wait_leading("rss", timeout=60)
             end_to_end(dep, 2000, "rss")
-            print(f"worker RSS with 10,000 nodes after 2,000 placements: {rss_mb(proc.pid):.0f} MB; goal <= 150 MB")
+            print(
+                f"worker RSS with 10,000 nodes after 2,000 placements: {rss_mb(proc.pid):.0f} MB; "
+                "goal <= 150 MB"
+            )
         finally:
             dep.close()
     print(json.dumps({"done": True}))

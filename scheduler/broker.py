@@ -99,7 +99,9 @@ class Topology:
         channel.queue_bind(self.heartbeat_queue, self.exchange, routing_key=ROUTE_HEARTBEAT)
 
 
-def connection_parameters(url: str, *, heartbeat: int = 30, name: str = "virtflow-scheduler") -> pika.URLParameters:
+def connection_parameters(
+    url: str, *, heartbeat: int = 30, name: str = "virtflow-scheduler"
+) -> pika.URLParameters:
     """pika parameters from an ``amqp(s)://`` URL, with sane timeouts and a client name."""
     params = pika.URLParameters(url)
     params.heartbeat = heartbeat
@@ -122,7 +124,9 @@ def connect(url: str, *, heartbeat: int = 30, name: str = "virtflow-scheduler") 
     except pika.exceptions.ProbableAccessDeniedError:
         raise BrokerUnavailable(f"RabbitMQ at {redact_url(url)} denied access to the vhost") from None
     except pika.exceptions.AMQPError as exc:
-        raise BrokerUnavailable(f"cannot connect to RabbitMQ at {redact_url(url)}: {describe_amqp_error(exc)}") from None
+        raise BrokerUnavailable(
+            f"cannot connect to RabbitMQ at {redact_url(url)}: {describe_amqp_error(exc)}"
+        ) from None
     except OSError as exc:
         raise BrokerUnavailable(f"cannot connect to RabbitMQ at {redact_url(url)}: {exc}") from None
 

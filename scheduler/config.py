@@ -96,7 +96,9 @@ class DatabaseConfig(_Section):
         try:
             parsed = make_url(url)
         except Exception:
-            raise ValueError("not a database URL (e.g. sqlite:///scheduler.db, postgresql://u@h/db)") from None
+            raise ValueError(
+                "not a database URL (e.g. sqlite:///scheduler.db, postgresql://u@h/db)"
+            ) from None
         if parsed.get_backend_name() not in ("sqlite", "postgresql"):
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")
         return url

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from scheduler.fleet import FleetView
 from scheduler.models import ReleaseRequest, SchedulingRequest, parse_json_line
 from scheduler.strategies import Placer
@@ -57,7 +58,9 @@ def read_trace(path: str | Path, *, max_problems: int = 10) -> list[TraceItem]:
     if problems:
         more = len(problems) - max_problems
         raise TraceError(
-            f"{p}: " + "; ".join(problems[:max_problems]) + (f"; ... and {more} more bad lines" if more > 0 else "")
+            f"{p}: "
+            + "; ".join(problems[:max_problems])
+            + (f"; ... and {more} more bad lines" if more > 0 else "")
         )
     return items
 
@@ -110,19 +113,25 @@ def simulate(
             alloc = fleet.release(item.release)
             if alloc is not None:
                 result.released += 1
-            result.lines.append({
-                "task_id": item.release,
-                "node": alloc.node if alloc else None,
-                "reason": None,
-                "message": f"released from {alloc.node}" if alloc else "nothing to release",
-            })
+            result.lines.append(
+                {
+                    "task_id": item.release,
+                    "node": alloc.node if alloc else None,
+                    "reason": None,
+                    "message": f"released from {alloc.node}" if alloc else "nothing to release",
+                }
+            )
         else:
             existing = fleet.allocation(item.task_id)
             if existing is not None:
-                result.lines.append({
-                    "task_id": item.task_id, "node": existing.node, "reason": None,
-                    "message": f"duplicate: already placed on {existing.node}",
-                })
+                result.lines.append(
+                    {
+                        "task_id": item.task_id,
+                        "node": existing.node,
+                        "reason": None,
+                        "message": f"duplicate: already placed on {existing.node}",
+                    }
+                )
             else:
                 t0 = clock()
                 decision = placer.place(fleet, item, now=0.0)
@@ -132,12 +141,14 @@ def simulate(
                 else:
                     result.rejected += 1
                     result.rejected_by_reason[str(decision.reason)] += 1
-                result.lines.append({
-                    "task_id": item.task_id,
-                    "node": decision.node,
-                    "reason": str(decision.reason) if decision.reason else None,
-                    "message": decision.message,
-                })
+                result.lines.append(
+                    {
+                        "task_id": item.task_id,
+                        "node": decision.node,
+                        "reason": str(decision.reason) if decision.reason else None,
+                        "message": decision.message,
+                    }
+                )
         if progress is not None and n % 1000 == 0:
             progress(1000)
     result.wall_seconds = (clock() - started) / 1e9

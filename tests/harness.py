@@ -8,6 +8,7 @@ SIGKILL and SIGTERM mean what they mean in production.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -42,13 +43,23 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
-def make_nodes(n: int, *, pool: str = "default", cpu: int = 64, memory: int = 262144, seed: int = 0) -> list[Node]:
+def make_nodes(
+    n: int, *, pool: str = "default", cpu: int = 64, memory: int = 262144, seed: int = 0
+) -> list[Node]:
     rng = random.Random(seed)
     return [
-        Node.model_validate({
-            "name": f"bm-{i:04d}", "ip": f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}", "pool": pool,
-            "cpu": cpu, "memory": memory, "disk": 2000, "max_vms": 40, "zone": f"az{rng.randint(1, 3)}",
-        })
+        Node.model_validate(
+            {
+                "name": f"bm-{i:04d}",
+                "ip": f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}",
+                "pool": pool,
+                "cpu": cpu,
+                "memory": memory,
+                "disk": 2000,
+                "max_vms": 40,
+                "zone": f"az{rng.randint(1, 3)}",
+            }
+        )
         for i in range(n)
     ]
 
@@ -56,10 +67,14 @@ def make_nodes(n: int, *, pool: str = "default", cpu: int = 64, memory: int = 26
 def make_requests(n: int, *, prefix: str = "t", seed: int = 0, **fields: Any) -> list[SchedulingRequest]:
     rng = random.Random(seed)
     return [
-        SchedulingRequest.model_validate({
-            "task_id": f"{prefix}-{i}", "requested_cpu": rng.choice([1, 2, 4, 8]),
-            "requested_memory": rng.choice([1024, 2048, 4096, 8192, 16384]), **fields,
-        })
+        SchedulingRequest.model_validate(
+            {
+                "task_id": f"{prefix}-{i}",
+                "requested_cpu": rng.choice([1, 2, 4, 8]),
+                "requested_memory": rng.choice([1024, 2048, 4096, 8192, 16384]),
+                **fields,
+            }
+        )
         for i in range(n)
     ]
 
@@ -89,24 +104,26 @@ class Deployment:
 
     def env(self, identity: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SCHEDULER_", "AMQP_", "DATABASE_"))}
-        env.update({
-            "DATABASE_URL": self.db_url,
-            "AMQP_URL": self.amqp_url,
-            "SCHEDULER_AMQP__EXCHANGE": self.exchange,
-            "SCHEDULER_AMQP__QUEUE": self.queue,
-            "ELECTION_BACKEND": self.election,
-            "POD_NAME": identity,
-            "SCHEDULER_CONFIG": str(self.workdir / "config.yaml"),
-            "SCHEDULER_HTTP__ENABLED": "true" if self.http else "false",
-            "HTTP_PORT": "0",
-            "SCHEDULER_HTTP__HOST": "127.0.0.1",
-            "SCHEDULER_RETRY__INITIAL_BACKOFF": "0.05",
-            "SCHEDULER_RETRY__MAX_BACKOFF": "0.2",
-            "SCHEDULER_RETRY__MAX_ATTEMPTS": "3",
-            "SCHEDULER_WORKER__INVENTORY_POLL_INTERVAL": "0.5",
-            "LOG_LEVEL": "info",
-            **self.extra_env,
-        })
+        env.update(
+            {
+                "DATABASE_URL": self.db_url,
+                "AMQP_URL": self.amqp_url,
+                "SCHEDULER_AMQP__EXCHANGE": self.exchange,
+                "SCHEDULER_AMQP__QUEUE": self.queue,
+                "ELECTION_BACKEND": self.election,
+                "POD_NAME": identity,
+                "SCHEDULER_CONFIG": str(self.workdir / "config.yaml"),
+                "SCHEDULER_HTTP__ENABLED": "true" if self.http else "false",
+                "HTTP_PORT": "0",
+                "SCHEDULER_HTTP__HOST": "127.0.0.1",
+                "SCHEDULER_RETRY__INITIAL_BACKOFF": "0.05",
+                "SCHEDULER_RETRY__MAX_BACKOFF": "0.2",
+                "SCHEDULER_RETRY__MAX_ATTEMPTS": "3",
+                "SCHEDULER_WORKER__INVENTORY_POLL_INTERVAL": "0.5",
+                "LOG_LEVEL": "info",
+                **self.extra_env,
+            }
+        )
         return env
 
     def write_config(self, text: str = "strategy: least_loaded\n") -> Path:
@@ -119,7 +136,10 @@ class Deployment:
             self.write_config()
         log = open(self.workdir / f"{identity}.log", "ab")  # noqa: SIM115 - owned by the process
         proc = subprocess.Popen(
-            [sys.executable, "-m", "scheduler", "worker"], env=self.env(identity), stdout=log, stderr=log,
+            [sys.executable, "-m", "scheduler", "worker"],
+            env=self.env(identity),
+            stdout=log,
+            stderr=log,
             cwd=self.workdir,
         )
         self.procs.append(proc)
@@ -127,6 +147,7 @@ class Deployment:
 
     def wait_leading(self, identity: str, timeout: float = 20) -> int:
         """Wait until ``identity`` holds the fence (it claims it right before consuming)."""
+
         def holder() -> int | None:
             epoch, who = self.store.fence_holder()
             return epoch if who == identity else None
@@ -136,6 +157,7 @@ class Deployment:
 
     def http_url(self, identity: str, timeout: float = 20) -> str:
         """The URL the worker's HTTP server listens on (it binds port 0 and logs the real one)."""
+
         def found() -> str | None:
             for line in decode_lines(self.log_of(identity)):
                 if line.get("event") == "http serving":
@@ -165,8 +187,13 @@ class Deployment:
             self.topology.declare(ch)
             ch.confirm_delivery()
             for body in bodies:
-                ch.basic_publish(self.exchange, "request", body, mandatory=True,
-                                 properties=pika.BasicProperties(delivery_mode=2))
+                ch.basic_publish(
+                    self.exchange,
+                    "request",
+                    body,
+                    mandatory=True,
+                    properties=pika.BasicProperties(delivery_mode=2),
+                )
         finally:
             conn.close()
 
@@ -198,11 +225,15 @@ class Deployment:
     def wait_terminal(self, task_ids: list[str], timeout: float = 60) -> dict[str, TaskStatus]:
         def done() -> dict[str, TaskStatus] | None:
             states = self.statuses(task_ids)
-            return states if len(states) == len(set(task_ids)) and all(s in TERMINAL for s in states.values()) \
+            return (
+                states
+                if len(states) == len(set(task_ids)) and all(s in TERMINAL for s in states.values())
                 else None
+            )
 
-        result: dict[str, TaskStatus] = wait_until(done, timeout, f"{len(task_ids)} tasks to be terminal",
-                                                   interval=0.1)
+        result: dict[str, TaskStatus] = wait_until(
+            done, timeout, f"{len(task_ids)} tasks to be terminal", interval=0.1
+        )
         return result
 
     def outbox_counts(self) -> dict[str, int]:
@@ -243,10 +274,8 @@ class Deployment:
 
     def close(self) -> None:
         self.stop_all()
-        try:
+        with contextlib.suppress(pika.exceptions.AMQPError):
             self.delete_broker_objects()
-        except pika.exceptions.AMQPError:
-            pass
         self.store.close()
 
 

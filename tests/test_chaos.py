@@ -29,8 +29,15 @@ SHRUNK = {
 
 @pytest.fixture
 def cluster(pg_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path) -> Iterator[Deployment]:
-    dep = Deployment(pg_url, amqp_url, amqp_names["exchange"], amqp_names["queue"], tmp_path,
-                     election="database", extra_env=dict(SHRUNK))
+    dep = Deployment(
+        pg_url,
+        amqp_url,
+        amqp_names["exchange"],
+        amqp_names["queue"],
+        tmp_path,
+        election="database",
+        extra_env=dict(SHRUNK),
+    )
     try:
         yield dep
     finally:
@@ -57,7 +64,9 @@ def test_three_workers_leader_killed_twice_invariants_hold(cluster: Deployment) 
         done_before = sum(dep.store.task_counts().values())
         # A random moment: after a random number of further decisions.
         target = min(done_before + rng.randint(50, 600), 2900)
-        wait_until(lambda t=target: sum(dep.store.task_counts().values()) >= t, 60, "progress before the kill")
+        wait_until(
+            lambda t=target: sum(dep.store.task_counts().values()) >= t, 60, "progress before the kill"
+        )
         victim = _leader(dep)
         assert victim in procs
         procs[victim].send_signal(signal.SIGKILL)

@@ -16,10 +16,12 @@ from scheduler.worker.group import Incoming, RetryPolicy, plan_group
 
 
 def _fleet() -> FleetView:
-    return FleetView.build([
-        Node(name="a", ip="10.0.0.1", cpu=8, memory=8192, disk=100, max_vms=4),  # type: ignore[arg-type]
-        Node(name="b", ip="10.0.0.2", cpu=8, memory=8192, disk=100, max_vms=4),  # type: ignore[arg-type]
-    ])
+    return FleetView.build(
+        [
+            Node(name="a", ip="10.0.0.1", cpu=8, memory=8192, disk=100, max_vms=4),  # type: ignore[arg-type]
+            Node(name="b", ip="10.0.0.2", cpu=8, memory=8192, disk=100, max_vms=4),  # type: ignore[arg-type]
+        ]
+    )
 
 
 def _msg(tag: int, body: object, **headers: object) -> Incoming:
@@ -27,20 +29,30 @@ def _msg(tag: int, body: object, **headers: object) -> Incoming:
     return Incoming(tag, raw, dict(headers))
 
 
-def _plan(messages: list[Incoming], fleet: FleetView, *, max_attempts: int = 3, allow: list[str] | None = None):
+def _plan(
+    messages: list[Incoming], fleet: FleetView, *, max_attempts: int = 3, allow: list[str] | None = None
+):
     return plan_group(
-        messages, fleet, Placer("least_loaded"), now=0.0, retry=RetryPolicy(max_attempts, 1, 8),
-        callback_allow=allow or [], rng=random.Random(1),
+        messages,
+        fleet,
+        Placer("least_loaded"),
+        now=0.0,
+        retry=RetryPolicy(max_attempts, 1, 8),
+        callback_allow=allow or [],
+        rng=random.Random(1),
     )
 
 
 def test_places_in_priority_order_and_reserves() -> None:
     fleet = _fleet()
-    plan = _plan([
-        _msg(1, {"task_id": "low", "requested_cpu": 8, "requested_memory": 1024, "priority": 0}),
-        _msg(2, {"task_id": "high", "requested_cpu": 8, "requested_memory": 1024, "priority": 5}),
-        _msg(3, {"task_id": "third", "requested_cpu": 8, "requested_memory": 1024}),
-    ], fleet)
+    plan = _plan(
+        [
+            _msg(1, {"task_id": "low", "requested_cpu": 8, "requested_memory": 1024, "priority": 0}),
+            _msg(2, {"task_id": "high", "requested_cpu": 8, "requested_memory": 1024, "priority": 5}),
+            _msg(3, {"task_id": "third", "requested_cpu": 8, "requested_memory": 1024}),
+        ],
+        fleet,
+    )
     placed = [i.task_id for i in plan.items if isinstance(i, Placement)]
     assert placed == ["high", "low"]  # two nodes of 8 vCPU: the third waits
     waiting = [i for i in plan.items if isinstance(i, Waiting)]
@@ -54,10 +66,13 @@ def test_undo_restores_the_fleet_exactly() -> None:
     first = _plan([_msg(1, {"task_id": "keep", "requested_cpu": 2, "requested_memory": 1024})], fleet)
     assert first.items
     before = (fleet.free_cpu.copy(), fleet.free_mem.copy(), fleet.vms.copy(), dict(fleet.allocations))
-    plan = _plan([
-        _msg(2, {"release": "keep"}),
-        _msg(3, {"task_id": "new", "requested_cpu": 4, "requested_memory": 2048}),
-    ], fleet)
+    plan = _plan(
+        [
+            _msg(2, {"release": "keep"}),
+            _msg(3, {"task_id": "new", "requested_cpu": 4, "requested_memory": 2048}),
+        ],
+        fleet,
+    )
     assert [type(i) for i in plan.items] == [Release, Placement]
     plan.undo(fleet)
     assert (fleet.free_cpu == before[0]).all() and (fleet.free_mem == before[1]).all()
@@ -77,10 +92,13 @@ def test_retries_then_fails_with_explanation() -> None:
 
 def test_unknown_pool_and_strategy_fail_at_once() -> None:
     fleet = _fleet()
-    plan = _plan([
-        _msg(1, {"task_id": "p", "requested_cpu": 1, "requested_memory": 1, "requested_pool": "nope"}),
-        _msg(2, {"task_id": "s", "requested_cpu": 1, "requested_memory": 1, "strategy": "fastest"}),
-    ], fleet)
+    plan = _plan(
+        [
+            _msg(1, {"task_id": "p", "requested_cpu": 1, "requested_memory": 1, "requested_pool": "nope"}),
+            _msg(2, {"task_id": "s", "requested_cpu": 1, "requested_memory": 1, "strategy": "fastest"}),
+        ],
+        fleet,
+    )
     reasons = {i.task_id: i.reason for i in plan.items if isinstance(i, Failure)}
     assert reasons == {"p": Reason.UNKNOWN_POOL, "s": Reason.UNKNOWN_STRATEGY}
     assert not plan.retries
@@ -96,7 +114,12 @@ def test_unknown_pool_and_strategy_fail_at_once() -> None:
         (b"[" * 100_000, True),
         (json.dumps({"task_id": "t1", "requested_cpu": "4", "requested_memory": 1}).encode(), False),
         (json.dumps({"task_id": "t2", "requested_cpu": 10**30, "requested_memory": 1}).encode(), False),
-        (json.dumps({"task_id": "t3", "requested_cpu": 1, "requested_memory": 1, "colour": "red"}).encode(), False),
+        (
+            json.dumps(
+                {"task_id": "t3", "requested_cpu": 1, "requested_memory": 1, "colour": "red"}
+            ).encode(),
+            False,
+        ),
         (json.dumps({"task_id": "x" * 500, "requested_cpu": 1, "requested_memory": 1}).encode(), True),
     ],
 )
@@ -116,11 +139,14 @@ def test_bad_bodies_fail_or_dead_letter(body: bytes, dead: bool) -> None:
 def test_duplicates_in_group_and_already_placed() -> None:
     fleet = _fleet()
     _plan([_msg(1, {"task_id": "dup", "requested_cpu": 1, "requested_memory": 1})], fleet)
-    plan = _plan([
-        _msg(2, {"task_id": "dup", "requested_cpu": 1, "requested_memory": 1}),
-        _msg(3, {"task_id": "twice", "requested_cpu": 1, "requested_memory": 1}),
-        _msg(4, {"task_id": "twice", "requested_cpu": 1, "requested_memory": 1}),
-    ], fleet)
+    plan = _plan(
+        [
+            _msg(2, {"task_id": "dup", "requested_cpu": 1, "requested_memory": 1}),
+            _msg(3, {"task_id": "twice", "requested_cpu": 1, "requested_memory": 1}),
+            _msg(4, {"task_id": "twice", "requested_cpu": 1, "requested_memory": 1}),
+        ],
+        fleet,
+    )
     assert plan.duplicates == ["dup", "twice"]
     assert [i.task_id for i in plan.items] == ["twice"]
     assert int(fleet.vms.sum()) == 2
@@ -128,10 +154,13 @@ def test_duplicates_in_group_and_already_placed() -> None:
 
 def test_release_of_a_task_placed_in_the_same_group_is_deferred() -> None:
     fleet = _fleet()
-    plan = _plan([
-        _msg(1, {"task_id": "vm", "requested_cpu": 1, "requested_memory": 1}),
-        _msg(2, {"release": "vm"}),
-    ], fleet)
+    plan = _plan(
+        [
+            _msg(1, {"task_id": "vm", "requested_cpu": 1, "requested_memory": 1}),
+            _msg(2, {"release": "vm"}),
+        ],
+        fleet,
+    )
     assert [m.delivery_tag for m in plan.deferred] == [2]
     assert [type(i) for i in plan.items] == [Placement]
 
@@ -139,12 +168,18 @@ def test_release_of_a_task_placed_in_the_same_group_is_deferred() -> None:
 def test_callback_url_must_be_allowed() -> None:
     fleet = _fleet()
     body = {"task_id": "cb", "requested_cpu": 1, "requested_memory": 1}
-    refused = _plan([_msg(1, {**body, "callback_url": "http://evil.example/hook"})], fleet,
-                    allow=["https://hooks.example.com/*"])
+    refused = _plan(
+        [_msg(1, {**body, "callback_url": "http://evil.example/hook"})],
+        fleet,
+        allow=["https://hooks.example.com/*"],
+    )
     (failure,) = refused.items
     assert isinstance(failure, Failure) and "matches no pattern" in failure.message
     metadata = _plan([_msg(1, {**body, "callback_url": "http://169.254.169.254/latest"})], fleet, allow=["*"])
     assert isinstance(metadata.items[0], Failure) and "link-local" in metadata.items[0].message
-    ok = _plan([_msg(1, {**body, "callback_url": "https://hooks.example.com/vm"})], fleet,
-               allow=["https://hooks.example.com/*"])
+    ok = _plan(
+        [_msg(1, {**body, "callback_url": "https://hooks.example.com/vm"})],
+        fleet,
+        allow=["https://hooks.example.com/*"],
+    )
     assert isinstance(ok.items[0], Placement)

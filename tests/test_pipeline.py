@@ -18,7 +18,9 @@ from tests.harness import Deployment, decode_lines, make_nodes, make_requests, w
 
 
 @pytest.fixture
-def deployment(db_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path) -> Iterator[Deployment]:
+def deployment(
+    db_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path
+) -> Iterator[Deployment]:
     dep = Deployment(db_url, amqp_url, amqp_names["exchange"], amqp_names["queue"], tmp_path)
     try:
         yield dep
@@ -163,8 +165,14 @@ def test_cordon_reaches_the_running_worker(deployment: Deployment) -> None:
     assert revision
     # The worker polls the inventory (every 0.5 s in tests; 2 s by default, goal 5 s).
     wanted = dep.store.inventory_revision()
-    wait_until(lambda: any(line.get("event") == "inventory reloaded" and line.get("revision") == wanted
-                           for line in decode_lines(dep.log_of("worker-0"))), 5, "the inventory reload")
+    wait_until(
+        lambda: any(
+            line.get("event") == "inventory reloaded" and line.get("revision") == wanted
+            for line in decode_lines(dep.log_of("worker-0"))
+        ),
+        5,
+        "the inventory reload",
+    )
     probes = make_requests(10, prefix="after-cordon")
     dep.publish([Outgoing.request(r) for r in probes])
     dep.wait_terminal([r.task_id for r in probes])
@@ -182,13 +190,20 @@ def test_reconnects_after_broker_closes_the_connection(deployment: Deployment) -
     wait_until(lambda: dep.store.task_counts().get(TaskStatus.SCHEDULED, 0) >= 50, 30, "some placements")
     listing = subprocess.run(
         ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-        capture_output=True, text=True, check=True, timeout=30,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     ).stdout
     pids = [line.split("\t", 1)[0] for line in listing.splitlines() if "worker worker-rc" in line]
     assert pids, "the worker's connection must be visible by name"
     for pid in pids:
-        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test: closing under the worker"],
-                       check=True, timeout=30, capture_output=True)
+        subprocess.run(
+            ["rabbitmqctl", "-q", "close_connection", pid, "test: closing under the worker"],
+            check=True,
+            timeout=30,
+            capture_output=True,
+        )
     states = dep.wait_terminal(ids, timeout=90)
     assert all(s is TaskStatus.SCHEDULED for s in states.values())
     dep.check_invariants()
@@ -251,8 +266,9 @@ def test_worker_serves_http_with_the_prototype_api(deployment: Deployment) -> No
     with httpx.Client(base_url=url, timeout=10) as client:
         assert client.get("/healthz").status_code == 200
         wait_until(lambda: client.get("/readyz").status_code == 200, 10, "readiness")
-        accepted = client.post("/schedule", json={"task_id": "via-http", "requested_cpu": 2,
-                                                  "requested_memory": 2048})
+        accepted = client.post(
+            "/schedule", json={"task_id": "via-http", "requested_cpu": 2, "requested_memory": 2048}
+        )
         assert accepted.status_code == 202 and accepted.json() == {"task_id": "via-http"}
         assert client.post("/schedule", json={"requested_cpu": "2", "requested_memory": 1}).status_code == 422
         dep.wait_terminal(["via-http"])
@@ -260,4 +276,4 @@ def test_worker_serves_http_with_the_prototype_api(deployment: Deployment) -> No
         assert result["status"] == "completed" and result["result"]["name"] in {"bm-0000", "bm-0001"}
         assert client.get("/result/nope").status_code == 404
         metrics = client.get("/metrics").text
-        assert 'scheduler_decisions_total{' in metrics and "scheduler_leader 1.0" in metrics
+        assert "scheduler_decisions_total{" in metrics and "scheduler_leader 1.0" in metrics

@@ -35,11 +35,17 @@ def strategies_cmd(as_json: bool) -> None:
 
 @cli.command("simulate")
 @click.option("--nodes", "nodes_file", required=True, type=click.Path(dir_okay=False), help="fleet YAML/JSON")
-@click.option("--requests", "requests_file", required=True, help="JSON lines of requests and releases ('-' = stdin)")
-@click.option("--strategy", type=click.Choice(STRATEGY_NAMES), default=None, help="default: the configured one")
+@click.option(
+    "--requests", "requests_file", required=True, help="JSON lines of requests and releases ('-' = stdin)"
+)
+@click.option(
+    "--strategy", type=click.Choice(STRATEGY_NAMES), default=None, help="default: the configured one"
+)
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="seed for `random` (default: config)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON line per input line, then a summary line")
-def simulate_cmd(nodes_file: str, requests_file: str, strategy: str | None, seed: int | None, as_json: bool) -> None:
+def simulate_cmd(
+    nodes_file: str, requests_file: str, strategy: str | None, seed: int | None, as_json: bool
+) -> None:
     """Replay a request trace on a fleet file and report every placement (no broker, no database)."""
     from scheduler.fleet import FleetView
     from scheduler.simulate import TraceError, iter_json_lines, read_trace, simulate
@@ -64,8 +70,12 @@ def simulate_cmd(nodes_file: str, requests_file: str, strategy: str | None, seed
     show_progress = len(trace) >= PROGRESS_THRESHOLD and sys.stderr.isatty()
     if show_progress:
         with Progress(
-            TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True,
+            TextColumn("simulating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
         ) as bar:
             task = bar.add_task("simulate", total=len(trace))
             result = simulate(fleet, trace, placer, progress=lambda n: bar.advance(task, n))
@@ -84,7 +94,9 @@ def _print_human(result: SimulationResult, strategy: str) -> None:
     placements = Table("task", "node", "outcome", title=f"placements ({strategy})", show_lines=False)
     shown = result.lines if len(result.lines) <= 50 else result.lines[:25] + result.lines[-25:]
     for line in shown:
-        outcome = line["message"] if line["reason"] is None else f"[red]{line['reason']}[/]: {line['message']}"
+        outcome = (
+            line["message"] if line["reason"] is None else f"[red]{line['reason']}[/]: {line['message']}"
+        )
         placements.add_row(line["task_id"], line["node"] or "-", outcome)
     if len(result.lines) > 50:
         placements.caption = f"first and last 25 of {len(result.lines)} lines; --json for all"

@@ -28,7 +28,7 @@ from scheduler.models import (
     format_validation_error,
     parse_json_line,
 )
-from scheduler.producer.publisher import Outgoing, PublishReport, Publisher
+from scheduler.producer.publisher import Outgoing, Publisher, PublishReport
 
 EXIT_BAD_INPUT = 1
 EXIT_NOT_PUBLISHED = 2
@@ -37,7 +37,9 @@ EXIT_TIMEOUT = 4
 
 
 def _publisher(settings: Settings) -> Publisher:
-    return Publisher(str(settings.amqp.url), Topology.from_config(settings.amqp), heartbeat=settings.amqp.heartbeat)
+    return Publisher(
+        str(settings.amqp.url), Topology.from_config(settings.amqp), heartbeat=settings.amqp.heartbeat
+    )
 
 
 def _read_lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
@@ -97,9 +99,21 @@ def messages_from_file(path: str) -> tuple[list[Outgoing], list[str]]:
 @click.option("--timeout", type=float, default=120, show_default=True, help="seconds, with --wait")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
 def submit_cmd(
-    file_: str | None, cpu: int | None, memory: int | None, disk: int, pool: str, dedicated: bool,
-    tags: tuple[str, ...], task_id: str | None, strategy: str | None, priority: int, group: str | None,
-    callback_url: str | None, wait: bool, timeout: float, as_json: bool,
+    file_: str | None,
+    cpu: int | None,
+    memory: int | None,
+    disk: int,
+    pool: str,
+    dedicated: bool,
+    tags: tuple[str, ...],
+    task_id: str | None,
+    strategy: str | None,
+    priority: int,
+    group: str | None,
+    callback_url: str | None,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
 ) -> None:
     """Publish scheduling requests (publisher confirms; prints the task ids)."""
     settings = settings_or_exit()
@@ -112,9 +126,16 @@ def submit_cmd(
         if cpu is None or memory is None:
             raise CliError("--cpu and --memory are required (or --file)", exit_code=EXIT_BAD_INPUT)
         fields: dict[str, Any] = {
-            "requested_cpu": cpu, "requested_memory": memory, "requested_disk": disk, "requested_pool": pool,
-            "dedicated": dedicated, "required_tags": list(tags), "strategy": strategy, "priority": priority,
-            "anti_affinity_group": group, "callback_url": callback_url,
+            "requested_cpu": cpu,
+            "requested_memory": memory,
+            "requested_disk": disk,
+            "requested_pool": pool,
+            "dedicated": dedicated,
+            "required_tags": list(tags),
+            "strategy": strategy,
+            "priority": priority,
+            "anti_affinity_group": group,
+            "callback_url": callback_url,
         }
         if task_id is not None:
             fields["task_id"] = task_id
@@ -153,8 +174,14 @@ def _publish(settings: Settings, messages: list[Outgoing]) -> PublishReport:
         show = len(messages) > 1 and sys.stderr.isatty()
         if not show:
             return publisher.publish(messages)
-        with Progress(TextColumn("publishing"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                      console=Console(stderr=True), transient=True) as bar:
+        with Progress(
+            TextColumn("publishing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        ) as bar:
             task = bar.add_task("publish", total=len(messages))
             return publisher.publish(messages, on_confirm=lambda n: bar.advance(task, n))
     except BrokerUnavailable as exc:

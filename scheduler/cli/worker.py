@@ -63,7 +63,10 @@ def run_worker(settings: Settings, store: Store) -> int:
     registry = CollectorRegistry()
     holder: list[Worker] = []
     hooks, _ = install_metrics(
-        registry, store=store, settings=settings, state=lambda: holder[0].state if holder else None,
+        registry,
+        store=store,
+        settings=settings,
+        state=lambda: holder[0].state if holder else None,
         leadership=leadership,
     )
     worker = Worker(settings, store, leadership, hooks=hooks)
@@ -73,8 +76,13 @@ def run_worker(settings: Settings, store: Store) -> int:
         server = start_http(settings, store, registry=registry, state=lambda: worker.state)
     except OSError as exc:
         raise CliError(f"http.port {settings.http.port}: {exc.strerror or exc}", exit_code=2) from None
-    log.info("worker starting", identity=settings.identity, strategy=settings.strategy,
-             election=leadership.backend, http=server.url if server else None)
+    log.info(
+        "worker starting",
+        identity=settings.identity,
+        strategy=settings.strategy,
+        election=leadership.backend,
+        http=server.url if server else None,
+    )
     try:
         return worker.run()
     finally:

@@ -224,12 +224,18 @@ class _PipelinedRun:
 
     def _on_return(self, channel: Channel, method: Basic.Return, props: BasicProperties, body: bytes) -> None:
         # A return always precedes the ack of the same message.
-        self.returned[str(props.message_id)] = f"unroutable ({method.reply_text}): no queue bound for {method.routing_key!r}"
+        self.returned[str(props.message_id)] = (
+            f"unroutable ({method.reply_text}): no queue bound for {method.routing_key!r}"
+        )
 
     def _on_delivery(self, frame: Any) -> None:
         method = frame.method
         acked = isinstance(method, Basic.Ack)
-        tags = [t for t in self.pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
+        tags = (
+            [t for t in self.pending if t <= method.delivery_tag]
+            if method.multiple
+            else [method.delivery_tag]
+        )
         confirmed = 0
         for tag in tags:
             message_id = self.pending.pop(tag, None)

@@ -25,6 +25,7 @@ a failed COMMIT may still have been applied.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -105,11 +106,15 @@ class Worker:
         self.clock = clock
         w = settings.strategy_weights
         self.placer = placer or Placer(
-            settings.strategy, weights=(w.cpu, w.memory, w.disk), seed=settings.random_seed,
+            settings.strategy,
+            weights=(w.cpu, w.memory, w.disk),
+            seed=settings.random_seed,
             dedicated_exclusive=settings.dedicated_nodes_exclusive,
         )
         self.topology = Topology.from_config(settings.amqp)
-        self.retry = RetryPolicy(settings.retry.max_attempts, settings.retry.initial_backoff, settings.retry.max_backoff)
+        self.retry = RetryPolicy(
+            settings.retry.max_attempts, settings.retry.initial_backoff, settings.retry.max_backoff
+        )
         self.rng = random.Random(settings.random_seed)
         self.state = WorkerState(strategy=self.placer.default)
         self.stopping = threading.Event()
@@ -144,8 +149,11 @@ class Worker:
                 except AMQP_ERRORS as exc:
                     self._drop_leadership("broker connection lost")
                     self.state.broker_connected = False
-                    log.warning("broker connection lost; reconnecting", error=str(exc) or type(exc).__name__,
-                                retry_in=round(backoff, 2))
+                    log.warning(
+                        "broker connection lost; reconnecting",
+                        error=str(exc) or type(exc).__name__,
+                        retry_in=round(backoff, 2),
+                    )
                     self.stopping.wait(backoff)
                     backoff = min(backoff * 2, self.settings.worker.reconnect_max_backoff)
         finally:
@@ -155,8 +163,11 @@ class Worker:
 
     def _session(self) -> None:
         """One broker connection's lifetime."""
-        conn = connect(str(self.settings.amqp.url), heartbeat=self.settings.amqp.heartbeat,
-                       name=f"virtflow-scheduler worker {self.settings.identity}")
+        conn = connect(
+            str(self.settings.amqp.url),
+            heartbeat=self.settings.amqp.heartbeat,
+            name=f"virtflow-scheduler worker {self.settings.identity}",
+        )
         try:
             control = conn.channel()
             self.topology.declare(control)
@@ -175,10 +186,8 @@ class Worker:
         finally:
             self.state.broker_connected = False
             if conn.is_open:
-                try:
+                with contextlib.suppress(AMQP_ERRORS):
                     conn.close()
-                except AMQP_ERRORS:
-                    pass
 
     def _tick(self, conn: pika.BlockingConnection, publisher: BlockingChannel) -> None:
         leader = self.leadership.is_leader()
@@ -234,8 +243,13 @@ class Worker:
             channel.basic_consume(self.topology.heartbeat_queue, self._on_heartbeat, auto_ack=True),
         ]
         self.state.leader, self.state.epoch, self.state.fleet = True, epoch, fleet
-        log.info("leading: consuming", epoch=epoch, nodes=fleet.size, allocations=len(fleet.allocations),
-                 strategy=self.placer.default)
+        log.info(
+            "leading: consuming",
+            epoch=epoch,
+            nodes=fleet.size,
+            allocations=len(fleet.allocations),
+            strategy=self.placer.default,
+        )
         if self.hooks:
             self.hooks.leadership_changed(True, epoch)
 
@@ -254,10 +268,8 @@ class Worker:
         if ch is None or not ch.is_open:
             return
         for tag in self._consumer_tags:
-            try:
+            with contextlib.suppress(AMQP_ERRORS):
                 ch.basic_cancel(tag)
-            except AMQP_ERRORS:
-                pass
         self._consumer_tags = []
 
     def _close_consume_channel(self) -> None:
@@ -266,17 +278,18 @@ class Worker:
         self._buffer.clear()
         self._consumer_tags = []
         if ch is not None and ch.is_open:
-            try:
+            with contextlib.suppress(AMQP_ERRORS):
                 ch.close()
-            except AMQP_ERRORS:
-                pass
 
     # ------------------------------------------------------------ consuming
     def _on_request(self, ch: BlockingChannel, method: Any, props: pika.BasicProperties, body: bytes) -> None:
-        self._buffer.append(Incoming(method.delivery_tag, body, dict(props.headers or {}), method.redelivered,
-                                     self.clock()))
+        self._buffer.append(
+            Incoming(method.delivery_tag, body, dict(props.headers or {}), method.redelivered, self.clock())
+        )
 
-    def _on_heartbeat(self, ch: BlockingChannel, method: Any, props: pika.BasicProperties, body: bytes) -> None:
+    def _on_heartbeat(
+        self, ch: BlockingChannel, method: Any, props: pika.BasicProperties, body: bytes
+    ) -> None:
         if self._fleet is None:
             return
         try:
@@ -296,13 +309,23 @@ class Worker:
         last_tag = group[-1].delivery_tag
         started = time.perf_counter()
         plan = plan_group(
-            group, fleet, self.placer, now=self.clock(), retry=self.retry,
-            callback_allow=list(self.settings.webhooks.allow), rng=self.rng,
+            group,
+            fleet,
+            self.placer,
+            now=self.clock(),
+            retry=self.retry,
+            callback_allow=list(self.settings.webhooks.allow),
+            rng=self.rng,
         )
         for dead in plan.dead:
-            self._publish_confirmed(publisher, "", self.topology.dead_queue, dead.message.body,
-                                    headers={**dead.message.headers, HEADER_DEATH_REASON: dead.reason[:1000]},
-                                    message_id=None)
+            self._publish_confirmed(
+                publisher,
+                "",
+                self.topology.dead_queue,
+                dead.message.body,
+                headers={**dead.message.headers, HEADER_DEATH_REASON: dead.reason[:1000]},
+                message_id=None,
+            )
             log.warning("dead-lettered", reason=dead.reason[:300])
         try:
             result = self.store.commit(plan.items, self._epoch) if plan.items else CommitResult()
@@ -323,9 +346,13 @@ class Worker:
             if retry.request.task_id in duplicates:
                 continue
             self._publish_confirmed(
-                publisher, "", self.topology.retry_queue, retry.message.body,
+                publisher,
+                "",
+                self.topology.retry_queue,
+                retry.message.body,
                 headers={**retry.message.headers, HEADER_ATTEMPT: retry.attempt},
-                message_id=retry.request.task_id, expiration_ms=retry.delay_ms,
+                message_id=retry.request.task_id,
+                expiration_ms=retry.delay_ms,
             )
         deferred = {msg.delivery_tag for msg in plan.deferred}
         for tag in sorted(deferred):
@@ -338,14 +365,27 @@ class Worker:
         self.state.groups += 1
         self.state.last_commit_at = time.time()
         for decision in plan.decisions:
-            log.info("decision", task_id=decision.task_id, node=decision.node, strategy=decision.strategy,
-                     reason=str(decision.reason) if decision.reason else None, rejections=decision.rejections)
+            log.info(
+                "decision",
+                task_id=decision.task_id,
+                node=decision.node,
+                strategy=decision.strategy,
+                reason=str(decision.reason) if decision.reason else None,
+                rejections=decision.rejections,
+            )
         if self.hooks:
             self.hooks.group_committed(plan, result, seconds)
 
     def _publish_confirmed(
-        self, publisher: BlockingChannel, exchange: str, routing_key: str, body: bytes, *,
-        headers: dict[str, Any], message_id: str | None, expiration_ms: int | None = None,
+        self,
+        publisher: BlockingChannel,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        headers: dict[str, Any],
+        message_id: str | None,
+        expiration_ms: int | None = None,
     ) -> None:
         props = message_properties(message_id or "", headers=headers, expiration_ms=expiration_ms)
         if message_id is None:
@@ -402,13 +442,18 @@ class Worker:
         try:
             fresh = load_settings()
         except Exception as exc:  # ConfigError or an unreadable file: keep running as we are
-            log.error("config file changed but is invalid; keeping the current strategy",
-                      strategy=self.placer.default, error=str(exc))
+            log.error(
+                "config file changed but is invalid; keeping the current strategy",
+                strategy=self.placer.default,
+                error=str(exc),
+            )
             self._count_switch(ok=False)
             return
         if os.environ.get("SCHEDULING_STRATEGY"):
-            log.warning("config file changed, but SCHEDULING_STRATEGY in the environment overrides its strategy",
-                        strategy=self.placer.default)
+            log.warning(
+                "config file changed, but SCHEDULING_STRATEGY in the environment overrides its strategy",
+                strategy=self.placer.default,
+            )
             return
         if fresh.strategy == self.placer.default:
             return

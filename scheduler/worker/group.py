@@ -129,10 +129,17 @@ def plan_group(
             if bad.task_id is None:
                 plan.dead.append(DeadLetter(msg, f"{bad.reason}: {bad.message}"))
             else:
-                plan.items.append(Failure(
-                    task_id=bad.task_id, request_json=_stored_body(msg.body), reason=bad.reason,
-                    message=bad.message, strategy=None, attempts=attempt_of(msg.headers), callback_url=None,
-                ))
+                plan.items.append(
+                    Failure(
+                        task_id=bad.task_id,
+                        request_json=_stored_body(msg.body),
+                        reason=bad.reason,
+                        message=bad.message,
+                        strategy=None,
+                        attempts=attempt_of(msg.headers),
+                        callback_url=None,
+                    )
+                )
             continue
         if isinstance(parsed, ReleaseRequest):
             releases.append((parsed, msg))
@@ -165,10 +172,17 @@ def plan_group(
         if req.callback_url is not None:
             refusal = callback_refusal(req.callback_url, callback_allow)
             if refusal is not None:
-                plan.items.append(Failure(
-                    task_id=req.task_id, request_json=req.model_dump_json(), reason=Reason.INVALID_REQUEST,
-                    message=refusal, strategy=req.strategy, attempts=attempt, callback_url=None,
-                ))
+                plan.items.append(
+                    Failure(
+                        task_id=req.task_id,
+                        request_json=req.model_dump_json(),
+                        reason=Reason.INVALID_REQUEST,
+                        message=refusal,
+                        strategy=req.strategy,
+                        attempts=attempt,
+                        callback_url=None,
+                    )
+                )
                 continue
         started = time.perf_counter()
         decision = placer.decide(fleet, req, now=now)
@@ -178,26 +192,44 @@ def plan_group(
             fleet.reserve(decision.node_index, req)
             plan.placed[req.task_id] = req
             plan._undo.append(_unreserve(fleet, req.task_id))
-            plan.items.append(Placement(
-                request=req, node=decision.node or "", node_ip=fleet.ips[decision.node_index],
-                strategy=decision.strategy, message=decision.message, attempts=attempt,
-            ))
+            plan.items.append(
+                Placement(
+                    request=req,
+                    node=decision.node or "",
+                    node_ip=fleet.ips[decision.node_index],
+                    strategy=decision.strategy,
+                    message=decision.message,
+                    attempts=attempt,
+                )
+            )
         elif decision.reason in RETRYABLE and attempt < retry.max_attempts:
             delay = retry.delay_ms(attempt, rng)
-            plan.items.append(Waiting(
-                request=req, message=f"attempt {attempt}/{retry.max_attempts}, retrying in "
-                f"{delay / 1000:.1f}s: {decision.message}", attempts=attempt, strategy=decision.strategy,
-            ))
+            plan.items.append(
+                Waiting(
+                    request=req,
+                    message=f"attempt {attempt}/{retry.max_attempts}, retrying in "
+                    f"{delay / 1000:.1f}s: {decision.message}",
+                    attempts=attempt,
+                    strategy=decision.strategy,
+                )
+            )
             plan.retries.append(RetryLater(msg, req, attempt + 1, delay))
         else:
             assert decision.reason is not None
             message = decision.message
             if decision.reason in RETRYABLE:
                 message = f"gave up after {attempt} attempts: {message}"
-            plan.items.append(Failure(
-                task_id=req.task_id, request_json=req.model_dump_json(), reason=decision.reason,
-                message=message, strategy=decision.strategy, attempts=attempt, callback_url=req.callback_url,
-            ))
+            plan.items.append(
+                Failure(
+                    task_id=req.task_id,
+                    request_json=req.model_dump_json(),
+                    reason=decision.reason,
+                    message=message,
+                    strategy=decision.strategy,
+                    attempts=attempt,
+                    callback_url=req.callback_url,
+                )
+            )
     return plan
 
 
@@ -206,7 +238,10 @@ def _restore(fleet: FleetView, alloc: Allocation) -> Callable[[], None]:
 
 
 def _unreserve(fleet: FleetView, task_id: str) -> Callable[[], None]:
-    return lambda: None if fleet.release(task_id) is None else None
+    def undo() -> None:
+        fleet.release(task_id)
+
+    return undo
 
 
 def _stored_body(body: bytes) -> str:
