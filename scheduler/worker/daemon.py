@@ -186,7 +186,7 @@ class Worker:
         finally:
             self.state.broker_connected = False
             if conn.is_open:
-                with contextlib.suppress(AMQP_ERRORS):
+                with contextlib.suppress(*AMQP_ERRORS):
                     conn.close()
 
     def _tick(self, conn: pika.BlockingConnection, publisher: BlockingChannel) -> None:
@@ -268,7 +268,7 @@ class Worker:
         if ch is None or not ch.is_open:
             return
         for tag in self._consumer_tags:
-            with contextlib.suppress(AMQP_ERRORS):
+            with contextlib.suppress(*AMQP_ERRORS):
                 ch.basic_cancel(tag)
         self._consumer_tags = []
 
@@ -278,7 +278,7 @@ class Worker:
         self._buffer.clear()
         self._consumer_tags = []
         if ch is not None and ch.is_open:
-            with contextlib.suppress(AMQP_ERRORS):
+            with contextlib.suppress(*AMQP_ERRORS):
                 ch.close()
 
     # ------------------------------------------------------------ consuming
