@@ -104,7 +104,10 @@ class FleetView:
 
         Allocations on unknown nodes are kept out of the arrays but raise no
         error: a node removed from the inventory while VMs still run on it
-        must not stop the service from starting.
+        must not stop the service from starting. They are still recorded
+        (node index -1, as :meth:`with_inventory` does), so that the task
+        still counts as holding an allocation, a release finds it, and the
+        node gets its VMs back if it returns to the inventory.
         """
         ordered = sorted(nodes, key=lambda n: (n.pool, n.name))
         n = len(ordered)
@@ -161,8 +164,11 @@ class FleetView:
         mem: list[int] = []
         disk: list[int] = []
         for alloc in allocations:
+            if alloc.task_id in self.allocations:
+                continue
             i = self.index.get(alloc.node)
-            if i is None or alloc.task_id in self.allocations:
+            if i is None:
+                self.allocations[alloc.task_id] = (-1, alloc)
                 continue
             self.allocations[alloc.task_id] = (i, alloc)
             idx.append(i)
@@ -176,8 +182,12 @@ class FleetView:
             return
         where = np.asarray(idx, dtype=np.int64)
         n = len(self.names)
-        self.free_cpu -= np.bincount(where, weights=np.asarray(cpu, dtype=np.float64), minlength=n).astype(np.int64)
-        self.free_mem -= np.bincount(where, weights=np.asarray(mem, dtype=np.float64), minlength=n).astype(np.int64)
+        self.free_cpu -= np.bincount(where, weights=np.asarray(cpu, dtype=np.float64), minlength=n).astype(
+            np.int64
+        )
+        self.free_mem -= np.bincount(where, weights=np.asarray(mem, dtype=np.float64), minlength=n).astype(
+            np.int64
+        )
         self.free_disk -= np.bincount(where, weights=np.asarray(disk, dtype=np.float64), minlength=n).astype(
             np.int64
         )
@@ -201,7 +211,9 @@ class FleetView:
         entry = self.allocations.get(task_id)
         return entry[1] if entry else None
 
-    def unhealthy(self, now: float, start: int = 0, stop: int | None = None) -> tuple[BoolArray, BoolArray] | None:
+    def unhealthy(
+        self, now: float, start: int = 0, stop: int | None = None
+    ) -> tuple[BoolArray, BoolArray] | None:
         """(suspicious, offline) masks over ``[start:stop]``, or None when no node ever sent a heartbeat.
 
         Nodes that never sent a heartbeat are not judged: heartbeats are
@@ -236,7 +248,11 @@ class FleetView:
         self.free_disk[i] -= req.requested_disk
         self.vms[i] += 1
         alloc = Allocation(
-            req.task_id, self.names[i], req.requested_cpu, req.requested_memory, req.requested_disk,
+            req.task_id,
+            self.names[i],
+            req.requested_cpu,
+            req.requested_memory,
+            req.requested_disk,
             req.anti_affinity_group,
         )
         self.allocations[req.task_id] = (i, alloc)
@@ -377,9 +393,21 @@ class FleetView:
     def nbytes(self) -> int:
         """Bytes held by the arrays (for the memory benchmark)."""
         arrays = [
-            self.cap_cpu, self.cap_mem, self.cap_disk, self.max_vms, self.free_cpu, self.free_mem,
-            self.free_disk, self.vms, self.dedicated, self.cordoned, self.last_seen, self.inv_cpu,
-            self.inv_mem, self.inv_disk, *self.tags.values(),
+            self.cap_cpu,
+            self.cap_mem,
+            self.cap_disk,
+            self.max_vms,
+            self.free_cpu,
+            self.free_mem,
+            self.free_disk,
+            self.vms,
+            self.dedicated,
+            self.cordoned,
+            self.last_seen,
+            self.inv_cpu,
+            self.inv_mem,
+            self.inv_disk,
+            *self.tags.values(),
         ]
         return sum(a.nbytes for a in arrays)
 

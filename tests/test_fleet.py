@@ -68,13 +68,32 @@ def test_build_applies_allocations_in_bulk() -> None:
         Allocation("t2", "a", 2, 50, 0),
         Allocation("t3", "b", 1, 1, 1, "g"),
         Allocation("t1", "b", 9, 9, 9),  # the same task twice: only the first counts
-        Allocation("t4", "gone", 1, 1, 1),  # a node no longer in the inventory: ignored, no error
+        Allocation("t4", "gone", 1, 1, 1),  # a node no longer in the inventory: no error
     ]
     fleet = FleetView.build([node("a"), node("b")], allocations)
     assert state(fleet, "a") == (16 - 5, 1024 - 150, 100 - 10, 2)
     assert state(fleet, "b") == (15, 1023, 99, 1)
-    assert set(fleet.allocations) == {"t1", "t2", "t3"}
+    assert fleet.allocation("t1") == Allocation("t1", "a", 3, 100, 10, "g")
     assert fleet.groups == {"g": {0: 1, 1: 1}}
+    assert set(fleet.allocations) == {"t1", "t2", "t3", "t4"}
+
+
+def test_allocations_on_unknown_nodes_survive_a_restart() -> None:
+    """A VM on a node missing from the inventory at start-up still holds its allocation.
+
+    Otherwise a redelivered request for that task would look new (a second
+    allocation, DESIGN.md invariant 2), and when the node is imported again
+    it would look empty and be offered twice (invariant 1).
+    """
+    fleet = FleetView.build([node("a")], [Allocation("t1", "b", 4, 100, 10)])
+    assert fleet.allocation("t1") == Allocation("t1", "b", 4, 100, 10)
+    assert state(fleet, "a") == (16, 1024, 100, 0)
+    back = fleet.with_inventory([node("a"), node("b")])
+    assert state(back, "b") == (12, 924, 90, 1)
+    # Released while the node is still gone: returned once, no array touched.
+    assert fleet.release("t1") == Allocation("t1", "b", 4, 100, 10)
+    assert fleet.release("t1") is None
+    assert state(fleet, "a") == (16, 1024, 100, 0)
 
 
 def test_reserve_takes_resources_and_records_the_allocation() -> None:

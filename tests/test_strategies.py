@@ -9,6 +9,7 @@ candidate scores, so a failure shows which rule changed.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from scheduler.strategies import STRATEGIES, STRATEGY_NAMES, Placer, UnknownStra
 from scheduler.strategies.base import ScoringStrategy
 
 GIB = 1024
-_seq = iter(range(10**9))
+_seq = itertools.count()
 
 
 def node(name: str, **kw: Any) -> Node:

@@ -26,7 +26,9 @@ class Strategy(ABC):
     description: ClassVar[str]
 
     @abstractmethod
-    def choose(self, fleet: FleetView, start: int, stop: int, feasible: BoolArray, req: SchedulingRequest) -> int:
+    def choose(
+        self, fleet: FleetView, start: int, stop: int, feasible: BoolArray, req: SchedulingRequest
+    ) -> int:
         """Absolute index of the chosen node; ``feasible`` (length stop-start) has at least one True."""
 
 
@@ -37,15 +39,17 @@ class ScoringStrategy(Strategy):
     def score(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
         """One score per node in ``[start:stop]``; only feasible nodes' scores are looked at."""
 
-    def choose(self, fleet: FleetView, start: int, stop: int, feasible: BoolArray, req: SchedulingRequest) -> int:
+    def choose(
+        self, fleet: FleetView, start: int, stop: int, feasible: BoolArray, req: SchedulingRequest
+    ) -> int:
         scores = self.score(fleet, start, stop, req)
         masked = np.where(feasible, scores, np.inf)
         return start + int(np.argmin(masked))
 
 
-def utilization_after(fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> tuple[
-    FloatArray, FloatArray, FloatArray
-]:
+def utilization_after(
+    fleet: FleetView, start: int, stop: int, req: SchedulingRequest
+) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Fraction of cpu, memory and disk in use on each node if ``req`` were placed there.
 
     Each is ``(cap - free + requested) * (1 / cap)``, computed with one

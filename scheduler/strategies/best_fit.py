@@ -23,15 +23,15 @@ for disk):
 ``STRANDING`` is large on purpose: stranding is avoided first, tightness
 decides among nodes that strand alike. It was chosen on the fragmentation
 benchmark (``bench/bench_quality.py``: pool CPU utilization at the first
-request rejected while the pool had room in aggregate), where 16-32 all sit at
-about 0.97 against 0.90 for textbook best fit and 0.91 for plain L2 best fit;
-pure balance (a weight in the thousands) drops back to 0.96, because without
-the best-fit term the empty nodes fill up. Disk joins only when the request
+request rejected while the pool had room in aggregate), where weights of 16-32
+all reach 0.97-0.98 against about 0.91 for textbook best fit and 0.92 for plain
+L2 best fit; pure balance (a weight in the thousands) drops back to 0.96,
+because without the best-fit term the empty nodes fill up. Disk joins only when the request
 asks for it: a resource nobody requests would otherwise pull every VM
 towards empty nodes.
 
 Everything is a handful of vectorised passes over the pool slice, with no
-square root, so ``best_fit`` costs about what ``least_loaded`` costs.
+square root, so ``best_fit`` costs less than ``least_loaded``.
 """
 
 from __future__ import annotations

@@ -62,7 +62,9 @@ class Feasibility:
         return Reason.INSUFFICIENT_RESOURCES
 
     def explain(self) -> str:
-        parts = ", ".join(f"{n} {label}" for label, n in sorted(self.rejections.items(), key=lambda kv: -kv[1]))
+        parts = ", ".join(
+            f"{n} {label}" for label, n in sorted(self.rejections.items(), key=lambda kv: -kv[1])
+        )
         head = f"{self.count}/{self.total} nodes fit"
         return f"{head}: {parts}" if parts else head
 
@@ -88,7 +90,9 @@ class _Narrowing:
 
     def drop(self, label: str, local: list[int]) -> bool:
         """Remove the nodes at slice positions ``local`` (anti-affinity: a few known nodes)."""
-        mask = self.mask.copy() if self.mask is not None else np.ones(self.out.stop - self.out.start, np.bool_)
+        mask = (
+            self.mask.copy() if self.mask is not None else np.ones(self.out.stop - self.out.start, np.bool_)
+        )
         removed = int(np.count_nonzero(mask[local]))
         mask[local] = False
         if removed:
@@ -97,7 +101,9 @@ class _Narrowing:
         return self.count > 0
 
 
-def feasible_nodes(fleet: FleetView, req: SchedulingRequest, *, now: float, exclusive: bool = True) -> Feasibility:
+def feasible_nodes(
+    fleet: FleetView, req: SchedulingRequest, *, now: float, exclusive: bool = True
+) -> Feasibility:
     """Filter the fleet for ``req``; ``now`` is the monotonic clock heartbeats are judged by."""
     total = fleet.size
     span = fleet.pools.get(req.requested_pool)
@@ -118,7 +124,14 @@ def feasible_nodes(fleet: FleetView, req: SchedulingRequest, *, now: float, excl
 
 
 def _narrow(
-    fleet: FleetView, req: SchedulingRequest, f: _Narrowing, sl: slice, s: int, e: int, now: float, exclusive: bool
+    fleet: FleetView,
+    req: SchedulingRequest,
+    f: _Narrowing,
+    sl: slice,
+    s: int,
+    e: int,
+    now: float,
+    exclusive: bool,
 ) -> bool:
     if fleet.cordoned_count and not f.keep(CORDONED, ~fleet.cordoned[sl]):
         return False

@@ -17,7 +17,9 @@ from scheduler.strategies.base import ScoringStrategy, utilization_after
 
 class LeastLoaded(ScoringStrategy):
     name: ClassVar[str] = "least_loaded"
-    description: ClassVar[str] = "spread: lowest weighted utilization after placement (cpu .4, memory .4, disk .2)"
+    description: ClassVar[str] = (
+        "spread: lowest weighted utilization after placement (cpu .4, memory .4, disk .2)"
+    )
 
     def __init__(self, cpu: float = 0.4, memory: float = 0.4, disk: float = 0.2) -> None:
         self.weights = (cpu, memory, disk)

@@ -54,7 +54,10 @@ class Placer:
             strategy = self.strategy(name)
         except UnknownStrategy as exc:
             return Decision(
-                task_id=req.task_id, strategy=name, reason=Reason.UNKNOWN_STRATEGY, message=str(exc),
+                task_id=req.task_id,
+                strategy=name,
+                reason=Reason.UNKNOWN_STRATEGY,
+                message=str(exc),
                 total=fleet.size,
             )
         feas = feasible_nodes(
@@ -67,14 +70,23 @@ class Placer:
                 known = ", ".join(sorted(fleet.pools)) or "none"
                 message = f"unknown pool {req.requested_pool!r} (known: {known}); {message}"
             return Decision(
-                task_id=req.task_id, strategy=name, reason=reason, message=message,
-                rejections=feas.rejections, total=feas.total,
+                task_id=req.task_id,
+                strategy=name,
+                reason=reason,
+                message=message,
+                rejections=feas.rejections,
+                total=feas.total,
             )
         index = strategy.choose(fleet, feas.start, feas.stop, feas.feasible_mask(), req)
         return Decision(
-            task_id=req.task_id, strategy=name, node=fleet.names[index], node_index=index,
-            message=f"{fleet.names[index]} by {name}; {feas.explain()}", rejections=feas.rejections,
-            candidates=feas.count, total=feas.total,
+            task_id=req.task_id,
+            strategy=name,
+            node=fleet.names[index],
+            node_index=index,
+            message=f"{fleet.names[index]} by {name}; {feas.explain()}",
+            rejections=feas.rejections,
+            candidates=feas.count,
+            total=feas.total,
         )
 
     def place(self, fleet: FleetView, req: SchedulingRequest, *, now: float | None = None) -> Decision:

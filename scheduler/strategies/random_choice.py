@@ -22,6 +22,8 @@ class RandomChoice(Strategy):
     def __init__(self, seed: int = 0) -> None:
         self._rng = np.random.default_rng(seed)
 
-    def choose(self, fleet: FleetView, start: int, stop: int, feasible: BoolArray, req: SchedulingRequest) -> int:
+    def choose(
+        self, fleet: FleetView, start: int, stop: int, feasible: BoolArray, req: SchedulingRequest
+    ) -> int:
         candidates = np.flatnonzero(feasible)
         return start + int(candidates[int(self._rng.integers(len(candidates)))])

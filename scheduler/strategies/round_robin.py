@@ -23,7 +23,9 @@ class RoundRobin(Strategy):
     def __init__(self) -> None:
         self._cursor: dict[str, str] = {}
 
-    def choose(self, fleet: FleetView, start: int, stop: int, feasible: BoolArray, req: SchedulingRequest) -> int:
+    def choose(
+        self, fleet: FleetView, start: int, stop: int, feasible: BoolArray, req: SchedulingRequest
+    ) -> int:
         candidates = np.flatnonzero(feasible)
         last = self._cursor.get(req.requested_pool)
         pos = 0
