@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,8 +30,11 @@ def env(db_url: str, tmp_path: Path) -> dict[str, str]:
     return {"DATABASE_URL": db_url, "SCHEDULER_CONFIG": str(config), "COLUMNS": "120"}
 
 
+Run = Callable[..., Result]
+
+
 @pytest.fixture
-def run(env: dict[str, str]) -> Iterator[object]:
+def run(env: dict[str, str]) -> Iterator[Run]:
     runner = CliRunner()
 
     def invoke(*args: str) -> Result:
@@ -47,26 +50,26 @@ def error_of(result: Result) -> str:
     return str(result.exception)
 
 
-def test_read_commands_on_an_empty_database_say_to_upgrade(run: object) -> None:
+def test_read_commands_on_an_empty_database_say_to_upgrade(run: Run) -> None:
     for args in (("nodes", "list"), ("tasks",), ("status", "x")):
-        result = run(*args)  # type: ignore[operator]
+        result = run(*args)
         message = error_of(result)
         assert "database not initialised" in message and "scheduler db upgrade" in message
 
 
-def test_db_upgrade_twice(run: object, db_url: str) -> None:
-    first = run("db", "upgrade")  # type: ignore[operator]
+def test_db_upgrade_twice(run: Run, db_url: str) -> None:
+    first = run("db", "upgrade")
     assert first.exit_code == 0, first.output
     assert "upgraded from empty to revision 0001" in first.output
-    second = run("db", "upgrade")  # type: ignore[operator]
+    second = run("db", "upgrade")
     assert second.exit_code == 0 and "already at revision 0001" in second.output
 
 
-def test_import_list_cordon_uncordon(run: object, db_url: str) -> None:
-    result = run("nodes", "import", str(EXAMPLE_FLEET))  # type: ignore[operator]
+def test_import_list_cordon_uncordon(run: Run, db_url: str) -> None:
+    result = run("nodes", "import", str(EXAMPLE_FLEET))
     assert result.exit_code == 0, result.output
     assert "12 created, 0 updated, 0 unchanged" in result.output
-    again = run("nodes", "import", str(EXAMPLE_FLEET))  # type: ignore[operator]
+    again = run("nodes", "import", str(EXAMPLE_FLEET))
     assert "0 created, 0 updated, 12 unchanged" in again.output
 
     with Store.from_url(db_url) as store:
@@ -90,13 +93,13 @@ def test_import_list_cordon_uncordon(run: object, db_url: str) -> None:
             epoch=1,
         )
 
-    table = run("nodes", "list")  # type: ignore[operator]
+    table = run("nodes", "list")
     assert table.exit_code == 0, table.output
     for name in ("bm-001", "gpu-004", "st-002"):
         assert name in table.output
     assert "pools" in table.output and "█" in table.output and "50%" in table.output
 
-    lines = [json.loads(x) for x in run("nodes", "list", "--json", "--pool", "ai").output.splitlines()]  # type: ignore[operator]
+    lines = [json.loads(x) for x in run("nodes", "list", "--json", "--pool", "ai").output.splitlines()]
     assert [n["name"] for n in lines] == ["gpu-001", "gpu-002", "gpu-003", "gpu-004"]
     gpu1 = lines[0]
     assert gpu1["allocated"] == {"cpu": 48, "memory": 131072, "disk": 100, "vms": 1}
@@ -115,33 +118,33 @@ def test_import_list_cordon_uncordon(run: object, db_url: str) -> None:
     } <= set(gpu1)
     assert lines[1]["allocated"] == {"cpu": 0, "memory": 0, "disk": 0, "vms": 0}
 
-    assert run("nodes", "cordon", "bm-003").output.strip() == "node bm-003 cordoned"  # type: ignore[operator]
-    assert "already cordoned" in run("nodes", "cordon", "bm-003").output  # type: ignore[operator]
-    listed = {n["name"]: n for n in map(json.loads, run("nodes", "list", "--json").output.splitlines())}  # type: ignore[operator]
+    assert run("nodes", "cordon", "bm-003").output.strip() == "node bm-003 cordoned"
+    assert "already cordoned" in run("nodes", "cordon", "bm-003").output
+    listed = {n["name"]: n for n in map(json.loads, run("nodes", "list", "--json").output.splitlines())}
     assert listed["bm-003"]["cordoned"] is True and len(listed) == 12
-    assert run("nodes", "uncordon", "bm-003").output.strip() == "node bm-003 uncordoned"  # type: ignore[operator]
-    unknown = run("nodes", "cordon", "bm-999")  # type: ignore[operator]
+    assert run("nodes", "uncordon", "bm-003").output.strip() == "node bm-003 uncordoned"
+    unknown = run("nodes", "cordon", "bm-999")
     assert "unknown node 'bm-999'" in error_of(unknown)
 
 
-def test_import_of_a_broken_file_names_node_and_field(run: object, db_url: str, tmp_path: Path) -> None:
+def test_import_of_a_broken_file_names_node_and_field(run: Run, db_url: str, tmp_path: Path) -> None:
     path = tmp_path / "fleet.yaml"
     path.write_text(
         "nodes:\n  - {name: ok-1, ip: 10.0.0.1, cpu: 8, memory: 1024}\n"
         "  - {name: bad-2, ip: 10.0.0.2, cpu: 8, memory: lots}\n"
     )
-    result = run("nodes", "import", str(path))  # type: ignore[operator]
+    result = run("nodes", "import", str(path))
     message = error_of(result)
     assert "nodes[1] (bad-2): memory:" in message and "nothing imported" in message
-    assert run("db", "upgrade").exit_code == 0  # type: ignore[operator]
-    assert run("nodes", "list", "--json").output == ""  # type: ignore[operator]
-    missing = run("nodes", "import", str(tmp_path / "nope.yaml"))  # type: ignore[operator]
+    assert run("db", "upgrade").exit_code == 0
+    assert run("nodes", "list", "--json").output == ""
+    missing = run("nodes", "import", str(tmp_path / "nope.yaml"))
     assert missing.exit_code != 0
 
 
-def test_status_and_tasks(run: object, db_url: str) -> None:
-    assert run("db", "upgrade").exit_code == 0  # type: ignore[operator]
-    assert run("nodes", "import", str(EXAMPLE_FLEET)).exit_code == 0  # type: ignore[operator]
+def test_status_and_tasks(run: Run, db_url: str) -> None:
+    assert run("db", "upgrade").exit_code == 0
+    assert run("nodes", "import", str(EXAMPLE_FLEET)).exit_code == 0
     with Store.from_url(db_url) as store:
         store.commit(
             [
@@ -164,15 +167,15 @@ def test_status_and_tasks(run: object, db_url: str) -> None:
             epoch=1,
         )
 
-    status = run("status", "vm-1")  # type: ignore[operator]
+    status = run("status", "vm-1")
     assert status.exit_code == 0, status.output
     assert "scheduled" in status.output and "bm-001 (10.0.1.1)" in status.output
-    detail = json.loads(run("status", "vm-2", "--json").output)  # type: ignore[operator]
+    detail = json.loads(run("status", "vm-2", "--json").output)
     assert detail["status"] == "failed" and detail["reason"] == "unknown_pool" and detail["node"] is None
-    unknown = run("status", "nope")  # type: ignore[operator]
+    unknown = run("status", "nope")
     assert error_of(unknown) == "unknown task 'nope'"
 
-    lines = [json.loads(x) for x in run("tasks", "--json").output.splitlines()]  # type: ignore[operator]
+    lines = [json.loads(x) for x in run("tasks", "--json").output.splitlines()]
     assert sorted(x["task_id"] for x in lines) == ["vm-1", "vm-2", "vm-3"]
     for line in lines:
         assert list(line) == [
@@ -185,12 +188,12 @@ def test_status_and_tasks(run: object, db_url: str) -> None:
             "created_at",
             "updated_at",
         ]
-    failed = [json.loads(x) for x in run("tasks", "--status", "failed", "--json").output.splitlines()]  # type: ignore[operator]
+    failed = [json.loads(x) for x in run("tasks", "--status", "failed", "--json").output.splitlines()]
     assert [x["task_id"] for x in failed] == ["vm-2"]
-    assert len(run("tasks", "--json", "--limit", "2").output.splitlines()) == 2  # type: ignore[operator]
-    table = run("tasks")  # type: ignore[operator]
+    assert len(run("tasks", "--json", "--limit", "2").output.splitlines()) == 2
+    table = run("tasks")
     assert table.exit_code == 0 and "vm-3" in table.output and "waiting" in table.output
-    assert run("tasks", "--status", "bogus").exit_code == 2  # type: ignore[operator]
+    assert run("tasks", "--status", "bogus").exit_code == 2
 
 
 def test_unreachable_database_is_one_line_through_the_real_entry_point(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ def _diffs(engine: Engine) -> list[Any]:
         return list(compare_metadata(ctx, metadata))
 
 
-def _where(index: dict[str, Any]) -> str | None:
+def _where(index: Any) -> str | None:
     options = index.get("dialect_options", {})
     clause = options.get("postgresql_where", options.get("sqlite_where"))
     if clause is None:
@@ -80,9 +80,9 @@ def test_comparison_detects_drift(engine: Engine) -> None:
     assert any(d[0] == "add_index" and d[1].name == "ix_outbox_pending" for d in diffs), diffs
 
 
-def test_alembic_version_lands_in_the_urls_schema(db_url: str, engine: Engine) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("schemas are a PostgreSQL notion")
+def test_alembic_version_lands_in_the_urls_schema(pg_url: str) -> None:
+    """PostgreSQL only (schemas): everything, alembic_version included, lands in the search_path schema."""
+    engine = make_engine(pg_url)
     migrate.upgrade(engine)
     with engine.connect() as conn:
         schema = conn.execute(text("SELECT current_schema()")).scalar_one()
@@ -101,6 +101,7 @@ def test_alembic_version_lands_in_the_urls_schema(db_url: str, engine: Engine) -
     assert schema.startswith("t_")
     assert {"alembic_version", "nodes", "tasks", "allocations", "outbox", "fence"} <= tables
     assert in_public == 0
+    engine.dispose()
 
 
 def test_downgrade_to_base_and_up_again(engine: Engine) -> None:

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from scheduler.models import Node, Reason, SchedulingRequest, TaskStatus
-from scheduler.store import Failure, FencedOut, Placement, Release, Store, Waiting
+from scheduler.store import CommitItem, Failure, FencedOut, Placement, Release, Store, Waiting
 from scheduler.store.schema import allocations, outbox, tasks
 
 
@@ -88,7 +89,7 @@ def test_fence_refuses_the_older_writers_whole_batch(db_url: str, store: Store) 
 
         new.claim_fence(2, "replica-b")
         assert new.fence_epoch() == 2 and new.fence_holder() == (2, "replica-b")
-        batch = [
+        batch: list[CommitItem] = [
             place("late-1"),
             place("late-2", "bm-2"),
             Release("early"),
@@ -330,7 +331,7 @@ def test_a_batch_the_database_refuses_lands_nothing_and_the_next_one_works(db_ur
     fresh = Store.from_url(db_url)
     try:
         for attempt in range(3):
-            with pytest.raises(Exception, match=r"(?i)foreign key"):
+            with pytest.raises(IntegrityError, match=r"(?i)foreign key"):
                 fresh.commit([place(f"ok-{attempt}"), place(f"ghost-{attempt}", "no-such-node")], epoch=1)
             assert counts(store) == (attempt, attempt, attempt, attempt)
             assert fresh.commit([place(f"t{attempt}")], epoch=1).applied == (f"t{attempt}",)
@@ -395,3 +396,23 @@ def test_event_ids_are_uuid4_hex() -> None:
     for value in list(ids)[:50]:
         parsed = uuid.UUID(hex=value)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == value
+
+
+def test_a_queued_row_racing_the_commit_is_upserted_not_an_error(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTTP API may record a task as ``queued`` after the commit read the batch's states and
+    before it writes them: the commit must still land whole (the fast insert path falls back)."""
+    store.record_queued(req("raced", priority=4))
+    store.record_queued(req("raced-2"))
+    created = store.get_task("raced").created_at  # type: ignore[union-attr]
+    real = Store._read_states
+    # The commit's read happens "before" the two queued rows were recorded.
+    monkeypatch.setattr(Store, "_read_states", lambda self, conn, ids: {})
+    result = store.commit([place("raced"), place("fresh"), place("raced-2", "bm-2")], epoch=1)
+    monkeypatch.setattr(Store, "_read_states", real)
+    assert result.applied == ("raced", "fresh", "raced-2")
+    assert counts(store) == (3, 3, 3, 3)
+    rec = store.get_task("raced")
+    assert rec is not None and rec.status is TaskStatus.SCHEDULED and rec.node == "bm-1"
+    assert rec.created_at == created  # the row was updated, not replaced

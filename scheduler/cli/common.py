@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,37 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Command name -> the module that defines it (with ``@cli.command``). Modules
+# are imported only when their command runs, so ``scheduler submit`` does not
+# pay for SQLAlchemy, Alembic and the Kubernetes client at start-up.
+COMMAND_MODULES: dict[str, str] = {
+    "db": "scheduler.cli.db",
+    "leader": "scheduler.cli.leader",
+    "nodes": "scheduler.cli.nodes",
+    "release": "scheduler.cli.submit",
+    "simulate": "scheduler.cli.simulate",
+    "status": "scheduler.cli.tasks",
+    "strategies": "scheduler.cli.simulate",
+    "submit": "scheduler.cli.submit",
+    "tasks": "scheduler.cli.tasks",
+    "webhooks": "scheduler.cli.webhooks",
+    "worker": "scheduler.cli.worker",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a command's module on first use (click's documented pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            importlib.import_module(COMMAND_MODULES[cmd_name])
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="virtflow-scheduler")
 def cli() -> None:
     """virtflow-scheduler: place VMs on bare-metal nodes."""

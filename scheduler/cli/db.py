@@ -14,26 +14,32 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from scheduler.cli.common import CliError, cli, settings_or_exit
-from scheduler.config import redact_url
-from scheduler.store import DatabaseUnavailable, NotMigrated, Store
-from scheduler.store import migrate as migrations
+from scheduler.config import Settings, redact_url
+
+if TYPE_CHECKING:
+    from scheduler.store import Store
 
 
 @contextmanager
-def store_session(*, migrate: bool | None) -> Iterator[Store]:
+def store_session(settings: Settings | None = None, *, migrate: bool | None) -> Iterator[Store]:
     """A :class:`Store` on ``database.url`` for one command, closed afterwards.
 
     ``migrate=True`` runs the migrations first (write commands),
     ``migrate=False`` requires the schema at head (read commands), ``None``
     does neither (``db upgrade`` itself).
     """
-    settings = settings_or_exit()
+    # Imported here: SQLAlchemy and Alembic cost a good part of a second, which
+    # commands that never touch the database (submit, simulate) should not pay.
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from scheduler.store import DatabaseUnavailable, NotMigrated, Store
+
+    settings = settings or settings_or_exit()
     url = redact_url(settings.database.url)
     if migrate is False:
         _refuse_missing_sqlite_file(settings.database.url)
@@ -58,6 +64,8 @@ def store_session(*, migrate: bool | None) -> Iterator[Store]:
 
 def _refuse_missing_sqlite_file(url: str) -> None:
     """A read must not leave an empty SQLite file behind (connecting would create one)."""
+    from sqlalchemy.engine import make_url
+
     parsed = make_url(url)
     if (
         parsed.get_backend_name() == "sqlite"
@@ -77,8 +85,11 @@ def db_group() -> None:
 @db_group.command("upgrade")
 def upgrade_cmd() -> None:
     """Create or upgrade the schema to the newest revision (safe to run again)."""
-    where = redact_url(settings_or_exit().database.url)
-    with store_session(migrate=None) as store:
+    from scheduler.store import migrate as migrations
+
+    settings = settings_or_exit()
+    where = redact_url(settings.database.url)
+    with store_session(settings, migrate=None) as store:
         before = migrations.current_revision(store.engine)
         after = store.upgrade()
     if before == after:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 
 from scheduler.broker import ROUTE_REQUEST, BrokerUnavailable, Topology
-from scheduler.cli.common import CliError, cli, emit_json, open_store, settings_or_exit
+from scheduler.cli.common import CliError, cli, emit_json, settings_or_exit
 from scheduler.config import Settings
 from scheduler.models import (
     MAX_BODY_BYTES,
@@ -29,6 +29,9 @@ from scheduler.models import (
     parse_json_line,
 )
 from scheduler.producer.publisher import Outgoing, Publisher, PublishReport
+
+if TYPE_CHECKING:
+    from scheduler.store import Store
 
 EXIT_BAD_INPUT = 1
 EXIT_NOT_PUBLISHED = 2
@@ -190,7 +193,13 @@ def _publish(settings: Settings, messages: list[Outgoing]) -> PublishReport:
 
 def _wait_for(settings: Settings, task_ids: list[str], timeout: float, as_json: bool) -> int:
     """Poll the database until every task is terminal; print each result once."""
-    store = open_store(settings)
+    from scheduler.cli.db import store_session
+
+    with store_session(settings, migrate=False) as store:
+        return _poll_results(store, task_ids, timeout, as_json)
+
+
+def _poll_results(store: Store, task_ids: list[str], timeout: float, as_json: bool) -> int:
     pending = set(task_ids)
     deadline = time.monotonic() + timeout
     failed = 0

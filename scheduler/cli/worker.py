@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import click
 import structlog
 
-from scheduler.cli.common import CliError, cli, open_store, settings_or_exit
+from scheduler.cli.common import CliError, cli, settings_or_exit
+from scheduler.cli.db import store_session
 from scheduler.config import Settings
 
 if TYPE_CHECKING:
@@ -31,8 +32,8 @@ def worker_cmd(no_migrate: bool) -> None:
 
     settings = settings_or_exit()
     configure_logging(settings.logging)
-    store = open_store(settings, migrate=settings.database.migrate_on_start and not no_migrate)
-    code = run_worker(settings, store)
+    with store_session(settings, migrate=settings.database.migrate_on_start and not no_migrate) as store:
+        code = run_worker(settings, store)
     sys.exit(code)
 
 

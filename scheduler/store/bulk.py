@@ -45,6 +45,7 @@ from sqlalchemy import column as sa_column
 from sqlalchemy import table as sa_table
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 Rows = Sequence[tuple[Any, ...]]
 
@@ -74,6 +75,24 @@ class BulkWriter:
         update_columns: Sequence[str],
     ) -> None:
         raise NotImplementedError
+
+    def insert_new(
+        self,
+        conn: Connection,
+        table: Table,
+        columns: Sequence[str],
+        rows: Rows,
+        key: str,
+        update_columns: Sequence[str],
+    ) -> None:
+        """Write rows whose keys were absent when the transaction read them: an upsert in effect.
+
+        The keys were absent, but another transaction (the HTTP API
+        recording a ``queued`` task) may have inserted one since, so the
+        result must be that of :meth:`upsert`; a backend may take a faster
+        path when nothing got in the way.
+        """
+        self.upsert(conn, table, columns, rows, key, update_columns)
 
     def _cols(self, columns: Sequence[str]) -> str:
         return ", ".join(self._quote(c) for c in columns)
@@ -153,6 +172,33 @@ class PostgresBulkWriter(BulkWriter):
             sql = self._sql[cache_key] = str(stmt.compile(dialect=self._dialect))
         conn.exec_driver_sql(str(sql))
 
+    def insert_new(
+        self,
+        conn: Connection,
+        table: Table,
+        columns: Sequence[str],
+        rows: Rows,
+        key: str,
+        update_columns: Sequence[str],
+    ) -> None:
+        """``COPY`` straight into the table inside a savepoint; on a unique violation (a row got in
+        since the read), roll back to the savepoint and upsert through the staging table instead.
+
+        The straight ``COPY`` saves the staging copy and the speculative
+        insertion of ``ON CONFLICT``: about a fifth of a commit's server time.
+        """
+        if not rows:
+            return
+        from psycopg.errors import UniqueViolation
+
+        try:
+            with conn.begin_nested():
+                self._copy(conn, table, self._quote(table.name), columns, rows)
+        except IntegrityError as exc:
+            if not isinstance(exc.orig, UniqueViolation):
+                raise
+            self.upsert(conn, table, columns, rows, key, update_columns)
+
     def _ensure_stage(self, conn: Connection, table: Table, stage: str) -> None:
         """Create the session's staging table unless it exists, and make sure it is empty.
 
@@ -170,15 +216,27 @@ class PostgresBulkWriter(BulkWriter):
         )
 
     def _copy(self, conn: Connection, table: Table, target: str, columns: Sequence[str], rows: Rows) -> None:
+        """Binary ``COPY`` of ``rows`` into ``target`` on the transaction's own connection.
+
+        ``COPY`` goes through the driver, not SQLAlchemy, so its errors are
+        re-raised as SQLAlchemy's (``IntegrityError``, ``OperationalError``...)
+        to keep one error vocabulary for callers; a dead connection is
+        caught at the next checkout by the engine's pre-ping.
+        """
+        import psycopg
+
         types = [_pg_type(table.c[c].type) for c in columns]
         sql = f"COPY {target} ({self._cols(columns)}) FROM STDIN (FORMAT BINARY)"
         driver = conn.connection.driver_connection
         assert driver is not None
-        with driver.cursor() as cur, cur.copy(sql) as copy:
-            copy.set_types(types)
-            write = copy.write_row
-            for row in rows:
-                write(row)
+        try:
+            with driver.cursor() as cur, cur.copy(sql) as copy:
+                copy.set_types(types)
+                write = copy.write_row
+                for row in rows:
+                    write(row)
+        except psycopg.Error as exc:
+            raise DBAPIError.instance(sql, None, exc, psycopg.Error, dialect=self._dialect) from exc
 
 
 def _pg_type(sa_type: Any) -> str:

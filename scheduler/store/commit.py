@@ -95,6 +95,9 @@ class BatchPlan:
     """Rows to write for one batch (tuples in the ``*_COLUMNS`` orders) and the result to report."""
 
     task_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    """Rows of tasks that were in the database when the batch started (to upsert)."""
+    new_task_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    """Rows of tasks the database did not have (to insert; see ``BulkWriter.insert_new``)."""
     allocation_rows: list[tuple[Any, ...]] = field(default_factory=list)
     release_in_db: list[str] = field(default_factory=list)
     outbox_rows: list[tuple[Any, ...]] = field(default_factory=list)
@@ -202,17 +205,18 @@ def plan_batch(
             outbox_rows.append((event_id, event_type, tid, payload, callback, False, stamp))
             event_ids.append(event_id)
 
-    task_rows = []
+    task_rows: list[tuple[Any, ...]] = []
+    new_task_rows: list[tuple[Any, ...]] = []
     for tid, s in states.items():
         if s.dirty:
             status = s.status.value if s.status else TaskStatus.QUEUED.value
             created = stamp if s.created is None else s.created
-            task_rows.append(
-                (tid, s.request_text, status, s.node, s.reason, s.message, s.attempts, s.strategy, s.priority,
-                 epoch, created, stamp)
-            )  # fmt: skip
+            row = (tid, s.request_text, status, s.node, s.reason, s.message, s.attempts, s.strategy,
+                   s.priority, epoch, created, stamp)  # fmt: skip
+            (new_task_rows if s.created is None else task_rows).append(row)
     return BatchPlan(
         task_rows=task_rows,
+        new_task_rows=new_task_rows,
         allocation_rows=[tuple(a) for a in new_allocs.values()],
         release_in_db=release_in_db,
         outbox_rows=outbox_rows,

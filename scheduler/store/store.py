@@ -34,6 +34,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Engine, String, any_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
 
 from scheduler.fleet import Allocation, FleetView
@@ -314,10 +315,13 @@ class Store:
         # A named psycopg cursor lives on the server and is read in pages;
         # sqlite3 steps its statement lazily anyway.
         cursor = driver.cursor("fleet_allocations") if self._dialect == "postgresql" else driver.cursor()
+        dbapi_error = conn.dialect.loaded_dbapi.Error
         try:
             cursor.execute(sql)
             while part := cursor.fetchmany(_FLEET_PARTITION):
                 yield from starmap(Allocation, part)
+        except dbapi_error as exc:  # the driver's own error: re-raise it as SQLAlchemy's
+            raise DBAPIError.instance(sql, None, exc, dbapi_error, dialect=conn.dialect) from exc
         finally:
             cursor.close()
 
@@ -392,6 +396,7 @@ class Store:
             stamp = writer.timestamp(now)
             plan = plan_batch(items, states, active, epoch=epoch, now=now, stamp=stamp)
             writer.upsert(conn, tasks, TASK_COLUMNS, plan.task_rows, "task_id", TASK_UPDATE_COLUMNS)
+            writer.insert_new(conn, tasks, TASK_COLUMNS, plan.new_task_rows, "task_id", TASK_UPDATE_COLUMNS)
             writer.insert(conn, allocations, ALLOCATION_COLUMNS, plan.allocation_rows)
             for chunk in _chunks(plan.release_in_db):
                 conn.execute(
