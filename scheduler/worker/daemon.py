@@ -25,9 +25,11 @@ a failed COMMIT may still have been applied.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import os
+import queue
 import random
 import signal
 import threading
@@ -53,7 +55,7 @@ from scheduler.config import Settings, config_path, load_settings
 from scheduler.elector import LeaderElector
 from scheduler.fleet import FleetView
 from scheduler.models import Heartbeat
-from scheduler.store import CommitResult, FencedOut, Store
+from scheduler.store import CommitResult, FencedOut, Release, Store
 from scheduler.store.engine import DatabaseUnavailable
 from scheduler.strategies import Placer, UnknownStrategy
 from scheduler.worker.group import GroupPlan, Incoming, RetryPolicy, plan_group
@@ -84,6 +86,56 @@ class WorkerState:
     last_commit_at: float | None = None
     fleet: FleetView | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+MAX_IN_FLIGHT = 1
+"""Groups committing while the next is planned; one is enough to hide the database round trip."""
+
+
+@dataclass
+class _InFlight:
+    """A planned group handed to the committer thread, and what became of it."""
+
+    plan: GroupPlan
+    group: list[Incoming]
+    epoch: int
+    started: float
+    releases: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+    result: CommitResult | None = None
+    error: BaseException | None = None
+
+
+class _Committer:
+    """One thread that runs ``store.commit`` for one group at a time, in submission order.
+
+    It touches nothing but the store and the job: pika and the fleet stay on
+    the worker's thread.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._jobs: queue.SimpleQueue[_InFlight | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: _InFlight) -> None:
+        self._jobs.put(job)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job.result = (
+                    self._store.commit(job.plan.items, job.epoch) if job.plan.items else CommitResult()
+                )
+            except BaseException as exc:  # handed to the worker thread, which decides what it means
+                job.error = exc
+            finally:
+                job.done.set()
 
 
 class Worker:
@@ -122,6 +174,8 @@ class Worker:
         self._epoch = 0
         self._inventory_rev: int | None = None
         self._buffer: list[Incoming] = []
+        self._inflight: collections.deque[_InFlight] = collections.deque()
+        self._committer = _Committer(store)
         self._consume_channel: BlockingChannel | None = None
         self._consumer_tags: list[str] = []
         self._next_inventory_check = 0.0
@@ -157,6 +211,7 @@ class Worker:
                     self.stopping.wait(backoff)
                     backoff = min(backoff * 2, self.settings.worker.reconnect_max_backoff)
         finally:
+            self._committer.close()
             self.leadership.stop()
             log.info("worker stopped", committed=self.state.committed)
         return 0
@@ -182,6 +237,7 @@ class Worker:
                 self._cancel_consumers()
                 conn.process_data_events(time_limit=0)
                 self._flush(publisher)
+                self._drain(publisher)
                 self._close_consume_channel()
         finally:
             self.state.broker_connected = False
@@ -206,14 +262,17 @@ class Worker:
             conn.process_data_events(time_limit=min(0.2, self.settings.election.retry_period / 2))
             return
         interval = self.settings.worker.commit_interval_ms / 1000
-        conn.process_data_events(time_limit=interval if not self._buffer else 0)
+        conn.process_data_events(time_limit=interval if not (self._buffer or self._inflight) else 0)
+        self._reap(publisher)
         if self._buffer and (
             len(self._buffer) >= self.settings.worker.commit_batch
             or self.clock() - self._buffer[0].received >= interval
         ):
             self._flush(publisher)
-        if now >= self._next_inventory_check:
+        if now >= self._next_inventory_check and self._consume_channel is not None:
             self._next_inventory_check = now + self.settings.worker.inventory_poll_interval
+            # The fleet object is replaced: no group may be in flight with undo steps on the old one.
+            self._drain(publisher)
             self._check_inventory()
 
     # ----------------------------------------------------------- leadership
@@ -256,6 +315,11 @@ class Worker:
     def _drop_leadership(self, why: str) -> None:
         if self._consume_channel is None and self._fleet is None:
             return
+        # Let commits in flight finish (or be refused by the fence) before the
+        # channel closes; their messages are not acked and go back to the queue.
+        for job in self._inflight:
+            job.done.wait()
+        self._inflight.clear()
         self._close_consume_channel()
         self._fleet = None
         self.state.leader, self.state.fleet = False, None
@@ -301,12 +365,22 @@ class Worker:
             log.debug("heartbeat from unknown node", node=beat.node)
 
     def _flush(self, publisher: BlockingChannel) -> None:
-        """Plan, commit and acknowledge the buffered group (see the module docstring)."""
+        """Plan the buffered group and hand it to the committer; acks come in :meth:`_complete`.
+
+        At most one group is committing while the next one is planned: the
+        database round trip overlaps deciding and consuming. A group that
+        released capacity is committed before the next group is planned, so
+        no decision ever relies on a release that might still fail.
+        """
         fleet, channel, group = self._fleet, self._consume_channel, self._buffer
         if not group or fleet is None or channel is None:
             return
+        while self._inflight and self._inflight[-1].releases:
+            if not self._complete(publisher):
+                return
+        if self._fleet is not fleet or self._consume_channel is not channel:
+            return  # the fleet was reloaded or leadership lost while waiting
         self._buffer = []
-        last_tag = group[-1].delivery_tag
         started = time.perf_counter()
         plan = plan_group(
             group,
@@ -317,6 +391,12 @@ class Worker:
             callback_allow=list(self.settings.webhooks.allow),
             rng=self.rng,
         )
+        while len(self._inflight) >= MAX_IN_FLIGHT:
+            ok = self._complete(publisher)
+            if not ok or self._fleet is not fleet or self._consume_channel is not channel:
+                # This plan was made on a fleet that no longer stands: hand the group back.
+                self._requeue(channel, group)
+                return
         for dead in plan.dead:
             self._publish_confirmed(
                 publisher,
@@ -327,19 +407,47 @@ class Worker:
                 message_id=None,
             )
             log.warning("dead-lettered", reason=dead.reason[:300])
-        try:
-            result = self.store.commit(plan.items, self._epoch) if plan.items else CommitResult()
-        except FencedOut as exc:
+        releases = any(isinstance(item, Release) for item in plan.items)
+        job = _InFlight(plan, group, self._epoch, started, releases=releases)
+        self._inflight.append(job)
+        self._committer.submit(job)
+
+    def _requeue(self, channel: BlockingChannel, group: list[Incoming]) -> None:
+        """Hand an uncommitted group back to the queue, if its channel is still ours and open."""
+        ours = self._consume_channel
+        if ours is not None and ours is channel and ours.is_open:
+            ours.basic_nack(delivery_tag=group[-1].delivery_tag, multiple=True, requeue=True)
+
+    def _reap(self, publisher: BlockingChannel) -> None:
+        """Finish every group whose commit is done, in order, without waiting."""
+        while self._inflight and self._inflight[0].done.is_set():
+            self._complete(publisher)
+
+    def _drain(self, publisher: BlockingChannel | None) -> None:
+        """Wait for every group in flight (before the fleet is replaced or the channel closed)."""
+        while self._inflight:
+            self._complete(publisher)
+
+    def _complete(self, publisher: BlockingChannel | None) -> bool:
+        """Wait for the oldest group's commit and act on it; False when leadership was lost."""
+        job = self._inflight.popleft()
+        job.done.wait()
+        fleet, channel, plan, group = self._fleet, self._consume_channel, job.plan, job.group
+        if fleet is None or channel is None or publisher is None:
+            return False  # channel already closed: its messages went back to the queue
+        if isinstance(job.error, FencedOut):
             plan.undo(fleet)
-            log.error("commit refused by the fence: another replica leads", error=str(exc))
+            log.error("commit refused by the fence: another replica leads", error=str(job.error))
             self._drop_leadership("fenced out")
-            return
-        except DB_ERRORS as exc:
+            return False
+        if job.error is not None:
             plan.undo(fleet)
-            channel.basic_nack(delivery_tag=last_tag, multiple=True, requeue=True)
-            log.error("database error; group requeued", error=_short(exc), messages=len(group))
+            channel.basic_nack(delivery_tag=group[-1].delivery_tag, multiple=True, requeue=True)
+            log.error("database error; group requeued", error=_short(job.error), messages=len(group))
+            self._drain(publisher)
             self._reload_after_db_error()
-            return
+            return self._fleet is not None
+        result = job.result or CommitResult()
         plan.forget(fleet, [t for t in result.duplicates if t in plan.placed])
         duplicates = set(result.duplicates)
         for retry in plan.retries:
@@ -360,7 +468,7 @@ class Worker:
         ack_tag = max((m.delivery_tag for m in group if m.delivery_tag not in deferred), default=None)
         if ack_tag is not None:
             channel.basic_ack(delivery_tag=ack_tag, multiple=True)
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - job.started
         self.state.committed += len(plan.items)
         self.state.groups += 1
         self.state.last_commit_at = time.time()
@@ -375,6 +483,7 @@ class Worker:
             )
         if self.hooks:
             self.hooks.group_committed(plan, result, seconds)
+        return True
 
     def _publish_confirmed(
         self,
