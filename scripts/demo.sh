@@ -19,7 +19,7 @@ $S worker >.demo/worker.log 2>&1 &
 worker=$!
 trap 'kill -TERM $worker 2>/dev/null; wait $worker 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
-  if $S leader --json 2>/dev/null | grep -q '"leading": *true'; then break; fi
+  if $S leader --json 2>/dev/null | grep -q '"expired":false'; then break; fi
   if ! kill -0 $worker 2>/dev/null; then echo "worker exited:"; cat .demo/worker.log; exit 1; fi
   sleep 0.2
 done
