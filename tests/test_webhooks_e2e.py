@@ -1,8 +1,8 @@
 """Webhooks end to end: real worker processes, RabbitMQ, the database and receivers on loopback.
 
-These need ``scheduler worker`` to run the webhook dispatcher next to the
-worker; until that wiring exists they skip with that reason (the dispatcher
-itself is covered against a real database by ``test_webhooks_dispatcher``).
+``scheduler worker`` runs the webhook dispatcher next to the worker; the
+dispatcher alone is covered against a real database by
+``test_webhooks_dispatcher``.
 """
 
 from __future__ import annotations
@@ -21,11 +21,6 @@ from scheduler.webhooks.deliveries import DeliveryStore
 from tests.harness import Deployment, make_nodes, make_requests, wait_until
 from tests.test_webhooks_dispatcher import SECRET, Receiver
 
-ROOT = Path(__file__).resolve().parent.parent
-WIRED = any("WebhookDispatcher" in (ROOT / f).read_text()
-            for f in ("scheduler/cli/worker.py", "scheduler/worker/daemon.py"))
-pytestmark = pytest.mark.skipif(not WIRED,
-                                reason="scheduler worker does not start the webhook dispatcher yet")
 
 
 @pytest.fixture

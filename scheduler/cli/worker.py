@@ -57,6 +57,7 @@ def run_worker(settings: Settings, store: Store) -> int:
 
     from scheduler.http import start_http
     from scheduler.metrics import install_metrics
+    from scheduler.webhooks.dispatcher import WebhookDispatcher
     from scheduler.worker.daemon import Worker
 
     log = structlog.get_logger("scheduler.worker")
@@ -77,6 +78,10 @@ def run_worker(settings: Settings, store: Store) -> int:
         server = start_http(settings, store, registry=registry, state=lambda: worker.state)
     except OSError as exc:
         raise CliError(f"http.port {settings.http.port}: {exc.strerror or exc}", exit_code=2) from None
+    # Deliveries run on their own threads and only while this replica leads:
+    # a slow receiver never slows scheduling, and the outbox survives failovers.
+    dispatcher = WebhookDispatcher(store, settings.webhooks, leadership.is_leader)
+    dispatcher.start()
     log.info(
         "worker starting",
         identity=settings.identity,
@@ -87,5 +92,6 @@ def run_worker(settings: Settings, store: Store) -> int:
     try:
         return worker.run()
     finally:
+        dispatcher.stop()
         if server is not None:
             server.stop()
