@@ -88,6 +88,9 @@ class WorkerState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+IN_FLIGHT_POLL = 0.002
+"""Seconds between looks at a commit in flight (it cannot wake the broker poll)."""
+
 MAX_IN_FLIGHT = 1
 """Groups committing while the next is planned; one is enough to hide the database round trip."""
 
@@ -262,7 +265,7 @@ class Worker:
             conn.process_data_events(time_limit=min(0.2, self.settings.election.retry_period / 2))
             return
         interval = self.settings.worker.commit_interval_ms / 1000
-        conn.process_data_events(time_limit=interval if not (self._buffer or self._inflight) else 0)
+        conn.process_data_events(time_limit=self._wait_budget(interval))
         self._reap(publisher)
         if self._buffer and (
             len(self._buffer) >= self.settings.worker.commit_batch
@@ -274,6 +277,21 @@ class Worker:
             # The fleet object is replaced: no group may be in flight with undo steps on the old one.
             self._drain(publisher)
             self._check_inventory()
+
+    def _wait_budget(self, interval: float) -> float:
+        """How long to wait for broker events before the loop must act again.
+
+        Never zero unless a full group is waiting: spinning would hold the
+        GIL and starve the committer thread it is waiting for.
+        """
+        if len(self._buffer) >= self.settings.worker.commit_batch:
+            return 0
+        budget = interval
+        if self._buffer:
+            budget = max(0.0, interval - (self.clock() - self._buffer[0].received))
+        if self._inflight:
+            budget = min(budget, IN_FLIGHT_POLL)
+        return budget
 
     # ----------------------------------------------------------- leadership
     def _become_leader(self, conn: pika.BlockingConnection) -> None:
