@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,8 @@ class Receiver:
                     self.send_header("Content-Length", str(len(payload)))
                     if status in (429, 503):
                         self.send_header("Retry-After", "0")
+                    if status in (301, 302, 307, 308):
+                        self.send_header("Location", receiver.url("/elsewhere"))
                     self.end_headers()
                     self.wfile.write(payload)
                 except OSError:  # the dispatcher gave up waiting (a timeout test)
@@ -336,6 +339,27 @@ def test_timeouts_and_errors_are_retried_and_recorded(
     assert [h.nth for h in rx.snapshot()][-1] == 3
 
 
+def test_redirects_are_not_followed_and_no_secret_reaches_the_logs(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    rx = receivers(lambda path, headers, body, nth: 307 if path.startswith("/hook") else 204)
+    url = rx.url("/hook?token=tok-123").replace("http://", "http://bot:hunter2@")
+    (event,) = place(store, "moved")
+    dispatchers(store, config(url, max_attempts=2))
+    wait_until(lambda: by_event(store).get(event) and by_event(store)[event].status == "dead", 15, "dead")
+    record = by_event(store)[event]
+    assert record.last_status_code == 307
+    assert record.last_error == f"HTTP 307: redirect to {rx.url('/elsewhere')} not followed"
+    paths = [h.path for h in rx.snapshot()]
+    assert paths == ["/hook?token=tok-123"] * 2, "the redirect target is never called"
+    assert rx.snapshot()[0].headers["authorization"].startswith("Basic ")  # credentials in the URL do work
+    logged = "".join(capfd.readouterr())
+    assert "webhook delivery dead" in logged
+    for secret in (SECRET, "hunter2", "tok-123"):
+        assert secret not in logged
+
+
 def test_a_dead_receiver_ends_dead_after_max_attempts_and_retry_revives_it(
     store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher],
     db_url: str, tmp_path: Path,
@@ -407,6 +431,42 @@ def test_order_is_kept_per_task_and_a_dead_event_does_not_block_the_next(
         before = seen[:released_at]
         assert all(kind == "task.scheduled" for kind, _ in before), f"{task}: released sent early: {seen}"
         assert len(before) == 3, f"{task}: scheduled must end (delivered or dead) first: {seen}"
+
+
+def test_a_parked_later_event_is_sent_as_soon_as_its_earlier_one_is_delivered(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    gate = threading.Event()
+
+    def respond(path: str, headers: dict[str, str], body: bytes, nth: int) -> int:
+        if json.loads(body)["type"] == "task.scheduled":
+            gate.wait(30)  # the earlier events stay in flight until the test lets them through
+        return 204
+
+    rx = receivers(respond)
+    tasks = [f"p{i}" for i in range(5)]
+    place(store, *tasks)
+    release(store, *tasks)
+    # Two senders and a 17 s claim lease: a released event parks behind its in-flight scheduled event.
+    d = dispatchers(store, config(rx.url(), concurrency=2, timeout=2), poll_interval=0.2)
+
+    def parked() -> bool:
+        horizon = _now() + timedelta(seconds=5)
+        released = [r for r in rows(store) if r.event_type == "task.released"]
+        return sum(r.status == "pending" and r.next_attempt_at > horizon for r in released) == 5
+
+    wait_until(parked, 10, "released events parked behind their in-flight scheduled events")
+    # Other tasks' events fill every claim slot, and the dispatcher idles a while with none free.
+    place(store, *[f"filler{i}" for i in range(30)])
+    wait_until(lambda: d.stats().in_flight >= 20, 10, "the claim slots to fill up")
+    run_cycles(d, 5)
+    gate.set()
+    started = time.monotonic()
+    wait_until(lambda: all_delivered(store, 40), 15, "all 40 deliveries")
+    assert time.monotonic() - started < 10, "parked events waited for the claim lease"
+    order = [(h.event["task"]["task_id"], h.event["type"]) for h in rx.snapshot()]
+    for task in tasks:
+        assert order.index((task, "task.scheduled")) < order.index((task, "task.released"))
 
 
 def test_nothing_is_dispatched_while_not_leading(
@@ -530,9 +590,7 @@ def test_dispatcher_thread_is_not_the_callers_and_stop_is_prompt(
 # ------------------------------------------------------------------ helpers
 
 
-def _now() -> Any:
-    from datetime import UTC, datetime
-
+def _now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -551,7 +609,6 @@ def _cli_env(db_url: str, tmp_path: Path) -> dict[str, str]:
 
 
 def _cli() -> Any:
-    from scheduler.cli import _register, cli
+    from scheduler.cli import cli
 
-    _register()
     return cli

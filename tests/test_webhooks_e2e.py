@@ -22,7 +22,6 @@ from tests.harness import Deployment, make_nodes, make_requests, wait_until
 from tests.test_webhooks_dispatcher import SECRET, Receiver
 
 
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     rx = Receiver()

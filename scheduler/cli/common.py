@@ -5,14 +5,11 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from scheduler.config import ConfigError, Settings, load_settings
-
-if TYPE_CHECKING:
-    from scheduler.store import Store
 
 
 class CliError(Exception):
@@ -71,19 +68,3 @@ def emit_json(obj: Any) -> None:
     """One JSON object per line on stdout (the ``--json`` contract of DESIGN.md)."""
     sys.stdout.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")
 
-
-def open_store(settings: Settings, *, migrate: bool = False) -> Store:
-    """The store for ``database.url``; unreachable or unmigrated databases are one-line errors."""
-    from scheduler.store import DatabaseUnavailable, NotMigrated, Store
-
-    try:
-        store = Store.from_url(settings.database.url)
-        if migrate:
-            store.upgrade()
-        else:
-            store.check_schema()
-        return store
-    except DatabaseUnavailable as exc:
-        raise CliError(str(exc)) from None
-    except NotMigrated as exc:
-        raise CliError(str(exc)) from None

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 
 import click
 
-from scheduler.cli.common import CliError, cli, emit_json, open_store, settings_or_exit
+from scheduler.cli.common import CliError, cli, emit_json
+from scheduler.cli.db import store_session
 from scheduler.webhooks.deliveries import DEAD, DELIVERED, STATUSES, DeliveryRecord, DeliveryStore
 from scheduler.webhooks.policy import display_url
 
@@ -26,21 +27,22 @@ def webhooks_group() -> None:
 @webhooks_group.command("list")
 @click.option("--failed", is_flag=True, help="only deliveries that failed for good (dead)")
 @click.option("--status", type=click.Choice(STATUSES), help="only deliveries in this status")
-@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True,
-              help="the newest N deliveries; 0 for all")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="the newest N deliveries; 0 for all",
+)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per delivery")
 def list_cmd(failed: bool, status: str | None, limit: int, as_json: bool) -> None:
     """Deliveries, newest first: status, attempts, last error, URL, event type, task id."""
     if failed and status not in (None, DEAD):
         raise click.UsageError("--failed means --status dead; give one or the other")
-    settings = settings_or_exit()
-    store = open_store(settings)
-    try:
+    with store_session(migrate=False) as store:
         deliveries = DeliveryStore(store.engine)
         records = deliveries.list_deliveries(status=DEAD if failed else status, limit=limit or None)
         counts = deliveries.counts() if not as_json else {}
-    finally:
-        store.close()
     if as_json:
         for record in records:
             emit_json(record.to_json())
@@ -94,14 +96,10 @@ def retry_cmd(delivery: str | None, all_failed: bool) -> None:
     """
     if (delivery is None) == (not all_failed):
         raise click.UsageError("give a delivery ID or --all-failed (one of them)")
-    settings = settings_or_exit()
-    store = open_store(settings)
-    try:
+    with store_session(migrate=False) as store:
         deliveries = DeliveryStore(store.engine)
         ids = _selected(deliveries, delivery) if delivery is not None else []
         changed = deliveries.retry(ids=ids, all_dead=all_failed, now=datetime.now(UTC))
-    finally:
-        store.close()
     if changed == 0:
         click.echo("no dead deliveries to retry" if all_failed else "nothing to retry")
         return

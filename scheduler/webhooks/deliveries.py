@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, case, false, func, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, case, false, func, literal, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
@@ -61,6 +61,15 @@ class OutboxEvent:
     event_id: str
     task_id: str
     callback_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxBatch:
+    """The oldest undispatched outbox events, up to a limit: how many, the last ``seq``, the callbacks."""
+
+    count: int
+    last_seq: int
+    callbacks: list[OutboxEvent]
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,15 +197,26 @@ class DeliveryStore:
             yield conn
 
     # ------------------------------------------------------------ dispatcher: reads
-    def undispatched(self, conn: Connection, limit: int) -> list[OutboxEvent]:
-        """The oldest outbox events not yet expanded into deliveries, in commit order."""
-        rows = conn.execute(
+    def undispatched(self, conn: Connection, limit: int) -> OutboxBatch | None:
+        """The oldest ``limit`` outbox events not yet expanded into deliveries (None if there are none).
+
+        Only the events naming a callback URL come back as rows (those need
+        a policy check in Python); the rest are expanded by
+        :meth:`expand` in SQL without leaving the database.
+        """
+        oldest = (
+            select(outbox.c.seq).where(outbox.c.dispatched == false()).order_by(outbox.c.seq).limit(limit)
+        ).subquery()
+        count, last = conn.execute(select(func.count(), func.max(oldest.c.seq))).one()
+        if not count:
+            return None
+        callbacks = conn.execute(
             select(outbox.c.seq, outbox.c.event_id, outbox.c.task_id, outbox.c.callback_url)
-            .where(outbox.c.dispatched == false())
+            .where(outbox.c.dispatched == false(), outbox.c.seq <= last, outbox.c.callback_url.is_not(None))
             .order_by(outbox.c.seq)
-            .limit(limit)
-        )
-        return [OutboxEvent(int(r.seq), r.event_id, r.task_id, r.callback_url) for r in rows]
+        )  # fmt: skip
+        events = [OutboxEvent(int(r.seq), r.event_id, r.task_id, r.callback_url) for r in callbacks]
+        return OutboxBatch(int(count), int(last), events)
 
     def due(self, conn: Connection, now: datetime, limit: int, exclude: Sequence[int] = ()) -> list[Due]:
         """Pending deliveries due at ``now``, the longest-waiting first (``exclude``: ids in flight here)."""
@@ -207,7 +227,8 @@ class DeliveryStore:
             )
             .select_from(deliveries.join(outbox, outbox.c.event_id == deliveries.c.event_id))
             .where(deliveries.c.status == PENDING, deliveries.c.next_attempt_at <= now)
-            .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+            # The due index's own order: the scan stops at ``limit`` instead of sorting every due row.
+            .order_by(deliveries.c.next_attempt_at)
             .limit(limit)
         )  # fmt: skip
         if exclude:
@@ -248,14 +269,38 @@ class DeliveryStore:
         return None if value is None else utc(value)
 
     # ------------------------------------------------------------ dispatcher: writes
-    def expand(self, conn: Connection, events: Sequence[OutboxEvent], rows: Sequence[NewDelivery],
-               now: datetime) -> None:
-        """Create the delivery rows of ``events`` and mark the events dispatched, in the caller's transaction.
+    def expand(
+        self,
+        conn: Connection,
+        last_seq: int,
+        urls: Sequence[str],
+        callbacks: Sequence[NewDelivery],
+        now: datetime,
+    ) -> int:
+        """Create the deliveries of every undispatched event up to ``last_seq`` and mark them dispatched.
 
+        One ``INSERT ... SELECT`` per configured URL, so an event costs the
+        database a row and Python nothing (the dispatcher shares the worker's
+        interpreter: per-event Python work would be taken from scheduling);
+        ``callbacks`` are the callback deliveries the caller has checked.
         ``ON CONFLICT DO NOTHING`` on (event, URL): a second dispatcher
-        expanding the same events during a failover adds nothing.
+        expanding the same events during a failover adds nothing. Commits are
+        serialised on the fence, so every ``seq`` below a visible one is
+        visible too: nothing is skipped. Returns the deliveries created.
         """
-        if rows:
+        undispatched = (outbox.c.dispatched == false(), outbox.c.seq <= last_seq)
+        stamp = literal(now, deliveries.c.created_at.type)
+        created = 0
+        columns = ["event_id", "task_id", "url", "status", "attempts", "next_attempt_at", "created_at"]
+        for url in urls:
+            rows = select(
+                outbox.c.event_id, outbox.c.task_id, literal(url, deliveries.c.url.type), literal(PENDING),
+                literal(0), stamp, stamp,
+            ).where(*undispatched)  # fmt: skip
+            stmt = self._insert(deliveries).from_select(columns, rows)
+            stmt = stmt.on_conflict_do_nothing(index_elements=["event_id", "url"])
+            created += max(conn.execute(stmt).rowcount or 0, 0)
+        if callbacks:
             params = [
                 {
                     "event_id": r.event_id, "task_id": r.task_id, "url": r.url,
@@ -263,15 +308,13 @@ class DeliveryStore:
                     "last_error": _clip(f"refused: {r.refusal}") if r.refusal else None,
                     "created_at": now,
                 }
-                for r in rows
+                for r in callbacks
             ]  # fmt: skip
-            conn.execute(
-                self._insert(deliveries).on_conflict_do_nothing(index_elements=["event_id", "url"]), params
-            )
-        seqs = [e.seq for e in events]
-        for start in range(0, len(seqs), 1000):
-            chunk = seqs[start : start + 1000]
-            conn.execute(update(outbox).where(outbox.c.seq.in_(chunk)).values(dispatched=True))
+            stmt = self._insert(deliveries).on_conflict_do_nothing(index_elements=["event_id", "url"])
+            conn.execute(stmt, params)
+            created += len(params)  # for the counters; a failover duplicate is the rare exception
+        conn.execute(update(outbox).where(*undispatched).values(dispatched=True))
+        return int(created)
 
     def claim(self, conn: Connection, ids: Sequence[int], now: datetime, until: datetime) -> set[int]:
         """Take the deliveries among ``ids`` that are still pending and due; returns the ids taken.
@@ -383,8 +426,16 @@ class DeliveryStore:
         """
         changed = 0
         with self.write() as conn:
-            revive = update(deliveries).where(deliveries.c.status == DEAD).values(
-                status=PENDING, attempts=0, next_attempt_at=now, last_error=None, last_status_code=None,
+            revive = (
+                update(deliveries)
+                .where(deliveries.c.status == DEAD)
+                .values(
+                    status=PENDING,
+                    attempts=0,
+                    next_attempt_at=now,
+                    last_error=None,
+                    last_status_code=None,
+                )
             )
             if all_dead:
                 changed += conn.execute(revive).rowcount or 0
@@ -402,9 +453,18 @@ class DeliveryStore:
 
 def _record_select() -> Any:
     return select(
-        deliveries.c.id, deliveries.c.event_id, outbox.c.type, deliveries.c.task_id, deliveries.c.url,
-        deliveries.c.status, deliveries.c.attempts, deliveries.c.next_attempt_at, deliveries.c.last_error,
-        deliveries.c.last_status_code, deliveries.c.delivered_at, deliveries.c.created_at,
+        deliveries.c.id,
+        deliveries.c.event_id,
+        outbox.c.type,
+        deliveries.c.task_id,
+        deliveries.c.url,
+        deliveries.c.status,
+        deliveries.c.attempts,
+        deliveries.c.next_attempt_at,
+        deliveries.c.last_error,
+        deliveries.c.last_status_code,
+        deliveries.c.delivered_at,
+        deliveries.c.created_at,
     ).select_from(deliveries.outerjoin(outbox, outbox.c.event_id == deliveries.c.event_id))
 
 

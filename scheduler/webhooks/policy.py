@@ -33,24 +33,28 @@ import httpx
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Cloud metadata endpoints reachable by name from inside a VM or pod.
-METADATA_HOSTS = frozenset({
-    "metadata.google.internal",
-    "metadata.goog",
-    "metadata",
-    "instance-data",
-    "instance-data.ec2.internal",
-    "100.100.100.200",  # Alibaba Cloud metadata
-    "fd00:ec2::254",  # AWS IMDS over IPv6
-})
+METADATA_HOSTS = frozenset(
+    {
+        "metadata.google.internal",
+        "metadata.goog",
+        "metadata",
+        "instance-data",
+        "instance-data.ec2.internal",
+        "100.100.100.200",  # Alibaba Cloud metadata
+        "fd00:ec2::254",  # AWS IMDS over IPv6
+    }
+)
 
 # ... and by address. 169.254.169.254 (AWS, GCP, Azure, OpenStack, ...) is
 # link-local and refused as such; these are the ones outside link-local.
-METADATA_ADDRESSES: frozenset[IPAddress] = frozenset({
-    ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
-    ipaddress.ip_address("fd00:ec2::254"),  # AWS IMDS over IPv6
-    ipaddress.ip_address("192.0.0.192"),  # Oracle Cloud (classic)
-    ipaddress.ip_address("168.63.129.16"),  # Azure WireServer
-})
+METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
+    {
+        ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+        ipaddress.ip_address("fd00:ec2::254"),  # AWS IMDS over IPv6
+        ipaddress.ip_address("192.0.0.192"),  # Oracle Cloud (classic)
+        ipaddress.ip_address("168.63.129.16"),  # Azure WireServer
+    }
+)
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # What inet_aton accepts besides dotted quads: 1-4 parts, decimal, octal or hex.

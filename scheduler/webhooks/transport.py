@@ -100,8 +100,9 @@ def make_client(*, timeout: float, concurrency: int, guarded: bool) -> httpx.Cli
     by its sending threads: httpx's pool is thread-safe and keeping
     connections alive is most of the speed to a busy receiver.
     """
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency,
-                          keepalive_expiry=30)
+    limits = httpx.Limits(
+        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=30
+    )
     return httpx.Client(
         transport=_transport(limits, guarded),
         timeout=httpx.Timeout(timeout),
