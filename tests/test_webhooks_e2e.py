@@ -97,38 +97,32 @@ def test_a_killed_leader_loses_no_webhook(
 
 
 @pytest.mark.slow
-def test_a_one_second_receiver_costs_scheduling_less_than_ten_percent(
+def test_a_one_second_receiver_does_not_hold_up_scheduling(
     db_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path
 ) -> None:
+    """Scheduling finishes a burst while a receiver taking 1 s per request has seen a fraction of it.
+
+    The cost in throughput (goal < 10%) is a speed figure and is measured by
+    ``bench/bench_webhooks.py``; this test checks the structure that makes it
+    small: deliveries never sit between a decision and its commit.
+    """
+
     def one_second(path: str, headers: dict[str, str], body: bytes, nth: int) -> int:
         time.sleep(1.0)
         return 204
 
     slow = Receiver(one_second)
-
-    def rate(url: str | None, suffix: str) -> float:
-        names = {k: f"{v}.{suffix}" for k, v in amqp_names.items()}
-        workdir = tmp_path / suffix
-        workdir.mkdir()
-        # The same database file or schema would hold the other run's tasks: give each its own.
-        dep = _deployment(db_url.replace("scheduler.db", f"{suffix}.db"), amqp_url, names, workdir, url)
-        try:
-            dep.store.import_nodes(make_nodes(1000))
-            dep.start_worker("bench")
-            dep.wait_leading("bench")
-            reqs = make_requests(3000, prefix=suffix, seed=1)
-            started = time.perf_counter()
-            dep.publish(Outgoing.request(r) for r in reqs)
-            dep.wait_terminal([r.task_id for r in reqs], timeout=120)
-            return 3000 / (time.perf_counter() - started)
-        finally:
-            dep.close()
-
+    dep = _deployment(db_url, amqp_url, amqp_names, tmp_path, slow.url())
     try:
-        if "postgresql" in db_url:
-            pytest.skip("one PostgreSQL schema per test: measured on SQLite, and in bench/bench_webhooks.py")
-        best_none = max(rate(None, "none-1"), rate(None, "none-2"))
-        best_slow = max(rate(slow.url(), "slow-1"), rate(slow.url(), "slow-2"))
-        assert best_slow >= 0.9 * best_none, f"1-s receiver: {best_slow:.0f}/s vs {best_none:.0f}/s without"
+        dep.store.import_nodes(make_nodes(200))
+        dep.start_worker()
+        dep.wait_leading("worker-0")
+        ids = dep.publish(Outgoing.request(r) for r in make_requests(1500, seed=1))
+        dep.wait_terminal(ids, timeout=120)
+        delivered_by_then = len(slow.ok_hits())
+        # 16 deliveries in flight at 1 s each: at most a small share can be done.
+        assert delivered_by_then < len(ids) // 4, f"{delivered_by_then} of {len(ids)} delivered already"
+        wait_until(lambda: len(slow.ok_hits()) > delivered_by_then, 10, "deliveries to keep flowing")
     finally:
+        dep.close()
         slow.close()
