@@ -83,7 +83,13 @@ class Receiver:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                declared = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(declared)
+                if len(body) < declared:
+                    # The sender died mid-request (a killed leader): no complete
+                    # request arrived and nobody is waiting for the answer.
+                    self.close_connection = True
+                    return
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 key = (self.path, headers.get("x-scheduler-delivery", ""))
                 with receiver._lock:
