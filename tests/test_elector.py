@@ -47,6 +47,7 @@ from scheduler.elector.kubernetes_lock import resolve_namespace
 from scheduler.elector.record import leader_info
 from scheduler.store.engine import make_engine
 from scheduler.store.schema import metadata
+from tests.harness import wait_until as harness_wait_until
 from tests.lease_api_server import (  # noqa: F401  (fixtures are used by name)
     LeaseApiServer,
     kubeconfig_fixture,
@@ -62,15 +63,8 @@ SLACK = 0.2
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.005) -> Any:
-    """Poll ``condition`` until truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:.2f} s waiting for {what}")
-        time.sleep(interval)
+    """The harness's poll-until, polling finely: election timings here are a few hundred ms."""
+    return harness_wait_until(condition, timeout, what, interval=interval)
 
 
 # -- the harness --------------------------------------------------------------------------------

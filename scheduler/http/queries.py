@@ -12,25 +12,14 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from scheduler.store.engine import READ_ONLY_OPTION
 from scheduler.store.schema import allocations, nodes
+from scheduler.store.store import ACTIVE_USAGE
 
 if TYPE_CHECKING:
     from scheduler.store import Store
-
-_USAGE = (
-    select(
-        allocations.c.node,
-        func.sum(allocations.c.cpu),
-        func.sum(allocations.c.memory),
-        func.sum(allocations.c.disk),
-        func.count(),
-    )
-    .where(allocations.c.released_at.is_(None))
-    .group_by(allocations.c.node)
-)
 
 
 def nodes_with_usage(store: Store, pool: str | None = None) -> list[dict[str, Any]]:
@@ -51,7 +40,7 @@ def nodes_with_usage(store: Store, pool: str | None = None) -> list[dict[str, An
         nodes.c.zone,
         nodes.c.cordoned,
     ).order_by(nodes.c.name)
-    usage_stmt = _USAGE
+    usage_stmt = ACTIVE_USAGE
     if pool is not None:
         stmt = stmt.where(nodes.c.pool == pool)
         usage_stmt = usage_stmt.where(

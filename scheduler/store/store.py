@@ -103,6 +103,21 @@ def _chunks(seq: Sequence[str], size: int = _IN_CHUNK) -> Iterator[Sequence[str]
         yield seq[start : start + size]
 
 
+
+ACTIVE_USAGE = (
+    select(
+        allocations.c.node,
+        func.sum(allocations.c.cpu),
+        func.sum(allocations.c.memory),
+        func.sum(allocations.c.disk),
+        func.count(),
+    )
+    .where(allocations.c.released_at.is_(None))
+    .group_by(allocations.c.node)
+)
+"""Per node with active allocations: (node, cpu, memory, disk, vms) in use."""
+
+
 class Store:
     """Transactions over the scheduler's tables; build one per process from an :class:`Engine`."""
 
@@ -266,18 +281,9 @@ class Store:
 
     @staticmethod
     def _usage(conn: Connection) -> dict[str, NodeUsage]:
-        stmt = (
-            select(
-                allocations.c.node,
-                func.sum(allocations.c.cpu),
-                func.sum(allocations.c.memory),
-                func.sum(allocations.c.disk),
-                func.count(),
-            )
-            .where(allocations.c.released_at.is_(None))
-            .group_by(allocations.c.node)
-        )
-        return {name: NodeUsage(int(c), int(m), int(d), int(v)) for name, c, m, d, v in conn.execute(stmt)}
+        return {
+            name: NodeUsage(int(c), int(m), int(d), int(v)) for name, c, m, d, v in conn.execute(ACTIVE_USAGE)
+        }
 
     def load_fleet(self, *, suspicious_after: float = 10.0, offline_after: float = 20.0) -> FleetView:
         """The fleet view of every node with every active allocation, read in one snapshot.
