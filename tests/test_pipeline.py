@@ -6,6 +6,7 @@ import json
 import shutil
 import signal
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -277,3 +278,63 @@ def test_worker_serves_http_with_the_prototype_api(deployment: Deployment) -> No
         assert client.get("/result/nope").status_code == 404
         metrics = client.get("/metrics").text
         assert "scheduler_decisions_total{" in metrics and "scheduler_leader 1.0" in metrics
+
+
+def test_a_node_that_stops_sending_heartbeats_stops_receiving_vms(deployment: Deployment) -> None:
+    import threading
+
+    import pika
+
+    dep = deployment
+    dep.extra_env.update(
+        {"SCHEDULER_NODES__SUSPICIOUS_AFTER": "0.6", "SCHEDULER_NODES__OFFLINE_AFTER": "1.2"}
+    )
+    dep.store.import_nodes(make_nodes(2))
+    dep.start_worker()
+    dep.wait_leading("worker-0")
+    alive = {"bm-0000", "bm-0001"}
+    stop = threading.Event()
+
+    def beat() -> None:
+        conn = pika.BlockingConnection(pika.URLParameters(dep.amqp_url))
+        ch = conn.channel()
+        while not stop.is_set():
+            for node in sorted(alive):
+                ch.basic_publish(dep.exchange, "nodes.heartbeat", json.dumps({"node": node}).encode())
+            conn.sleep(0.1)
+        conn.close()
+
+    sender = threading.Thread(target=beat, daemon=True)
+    sender.start()
+    try:
+        first = make_requests(4, prefix="both-alive")
+        dep.publish([Outgoing.request(r) for r in first])
+        dep.wait_terminal([r.task_id for r in first])
+        assert {t.node for t in (dep.store.get_task(r.task_id) for r in first) if t} == {"bm-0000", "bm-0001"}
+        alive.discard("bm-0001")  # it goes silent
+
+        def only_bm0() -> bool:
+            probe = make_requests(1, prefix=f"probe-{uuid.uuid4().hex[:6]}")[0]
+            dep.publish([Outgoing.request(probe)])
+            dep.wait_terminal([probe.task_id])
+            record = dep.store.get_task(probe.task_id)
+            message = record.message or "" if record is not None else ""
+            return (
+                record is not None
+                and record.node == "bm-0000"
+                and ("suspicious" in message or "offline" in message)
+            )
+
+        wait_until(only_bm0, 10, "the silent node to stop receiving VMs", interval=0.2)
+        later = make_requests(6, prefix="one-alive")
+        dep.publish([Outgoing.request(r) for r in later])
+        dep.wait_terminal([r.task_id for r in later])
+        records = [dep.store.get_task(r.task_id) for r in later]
+        assert {t.node for t in records if t} == {"bm-0000"}
+        assert all(
+            t is not None and ("offline" in (t.message or "") or "suspicious" in (t.message or ""))
+            for t in records
+        )
+    finally:
+        stop.set()
+        sender.join(5)
