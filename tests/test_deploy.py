@@ -456,6 +456,9 @@ def test_no_default_passwords_rendering_fails_naming_what_is_missing(tools: Tool
                   "secrets.webhookSecret", "existingSecret"):  # fmt: skip
         assert named in result.stderr, f"{named!r} not in:\n{result.stderr}"
     assert "change-me" not in (CHART_DIR / "values.yaml").read_text()
+    guide = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    quoted = next(line for line in guide.splitlines() if "no default passwords" in line and "Error" in line)
+    assert quoted.strip() in result.stderr, "docs/deploy.md quotes a different refusal"
 
     partial = _helm_template(tools.helm, SECRETS[:4], bare=True)  # URLs only
     assert partial.returncode != 0
