@@ -28,6 +28,7 @@ with warnings.catch_warnings():  # starlette's TestClient warns about httpx on i
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
     from fastapi.testclient import TestClient
 
+
 @pytest.fixture
 def deployment(
     db_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path
@@ -346,9 +347,21 @@ def test_metrics_are_served_on_their_own_app_only(lite: Deployment, registry: Co
         assert metrics.get("/healthz").json() == {"status": "ok"}
         assert metrics.get("/readyz").status_code == 200
         # No API route, no docs: only the three above.
-        for path in ("/schedule", "/result/x", "/tasks", "/nodes", "/api/summary", "/", "/docs", "/openapi.json"):
+        for path in (
+            "/schedule",
+            "/result/x",
+            "/tasks",
+            "/nodes",
+            "/api/summary",
+            "/",
+            "/docs",
+            "/openapi.json",
+        ):
             assert metrics.get(path).status_code == 404, path
-        assert metrics.post("/schedule", json={"requested_cpu": 1, "requested_memory": 1}).status_code in (404, 405)
+        assert metrics.post("/schedule", json={"requested_cpu": 1, "requested_memory": 1}).status_code in (
+            404,
+            405,
+        )
 
 
 def test_server_runs_in_a_thread_and_stops(lite: Deployment, registry: CollectorRegistry) -> None:
@@ -366,7 +379,9 @@ def test_server_runs_in_a_thread_and_stops(lite: Deployment, registry: Collector
         httpx.get(f"{server.url}/healthz", timeout=1)
 
 
-def test_publisher_per_request_is_safe_under_concurrency(lite: Deployment, registry: CollectorRegistry) -> None:
+def test_publisher_per_request_is_safe_under_concurrency(
+    lite: Deployment, registry: CollectorRegistry
+) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     lite_client = TestClient(make_app(lite, registry, http={"rate_limit": "1000/second"}))

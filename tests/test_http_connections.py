@@ -159,3 +159,4 @@ def test_connections_over_the_cap_are_closed_and_the_others_kept(lite: Deploymen
         for sock in first:
             sock.close()
         server.stop()
+

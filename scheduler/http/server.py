@@ -86,7 +86,6 @@ class HttpServer:
             ),
             # uvicorn types it int but only hands it to loop.call_later: fractions work.
             timeout_keep_alive=cast(int, self.limits.keep_alive_timeout),
-            h11_max_incomplete_event_size=16 * 1024,  # request line and headers
         )
         server = uvicorn.Server(config)
         self._server = server
