@@ -396,3 +396,17 @@ def test_publisher_per_request_is_safe_under_concurrency(
     ids = sorted(json.loads(body)["task_id"] for _, body in drain(lite))
     assert ids == sorted(f"c-{i}" for i in range(24))
     assert len(lite.store.list_tasks()) == 24
+
+
+def test_the_dashboard_columns_and_the_node_listing_agree(client: TestClient, deployment: Deployment) -> None:
+    standard_workload(deployment.store)
+    listing = {n["name"]: n for n in client.get("/nodes").json()}
+    columns = client.get("/api/summary").json()["nodes"]
+    assert sorted(columns["name"]) == sorted(listing)
+    for i, name in enumerate(columns["name"]):
+        node = listing[name]
+        assert columns["pool"][i] == node["pool"] and columns["ip"][i] == node["ip"]
+        for key in ("cpu", "memory", "disk"):
+            assert columns[key][i] == node["utilization"][key], (name, key)
+        assert columns["vms"][i] == node["allocated"]["vms"] and columns["max_vms"][i] == node["max_vms"]
+    assert any(v > 0 for v in columns["vms"])

@@ -35,11 +35,11 @@ from scheduler.config import Settings
 from scheduler.models import MAX_BODY_BYTES, SchedulingRequest, TaskStatus
 from scheduler.producer.publisher import Outgoing, Publisher
 from scheduler.store import DatabaseUnavailable, Store, TaskRecord
+from scheduler.store.views import nodes_with_usage
 from scheduler.webhooks.policy import callback_refusal
 from scheduler.worker.daemon import WorkerState
 
 from .auth import Gatekeeper, SubmissionLimiter, TokenTable, required_role
-from .queries import nodes_with_usage
 from .schemas import (
     Accepted,
     Conflict,
