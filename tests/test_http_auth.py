@@ -17,6 +17,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from starlette.routing import Mount, Route
 
@@ -163,6 +165,33 @@ def test_token_table_matches_exactly_one_role() -> None:
     assert table.lookup("b" * 20)[0] is Role.ADMIN  # type: ignore[index]
     assert table.lookup("a" * 19) is None and table.lookup("") is None
     assert not TokenTable({})
+
+
+TOKEN_TEXT = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=0, max_size=80)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tokens=st.dictionaries(TOKEN_TEXT, st.sampled_from(list(Role)), max_size=5), presented=TOKEN_TEXT)
+def test_token_table_finds_exactly_the_configured_tokens(tokens: dict[str, Role], presented: str) -> None:
+    table = TokenTable(tokens)
+    found = table.lookup(presented)
+    assert (found is not None) == (presented in tokens)
+    if found is not None:
+        assert found[0] is tokens[presented]
+        assert len(presented) < 6 or presented not in found[1]  # the fingerprint does not carry the token
+    for token, role in tokens.items():
+        match = table.lookup(token)
+        assert match is not None and match[0] is role
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(authorization=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=120))
+def test_any_authorization_header_other_than_a_token_is_401(lite: Deployment, authorization: str) -> None:
+    if authorization.strip() in {f"Bearer {t}" for t in TOKENS.values()}:
+        return
+    with TestClient(guarded_app(lite)) as client:
+        response = client.get("/api/summary", headers={"Authorization": authorization})
+    assert response.status_code == 401, (authorization, response.text)
 
 
 def test_openapi_declares_the_bearer_scheme(lite: Deployment) -> None:
