@@ -281,6 +281,14 @@ def test_tokens_from_the_environment_and_never_in_errors(monkeypatch: pytest.Mon
         assert TOKENS["read"] not in text and "short" not in text
 
 
+def test_metrics_port_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METRICS_PORT", "9191")
+    assert load_settings().http.metrics_port == 9191
+    monkeypatch.setenv("METRICS_PORT", "nine")
+    with pytest.raises(ConfigError, match=r"http\.metrics_port \(env METRICS_PORT\)"):
+        load_settings()
+
+
 @pytest.mark.parametrize(
     ("http", "key"),
     [
