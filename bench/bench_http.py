@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 
 from scheduler.broker import Topology  # noqa: E402
 from scheduler.config import Settings  # noqa: E402
-from scheduler.http import HttpServer, create_app  # noqa: E402
+from scheduler.http import HttpServer, create_app, create_metrics_app  # noqa: E402
 from scheduler.metrics import SchedulerMetrics, install_metrics, read_database_figures  # noqa: E402
 from scheduler.models import Node  # noqa: E402
 from scheduler.producer.publisher import Publisher  # noqa: E402
@@ -224,6 +224,7 @@ def main() -> None:
         settings = Settings(
             identity="bench",
             amqp={"url": AMQP, "exchange": f"bench.http.{suffix}", "queue": f"bench.http.{suffix}"},
+            http={"rate_limit": "100000/second"},  # the submission figures measure the server, not the limit
         )
         reads = timed(lambda: read_database_figures(store), 5)
         print(f"  database figures read (background refresh) {percentiles(reads)}")
@@ -236,9 +237,13 @@ def main() -> None:
         app = create_app(store=store, publisher=publisher, state=None, registry=registry, settings=settings)
         server = HttpServer(app, host="127.0.0.1", port=0)
         server.start()
+        metrics = HttpServer(
+            create_metrics_app(store=store, state=None, registry=registry), host="127.0.0.1", port=0
+        )
+        metrics.start()
         try:
             print("/metrics, standby (figures from the database):")
-            scrape_bench(server.url, args.scrapes, "standby")
+            scrape_bench(metrics.url, args.scrapes, "standby")
             with httpx.Client(timeout=60) as client:
                 summary = timed(lambda: client.get(f"{server.url}/api/summary"), 5)
                 print(f"/api/summary (every node, cached 1 s) {percentiles(summary)}")
@@ -258,6 +263,7 @@ def main() -> None:
                     print(f"POST /schedule (publish with confirms, record queued) {percentiles(posts)}")
         finally:
             server.stop()
+            metrics.stop()
             _delete_topology(topology)
 
         # The leader: pool figures from its in-memory fleet.
@@ -270,14 +276,19 @@ def main() -> None:
         )
         server = HttpServer(app, host="127.0.0.1", port=0)
         server.start()
+        metrics = HttpServer(
+            create_metrics_app(store=store, state=lambda: state, registry=registry), host="127.0.0.1", port=0
+        )
+        metrics.start()
         try:
             print("/metrics, leader (pool figures from the in-memory fleet):")
-            scrape_bench(server.url, args.scrapes, "leader")
+            scrape_bench(metrics.url, args.scrapes, "leader")
             with httpx.Client(timeout=60) as client:
                 summary = timed(lambda: client.get(f"{server.url}/api/summary"), 5)
                 print(f"/api/summary on the leader {percentiles(summary)}")
         finally:
             server.stop()
+            metrics.stop()
         store.close()
 
 

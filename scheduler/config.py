@@ -12,8 +12,11 @@ so the process refuses to start instead of failing later on first use.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +47,8 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "WEBHOOK_URL": ("webhooks", "urls"),
     "WEBHOOK_SECRET": ("webhooks", "secret"),
     "HTTP_PORT": ("http", "port"),
+    "HTTP_TOKENS": ("http", "tokens"),
+    "METRICS_PORT": ("http", "metrics_port"),
     "LOG_LEVEL": ("logging", "level"),
 }
 
@@ -177,10 +182,101 @@ class WebhooksConfig(_Section):
         return urls
 
 
+class Role(StrEnum):
+    """What a bearer token may do; each role includes the ones before it."""
+
+    READ = "read"  # GETs and the dashboard
+    SUBMIT = "submit"  # + POST /schedule, POST /plan
+    ADMIN = "admin"  # + operations
+
+    @property
+    def rank(self) -> int:
+        return _ROLE_RANK[self]
+
+
+_ROLE_RANK = {Role.READ: 1, Role.SUBMIT: 2, Role.ADMIN: 3}
+TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
+
+
 class HttpConfig(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
     host: str = "0.0.0.0"
     enabled: bool = True
+    metrics_port: int = Field(
+        default=9090, ge=0, le=65535, description="/metrics, /healthz and /readyz only, no API route"
+    )
+    metrics_host: str = "0.0.0.0"
+    tokens: dict[str, Role] = Field(
+        default_factory=dict, repr=False, description="bearer token -> role (read, submit, admin)"
+    )
+    keep_alive_timeout: float = Field(
+        default=5, gt=0, le=3600, description="an idle connection is closed after this many seconds"
+    )
+    header_timeout: float = Field(
+        default=10, gt=0, le=3600, description="seconds for a request's line and headers to arrive"
+    )
+    body_timeout: float = Field(
+        default=30, gt=0, le=3600, description="seconds for a request body to arrive once its headers did"
+    )
+    max_connections: int = Field(default=256, ge=1, le=100_000, description="open connections per port")
+    rate_limit: str = Field(
+        default="20/second;600/minute",
+        description="per token, on POST /schedule and POST /plan (limits notation, ';' between several)",
+    )
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _tokens_from_json(cls, value: Any) -> Any:
+        """``HTTP_TOKENS`` arrives as a JSON object string; say so without echoing it (it is a secret)."""
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError(
+                    'must be a JSON object of token to role, e.g. {"<token>": "read"} (value not shown)'
+                ) from None
+        if isinstance(value, dict):
+            # Checked here, not by pydantic, whose error would name the offending token in its path.
+            roles = [r.value for r in Role]
+            for index, (token, role) in enumerate(value.items()):
+                if not isinstance(token, str) or role not in roles:
+                    raise ValueError(
+                        f"token #{index + 1} (value not shown): role must be one of {', '.join(roles)}"
+                    )
+        return value
+
+    @field_validator("tokens")
+    @classmethod
+    def _token_shape(cls, tokens: dict[str, Role]) -> dict[str, Role]:
+        for index, token in enumerate(tokens):
+            if not TOKEN_PATTERN.match(token):
+                raise ValueError(
+                    f"token #{index + 1} (value not shown): 16 to 512 characters of A-Z a-z 0-9 . _ ~ + / = -"
+                )
+        return tokens
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_notation(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a rate limit such as '20/second' or '20/second;600/minute'"
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> HttpConfig:
+        if self.port and self.port == self.metrics_port:
+            raise ValueError(
+                f"metrics_port ({self.metrics_port}) must differ from port: it serves no API route"
+            )
+        return self
 
 
 class WorkerConfig(_Section):

@@ -9,6 +9,14 @@ S=.venv/bin/scheduler
 mkdir -p .demo
 scripts/ensure-services.sh
 export HTTP_PORT="${HTTP_PORT:-8080}"
+export METRICS_PORT="${METRICS_PORT:-9090}"
+# An API token for this run (role submit: reads and submissions), kept in .demo/token.
+# With a token configured the API would listen on every address: keep it on loopback.
+TOKEN="$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+printf '%s\n' "$TOKEN" >.demo/token
+chmod 600 .demo/token
+export HTTP_TOKENS="{\"$TOKEN\": \"submit\"}"
+export SCHEDULER_HTTP__HOST=127.0.0.1
 
 echo "== migrating the database and importing examples/fleet.yaml"
 $S db upgrade
@@ -31,4 +39,13 @@ echo "== tasks"
 $S tasks
 echo "== nodes"
 $S nodes list
-echo "== dashboard and API while it runs: http://127.0.0.1:${HTTP_PORT}/ (stopping the worker now)"
+API="http://127.0.0.1:${HTTP_PORT}"
+echo "== the HTTP API, with this run's token (in .demo/token; the dashboard asks for it once)"
+echo "curl -H \"Authorization: Bearer \$(cat .demo/token)\" ${API}/nodes"
+echo "curl -H \"Authorization: Bearer \$(cat .demo/token)\" -H 'Content-Type: application/json' \\"
+echo "     -d '{\"requested_cpu\": 2, \"requested_memory\": 2048}' ${API}/schedule"
+curl -sS -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"requested_cpu": 2, "requested_memory": 2048}' "${API}/schedule"
+echo
+echo "without a token: HTTP $(curl -s -o /dev/null -w '%{http_code}' "${API}/nodes")"
+echo "== dashboard while it runs: ${API}/ ; metrics: http://127.0.0.1:${METRICS_PORT}/metrics (stopping the worker now)"

@@ -115,6 +115,8 @@ class Deployment:
                 "SCHEDULER_CONFIG": str(self.workdir / "config.yaml"),
                 "SCHEDULER_HTTP__ENABLED": "true" if self.http else "false",
                 "HTTP_PORT": "0",
+                "SCHEDULER_HTTP__METRICS_PORT": "0",
+                "SCHEDULER_HTTP__METRICS_HOST": "127.0.0.1",
                 "SCHEDULER_HTTP__HOST": "127.0.0.1",
                 "SCHEDULER_RETRY__INITIAL_BACKOFF": "0.05",
                 "SCHEDULER_RETRY__MAX_BACKOFF": "0.2",
@@ -155,16 +157,19 @@ class Deployment:
         epoch: int = wait_until(holder, timeout, f"{identity} to lead")
         return epoch
 
-    def http_url(self, identity: str, timeout: float = 20) -> str:
-        """The URL the worker's HTTP server listens on (it binds port 0 and logs the real one)."""
+    def http_url(self, identity: str, timeout: float = 20, *, listener: str = "http") -> str:
+        """The URL the worker's API (or, with ``listener="metrics"``, metrics) server listens on.
+
+        Each binds port 0 and logs the real one.
+        """
 
         def found() -> str | None:
             for line in decode_lines(self.log_of(identity)):
-                if line.get("event") == "http serving":
-                    return str(line["url"])
+                if line.get("event") == f"{listener} serving":
+                    return str(line["url"]).replace("0.0.0.0", "127.0.0.1")
             return None
 
-        url: str = wait_until(found, timeout, f"{identity}'s HTTP server")
+        url: str = wait_until(found, timeout, f"{identity}'s {listener} server")
         return url
 
     def log_of(self, identity: str) -> str:

@@ -13,6 +13,9 @@ a workstation but fails in CI (``CI=true``), where it must have been installed.
 
 from __future__ import annotations
 
+import base64
+import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -20,9 +23,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import websocket
 from prometheus_client import CollectorRegistry
 
 from scheduler.elector import AlwaysLeader
@@ -31,7 +36,7 @@ from scheduler.metrics import install_metrics
 from scheduler.producer.publisher import Publisher
 from scheduler.worker.daemon import Worker
 from tests.harness import Deployment, wait_until
-from tests.test_http_support import make_deployment, settings_for
+from tests.test_http_support import make_deployment, settings_for, standard_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -156,3 +161,121 @@ def test_dashboard_shows_nodes_placements_failures_and_leader(running: Running, 
     taken = render(base + "/", f"--screenshot={shot}", tmp_path=tmp_path)
     assert taken.returncode == 0, taken.stderr[-2000:]
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+# ------------------------------------------------------- a token-protected API
+
+READ_TOKEN = "dashboard-read-token-0123456789"
+SUBMIT_TOKEN = "dashboard-submit-token-0123456789"
+
+
+class DevTools:
+    """Just enough of the Chrome DevTools Protocol (over ``websocket-client``) to drive one page.
+
+    Why by hand: ``--dump-dom`` cannot type into a form or reload a tab, and
+    the browser automation libraries download their own browsers; Debian's
+    Chromium speaks this protocol as it is.
+    """
+
+    def __init__(self, profile: Path, url: str) -> None:
+        self.proc = subprocess.Popen(
+            [chromium(), *[f for f in CHROMIUM_FLAGS if not f.startswith("--virtual-time")],
+             "--remote-debugging-port=0", f"--user-data-dir={profile}", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        port_file = profile / "DevToolsActivePort"
+        port = wait_until(
+            lambda: port_file.is_file() and port_file.read_text().split("\n")[0], 30, "DevTools"
+        )
+        targets = f"http://127.0.0.1:{port}/json/list"
+        pages = wait_until(
+            lambda: [t for t in httpx.get(targets).json() if t["type"] == "page"], 30, "a page"
+        )
+        self.ws = websocket.create_connection(
+            pages[0]["webSocketDebuggerUrl"], timeout=30, suppress_origin=True
+        )
+        self.ids = itertools.count(1)
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        ident = next(self.ids)
+        self.ws.send(json.dumps({"id": ident, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == ident:
+                if "error" in message:
+                    raise AssertionError(f"{method}: {message['error']}")
+                result: dict[str, Any] = message["result"]
+                return result
+
+    def js(self, expression: str) -> Any:
+        answer = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return answer["result"].get("value")
+
+    def screenshot(self, path: Path) -> None:
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        path.write_bytes(base64.b64decode(data))
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+@pytest.fixture
+def guarded(deployment: Deployment) -> Iterator[HttpServer]:
+    """The API with tokens configured, over a finished workload (no worker needed to read)."""
+    chromium()
+    standard_workload(deployment.store)
+    settings = settings_for(deployment, http={"tokens": {READ_TOKEN: "read", SUBMIT_TOKEN: "submit"}})
+    app = create_app(
+        store=deployment.store, publisher=None, state=None, registry=CollectorRegistry(), settings=settings
+    )
+    server = HttpServer(app, host="127.0.0.1", port=0)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_dashboard_asks_once_for_a_read_token_and_keeps_it_for_the_session(
+    guarded: HttpServer, tmp_path: Path
+) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser = DevTools(tmp_path / "profile", guarded.url + "/")
+    try:
+        form_shown = "getComputedStyle(document.getElementById('token-form')).display !== 'none'"
+        loaded = "document.body.dataset.loaded === 'true'"
+        wait_until(lambda: browser.js(form_shown), 30, "the page to ask for a token")
+        assert browser.js(loaded) is False
+        assert browser.js("document.querySelectorAll('[data-node]').length") == 0  # nothing without a token
+        browser.screenshot(ARTIFACTS / "dashboard-token.png")
+
+        # A token refused (wrong) is forgotten and the page asks again.
+        browser.js("document.getElementById('token-input').value = 'not-a-token-at-all-0000';"
+                   "document.getElementById('token-submit').click()")  # fmt: skip
+        wait_until(
+            lambda: browser.js(form_shown)
+            and "refused" in browser.js("document.getElementById('token-message').textContent"),
+            30, "the wrong token to be refused",
+        )  # fmt: skip
+        assert browser.js("sessionStorage.getItem('virtflow-scheduler.token')") is None
+
+        browser.js(f"document.getElementById('token-input').value = '{READ_TOKEN}';"
+                   "document.getElementById('token-submit').click()")  # fmt: skip
+        wait_until(lambda: browser.js(loaded), 30, "the dashboard to load with the token")
+        assert browser.js(form_shown) is False
+        assert browser.js("document.querySelectorAll('[data-node]').length") == 6
+        assert browser.js("sessionStorage.getItem('virtflow-scheduler.token')") == READ_TOKEN
+
+        # Reloading the tab does not ask again: the token is kept for the browser session.
+        browser.call("Page.reload")
+        wait_until(
+            lambda: browser.js("document.readyState === 'complete'") and browser.js(loaded), 30, "reload"
+        )
+        assert browser.js(form_shown) is False
+        shot = ARTIFACTS / "dashboard-signed-in.png"
+        browser.screenshot(shot)
+        assert shot.stat().st_size > 10_000
+    finally:
+        browser.close()

@@ -95,9 +95,22 @@ def tools() -> Tools:
     return Tools(helm=helm, kubectl=kubectl)
 
 
+API_TOKEN = "admin-token-0123456789abcdef"
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+# What every install must give (the chart has no default passwords), unless existingSecret is set.
+SECRETS: tuple[str, ...] = (
+    "--set", "secrets.amqpUrl=amqp://virtflow:from-test@rabbitmq:5672/%2F",
+    "--set", "secrets.databaseUrl=postgresql://virtflow:from-test@postgresql:5432/virtflow",
+    "--set-json", f'secrets.apiTokens={{"{API_TOKEN}":"admin"}}',
+    "--set", f"secrets.webhookSecret={WEBHOOK_SECRET}",
+)  # fmt: skip
+
+
 @functools.cache
-def _helm_template(helm: Path, args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
-    return run([helm, "template", RELEASE, CHART_DIR, "--namespace", NAMESPACE, *args])
+def _helm_template(helm: Path, args: tuple[str, ...], bare: bool = False) -> subprocess.CompletedProcess[str]:
+    """``helm template`` with ``args``; the required secrets come first unless ``bare`` or existingSecret."""
+    given = () if bare or any(a.startswith("existingSecret=") for a in args) else SECRETS
+    return run([helm, "template", RELEASE, CHART_DIR, "--namespace", NAMESPACE, *given, *args])
 
 
 def render(tools: Tools, *args: str) -> list[dict[str, Any]]:
@@ -199,7 +212,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "--set",
         "secrets.webhookUrl=https://hooks.example/a",
         "--set",
-        "secrets.webhookSecret=s3cr3t",
+        # Two secrets while rotating (helm --set needs the comma escaped).
+        f"secrets.webhookSecret={WEBHOOK_SECRET}\\,whsec_c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24=",
         "--set",
         "config.election.lease_name=scheduler-lease",
         "--set",
@@ -213,7 +227,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 def test_helm_lint(tools: Tools) -> None:
     """`helm lint --strict` on the defaults and on the widest variant."""
     for args in ((), VARIANTS["everything-set"]):
-        result = run([tools.helm, "lint", "--strict", CHART_DIR, *args])
+        result = run([tools.helm, "lint", "--strict", CHART_DIR, *SECRETS, *args])
         assert result.returncode == 0, f"helm lint {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
 
 
@@ -247,6 +261,8 @@ def test_default_deployment_contract(tools: Tools) -> None:
         assert ref["name"] == f"{RELEASE}-virtflow-scheduler" and not ref.get("optional"), ref
     for name in ("WEBHOOK_URL", "WEBHOOK_SECRET"):
         assert env[name]["valueFrom"]["secretKeyRef"]["optional"] is True
+    tokens = env["HTTP_TOKENS"]["valueFrom"]["secretKeyRef"]
+    assert tokens["name"] == f"{RELEASE}-virtflow-scheduler" and not tokens.get("optional"), tokens
     # Live strategy switching: the strategy comes from the mounted file only.
     assert "SCHEDULING_STRATEGY" not in env, "an env strategy would shadow the watched config.yaml"
     assert env["SCHEDULER_CONFIG"]["value"] == CONFIG_PATH
@@ -262,10 +278,12 @@ def test_default_deployment_contract(tools: Tools) -> None:
     assert "emptyDir" in volumes[mounts["tmp"]["name"]] and mounts["tmp"]["mountPath"] == "/tmp"
 
     port = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert port == {"http": config_of(objs)["http"]["port"]}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    http = config_of(objs)["http"]
+    assert port == {"http": http["port"], "metrics": http["metrics_port"]}
+    # Probes on the metrics port: it needs no token and serves no API route.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert "memory" in container["resources"]["limits"]
 
@@ -276,7 +294,7 @@ def test_default_deployment_contract(tools: Tools) -> None:
 
     service = one(objs, "Service")
     ports = {p["name"]: p for p in service["spec"]["ports"]}
-    assert set(ports) == {"http", "metrics"} and all(p["targetPort"] == "http" for p in ports.values())
+    assert set(ports) == {"http", "metrics"} and all(p["targetPort"] == name for name, p in ports.items())
     assert service["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
 
     pdb = one(objs, "PodDisruptionBudget")
@@ -352,7 +370,9 @@ def test_variants_change_what_they_should(tools: Tools) -> None:
         "DATABASE_URL",
         "WEBHOOK_URL",
         "WEBHOOK_SECRET",
+        "HTTP_TOKENS",
     }
+    assert json.loads(one(wide, "Secret")["stringData"]["HTTP_TOKENS"]) == {API_TOKEN: "admin"}
     assert one(wide, "PodDisruptionBudget")["spec"]["maxUnavailable"] == "50%"
     names = {n for rule in one(wide, "Role")["rules"] for n in rule.get("resourceNames", [])}
     assert names == {"scheduler-lease"}, "the Role must follow election.lease_name"
@@ -400,6 +420,13 @@ REFUSED: list[tuple[tuple[str, ...], str]] = [
     (("--set", "podDisruptionBudget.maxUnavailable=0"), "maxUnavailable"),
     (("--set", "replicas=3"), "replicas"),
     (("--set", "extraEnv[0].name=RETRIES,extraEnv[0].value=3"), "value"),
+    (("--set", "secrets.amqpUrl=amqp://guest:guest@rabbitmq:5672/%2F"), "amqpUrl"),
+    (("--set", "secrets.amqpUrl=amqps://guest@rabbitmq/%2F"), "amqpUrl"),
+    (("--set", "secrets.webhookSecret=s3cr3t"), "webhookSecret"),
+    (("--set-json", 'secrets.apiTokens={"short":"admin"}'), "invalid propertyName"),
+    (("--set-json", f'secrets.apiTokens={{"{API_TOKEN}":"root"}}'), "apiTokens"),
+    (("--set", "config.http.metrics_port=8080"), "metrics_port"),
+    (("--set", "networkPolicy.egress.database.ports={}"), "ports"),
 ]
 
 
@@ -408,6 +435,99 @@ def test_bad_values_are_refused_naming_the_value(tools: Tools, args: tuple[str, 
     result = _helm_template(tools.helm, args)
     assert result.returncode != 0, f"helm template accepted {args}"
     assert named in result.stderr, f"error does not name {named!r}:\n{result.stderr}"
+
+
+def test_guest_credentials_only_for_a_dev_install(tools: Tools) -> None:
+    guest = ("--set", "secrets.amqpUrl=amqp://guest:guest@rabbitmq:5672/%2F")
+    assert _helm_template(tools.helm, guest).returncode != 0
+    objs = render(tools, *guest, "--set", "dev=true")
+    assert one(objs, "Secret")["stringData"]["AMQP_URL"].startswith("amqp://guest:")
+    # A user whose name merely starts with "guest" is not the guest user.
+    assert render(tools, "--set", "secrets.amqpUrl=amqp://guesthouse:pw@rabbitmq:5672/%2F")
+
+
+# ------------------------------------------------------------------ no default passwords
+
+
+def test_no_default_passwords_rendering_fails_naming_what_is_missing(tools: Tools) -> None:
+    result = _helm_template(tools.helm, (), bare=True)
+    assert result.returncode != 0, "the chart rendered without any credentials"
+    for named in ("no default passwords", "secrets.amqpUrl", "secrets.databaseUrl", "secrets.apiTokens",
+                  "secrets.webhookSecret", "existingSecret"):  # fmt: skip
+        assert named in result.stderr, f"{named!r} not in:\n{result.stderr}"
+    assert "change-me" not in (CHART_DIR / "values.yaml").read_text()
+    guide = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    quoted = next(line for line in guide.splitlines() if "no default passwords" in line and "Error" in line)
+    assert quoted.strip() in result.stderr, "docs/deploy.md quotes a different refusal"
+
+    partial = _helm_template(tools.helm, SECRETS[:4], bare=True)  # URLs only
+    assert partial.returncode != 0
+    assert "secrets.apiTokens" in partial.stderr and "secrets.amqpUrl" not in partial.stderr
+
+    unsigned = _helm_template(
+        tools.helm, (*SECRETS[:6], "--set", "config.webhooks.allow_unsigned=true"), bare=True
+    )
+    assert unsigned.returncode == 0, unsigned.stderr
+    assert "WEBHOOK_SECRET" not in one(load_docs(unsigned.stdout), "Secret")["stringData"]
+    assert render(tools, "--set", "existingSecret=managed-elsewhere")  # nothing needed in values
+
+
+# ------------------------------------------------------------------ NetworkPolicy
+
+
+def _ports(rule: dict[str, Any]) -> set[Any]:
+    return {p["port"] for p in rule.get("ports", [])}
+
+
+def test_network_policy_limits_who_talks_to_whom(tools: Tools) -> None:
+    objs = render(tools)
+    policy = one(objs, "NetworkPolicy")
+    deploy = one(objs, "Deployment")
+    spec = policy["spec"]
+    assert (
+        spec["podSelector"]["matchLabels"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+
+    ingress = {frozenset(_ports(r)): r["from"] for r in spec["ingress"]}
+    assert set(ingress) == {frozenset({"http"}), frozenset({"metrics"})}, "only the two named ports are open"
+    [api_peer] = ingress[frozenset({"http"})]
+    assert api_peer == {"podSelector": {"matchLabels": {"virtflow-scheduler/client": "true"}}}
+    [metrics_peer] = ingress[frozenset({"metrics"})]
+    assert metrics_peer == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+    container_ports = {p["name"] for p in worker_container(objs)["ports"]}
+    assert {"http", "metrics"} <= container_ports
+
+    egress_ports = [_ports(r) for r in spec["egress"]]
+    for needed in ({5672}, {5432}, {443}, {6443}, {53}):
+        assert any(needed <= ports for ports in egress_ports), f"no egress to port {needed}"
+    assert all(rule.get("ports") for rule in spec["egress"]), "every egress rule is limited to its ports"
+    assert not by_kind(render(tools, "--set", "networkPolicy.enabled=false"), "NetworkPolicy")
+
+
+def test_network_policy_values_widen_each_rule(tools: Tools) -> None:
+    objs = render(
+        tools,
+        "--set-json", 'networkPolicy.api.clientNamespaceLabels={"team":"provisioning"}',
+        "--set-json", 'networkPolicy.api.extraFrom=[{"ipBlock":{"cidr":"10.20.0.0/16"}}]',
+        "--set-json", 'networkPolicy.metrics.extraFrom=[{"podSelector":{"matchLabels":{"app":"vmagent"}}}]',
+        "--set-json", 'networkPolicy.egress.database.to=[{"ipBlock":{"cidr":"10.9.0.5/32"}}]',
+        "--set-json", "networkPolicy.egress.webhooks.ports=[443,8443]",
+        "--set-json", 'networkPolicy.egress.extra=[{"ports":[{"port":9000,"protocol":"TCP"}]}]',
+    )  # fmt: skip
+    assert not schema_errors(objs), "\n".join(schema_errors(objs))
+    spec = one(objs, "NetworkPolicy")["spec"]
+    ingress = {frozenset(_ports(r)): r["from"] for r in spec["ingress"]}
+    api = ingress[frozenset({"http"})]
+    assert api[0]["namespaceSelector"] == {"matchLabels": {"team": "provisioning"}}
+    assert {"ipBlock": {"cidr": "10.20.0.0/16"}} in api
+    assert {"podSelector": {"matchLabels": {"app": "vmagent"}}} in ingress[frozenset({"metrics"})]
+    database = next(r for r in spec["egress"] if _ports(r) == {5432})
+    assert database["to"] == [{"ipBlock": {"cidr": "10.9.0.5/32"}}]
+    assert any(_ports(r) == {443, 8443} for r in spec["egress"])
+    assert any(_ports(r) == {9000} for r in spec["egress"])
 
 
 def test_schema_strategies_are_the_registered_ones() -> None:
@@ -547,7 +667,9 @@ def test_chart_config_is_accepted_by_the_worker(
     assert settings.election.backend == "kubernetes"
     assert settings.election.namespace == NAMESPACE
     assert settings.identity == "scheduler-0"
-    assert settings.http.port == worker_container(objs)["ports"][0]["containerPort"]
+    ports = {p["name"]: p["containerPort"] for p in worker_container(objs)["ports"]}
+    assert (settings.http.port, settings.http.metrics_port) == (ports["http"], ports["metrics"])
+    assert {t: r.value for t, r in settings.http.tokens.items()} == {API_TOKEN: "admin"}  # from the Secret
 
 
 def test_kustomize_config_is_accepted_by_the_worker(
@@ -612,6 +734,12 @@ def test_kustomize_base_matches_the_chart(tools: Tools) -> None:
     assert base_spec["strategy"] == chart_spec["strategy"]
     assert one(base, "Role")["rules"] == one(chart, "Role")["rules"]
     assert [p["name"] for p in one(base, "Service")["spec"]["ports"]] == ["http", "metrics"]
+    assert one(base, "Service")["spec"]["ports"] == one(chart, "Service")["spec"]["ports"]
+    ours_np, theirs_np = one(base, "NetworkPolicy")["spec"], one(chart, "NetworkPolicy")["spec"]
+    for key in ("policyTypes", "ingress", "egress"):
+        assert ours_np[key] == theirs_np[key], key
+    base_pod_labels = one(base, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert ours_np["podSelector"]["matchLabels"].items() <= base_pod_labels.items()
     migrate = worker_container_of_job(kustomize(tools, K8S_DIR / "migrate"))
     assert migrate["args"] == worker_container_of_job(chart)["args"] == ["db", "upgrade"]
 
@@ -779,6 +907,7 @@ def test_notes_tell_how_to_check_and_switch(tools: Tools) -> None:
             "--dry-run=client",
             "--set",
             "replicaCount=1",
+            *SECRETS,
         ]
     )
     assert result.returncode == 0, result.stderr
@@ -789,7 +918,8 @@ def test_notes_tell_how_to_check_and_switch(tools: Tools) -> None:
         "--set strategy=",
         "edit configmap",
         "no standby",
-        "placeholder",
+        "Authorization: Bearer",
+        "virtflow-scheduler/client=true",
     ):
         assert expected in notes, f"NOTES.txt lacks {expected!r}:\n{notes}"
 

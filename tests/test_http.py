@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from scheduler.broker import HEADER_SCHEMA, Topology
-from scheduler.http import HttpServer, create_app
+from scheduler.http import HttpServer, create_app, create_metrics_app
 from scheduler.producer.publisher import Publisher
 from scheduler.store import Store
 from scheduler.worker.daemon import WorkerState
@@ -27,6 +27,7 @@ from tests.test_http_support import EPOCH, LEADER, make_deployment, settings_for
 with warnings.catch_warnings():  # starlette's TestClient warns about httpx on import; it works as it is
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
     from fastapi.testclient import TestClient
+
 
 @pytest.fixture
 def deployment(
@@ -57,9 +58,10 @@ def make_app(
     publisher: Publisher | None = _OWN,
     state: WorkerState | None = None,
     store: Store | None = None,
+    **overrides: Any,
 ) -> FastAPI:
     """The app on ``dep``; by default with a publisher to ``dep``'s broker names."""
-    settings = settings_for(dep)
+    settings = settings_for(dep, **overrides)
     pub = Publisher(dep.amqp_url, dep.topology) if publisher is _OWN else publisher
     return create_app(
         store=store or dep.store, publisher=pub, state=(lambda: state) if state is not None else None,
@@ -289,8 +291,9 @@ def test_health_docs_and_openapi(lite_client: TestClient) -> None:
     assert "cdn.jsdelivr" not in docs.text  # served from local files
     assert lite_client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
     spec = lite_client.get("/openapi.json").json()
-    assert {"/healthz", "/readyz", "/metrics", "/schedule", "/result/{task_id}", "/tasks/{task_id}", "/nodes",
+    assert {"/healthz", "/readyz", "/schedule", "/result/{task_id}", "/tasks/{task_id}", "/nodes",
             "/api/summary"} <= set(spec["paths"])  # fmt: skip
+    assert "/metrics" not in spec["paths"]  # served on the metrics port only
     dashboard = lite_client.get("/")
     assert dashboard.status_code == 200 and "/static/dashboard.js" in dashboard.text
 
@@ -331,12 +334,34 @@ def test_database_down_is_503_not_a_crash(lite: Deployment, registry: CollectorR
         down.close()
 
 
-def test_metrics_endpoint_serves_prometheus_text(lite_client: TestClient) -> None:
-    lite_client.get("/healthz")
-    response = lite_client.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    assert 'scheduler_http_requests_total{code="200",method="GET",route="/healthz"} 1.0' in response.text
+def test_metrics_are_served_on_their_own_app_only(lite: Deployment, registry: CollectorRegistry) -> None:
+    with TestClient(make_app(lite, registry)) as api:
+        api.get("/healthz")
+        assert api.get("/metrics").status_code == 404
+    metrics_app = create_metrics_app(store=lite.store, state=None, registry=registry)
+    with TestClient(metrics_app) as metrics:
+        response = metrics.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        assert 'scheduler_http_requests_total{code="200",method="GET",route="/healthz"} 1.0' in response.text
+        assert metrics.get("/healthz").json() == {"status": "ok"}
+        assert metrics.get("/readyz").status_code == 200
+        # No API route, no docs: only the three above.
+        for path in (
+            "/schedule",
+            "/result/x",
+            "/tasks",
+            "/nodes",
+            "/api/summary",
+            "/",
+            "/docs",
+            "/openapi.json",
+        ):
+            assert metrics.get(path).status_code == 404, path
+        assert metrics.post("/schedule", json={"requested_cpu": 1, "requested_memory": 1}).status_code in (
+            404,
+            405,
+        )
 
 
 def test_server_runs_in_a_thread_and_stops(lite: Deployment, registry: CollectorRegistry) -> None:
@@ -354,8 +379,12 @@ def test_server_runs_in_a_thread_and_stops(lite: Deployment, registry: Collector
         httpx.get(f"{server.url}/healthz", timeout=1)
 
 
-def test_publisher_per_request_is_safe_under_concurrency(lite_client: TestClient, lite: Deployment) -> None:
+def test_publisher_per_request_is_safe_under_concurrency(
+    lite: Deployment, registry: CollectorRegistry
+) -> None:
     from concurrent.futures import ThreadPoolExecutor
+
+    lite_client = TestClient(make_app(lite, registry, http={"rate_limit": "1000/second"}))
 
     def submit(i: int) -> int:
         body = {"task_id": f"c-{i}", "requested_cpu": 1, "requested_memory": 256}
@@ -367,3 +396,17 @@ def test_publisher_per_request_is_safe_under_concurrency(lite_client: TestClient
     ids = sorted(json.loads(body)["task_id"] for _, body in drain(lite))
     assert ids == sorted(f"c-{i}" for i in range(24))
     assert len(lite.store.list_tasks()) == 24
+
+
+def test_the_dashboard_columns_and_the_node_listing_agree(client: TestClient, deployment: Deployment) -> None:
+    standard_workload(deployment.store)
+    listing = {n["name"]: n for n in client.get("/nodes").json()}
+    columns = client.get("/api/summary").json()["nodes"]
+    assert sorted(columns["name"]) == sorted(listing)
+    for i, name in enumerate(columns["name"]):
+        node = listing[name]
+        assert columns["pool"][i] == node["pool"] and columns["ip"][i] == node["ip"]
+        for key in ("cpu", "memory", "disk"):
+            assert columns[key][i] == node["utilization"][key], (name, key)
+        assert columns["vms"][i] == node["allocated"]["vms"] and columns["max_vms"][i] == node["max_vms"]
+    assert any(v > 0 for v in columns["vms"])

@@ -276,7 +276,8 @@ def test_worker_serves_http_with_the_prototype_api(deployment: Deployment) -> No
         result = client.get("/result/via-http").json()
         assert result["status"] == "completed" and result["result"]["name"] in {"bm-0000", "bm-0001"}
         assert client.get("/result/nope").status_code == 404
-        metrics = client.get("/metrics").text
+        assert client.get("/metrics").status_code == 404  # the API port serves no metrics
+        metrics = httpx.get(dep.http_url("worker-0", listener="metrics") + "/metrics", timeout=10).text
         assert "scheduler_decisions_total{" in metrics and "scheduler_leader 1.0" in metrics
 
 

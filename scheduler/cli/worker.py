@@ -77,7 +77,8 @@ def run_worker(settings: Settings, store: Store) -> int:
     try:
         server = start_http(settings, store, registry=registry, state=lambda: worker.state)
     except OSError as exc:
-        raise CliError(f"http.port {settings.http.port}: {exc.strerror or exc}", exit_code=2) from None
+        ports = f"http.port {settings.http.port} / http.metrics_port {settings.http.metrics_port}"
+        raise CliError(f"{ports}: {exc.strerror or exc}", exit_code=2) from None
     # Deliveries run on their own threads and only while this replica leads:
     # a slow receiver never slows scheduling, and the outbox survives failovers.
     dispatcher = WebhookDispatcher(store, settings.webhooks, leadership.is_leader)

@@ -8,10 +8,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from scheduler.http.app import create_app
+import structlog
+
+from scheduler.http.app import create_app, create_metrics_app
 from scheduler.http.server import HttpServer
+
+log = structlog.get_logger(__name__)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -22,6 +27,34 @@ if TYPE_CHECKING:
     from scheduler.worker.daemon import WorkerState
 
 
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class HttpServers:
+    """The two listeners of a replica: the API (and dashboard) and the metrics port."""
+
+    api: HttpServer
+    metrics: HttpServer
+
+    @property
+    def url(self) -> str:
+        return self.api.url
+
+    def stop(self) -> None:
+        self.api.stop()
+        self.metrics.stop()
+
+
+def api_host(settings: Settings) -> str:
+    """Where the API listens: ``http.host``, but only loopback while no token is configured.
+
+    Without tokens the API answers anyone who reaches it, so it must not be
+    reachable from the network.
+    """
+    return settings.http.host if settings.http.tokens else LOOPBACK
+
+
 def start_http(
     settings: Settings,
     store: Store,
@@ -29,11 +62,12 @@ def start_http(
     registry: CollectorRegistry,
     state: Callable[[], WorkerState] | None,
     publisher: Publisher | None = None,
-) -> HttpServer | None:
-    """Build the app and start serving on ``http.host:http.port``; None when ``http.enabled`` is false.
+) -> HttpServers | None:
+    """Start the API on ``http.host:http.port`` and the metrics port; None when ``http.enabled`` is false.
 
     Without an explicit ``publisher`` one is made from ``amqp.*``, so every
-    replica accepts ``POST /schedule``.
+    replica accepts ``POST /schedule``. The metrics port starts first, so the
+    probes answer as soon as the API does.
     """
     if not settings.http.enabled:
         return None
@@ -42,10 +76,28 @@ def start_http(
         from scheduler.producer.publisher import Publisher
 
         publisher = Publisher(str(settings.amqp.url), Topology.from_config(settings.amqp))
+    host = api_host(settings)
+    if host != settings.http.host:
+        log.warning(
+            "no API token configured (http.tokens / HTTP_TOKENS): the API listens on 127.0.0.1 only",
+            configured_host=settings.http.host,
+        )
+    metrics = HttpServer(
+        create_metrics_app(store=store, state=state, registry=registry),
+        host=settings.http.metrics_host,
+        port=settings.http.metrics_port,
+        limits=settings.http,
+        name="metrics",
+    )
+    metrics.start()
     app = create_app(store=store, publisher=publisher, state=state, registry=registry, settings=settings)
-    server = HttpServer(app, host=settings.http.host, port=settings.http.port)
-    server.start()
-    return server
+    api = HttpServer(app, host=host, port=settings.http.port, limits=settings.http, name="http")
+    try:
+        api.start()
+    except BaseException:
+        metrics.stop()
+        raise
+    return HttpServers(api, metrics)
 
 
-__all__ = ["HttpServer", "create_app", "start_http"]
+__all__ = ["HttpServer", "HttpServers", "api_host", "create_app", "create_metrics_app", "start_http"]

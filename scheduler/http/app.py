@@ -35,12 +35,14 @@ from scheduler.config import Settings
 from scheduler.models import MAX_BODY_BYTES, SchedulingRequest, TaskStatus
 from scheduler.producer.publisher import Outgoing, Publisher
 from scheduler.store import DatabaseUnavailable, Store, TaskRecord
+from scheduler.store.views import nodes_with_usage
 from scheduler.webhooks.policy import callback_refusal
 from scheduler.worker.daemon import WorkerState
 
-from .queries import nodes_with_usage
+from .auth import Gatekeeper, SubmissionLimiter, TokenTable, required_role
 from .schemas import (
     Accepted,
+    Conflict,
     ErrorBody,
     Health,
     NodeOut,
@@ -124,28 +126,7 @@ def create_app(
 
         A healthy standby is ready: it serves reads and accepts submissions.
         """
-        checks: dict[str, str] = {}
-        try:
-            store.fence_epoch()
-            checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = f"unreachable: {_first_line(exc)}"
-        current = state() if state is not None else None
-        if current is not None:
-            checks["broker"] = "ok" if current.broker_connected else "not connected"
-        reasons = [f"{name}: {verdict}" for name, verdict in checks.items() if verdict != "ok"]
-        body = Readiness(ready=not reasons, role=role_of(current), checks=checks, reasons=reasons)
-        return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.ready else 503)
-
-    @app.get(
-        "/metrics",
-        tags=["health"],
-        response_class=Response,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-    )
-    def metrics() -> Response:
-        """Prometheus text exposition of this replica's metrics (names prefixed ``scheduler_``)."""
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return _readiness(store, state)
 
     # ------------------------------------------------------------ submission
     @app.post(
@@ -155,18 +136,31 @@ def create_app(
         tags=["tasks"],
         responses={
             400: {"model": ErrorBody, "description": "the body cannot be read (not UTF-8)"},
+            409: {"model": Conflict, "description": "the task id exists; nothing was published"},
+            429: {"model": ErrorBody, "description": "over the per-token rate limit; see Retry-After"},
             413: {"model": ErrorBody, "description": f"body larger than {MAX_BODY_BYTES} bytes"},
             503: {"model": ErrorBody, "description": "the broker is unavailable; nothing was published"},
         },
     )
-    def schedule(request: SchedulingRequest) -> Accepted:
+    def schedule(request: SchedulingRequest) -> Accepted | JSONResponse:
         """Publish one request (the queue's message contract) with publisher confirms; 202 with its task id.
 
         The task is recorded as ``queued`` once the broker confirmed the
         message, so ``GET /result`` answers at once. A ``callback_url`` must
-        match ``webhooks.allow`` (422 otherwise). Submitting a known task id
-        again is accepted and changes nothing: the worker ignores duplicates.
+        match ``webhooks.allow`` (422 otherwise). A task id that exists
+        already is refused with 409 and that task's status, and nothing is
+        published: nobody can take over someone else's task id. (Two
+        submissions of a new id racing each other both pass this check; the
+        worker keeps the first and fails the other as a conflict.)
         """
+        existing = store.get_task(request.task_id)
+        if existing is not None:
+            conflict = Conflict(
+                detail=f"task {request.task_id} exists ({existing.status.value}); nothing was published",
+                task_id=request.task_id,
+                status=existing.status,
+            )
+            return JSONResponse(conflict.model_dump(mode="json"), status_code=409)
         if request.callback_url is not None:
             refusal = callback_refusal(request.callback_url, allow)
             if refusal is not None:
@@ -248,6 +242,10 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _mount_docs(app)
 
+    tokens = TokenTable(settings.http.tokens)
+    app.add_middleware(Gatekeeper, tokens=tokens, limiter=SubmissionLimiter(settings.http.rate_limit))
+    if tokens:
+        _declare_bearer_auth(app)
     app.add_middleware(
         _Guard,
         requests=Counter(
@@ -265,6 +263,79 @@ def create_app(
         ),
     )
     return app
+
+
+def create_metrics_app(
+    *, store: Store, state: Callable[[], WorkerState] | None, registry: CollectorRegistry
+) -> FastAPI:
+    """The app of the metrics port: ``/metrics``, ``/healthz`` and ``/readyz``, and no API route.
+
+    It sits on its own port so Prometheus and the kubelet's probes can be let
+    in (by a NetworkPolicy) without letting them reach the API; it carries no
+    authentication, and serves nothing but these three.
+    """
+    app = FastAPI(title="virtflow-scheduler metrics", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/metrics", response_class=Response)
+    def metrics() -> Response:
+        """Prometheus text exposition of this replica's metrics (names prefixed ``scheduler_``)."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", response_model=Health)
+    def healthz() -> Health:
+        """Liveness, as on the API port."""
+        return Health()
+
+    @app.get("/readyz", response_model=Readiness)
+    def readyz() -> JSONResponse:
+        """Readiness, as on the API port."""
+        return _readiness(store, state)
+
+    return app
+
+
+def _readiness(store: Store, state: Callable[[], WorkerState] | None) -> JSONResponse:
+    checks: dict[str, str] = {}
+    try:
+        store.fence_epoch()
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unreachable: {_first_line(exc)}"
+    current = state() if state is not None else None
+    if current is not None:
+        checks["broker"] = "ok" if current.broker_connected else "not connected"
+    reasons = [f"{name}: {verdict}" for name, verdict in checks.items() if verdict != "ok"]
+    body = Readiness(ready=not reasons, role=role_of(current), checks=checks, reasons=reasons)
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.ready else 503)
+
+
+def _declare_bearer_auth(app: FastAPI) -> None:
+    """Say in the OpenAPI document that every operation but the health checks takes a bearer token.
+
+    The Swagger UI at ``/docs`` then offers its "Authorize" button.
+    """
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "roles: read, submit, admin"}
+            }
+            for path, operations in schema.get("paths", {}).items():
+                for method, operation in operations.items():
+                    if required_role(method.upper(), path) is not None:
+                        operation["security"] = [{"bearer": []}]
+                        operation.setdefault("responses", {}).update(
+                            {
+                                "401": {"description": "missing or invalid bearer token"},
+                                "403": {"description": "the token's role is too low"},
+                            }
+                        )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------- submission

@@ -50,6 +50,14 @@ class Accepted(_Out):
     task_id: str
 
 
+class Conflict(_Out):
+    """``POST /schedule`` with a task id that exists: what that task is doing, and nothing published."""
+
+    detail: str
+    task_id: str
+    status: TaskStatus
+
+
 class NodeRef(_Out):
     name: str
     ip: str | None

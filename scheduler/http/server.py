@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Any
+from typing import Any, cast
 
 import structlog
 import uvicorn
+
+from scheduler.config import HttpConfig
+from scheduler.http.protocol import guarded_protocol
 
 log = structlog.get_logger(__name__)
 
@@ -34,8 +37,13 @@ class HttpServer:
         port: int = 8080,
         access_log: bool = False,
         graceful_timeout: float = 5.0,
+        limits: HttpConfig | None = None,
+        name: str = "http",
     ) -> None:
+        """``limits`` supplies the connection timeouts and cap (``http.*``; the defaults when None)."""
         self.app = app
+        self.limits = limits or HttpConfig()
+        self.name = name
         self.host = host
         self.requested_port = port
         self.access_log = access_log
@@ -71,12 +79,19 @@ class HttpServer:
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=int(self.graceful_timeout) or None,
+            http=guarded_protocol(
+                header_timeout=self.limits.header_timeout,
+                body_timeout=self.limits.body_timeout,
+                max_connections=self.limits.max_connections,
+            ),
+            # uvicorn types it int but only hands it to loop.call_later: fractions work.
+            timeout_keep_alive=cast(int, self.limits.keep_alive_timeout),
         )
         server = uvicorn.Server(config)
         self._server = server
         sock = self._socket
         self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="http", daemon=True
+            target=server.run, kwargs={"sockets": [sock]}, name=self.name, daemon=True
         )
         self._thread.start()
         waited = 0.0
@@ -88,7 +103,7 @@ class HttpServer:
                 raise RuntimeError(f"HTTP server did not start within {timeout}s")
             self._thread.join(0.01)
             waited += 0.01
-        log.info("http serving", url=f"http://{self.host or '0.0.0.0'}:{self.port}")
+        log.info(f"{self.name} serving", url=f"http://{self.host or '0.0.0.0'}:{self.port}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, let requests in flight finish (up to the graceful timeout), join the thread."""
@@ -102,7 +117,7 @@ class HttpServer:
             thread.join(2.0)
         self._close_socket()
         self._server = self._thread = None
-        log.info("http stopped")
+        log.info(f"{self.name} stopped")
 
     def _close_socket(self) -> None:
         if self._socket is not None:

@@ -20,14 +20,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from sqlalchemy import select
 
 from scheduler.metrics import Cached, PoolFigures, fleet_pool_figures, read_database_figures
 from scheduler.models import TaskStatus
-from scheduler.store.engine import READ_ONLY_OPTION, DatabaseUnavailable
-from scheduler.store.schema import nodes
+from scheduler.store.engine import DatabaseUnavailable
+from scheduler.store.views import node_columns
 
-from .queries import ratio
 from .schemas import (
     LeaderSummary,
     NodeColumns,
@@ -125,35 +123,8 @@ class SummaryBuilder:
         )
 
     def _database_columns(self) -> NodeColumns:
-        """Nodes and their usage from the database, as plain tuples (no model per node)."""
-        usage = self.store.node_usage()
-        stmt = select(
-            nodes.c.name,
-            nodes.c.ip,
-            nodes.c.pool,
-            nodes.c.cpu,
-            nodes.c.memory,
-            nodes.c.disk,
-            nodes.c.max_vms,
-            nodes.c.cordoned,
-        ).order_by(nodes.c.pool, nodes.c.name)
-        cols: dict[str, list[Any]] = {k: [] for k in NodeColumns.model_fields}
-        with self.store.engine.connect() as conn:
-            conn.execution_options(**{READ_ONLY_OPTION: True})
-            with conn.begin():
-                rows = conn.execute(stmt).all()
-        for name, ip, pool, cpu, memory, disk, max_vms, cordoned in rows:
-            used = usage.get(name)
-            cols["name"].append(name)
-            cols["ip"].append(ip)
-            cols["pool"].append(pool)
-            cols["cpu"].append(ratio(used.cpu if used else 0, cpu))
-            cols["memory"].append(ratio(used.memory if used else 0, memory))
-            cols["disk"].append(ratio(used.disk if used else 0, disk))
-            cols["vms"].append(used.vms if used else 0)
-            cols["max_vms"].append(int(max_vms))
-            cols["cordoned"].append(bool(cordoned))
-        return NodeColumns(**cols)
+        """Nodes and their usage from the database, as plain columns (no model per node)."""
+        return NodeColumns(**node_columns(self.store))
 
 
 def role_of(state: WorkerState | None) -> Literal["leader", "standby", "api"]:

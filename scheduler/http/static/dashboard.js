@@ -1,4 +1,7 @@
 // The dashboard: polls /api/summary every 2 s and redraws. Plain JS, no build step, no CDN.
+// When the API wants a bearer token (401), the page asks for one once and keeps it in
+// sessionStorage: it lasts as long as the browser tab, and is sent only as the
+// Authorization header of the page's own requests.
 // Every string from the server goes into the page through textContent (never innerHTML):
 // task ids, messages and pool names come from requests and must not become markup.
 "use strict";
@@ -7,6 +10,43 @@
   const REFRESH_MS = 2000;
   const LABELLED_NODES = 150; // up to this many nodes, each cell shows its name and bars
   const $ = (id) => document.getElementById(id);
+  const TOKEN_KEY = "virtflow-scheduler.token";
+  let timer = null;
+  let entered = null; // the token typed on this page, for when sessionStorage is unavailable
+
+  function token() {
+    try {
+      return sessionStorage.getItem(TOKEN_KEY);
+    } catch (err) {
+      return null; // storage disabled: ask every time
+    }
+  }
+
+  function askForToken(message) {
+    document.body.dataset.loaded = "false";
+    const form = $("token-form");
+    $("token-message").textContent = message;
+    form.hidden = false;
+    $("token-input").value = "";
+    $("token-input").focus();
+    const status = $("status");
+    status.className = "status bad";
+    status.textContent = "needs a read token";
+  }
+
+  function tokenEntered(event) {
+    event.preventDefault();
+    const value = $("token-input").value.trim();
+    if (!value) return;
+    try {
+      sessionStorage.setItem(TOKEN_KEY, value);
+    } catch (err) {
+      /* kept for this page only */
+    }
+    entered = value;
+    $("token-form").hidden = true;
+    refresh();
+  }
 
   function el(tag, props, ...children) {
     const node = document.createElement(tag);
@@ -184,8 +224,22 @@
   }
 
   async function refresh() {
+    clearTimeout(timer);
+    let again = true;
     try {
-      const response = await fetch("/api/summary", { cache: "no-store" });
+      const current = token() || entered;
+      const headers = current ? { Authorization: `Bearer ${current}` } : {};
+      const response = await fetch("/api/summary", { cache: "no-store", headers });
+      if (response.status === 401 || response.status === 403) {
+        // Refused: forget the token and ask (once; nothing polls until a token is entered).
+        try { sessionStorage.removeItem(TOKEN_KEY); } catch (err) { /* nothing kept */ }
+        entered = null;
+        again = false;
+        askForToken(current
+          ? (response.status === 403 ? "That token may not read the dashboard." : "That token was refused.")
+          : "This scheduler needs a token with the read role.");
+        return;
+      }
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const s = await response.json();
       renderLeader(s);
@@ -200,9 +254,10 @@
       status.className = "status bad";
       status.textContent = `cannot reach the scheduler (${err.message}); retrying…`;
     } finally {
-      setTimeout(refresh, REFRESH_MS);
+      if (again) timer = setTimeout(refresh, REFRESH_MS);
     }
   }
 
+  $("token-form").addEventListener("submit", tokenEntered);
   refresh();
 })();

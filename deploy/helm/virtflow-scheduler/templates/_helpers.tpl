@@ -116,10 +116,19 @@ Refusals that a JSON schema cannot word clearly.
 {{- if not (lt (float64 $e.retry_period) (float64 $e.renew_deadline)) -}}
 {{- fail (printf "config.election.retry_period (%v) must be less than config.election.renew_deadline (%v)" $e.retry_period $e.renew_deadline) -}}
 {{- end -}}
-{{- if and (not .Values.existingSecret) (not .Values.secrets.amqpUrl) -}}
-{{- fail "secrets.amqpUrl is required unless existingSecret names a Secret holding it" -}}
+{{- if not .Values.existingSecret -}}
+{{- $missing := list -}}
+{{- if not .Values.secrets.amqpUrl -}}{{- $missing = append $missing "secrets.amqpUrl" -}}{{- end -}}
+{{- if not .Values.secrets.databaseUrl -}}{{- $missing = append $missing "secrets.databaseUrl" -}}{{- end -}}
+{{- if not .Values.secrets.apiTokens -}}{{- $missing = append $missing "secrets.apiTokens" -}}{{- end -}}
+{{- if and (not .Values.secrets.webhookSecret) (not (dig "webhooks" "allow_unsigned" false .Values.config)) -}}
+{{- $missing = append $missing "secrets.webhookSecret (or config.webhooks.allow_unsigned=true)" -}}
 {{- end -}}
-{{- if and (not .Values.existingSecret) (not .Values.secrets.databaseUrl) -}}
-{{- fail "secrets.databaseUrl is required unless existingSecret names a Secret holding it" -}}
+{{- if $missing -}}
+{{- fail (printf "no default passwords: set %s, or existingSecret naming a Secret with the keys %s, %s, %s and %s" (join ", " $missing) .Values.secretKeys.amqpUrl .Values.secretKeys.databaseUrl .Values.secretKeys.apiTokens .Values.secretKeys.webhookSecret) -}}
+{{- end -}}
+{{- end -}}
+{{- if eq (int .Values.config.http.port) (int .Values.config.http.metrics_port) -}}
+{{- fail (printf "config.http.metrics_port (%v) must differ from config.http.port: it serves no API route" .Values.config.http.metrics_port) -}}
 {{- end -}}
 {{- end -}}

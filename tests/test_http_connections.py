@@ -1,0 +1,162 @@
+"""Connection hygiene of the real server (uvicorn in a thread): idle, header and body deadlines, a cap.
+
+Each test opens raw sockets to a running :class:`HttpServer` and polls, with a
+deadline, until the server has closed the ones it should; no test asserts on
+how long something took.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from scheduler.config import HttpConfig
+from scheduler.http import HttpServer, create_app
+from tests.harness import Deployment, wait_until
+from tests.test_http_support import make_deployment, settings_for
+
+
+@pytest.fixture
+def lite(sqlite_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path) -> Iterator[Deployment]:
+    yield from make_deployment(sqlite_url, amqp_url, amqp_names, tmp_path)
+
+
+def serve(dep: Deployment, **http: Any) -> HttpServer:
+    settings = settings_for(dep)
+    app = create_app(
+        store=dep.store, publisher=None, state=None, registry=CollectorRegistry(), settings=settings
+    )
+    server = HttpServer(app, host="127.0.0.1", port=0, limits=HttpConfig(**http))
+    server.start()
+    return server
+
+
+def connect(server: HttpServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=5)
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """True once the server closed the connection (EOF or reset); never blocks."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        while True:
+            chunk = sock.recv(65536, socket.MSG_DONTWAIT)
+            if not chunk:
+                return True
+    except BlockingIOError:
+        return False  # a response arrived, the connection is still open
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+
+
+def test_idle_connections_are_closed_after_the_keep_alive_timeout(lite: Deployment) -> None:
+    server = serve(lite, keep_alive_timeout=0.5, header_timeout=30, max_connections=1000)
+    socks = [connect(server) for _ in range(400)]
+    try:
+        # Half never send anything; the other half finish one request and then sit idle.
+        for sock in socks[200:]:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_until(lambda: all(closed_by_server(s) for s in socks), 30, "every idle connection to be closed")
+    finally:
+        for sock in socks:
+            sock.close()
+        server.stop()
+
+
+def test_a_connection_in_use_is_kept_open_between_requests(lite: Deployment) -> None:
+    server = serve(lite, keep_alive_timeout=30)
+    sock = connect(server)
+    try:
+        for _ in range(3):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = wait_until(lambda: _read_some(sock), 10, "a response")
+            assert reply.startswith(b"HTTP/1.1 200")
+        assert not closed_by_server(sock)
+    finally:
+        sock.close()
+        server.stop()
+
+
+def _read_some(sock: socket.socket) -> bytes | None:
+    readable, _, _ = select.select([sock], [], [], 0)
+    return sock.recv(65536) if readable else None
+
+
+def test_headers_sent_a_byte_at_a_time_hit_the_header_deadline(lite: Deployment) -> None:
+    # The idle timer alone restarts on every byte; the header deadline does not.
+    server = serve(lite, keep_alive_timeout=0.3, header_timeout=1.0)
+    sock = connect(server)
+    head = iter(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 10_000)
+
+    def drip_until_closed() -> bool:
+        if closed_by_server(sock):
+            return True
+        try:
+            sock.sendall(bytes([next(head)]))
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        return False
+
+    try:
+        wait_until(drip_until_closed, 30, "the slow request head to be cut off", interval=0.1)
+    finally:
+        sock.close()
+        server.stop()
+
+
+def test_a_body_that_never_completes_hits_the_body_deadline(lite: Deployment) -> None:
+    server = serve(lite, keep_alive_timeout=0.3, body_timeout=0.5)
+    sock = connect(server)
+    try:
+        sock.sendall(
+            b"POST /schedule HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"requested_cpu": 1'
+        )
+        wait_until(lambda: closed_by_server(sock), 30, "the unfinished body to be cut off")
+    finally:
+        sock.close()
+        server.stop()
+
+
+def test_connections_over_the_cap_are_closed_and_the_others_kept(lite: Deployment) -> None:
+    server = serve(lite, keep_alive_timeout=60, max_connections=5)
+    first = [connect(server) for _ in range(5)]
+    try:
+        for sock in first:  # make sure the server accepted these five before the next ones
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_until(lambda s=sock: _read_some(s), 10, "a response")  # type: ignore[misc]
+        extra = [connect(server) for _ in range(5)]
+        try:
+            wait_until(
+                lambda: all(closed_by_server(s) for s in extra), 20, "the connections over the cap closed"
+            )
+            assert not any(closed_by_server(s) for s in first)
+        finally:
+            for sock in extra:
+                sock.close()
+        # Room again once one closes.
+        first.pop().close()
+
+        def one_more() -> bool:
+            sock = connect(server)
+            try:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                reply = wait_until(lambda: _read_some(sock) or closed_by_server(sock), 10, "an answer")
+                return isinstance(reply, bytes) and reply.startswith(b"HTTP/1.1 200")
+            finally:
+                sock.close()
+
+        wait_until(one_more, 20, "a new connection to be served after one closed")
+    finally:
+        for sock in first:
+            sock.close()
+        server.stop()
+
