@@ -99,7 +99,8 @@ def holding(
 GPU = [node("g1", resources={"gpu": 8}), node("g2", resources={"gpu": 2, "nvme": 4}), node("n1")]
 ZONED = [node("a1", zone="az1"), node("a2", zone="az1"), node("b1", zone="az2"), node("c1", zone="az3")]
 
-# The resource model: devices, ratios and reserves, tag expressions, forbidden tags, soft anti-affinity, spread.
+# The resource model: devices, ratios and reserves, tag expressions, forbidden tags,
+# soft anti-affinity, zone spread.
 RESOURCE_CASES = [
     Case(
         "devices-fit",

@@ -227,7 +227,8 @@ class Model:
         return True
 
     def spread_ok(self, candidates: list[Node], req: SchedulingRequest, max_skew: int) -> list[Node]:
-        """Among admissible ``candidates``, those a hard spread allows: zone count <= min (zones with room) + skew - 1."""
+        """Among admissible ``candidates``, those a hard spread allows:
+        zone count <= min over the zones with room + skew - 1."""
         if req.spread_group is None or req.spread_mode != "hard" or not candidates:
             return candidates
         counts: dict[str, int] = {}
