@@ -93,7 +93,8 @@ def test_nodes_list_shows_effective_capacity_devices_and_flags_overcommit(
         store.commit([Placement(req, "gpu-1", "10.0.0.1", "least_loaded", "placed", 1)], epoch=1)
     lines = [json.loads(x) for x in run("nodes", "list", "--json").output.splitlines()]
     gpu1 = next(x for x in lines if x["name"] == "gpu-1")
-    # cpu floor((16 - 2) x 2) = 28; memory floor((65536 - 8192) x 1.5) = 86016 (config ratio); disk 100 - 10 (config).
+    # cpu floor((16 - 2) x 2) = 28; memory floor((65536 - 8192) x 1.5) = 86016 (the configured ratio);
+    # disk 100 - 10 (the configured reserve).
     assert gpu1["effective"] == {"cpu": 28, "memory": 86016, "disk": 90, "vms": 100000, "gpu": 8}
     assert gpu1["allocated"] == {"cpu": 20, "memory": 1024, "disk": 0, "vms": 1, "gpu": 3}
     assert (gpu1["cpu"], gpu1["resources"], gpu1["cpu_allocation_ratio"]) == (16, {"gpu": 8}, 2.0)
@@ -126,8 +127,8 @@ def test_simulate_reads_new_fields_and_explains_with_new_labels(run: Run, tmp_pa
         ]
     )  # fmt: skip
     result = run(
-        "simulate", "--nodes", write(tmp_path, "f.yaml", FLEET), "--requests", write(tmp_path, "r.jsonl", trace),
-        "--json", "--strategy", "best_fit",
+        "simulate", "--nodes", write(tmp_path, "f.yaml", FLEET),
+        "--requests", write(tmp_path, "r.jsonl", trace), "--json", "--strategy", "best_fit",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     out = [json.loads(x) for x in result.output.splitlines()]
