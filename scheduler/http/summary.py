@@ -14,6 +14,7 @@ counts and webhook outcomes always come from the database.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,9 +23,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from sqlalchemy import select
 
+from scheduler.fleet import effective_amount
 from scheduler.metrics import Cached, PoolFigures, fleet_pool_figures, read_database_figures
 from scheduler.models import TaskStatus
 from scheduler.store.engine import READ_ONLY_OPTION, DatabaseUnavailable
+from scheduler.store.records import NodeUsage
 from scheduler.store.schema import nodes
 
 from .queries import ratio
@@ -82,7 +85,7 @@ class SummaryBuilder:
 
     def build(self) -> Summary:
         state = self.state() if self.state is not None else None
-        figures = read_database_figures(self.store)
+        figures = read_database_figures(self.store, self.settings.capacity_defaults())
         fleet = state.fleet if state is not None else None
         if fleet is not None:
             pools = fleet_pool_figures(fleet)
@@ -127,6 +130,7 @@ class SummaryBuilder:
     def _database_columns(self) -> NodeColumns:
         """Nodes and their usage from the database, as plain tuples (no model per node)."""
         usage = self.store.node_usage()
+        d = self.settings.capacity_defaults()
         stmt = select(
             nodes.c.name,
             nodes.c.ip,
@@ -136,23 +140,46 @@ class SummaryBuilder:
             nodes.c.disk,
             nodes.c.max_vms,
             nodes.c.cordoned,
+            nodes.c.zone,
+            nodes.c.resources,
+            nodes.c.reserved_cpu,
+            nodes.c.reserved_memory,
+            nodes.c.reserved_disk,
+            nodes.c.cpu_allocation_ratio,
+            nodes.c.memory_allocation_ratio,
+            nodes.c.disk_allocation_ratio,
         ).order_by(nodes.c.pool, nodes.c.name)
         cols: dict[str, list[Any]] = {k: [] for k in NodeColumns.model_fields}
         with self.store.engine.connect() as conn:
             conn.execution_options(**{READ_ONLY_OPTION: True})
             with conn.begin():
                 rows = conn.execute(stmt).all()
-        for name, ip, pool, cpu, memory, disk, max_vms, cordoned in rows:
-            used = usage.get(name)
+        for row in rows:
+            (name, ip, pool, cpu, memory, disk, max_vms, cordoned, zone, resources,
+             r_cpu, r_mem, r_disk, x_cpu, x_mem, x_disk) = row  # fmt: skip
+            used = usage.get(name) or NodeUsage()
+            e_cpu = effective_amount(cpu, _or(r_cpu, d.reserved_cpu), _or(x_cpu, d.cpu_ratio))
+            e_mem = effective_amount(memory, _or(r_mem, d.reserved_memory), _or(x_mem, d.memory_ratio))
+            e_disk = effective_amount(disk, _or(r_disk, d.reserved_disk), _or(x_disk, d.disk_ratio))
+            devices: dict[str, int] = json.loads(resources) if resources != "{}" else {}
             cols["name"].append(name)
             cols["ip"].append(ip)
             cols["pool"].append(pool)
-            cols["cpu"].append(ratio(used.cpu if used else 0, cpu))
-            cols["memory"].append(ratio(used.memory if used else 0, memory))
-            cols["disk"].append(ratio(used.disk if used else 0, disk))
-            cols["vms"].append(used.vms if used else 0)
+            cols["cpu"].append(ratio(used.cpu, e_cpu))
+            cols["memory"].append(ratio(used.memory, e_mem))
+            cols["disk"].append(ratio(used.disk, e_disk))
+            cols["vms"].append(used.vms)
             cols["max_vms"].append(int(max_vms))
             cols["cordoned"].append(bool(cordoned))
+            cols["zone"].append(zone)
+            cols["devices"].append(_devices_text(used.devices, devices))
+            cols["overcommitted"].append(
+                used.cpu > e_cpu
+                or used.memory > e_mem
+                or used.disk > e_disk
+                or used.vms > max_vms
+                or any(n > devices.get(k, 0) for k, n in used.devices.items())
+            )
         return NodeColumns(**cols)
 
 
@@ -181,7 +208,35 @@ def _fleet_columns(fleet: FleetView) -> NodeColumns:
         vms=[int(v) for v in fleet.vms],
         max_vms=[int(v) for v in fleet.max_vms],
         cordoned=[bool(c) for c in fleet.cordoned],
+        zone=list(fleet.zones),
+        devices=_fleet_devices(fleet),
+        overcommitted=[bool(x) for x in fleet.overcommitted()],
     )
+
+
+def _fleet_devices(fleet: FleetView) -> list[str]:
+    """``"gpu 3/8 nvme 0/4"`` per node (empty for nodes without devices), from the device matrix."""
+    if not fleet.dev_names:
+        return [""] * fleet.size
+    cap, free = fleet.cap_dev.tolist(), fleet.free_dev.tolist()
+    out = []
+    for i in range(fleet.size):
+        parts = [
+            f"{kind} {cap[j][i] - free[j][i]}/{cap[j][i]}"
+            for j, kind in enumerate(fleet.dev_names)
+            if cap[j][i] or free[j][i]
+        ]
+        out.append(" ".join(parts))
+    return out
+
+
+def _devices_text(used: dict[str, int], capacity: dict[str, int]) -> str:
+    kinds = sorted(set(capacity) | set(used))
+    return " ".join(f"{k} {used.get(k, 0)}/{capacity.get(k, 0)}" for k in kinds)
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _resources(values: dict[str, int] | Any) -> Resources:
