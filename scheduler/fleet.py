@@ -203,8 +203,9 @@ class FleetView:
     # Countable devices: one row per kind present in the fleet (a dense (kinds x nodes) matrix).
     dev_names: list[str] = field(default_factory=list)
     dev_index: dict[str, int] = field(default_factory=dict)
-    cap_dev: IntArray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
-    free_dev: IntArray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    # int32: counts are small (<= MAX_DEVICES per VM), and half the bytes make the filters faster.
+    cap_dev: CodeArray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int32))
+    free_dev: CodeArray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int32))
     # Zones as small integer codes (``zone_names[code]``; "" for a node without a zone).
     zone_code: CodeArray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
     zone_names: list[str] = field(default_factory=list)
@@ -213,6 +214,12 @@ class FleetView:
     hard_groups: dict[str, dict[int, int]] = field(default_factory=dict)
     """Per anti-affinity group, the nodes holding members placed with ``hard`` (a subset of ``groups``)."""
     defaults: CapacityDefaults = field(default_factory=CapacityDefaults)
+    dev_nodes_per_pool: list[dict[str, int]] = field(default_factory=list)
+    """Per device kind (row), per pool: how many nodes have at least one
+    (lets a filter skip a pool whose nodes all do)."""
+    _zone_masks: dict[int, BoolArray] = field(default_factory=dict, repr=False)
+    pool_zones: dict[str, list[int]] = field(default_factory=dict)
+    """Per pool, the zone codes of its nodes (the zones a spread can use there)."""
     disk_over: bool = False
     """Some node may hold more disk than its effective capacity (set when built, cleared by a rebuild):
     then even requests without disk must be checked against it."""
@@ -274,7 +281,7 @@ class FleetView:
             ordered, "disk", "disk_allocation_ratio", "disk", d.disk_ratio, d.reserved_disk
         )
         dev_names = sorted({k for x in ordered for k in x.resources})
-        cap_dev = np.zeros((len(dev_names), n), dtype=np.int64)
+        cap_dev = np.zeros((len(dev_names), n), dtype=np.int32)
         if dev_names:
             row = {k: j for j, k in enumerate(dev_names)}
             for i, node in enumerate(ordered):
@@ -320,6 +327,11 @@ class FleetView:
             zone_names=zone_names,
             defaults=d,
         )
+        view.dev_nodes_per_pool = [
+            {p: int(np.count_nonzero(cap_dev[j, s:e])) for p, (s, e) in pools.items()}
+            for j in range(len(dev_names))
+        ]
+        view.pool_zones = {p: sorted({int(z) for z in zone_code[s:e]}) for p, (s, e) in pools.items()}
         view._apply_bulk(allocations)
         view.disk_over = bool((view.free_disk < 0).any())
         view.dev_over = bool((view.free_dev < 0).any())
@@ -379,12 +391,22 @@ class FleetView:
             if sign < 0 and not counts.any():
                 del self.spread[alloc.spread_group]
 
+    def zone_mask(self, zone: int, *, inverted: bool = False) -> BoolArray:
+        """Nodes of zone code ``zone`` (or, ``inverted``, of every other zone), over the whole fleet;
+        made on first use and kept: a view's zones never change."""
+        key = ~zone if inverted else zone
+        found = self._zone_masks.get(key)
+        if found is None:
+            found = self._zone_masks[key] = (self.zone_code != zone) if inverted else (self.zone_code == zone)
+        return found
+
     def _add_device_kind(self, kind: str) -> int:
         n = len(self.names)
+        self.dev_nodes_per_pool.append(dict.fromkeys(self.pools, 0))
         self.dev_names.append(kind)
         j = self.dev_index[kind] = len(self.dev_names) - 1
-        self.cap_dev = np.vstack([self.cap_dev.reshape(-1, n), np.zeros((1, n), dtype=np.int64)])
-        self.free_dev = np.vstack([self.free_dev.reshape(-1, n), np.zeros((1, n), dtype=np.int64)])
+        self.cap_dev = np.vstack([self.cap_dev.reshape(-1, n), np.zeros((1, n), dtype=np.int32)])
+        self.free_dev = np.vstack([self.free_dev.reshape(-1, n), np.zeros((1, n), dtype=np.int32)])
         return j
 
     def _refresh_derived(self) -> None:
@@ -543,6 +565,9 @@ class FleetView:
             free_dev=self.free_dev.copy(),
             zone_code=self.zone_code,  # never modified in place
             zone_names=list(self.zone_names),
+            dev_nodes_per_pool=[dict(d) for d in self.dev_nodes_per_pool],
+            pool_zones=self.pool_zones,  # read-only
+            _zone_masks=self._zone_masks,  # read-only, and the same zones
             spread={g: c.copy() for g, c in self.spread.items()},
             hard_groups={g: dict(m) for g, m in self.hard_groups.items()},
             defaults=self.defaults,
@@ -664,6 +689,6 @@ def _bump(index: dict[str, dict[int, int]], group: str, i: int, sign: int) -> No
             del index[group]
 
 
-def _ratio(cap: IntArray, free: IntArray) -> float:
+def _ratio(cap: IntArray | CodeArray, free: IntArray | CodeArray) -> float:
     total = int(cap.sum())
     return 0.0 if total == 0 else float(total - int(free.sum())) / total
