@@ -176,7 +176,8 @@ def main() -> None:
     print()
     print(
         f"decision latency at {args.nodes:,} nodes, Placer.place, µs: {args.decisions} timed decisions "
-        f"per cell, quietest of {args.rounds} rounds; plain = cpu + memory, resource model = + gpu, nvme, hard spread"
+        f"per cell, quietest of {args.rounds} rounds; plain = cpu + memory, "
+        "resource model = + gpu, nvme, hard spread"
     )
     header = (
         f"{'strategy':<14}"
