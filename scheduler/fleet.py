@@ -217,6 +217,9 @@ class FleetView:
     dev_nodes_per_pool: list[dict[str, int]] = field(default_factory=list)
     """Per device kind (row), per pool: how many nodes have at least one
     (lets a filter skip a pool whose nodes all do)."""
+    dev_floor: list[dict[str, int]] = field(default_factory=list)
+    """Per device kind, per pool: a lower bound of the free count over the pool's nodes (see
+    :meth:`device_room`)."""
     _zone_masks: dict[int, BoolArray] = field(default_factory=dict, repr=False)
     pool_zones: dict[str, list[int]] = field(default_factory=dict)
     """Per pool, the zone codes of its nodes (the zones a spread can use there)."""
@@ -333,6 +336,10 @@ class FleetView:
         ]
         view.pool_zones = {p: sorted({int(z) for z in zone_code[s:e]}) for p, (s, e) in pools.items()}
         view._apply_bulk(allocations)
+        view.dev_floor = [
+            {p: int(view.free_dev[j, s:e].min()) if e > s else 0 for p, (s, e) in pools.items()}
+            for j in range(len(view.dev_names))
+        ]
         view.disk_over = bool((view.free_disk < 0).any())
         view.dev_over = bool((view.free_dev < 0).any())
         return view
@@ -379,6 +386,12 @@ class FleetView:
             if j is None:  # a device the node no longer declares: it still holds it
                 j = self._add_device_kind(kind)
             self.free_dev[j, i] -= sign * count
+            # Taking lowers the pool's floor; giving back leaves it a valid lower bound.
+            if sign > 0 and j < len(self.dev_floor):
+                floor, pool = self.dev_floor[j], self.pools_of[i]
+                free = int(self.free_dev[j, i])
+                if free < floor.get(pool, free):
+                    floor[pool] = free
         if alloc.group is not None:
             _bump(self.groups, alloc.group, i, sign)
             if not alloc.soft:
@@ -390,6 +403,25 @@ class FleetView:
             counts[self.zone_code[i]] += sign
             if sign < 0 and not counts.any():
                 del self.spread[alloc.spread_group]
+
+    def device_room(self, j: int, pool: str, count: int) -> bool:
+        """True when every node of ``pool`` has at least ``count`` free of device kind ``j``.
+
+        Then a device filter cannot remove a node and is skipped. The answer
+        comes from a lower bound kept per pool (lowered by every
+        reservation, left alone by releases, so always a lower bound) and,
+        when the bound is too low, from the pool's true minimum, which then
+        becomes the bound: in a fleet where no node is short of the device
+        the filter costs a dictionary lookup.
+        """
+        floor = self.dev_floor[j]
+        if floor.get(pool, -1) >= count:
+            return True
+        s, e = self.pools.get(pool, (0, 0))
+        if e <= s:
+            return True
+        low = floor[pool] = int(self.free_dev[j, s:e].min())
+        return low >= count
 
     def zone_mask(self, zone: int, *, inverted: bool = False) -> BoolArray:
         """Nodes of zone code ``zone`` (or, ``inverted``, of every other zone), over the whole fleet;
@@ -403,6 +435,7 @@ class FleetView:
     def _add_device_kind(self, kind: str) -> int:
         n = len(self.names)
         self.dev_nodes_per_pool.append(dict.fromkeys(self.pools, 0))
+        self.dev_floor.append(dict.fromkeys(self.pools, 0))
         self.dev_names.append(kind)
         j = self.dev_index[kind] = len(self.dev_names) - 1
         self.cap_dev = np.vstack([self.cap_dev.reshape(-1, n), np.zeros((1, n), dtype=np.int32)])
@@ -566,6 +599,7 @@ class FleetView:
             zone_code=self.zone_code,  # never modified in place
             zone_names=list(self.zone_names),
             dev_nodes_per_pool=[dict(d) for d in self.dev_nodes_per_pool],
+            dev_floor=[dict(d) for d in self.dev_floor],
             pool_zones=self.pool_zones,  # read-only
             _zone_masks=self._zone_masks,  # read-only, and the same zones
             spread={g: c.copy() for g, c in self.spread.items()},

@@ -306,13 +306,14 @@ def _disk(x: FilterInput, f: Narrowing) -> bool:
 def _devices(x: FilterInput, f: Narrowing) -> bool:
     """Free devices of each kind asked for; a node over a device count (its inventory shrank under
     running VMs) takes nothing at all until enough is released."""
-    wanted = x.req.requested_resources
+    fleet, pool = x.fleet, x.req.requested_pool
     rows = [
-        (kind, x.fleet.free_dev[x.fleet.dev_index[kind], x.sl] >= count) for kind, count in wanted.items()
+        (kind, fleet.free_dev[j, x.sl] >= count)
+        for kind, count in x.req.requested_resources.items()
+        # device_kinds ran, so every kind exists; a kind no node of the pool is short of is skipped
+        if not fleet.device_room(j := fleet.dev_index[kind], pool, count)
     ]
-    if (
-        len(rows) > 1
-    ):  # all kinds at once first: when none is short (the rule), one narrowing instead of one per kind
+    if len(rows) > 1:  # all at once first: when none is short, one narrowing instead of one per kind
         enough = np.logical_and(rows[0][1], rows[1][1])
         for _, ok in rows[2:]:
             enough &= ok
@@ -320,7 +321,7 @@ def _devices(x: FilterInput, f: Narrowing) -> bool:
             enough &= f.mask
         if int(np.count_nonzero(enough)) == f.count:
             rows = []
-    for kind, ok in rows:  # the device_kinds filter ran: every kind exists
+    for kind, ok in rows:
         if not f.keep(DEVICE.format(kind=kind), ok):
             return False
     if x.fleet.dev_over:  # a node over any device count takes nothing at all until it fits again
