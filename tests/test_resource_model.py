@@ -166,3 +166,37 @@ def test_zone_spread_places_round_the_zones() -> None:
         assert decision.node is not None
         zones.append(fleet.zones[fleet.index[decision.node]])
     assert sorted(zones) == ["az1"] * 3 + ["az2"] * 3 + ["az3"] * 3
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"allocation_ratios": {"cpu": 0}}, "allocation_ratios.cpu: Input should be greater than 0"),
+        (
+            {"allocation_ratios": {"memory": 101}},
+            "allocation_ratios.memory: Input should be less than or equal",
+        ),
+        (
+            {"allocation_ratios": {"disk": float("nan")}},
+            "allocation_ratios.disk: Input should be a finite number",
+        ),
+        ({"allocation_ratios": {"gpu": 2}}, "allocation_ratios.gpu: Extra inputs are not permitted"),
+        ({"reserved": {"memory": -1}}, "reserved.memory: Input should be greater than or equal to 0"),
+        ({"spread_max_skew": 0}, "spread_max_skew: Input should be greater than or equal to 1"),
+    ],
+)
+def test_bad_resource_configuration_names_the_key(values: dict[str, Any], key: str) -> None:
+    from scheduler.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(**values)
+    assert key in str(info.value)
+
+
+def test_configured_defaults_reach_the_fleet() -> None:
+    from scheduler.config import load_settings
+
+    settings = load_settings(allocation_ratios={"cpu": 4.0}, reserved={"memory": 24})
+    assert settings.capacity_defaults() == CapacityDefaults(cpu_ratio=4.0, reserved_memory=24)
+    fleet = FleetView.build([node("a")], defaults=settings.capacity_defaults())
+    assert (int(fleet.cap_cpu[0]), int(fleet.cap_mem[0])) == (64, 1000)
