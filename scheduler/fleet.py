@@ -362,7 +362,8 @@ class FleetView:
             cpu.append(alloc.cpu)
             mem.append(alloc.memory)
             disk.append(alloc.disk)
-            self._count_extras(i, alloc, 1)
+            if alloc.resources or alloc.group is not None or alloc.spread_group is not None:
+                self._count_extras(i, alloc, 1)
         if not idx:
             return
         where = np.asarray(idx, dtype=np.int64)
