@@ -702,3 +702,39 @@ def test_design_example_explanation() -> None:
         decision.message
         == "0/120 nodes fit: 80 insufficient memory, 30 pool mismatch, 8 offline, 2 anti-affinity"
     )
+
+
+def test_the_registry_is_the_filter_order_and_the_source_of_labels() -> None:
+    from scheduler.strategies.filters import FILTERS, PREFERENCES
+
+    assert [f.name for f in FILTERS] == [
+        "cordoned", "liveness", "dedicated", "required_tags", "forbidden_tags", "device_kinds",
+        "anti_affinity", "cpu", "memory", "disk", "devices", "max_vms", "zone_spread",
+    ]  # fmt: skip
+    assert [p.name for p in PREFERENCES] == ["soft_anti_affinity", "soft_zone_spread"]
+    labels = {label for f in FILTERS for label in f.labels}
+    for case in CASES:  # every count in the table is under a registered label (or the pool's)
+        for label in case.rejections:
+            assert (
+                label == "pool mismatch"
+                or label in labels
+                or any("{kind}" in t and label.startswith(t.split("{kind}")[0]) for t in labels)
+            ), label
+
+
+def test_a_new_constraint_is_one_registered_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adding a constraint takes a function and its registration; the explanation follows by itself."""
+    from scheduler.strategies import filters
+
+    monkeypatch.setattr(filters, "FILTERS", list(filters.FILTERS))
+
+    @filters.register("even_names", "odd name")
+    def _even(x: filters.FilterInput, f: filters.Narrowing) -> bool:
+        odd = np.array([int(n[-1]) % 2 == 1 for n in x.fleet.names[x.start : x.stop]])
+        return f.keep("odd name", ~odd)
+
+    fleet = FleetView.build(THREE)
+    feas = feasible_nodes(fleet, SchedulingRequest(requested_cpu=1, requested_memory=1), now=NOW)
+    assert feas.explain() == "1/3 nodes fit: 2 odd name"
+    with pytest.raises(ValueError, match="registered twice"):
+        filters.register("cpu", "again")(_even)
