@@ -18,7 +18,7 @@ import re
 import socket
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -33,6 +33,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from scheduler.strategies.registry import STRATEGY_NAMES
+
+if TYPE_CHECKING:
+    from scheduler.fleet import CapacityDefaults
 
 DEFAULT_CONFIG_PATH = "config.yaml"
 
@@ -71,6 +74,22 @@ class StrategyWeights(_Section):
         if self.cpu + self.memory + self.disk <= 0:
             raise ValueError("at least one weight must be positive")
         return self
+
+
+class AllocationRatios(_Section):
+    """Node defaults of Nova's ``*_allocation_ratio``: effective = floor((capacity - reserved) x ratio)."""
+
+    cpu: float = Field(default=1.0, gt=0, le=100, allow_inf_nan=False)
+    memory: float = Field(default=1.0, gt=0, le=100, allow_inf_nan=False)
+    disk: float = Field(default=1.0, gt=0, le=100, allow_inf_nan=False)
+
+
+class ReservedDefaults(_Section):
+    """What every node keeps for its host unless it says otherwise (vCPUs, MiB, GiB)."""
+
+    cpu: int = Field(default=0, ge=0)
+    memory: int = Field(default=0, ge=0)
+    disk: int = Field(default=0, ge=0)
 
 
 class AmqpConfig(_Section):
@@ -310,6 +329,9 @@ class Settings(BaseSettings):
     strategy: str = "least_loaded"
     strategy_weights: StrategyWeights = StrategyWeights()
     dedicated_nodes_exclusive: bool = True
+    allocation_ratios: AllocationRatios = AllocationRatios()
+    reserved: ReservedDefaults = ReservedDefaults()
+    spread_max_skew: int = Field(default=1, ge=1, le=1_000_000)
     random_seed: int = Field(default=0, ge=0, le=2**63 - 1)
     identity: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", min_length=1)
     amqp: AmqpConfig = AmqpConfig()
@@ -328,6 +350,13 @@ class Settings(BaseSettings):
         if name not in STRATEGY_NAMES:
             raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGY_NAMES)}")
         return name
+
+    def capacity_defaults(self) -> CapacityDefaults:
+        """``allocation_ratios`` and ``reserved`` as the fleet view takes them."""
+        from scheduler.fleet import CapacityDefaults
+
+        r, k = self.allocation_ratios, self.reserved
+        return CapacityDefaults(r.cpu, r.memory, r.disk, k.cpu, k.memory, k.disk)
 
     @classmethod
     def settings_customise_sources(

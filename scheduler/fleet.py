@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +30,7 @@ from scheduler.models import Node, SchedulingRequest
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+CodeArray = npt.NDArray[np.int32]
 
 
 class CapacityError(Exception):
@@ -36,7 +39,12 @@ class CapacityError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Allocation:
-    """One active VM placement: what a task holds on which node."""
+    """One active VM placement: what a task holds on which node.
+
+    ``resources`` are the countable devices held, as sorted (name, count)
+    pairs (hashable, like the rest); ``soft`` says the anti-affinity
+    ``group`` was asked for as a preference only.
+    """
 
     task_id: str
     node: str
@@ -44,6 +52,118 @@ class Allocation:
     memory: int
     disk: int
     group: str | None = None
+    resources: tuple[tuple[str, int], ...] = ()
+    spread_group: str | None = None
+    soft: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityDefaults:
+    """The configured ``allocation_ratios`` and ``reserved``, for nodes that set none of their own."""
+
+    cpu_ratio: float = 1.0
+    memory_ratio: float = 1.0
+    disk_ratio: float = 1.0
+    reserved_cpu: int = 0
+    reserved_memory: int = 0
+    reserved_disk: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCapacity:
+    """One node's raw and effective capacity, and what it keeps for the host, with the ratios applied."""
+
+    cpu: int
+    memory: int
+    disk: int
+    reserved_cpu: int
+    reserved_memory: int
+    reserved_disk: int
+    cpu_ratio: float
+    memory_ratio: float
+    disk_ratio: float
+    effective_cpu: int
+    effective_memory: int
+    effective_disk: int
+
+    def effective(self) -> dict[str, int]:
+        return {"cpu": self.effective_cpu, "memory": self.effective_memory, "disk": self.effective_disk}
+
+
+@lru_cache(maxsize=4096)
+def effective_amount(capacity: int, reserved: int, ratio: float) -> int:
+    """floor((capacity - reserved) x ratio), exactly (the ratio read as the decimal it was written as).
+
+    A reserve larger than the capacity (possible only through a configured
+    default: a node's own reserve is validated against its capacity) leaves
+    nothing, never a negative capacity. Why exact arithmetic: in binary
+    floating point ``100 * 1.15`` is 114.99999999999999, and an operator who
+    wrote ratio 1.15 on a 100-vCPU node expects 115. Cached: fleets have few
+    distinct node shapes, and reports compute this per node.
+    """
+    base = max(0, capacity - reserved)
+    return int(base * Fraction(repr(float(ratio))) // 1)
+
+
+def node_capacity(node: Node, defaults: CapacityDefaults) -> NodeCapacity:
+    """``node``'s effective capacity under ``defaults`` (what every filter, score and figure uses)."""
+    kept = node.reserved
+    rc = kept.cpu if kept is not None and kept.cpu is not None else defaults.reserved_cpu
+    rm = kept.memory if kept is not None and kept.memory is not None else defaults.reserved_memory
+    rd = kept.disk if kept is not None and kept.disk is not None else defaults.reserved_disk
+    xc = node.cpu_allocation_ratio if node.cpu_allocation_ratio is not None else defaults.cpu_ratio
+    xm = node.memory_allocation_ratio if node.memory_allocation_ratio is not None else defaults.memory_ratio
+    xd = node.disk_allocation_ratio if node.disk_allocation_ratio is not None else defaults.disk_ratio
+    return NodeCapacity(
+        node.cpu, node.memory, node.disk, rc, rm, rd, xc, xm, xd,
+        effective_amount(node.cpu, rc, xc), effective_amount(node.memory, rm, xm),
+        effective_amount(node.disk, rd, xd),
+    )  # fmt: skip
+
+
+def _effective_column(
+    nodes: Sequence[Node], capacity: str, ratio_field: str, reserve_key: str, ratio: float, reserve: int
+) -> IntArray:
+    """Effective capacities of one resource for all nodes: vectorised per distinct ratio.
+
+    Fleets have a handful of distinct ratios, so each is applied to its
+    nodes at once as an exact integer fraction p/q; 100,000 nodes cost a few
+    milliseconds rather than 100,000 Fraction multiplications.
+    """
+    n = len(nodes)
+    caps = np.fromiter((getattr(x, capacity) for x in nodes), dtype=np.int64, count=n)
+    if all(x.reserved is None for x in nodes):
+        kept = np.full(n, reserve, dtype=np.int64)
+    else:
+        kept = np.fromiter(
+            (
+                reserve if x.reserved is None or getattr(x.reserved, reserve_key) is None
+                else getattr(x.reserved, reserve_key)
+                for x in nodes
+            ),
+            dtype=np.int64,
+            count=n,
+        )  # fmt: skip
+    base = np.maximum(caps - kept, 0)
+    ratios = [getattr(x, ratio_field) for x in nodes]
+    if all(r is None for r in ratios):
+        groups: dict[float, BoolArray | None] = {ratio: None}
+    else:
+        values = np.fromiter((ratio if r is None else r for r in ratios), dtype=np.float64, count=n)
+        groups = {float(r): values == r for r in np.unique(values)}
+    out = np.empty(n, dtype=np.int64)
+    for r, where in groups.items():
+        frac = Fraction(repr(r))
+        part = base if where is None else base[where]
+        if part.size and int(part.max()) * frac.numerator < 2**62:
+            result = part * frac.numerator // frac.denominator
+        else:  # a ratio with many digits: exact Python integers, still one pass
+            result = np.fromiter((int(v) * frac.numerator // frac.denominator for v in part), np.int64)
+        if where is None:
+            out[:] = result
+        else:
+            out[where] = result
+    return out
 
 
 @dataclass(slots=True)
@@ -80,6 +200,34 @@ class FleetView:
     heartbeats_seen: int = 0
     cordoned_count: int = 0
     dedicated_per_pool: dict[str, int] = field(default_factory=dict)
+    # Countable devices: one row per kind present in the fleet (a dense (kinds x nodes) matrix).
+    dev_names: list[str] = field(default_factory=list)
+    dev_index: dict[str, int] = field(default_factory=dict)
+    # int32: counts are small (<= MAX_DEVICES per VM), and half the bytes make the filters faster.
+    cap_dev: CodeArray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int32))
+    free_dev: CodeArray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int32))
+    # Zones as small integer codes (``zone_names[code]``; "" for a node without a zone).
+    zone_code: CodeArray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    zone_names: list[str] = field(default_factory=list)
+    spread: dict[str, IntArray] = field(default_factory=dict)
+    """Per spread group, active VMs per zone code."""
+    hard_groups: dict[str, dict[int, int]] = field(default_factory=dict)
+    """Per anti-affinity group, the nodes holding members placed with ``hard`` (a subset of ``groups``)."""
+    defaults: CapacityDefaults = field(default_factory=CapacityDefaults)
+    dev_nodes_per_pool: list[dict[str, int]] = field(default_factory=list)
+    """Per device kind (row), per pool: how many nodes have at least one
+    (lets a filter skip a pool whose nodes all do)."""
+    dev_floor: list[dict[str, int]] = field(default_factory=list)
+    """Per device kind, per pool: a lower bound of the free count over the pool's nodes (see
+    :meth:`device_room`)."""
+    _zone_masks: dict[int, BoolArray] = field(default_factory=dict, repr=False)
+    pool_zones: dict[str, list[int]] = field(default_factory=dict)
+    """Per pool, the zone codes of its nodes (the zones a spread can use there)."""
+    disk_over: bool = False
+    """Some node may hold more disk than its effective capacity (set when built, cleared by a rebuild):
+    then even requests without disk must be checked against it."""
+    dev_over: bool = False
+    """Likewise for device counts."""
 
     # Reciprocal capacities, so utilization is a multiply, not a divide; a
     # zero capacity (a node without local disk) yields 0, not inf.
@@ -99,8 +247,12 @@ class FleetView:
         *,
         suspicious_after: float = 10.0,
         offline_after: float = 20.0,
+        defaults: CapacityDefaults | None = None,
     ) -> FleetView:
         """A fleet view of ``nodes`` with ``allocations`` already applied.
+
+        Capacities are effective capacities (:func:`effective_amount`, with
+        ``defaults`` for nodes that set no ratio or reserve of their own).
 
         Allocations on unknown nodes are kept out of the arrays but raise no
         error: a node removed from the inventory while VMs still run on it
@@ -121,9 +273,26 @@ class FleetView:
         for i, node in enumerate(ordered):
             start, _ = pools.get(node.pool, (i, i))
             pools[node.pool] = (start, i + 1)
-        cap_cpu = np.fromiter((x.cpu for x in ordered), dtype=np.int64, count=n)
-        cap_mem = np.fromiter((x.memory for x in ordered), dtype=np.int64, count=n)
-        cap_disk = np.fromiter((x.disk for x in ordered), dtype=np.int64, count=n)
+        d = defaults or CapacityDefaults()
+        cap_cpu = _effective_column(
+            ordered, "cpu", "cpu_allocation_ratio", "cpu", d.cpu_ratio, d.reserved_cpu
+        )
+        cap_mem = _effective_column(
+            ordered, "memory", "memory_allocation_ratio", "memory", d.memory_ratio, d.reserved_memory
+        )
+        cap_disk = _effective_column(
+            ordered, "disk", "disk_allocation_ratio", "disk", d.disk_ratio, d.reserved_disk
+        )
+        dev_names = sorted({k for x in ordered for k in x.resources})
+        cap_dev = np.zeros((len(dev_names), n), dtype=np.int32)
+        if dev_names:
+            row = {k: j for j, k in enumerate(dev_names)}
+            for i, node in enumerate(ordered):
+                for k, count in node.resources.items():
+                    cap_dev[row[k], i] = count
+        zone_names = ["", *sorted({x.zone for x in ordered if x.zone})]
+        zone_of = {z: c for c, z in enumerate(zone_names)}
+        zone_code = np.fromiter((zone_of[x.zone or ""] for x in ordered), dtype=np.int32, count=n)
         tag_names = sorted({t for x in ordered for t in x.tags})
         tags = {t: np.zeros(n, dtype=np.bool_) for t in tag_names}
         for i, node in enumerate(ordered):
@@ -153,8 +322,26 @@ class FleetView:
             liveness=_Liveness(suspicious_after, offline_after),
             cordoned_count=int(cordoned.sum()),
             dedicated_per_pool={p: int(dedicated[s:e].sum()) for p, (s, e) in pools.items()},
+            dev_names=dev_names,
+            dev_index={k: j for j, k in enumerate(dev_names)},
+            cap_dev=cap_dev,
+            free_dev=cap_dev.copy(),
+            zone_code=zone_code,
+            zone_names=zone_names,
+            defaults=d,
         )
+        view.dev_nodes_per_pool = [
+            {p: int(np.count_nonzero(cap_dev[j, s:e])) for p, (s, e) in pools.items()}
+            for j in range(len(dev_names))
+        ]
+        view.pool_zones = {p: sorted({int(z) for z in zone_code[s:e]}) for p, (s, e) in pools.items()}
         view._apply_bulk(allocations)
+        view.dev_floor = [
+            {p: int(view.free_dev[j, s:e].min()) if e > s else 0 for p, (s, e) in pools.items()}
+            for j in range(len(view.dev_names))
+        ]
+        view.disk_over = bool((view.free_disk < 0).any())
+        view.dev_over = bool((view.free_dev < 0).any())
         return view
 
     def _apply_bulk(self, allocations: Iterable[Allocation]) -> None:
@@ -175,9 +362,8 @@ class FleetView:
             cpu.append(alloc.cpu)
             mem.append(alloc.memory)
             disk.append(alloc.disk)
-            if alloc.group is not None:
-                members = self.groups.setdefault(alloc.group, {})
-                members[i] = members.get(i, 0) + 1
+            if alloc.resources or alloc.group is not None or alloc.spread_group is not None:
+                self._count_extras(i, alloc, 1)
         if not idx:
             return
         where = np.asarray(idx, dtype=np.int64)
@@ -192,6 +378,70 @@ class FleetView:
             np.int64
         )
         self.vms += np.bincount(where, minlength=n).astype(np.int64)
+
+    def _count_extras(self, i: int, alloc: Allocation, sign: int) -> None:
+        """Add (``sign`` 1) or take away (-1) what ``alloc`` holds besides cpu, memory, disk and a VM slot:
+        devices, its anti-affinity membership and its place in a spread group."""
+        for kind, count in alloc.resources:
+            j = self.dev_index.get(kind)
+            if j is None:  # a device the node no longer declares: it still holds it
+                j = self._add_device_kind(kind)
+            self.free_dev[j, i] -= sign * count
+            # Taking lowers the pool's floor; giving back leaves it a valid lower bound.
+            if sign > 0 and j < len(self.dev_floor):
+                floor, pool = self.dev_floor[j], self.pools_of[i]
+                free = int(self.free_dev[j, i])
+                if free < floor.get(pool, free):
+                    floor[pool] = free
+        if alloc.group is not None:
+            _bump(self.groups, alloc.group, i, sign)
+            if not alloc.soft:
+                _bump(self.hard_groups, alloc.group, i, sign)
+        if alloc.spread_group is not None:
+            counts = self.spread.get(alloc.spread_group)
+            if counts is None:
+                counts = self.spread[alloc.spread_group] = np.zeros(len(self.zone_names), dtype=np.int64)
+            counts[self.zone_code[i]] += sign
+            if sign < 0 and not counts.any():
+                del self.spread[alloc.spread_group]
+
+    def device_room(self, j: int, pool: str, count: int) -> bool:
+        """True when every node of ``pool`` has at least ``count`` free of device kind ``j``.
+
+        Then a device filter cannot remove a node and is skipped. The answer
+        comes from a lower bound kept per pool (lowered by every
+        reservation, left alone by releases, so always a lower bound) and,
+        when the bound is too low, from the pool's true minimum, which then
+        becomes the bound: in a fleet where no node is short of the device
+        the filter costs a dictionary lookup.
+        """
+        floor = self.dev_floor[j]
+        if floor.get(pool, -1) >= count:
+            return True
+        s, e = self.pools.get(pool, (0, 0))
+        if e <= s:
+            return True
+        low = floor[pool] = int(self.free_dev[j, s:e].min())
+        return low >= count
+
+    def zone_mask(self, zone: int, *, inverted: bool = False) -> BoolArray:
+        """Nodes of zone code ``zone`` (or, ``inverted``, of every other zone), over the whole fleet;
+        made on first use and kept: a view's zones never change."""
+        key = ~zone if inverted else zone
+        found = self._zone_masks.get(key)
+        if found is None:
+            found = self._zone_masks[key] = (self.zone_code != zone) if inverted else (self.zone_code == zone)
+        return found
+
+    def _add_device_kind(self, kind: str) -> int:
+        n = len(self.names)
+        self.dev_nodes_per_pool.append(dict.fromkeys(self.pools, 0))
+        self.dev_floor.append(dict.fromkeys(self.pools, 0))
+        self.dev_names.append(kind)
+        j = self.dev_index[kind] = len(self.dev_names) - 1
+        self.cap_dev = np.vstack([self.cap_dev.reshape(-1, n), np.zeros((1, n), dtype=np.int32)])
+        self.free_dev = np.vstack([self.free_dev.reshape(-1, n), np.zeros((1, n), dtype=np.int32)])
+        return j
 
     def _refresh_derived(self) -> None:
         with np.errstate(divide="ignore"):
@@ -230,12 +480,26 @@ class FleetView:
 
     # ------------------------------------------------------------- mutations
     def fits(self, i: int, req: SchedulingRequest) -> bool:
-        return bool(
+        """Would ``req`` fit node ``i``'s effective capacity and devices now?"""
+        if not (
             self.free_cpu[i] >= req.requested_cpu
             and self.free_mem[i] >= req.requested_memory
             and self.free_disk[i] >= req.requested_disk
             and self.vms[i] < self.max_vms[i]
-        )
+        ):
+            return False
+        for kind, count in req.requested_resources.items():
+            j = self.dev_index.get(kind)
+            if j is None or self.free_dev[j, i] < count:
+                return False
+        return True
+
+    def overcommitted(self) -> BoolArray:
+        """Nodes holding more than their effective capacity (a ratio or reserve was changed under them)."""
+        over = (self.free_cpu < 0) | (self.free_mem < 0) | (self.free_disk < 0) | (self.vms > self.max_vms)
+        if self.dev_names:
+            over |= (self.free_dev < 0).any(axis=0)
+        return over
 
     def reserve(self, i: int, req: SchedulingRequest) -> Allocation:
         """Take ``req``'s resources on node ``i``; refuses overcommit and a second allocation."""
@@ -247,18 +511,9 @@ class FleetView:
         self.free_mem[i] -= req.requested_memory
         self.free_disk[i] -= req.requested_disk
         self.vms[i] += 1
-        alloc = Allocation(
-            req.task_id,
-            self.names[i],
-            req.requested_cpu,
-            req.requested_memory,
-            req.requested_disk,
-            req.anti_affinity_group,
-        )
+        alloc = allocation_for(req, self.names[i])
         self.allocations[req.task_id] = (i, alloc)
-        if alloc.group is not None:
-            members = self.groups.setdefault(alloc.group, {})
-            members[i] = members.get(i, 0) + 1
+        self._count_extras(i, alloc, 1)
         return alloc
 
     def release(self, task_id: str) -> Allocation | None:
@@ -273,13 +528,7 @@ class FleetView:
         self.free_mem[i] += alloc.memory
         self.free_disk[i] += alloc.disk
         self.vms[i] -= 1
-        if alloc.group is not None:
-            members = self.groups[alloc.group]
-            members[i] -= 1
-            if members[i] == 0:
-                del members[i]
-            if not members:
-                del self.groups[alloc.group]
+        self._count_extras(i, alloc, -1)
         return alloc
 
     def restore(self, alloc: Allocation) -> None:
@@ -292,9 +541,7 @@ class FleetView:
         self.free_mem[i] -= alloc.memory
         self.free_disk[i] -= alloc.disk
         self.vms[i] += 1
-        if alloc.group is not None:
-            members = self.groups.setdefault(alloc.group, {})
-            members[i] = members.get(i, 0) + 1
+        self._count_extras(i, alloc, 1)
 
     def heartbeat(self, name: str, now: float) -> bool:
         """Record that ``name`` spoke at ``now`` (monotonic seconds); False for an unknown node."""
@@ -346,15 +593,37 @@ class FleetView:
             heartbeats_seen=self.heartbeats_seen,
             cordoned_count=self.cordoned_count,
             dedicated_per_pool=dict(self.dedicated_per_pool),
+            dev_names=list(self.dev_names),
+            dev_index=dict(self.dev_index),
+            cap_dev=self.cap_dev.copy(),
+            free_dev=self.free_dev.copy(),
+            zone_code=self.zone_code,  # never modified in place
+            zone_names=list(self.zone_names),
+            dev_nodes_per_pool=[dict(d) for d in self.dev_nodes_per_pool],
+            dev_floor=[dict(d) for d in self.dev_floor],
+            pool_zones=self.pool_zones,  # read-only
+            _zone_masks=self._zone_masks,  # read-only, and the same zones
+            spread={g: c.copy() for g, c in self.spread.items()},
+            hard_groups={g: dict(m) for g, m in self.hard_groups.items()},
+            defaults=self.defaults,
+            disk_over=self.disk_over,
+            dev_over=self.dev_over,
         )
 
-    def with_inventory(self, nodes: Sequence[Node]) -> FleetView:
-        """A new view for a changed inventory, carrying over allocations and heartbeats."""
+    def with_inventory(self, nodes: Sequence[Node], defaults: CapacityDefaults | None = None) -> FleetView:
+        """A new view for a changed inventory (or changed default ratios and reserves), carrying over
+        allocations and heartbeats.
+
+        Allocations are carried over even where they now exceed a lowered
+        effective capacity: the node is then :meth:`overcommitted` and takes
+        nothing more until enough is released.
+        """
         fresh = FleetView.build(
             nodes,
             (alloc for _, alloc in self.allocations.values()),
             suspicious_after=self.liveness.suspicious_after,
             offline_after=self.liveness.offline_after,
+            defaults=self.defaults if defaults is None else defaults,
         )
         # Allocations on nodes that vanished from the inventory are kept so
         # that a later release still finds them (and nothing double-frees).
@@ -370,12 +639,21 @@ class FleetView:
 
     # ------------------------------------------------------------ reporting
     def node_usage(self, i: int) -> dict[str, int]:
-        return {
+        out = {
             "cpu": int(self.cap_cpu[i] - self.free_cpu[i]),
             "memory": int(self.cap_mem[i] - self.free_mem[i]),
             "disk": int(self.cap_disk[i] - self.free_disk[i]),
             "vms": int(self.vms[i]),
         }
+        for j, kind in enumerate(self.dev_names):
+            used = int(self.cap_dev[j, i] - self.free_dev[j, i])
+            if used or self.cap_dev[j, i]:
+                out[kind] = used
+        return out
+
+    def device_capacity(self, i: int) -> dict[str, int]:
+        """Node ``i``'s countable devices (kinds it has)."""
+        return {k: int(self.cap_dev[j, i]) for j, k in enumerate(self.dev_names) if self.cap_dev[j, i]}
 
     def pool_utilization(self) -> dict[str, dict[str, float]]:
         """Per pool, the fraction of cpu, memory and disk allocated."""
@@ -388,6 +666,10 @@ class FleetView:
                 "nodes": float(e - s),
                 "vms": float(self.vms[s:e].sum()),
             }
+            for j, kind in enumerate(self.dev_names):
+                cap = self.cap_dev[j, s:e]
+                if cap.any():
+                    out[pool][kind] = _ratio(cap, self.free_dev[j, s:e])
         return out
 
     def nbytes(self) -> int:
@@ -407,11 +689,41 @@ class FleetView:
             self.inv_cpu,
             self.inv_mem,
             self.inv_disk,
+            self.cap_dev,
+            self.free_dev,
+            self.zone_code,
             *self.tags.values(),
+            *self.spread.values(),
         ]
         return sum(a.nbytes for a in arrays)
 
 
-def _ratio(cap: IntArray, free: IntArray) -> float:
+def allocation_for(req: SchedulingRequest, node: str) -> Allocation:
+    """What ``req`` holds once placed on ``node``."""
+    return Allocation(
+        req.task_id,
+        node,
+        req.requested_cpu,
+        req.requested_memory,
+        req.requested_disk,
+        req.anti_affinity_group,
+        tuple(req.requested_resources.items()),
+        req.spread_group,
+        req.anti_affinity_mode == "soft",
+    )
+
+
+def _bump(index: dict[str, dict[int, int]], group: str, i: int, sign: int) -> None:
+    members = index.setdefault(group, {})
+    count = members.get(i, 0) + sign
+    if count > 0:
+        members[i] = count
+    else:
+        members.pop(i, None)
+        if not members:
+            del index[group]
+
+
+def _ratio(cap: IntArray | CodeArray, free: IntArray | CodeArray) -> float:
     total = int(cap.sum())
     return 0.0 if total == 0 else float(total - int(free.sum())) / total

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from scheduler.config import Settings
-    from scheduler.fleet import FleetView
+    from scheduler.fleet import CapacityDefaults, FleetView
     from scheduler.store import CommitResult, Store
     from scheduler.worker.daemon import WorkerState
     from scheduler.worker.group import GroupPlan
@@ -365,22 +365,28 @@ class DatabaseFigures:
     fence_holder: str | None
 
 
-def read_database_figures(store: Store) -> DatabaseFigures:
-    """Aggregates only (GROUP BY in SQL): the answer's size depends on pools, not on nodes.
+def read_database_figures(store: Store, defaults: CapacityDefaults | None = None) -> DatabaseFigures:
+    """Aggregates only (GROUP BY in SQL): the answer's size depends on pools and node shapes, not nodes.
 
     Why not :meth:`Store.list_nodes` and :meth:`Store.node_usage`: they build a
     Python object per node, which on 10,000 nodes costs more than the whole
-    scrape budget; here the database sums and Python sees one row per pool.
+    scrape budget; here the database groups and Python sees one row per pool
+    and node shape. Capacities are effective capacities (``defaults``: the
+    configured ratios and reserves): the floor of the resource model is per
+    node, so nodes are grouped by everything it depends on, counted, and the
+    exact formula is applied once per group.
     """
+    shape = (
+        nodes.c.pool, nodes.c.cpu, nodes.c.memory, nodes.c.disk, nodes.c.reserved_cpu,
+        nodes.c.reserved_memory, nodes.c.reserved_disk, nodes.c.cpu_allocation_ratio,
+        nodes.c.memory_allocation_ratio, nodes.c.disk_allocation_ratio,
+    )  # fmt: skip
     pool_caps = select(
-        nodes.c.pool,
+        *shape,
         func.count(),
-        func.sum(nodes.c.cpu),
-        func.sum(nodes.c.memory),
-        func.sum(nodes.c.disk),
         func.sum(nodes.c.max_vms),
         func.sum(case((nodes.c.cordoned, 1), else_=0)),
-    ).group_by(nodes.c.pool)
+    ).group_by(*shape)
     pool_used = (
         select(
             nodes.c.pool,
@@ -408,18 +414,25 @@ def read_database_figures(store: Store) -> DatabaseFigures:
             fence_row = conn.execute(
                 select(fence.c.epoch, fence.c.holder).where(fence.c.name == FENCE_ROW)
             ).first()
+    from scheduler.fleet import CapacityDefaults
+
+    d = defaults or CapacityDefaults()
+    sums: dict[str, list[int]] = {}
+    for pool, cpu, memory, disk, r_cpu, r_mem, r_disk, x_cpu, x_mem, x_disk, count, max_vms, cordoned in caps:
+        acc = sums.setdefault(pool, [0, 0, 0, 0, 0, 0])
+        acc[0] += int(count)
+        acc[1] += int(cordoned or 0)
+        acc[2] += int(count) * _effective(cpu, r_cpu, d.reserved_cpu, x_cpu, d.cpu_ratio)
+        acc[3] += int(count) * _effective(memory, r_mem, d.reserved_memory, x_mem, d.memory_ratio)
+        acc[4] += int(count) * _effective(disk, r_disk, d.reserved_disk, x_disk, d.disk_ratio)
+        acc[5] += int(max_vms or 0)
     pools: dict[str, PoolFigures] = {}
-    for pool, count, cpu, memory, disk, max_vms, cordoned in caps:
+    for pool, (count, cordoned, cpu, memory, disk, max_vms) in sums.items():
         u = used.get(pool)
         pools[pool] = PoolFigures(
-            nodes=int(count),
-            cordoned=int(cordoned or 0),
-            capacity={
-                "cpu": int(cpu or 0),
-                "memory": int(memory or 0),
-                "disk": int(disk or 0),
-                "vms": int(max_vms or 0),
-            },
+            nodes=count,
+            cordoned=cordoned,
+            capacity={"cpu": cpu, "memory": memory, "disk": disk, "vms": max_vms},
             allocated={
                 "cpu": int(u[1] or 0),
                 "memory": int(u[2] or 0),
@@ -437,6 +450,13 @@ def read_database_figures(store: Store) -> DatabaseFigures:
         fence_epoch=int(fence_row.epoch) if fence_row is not None else 0,
         fence_holder=fence_row.holder if fence_row is not None else None,
     )
+
+
+def _effective(capacity: Any, reserved: Any, default_reserve: int, ratio: Any, default_ratio: float) -> int:
+    from scheduler.fleet import effective_amount
+
+    kept = default_reserve if reserved is None else int(reserved)
+    return effective_amount(int(capacity), kept, default_ratio if ratio is None else float(ratio))
 
 
 def fleet_pool_figures(fleet: FleetView) -> dict[str, PoolFigures]:
@@ -537,7 +557,10 @@ class StateCollector(Collector):
         self.broker: Cached[QueueFigures] | None = None
         if store is not None:
             db_store = store
-            self.database = Cached("database", lambda: read_database_figures(db_store), database_max_age)
+            defaults = settings.capacity_defaults() if settings is not None else None
+            self.database = Cached(
+                "database", lambda: read_database_figures(db_store, defaults), database_max_age
+            )
         if settings is not None:
             url, topology = str(settings.amqp.url), Topology.from_config(settings.amqp)
             self.broker = Cached("broker", lambda: read_queue_figures(url, topology), broker_max_age)

@@ -11,17 +11,20 @@ arrays in 64-bit integers with room to spare.
 from __future__ import annotations
 
 import enum
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     IPvAnyAddress,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
 )
@@ -36,6 +39,9 @@ MAX_DISK = 1024 * 1024  # GiB (1 PiB)
 MAX_VMS = 100_000
 MAX_PRIORITY = 1_000_000
 MAX_TAGS = 64
+MAX_DEVICES = 4096  # countable devices of one kind per node / per VM
+MAX_RESOURCE_KINDS = 16  # kinds of countable devices per node / per VM
+MAX_ALLOCATION_RATIO = 100.0
 MAX_BODY_BYTES = 64 * 1024
 """A request body larger than this is refused before JSON parsing (no honest request needs it)."""
 
@@ -44,6 +50,52 @@ Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,6
 Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")]
 StrategyName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+Mode = Literal["hard", "soft"]
+
+RESOURCE_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+BUILTIN_RESOURCES = frozenset({"cpu", "memory", "disk", "vms", "max_vms"})
+"""Names a countable device may not take: they are node fields with their own accounting."""
+_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
+_RESOURCE_RE = re.compile(RESOURCE_NAME_PATTERN)
+
+
+def _tag_expression(value: str) -> str:
+    """``a`` or ``a|b|c`` (any one of the alternatives); every alternative must be a valid tag."""
+    parts = value.split("|")
+    for part in parts:
+        if not part:
+            raise ValueError(f"{value!r} has an empty alternative (write `a|b`, not `a|` or `|b`)")
+        if not _TAG_RE.match(part):
+            raise ValueError(f"{part!r} does not match the tag pattern [A-Za-z0-9][A-Za-z0-9._/-]{{0,62}}")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"{value!r} repeats an alternative")
+    return value
+
+
+TagExpression = Annotated[str, StringConstraints(max_length=512), AfterValidator(_tag_expression)]
+
+
+def _resource_counts(value: dict[str, int]) -> dict[str, int]:
+    """Device name -> count: names ``[a-z][a-z0-9_-]{0,31}`` and not a built-in resource, counts >= 1."""
+    if len(value) > MAX_RESOURCE_KINDS:
+        raise ValueError(f"at most {MAX_RESOURCE_KINDS} kinds of device, got {len(value)}")
+    for name, count in value.items():
+        if not _RESOURCE_RE.match(name):
+            raise ValueError(f"{name!r}: a resource name is [a-z][a-z0-9_-]{{0,31}}")
+        if name in BUILTIN_RESOURCES:
+            raise ValueError(f"{name!r} is a built-in resource: use its own field, not `resources`")
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise ValueError(f"{name}: the count must be an integer, got {type(count).__name__}")
+        if count < 1:
+            raise ValueError(f"{name}: the count must be >= 1, got {count}")
+        if count > MAX_DEVICES:
+            raise ValueError(f"{name}: the count must be <= {MAX_DEVICES}, got {count}")
+    return dict(sorted(value.items()))
+
+
+ResourceCounts = Annotated[dict[str, Any], AfterValidator(_resource_counts)]
+"""Countable devices (``{"gpu": 2}``), validated with one message per bad entry naming it."""
+AllocationRatio = Annotated[float, Field(gt=0, le=MAX_ALLOCATION_RATIO, allow_inf_nan=False)]
 
 
 class TaskStatus(enum.StrEnum):
@@ -84,11 +136,16 @@ class SchedulingRequest(_Strict):
     requested_disk: int = Field(default=0, ge=0, le=MAX_DISK, description="GiB")
     requested_pool: Name = "default"
     dedicated: bool = False
-    required_tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+    required_tags: list[TagExpression] = Field(default_factory=list, max_length=MAX_TAGS)
     strategy: StrategyName | None = None
     anti_affinity_group: GroupName | None = None
     priority: int = Field(default=0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
     callback_url: str | None = Field(default=None, max_length=2048)
+    requested_resources: ResourceCounts = Field(default_factory=dict, description="countable devices")
+    forbidden_tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+    anti_affinity_mode: Mode = "hard"
+    spread_group: GroupName | None = None
+    spread_mode: Mode = "hard"
 
     @field_validator("callback_url")
     @classmethod
@@ -120,8 +177,22 @@ class Heartbeat(_Strict):
     memory_usage: float | None = Field(default=None, ge=0, le=1)
 
 
+class Reserve(_Strict):
+    """What a node keeps for its host (hypervisor, agents); a key left out takes the configured default."""
+
+    cpu: int | None = Field(default=None, ge=0, le=MAX_CPU)
+    memory: int | None = Field(default=None, ge=0, le=MAX_MEMORY)
+    disk: int | None = Field(default=None, ge=0, le=MAX_DISK)
+
+
 class Node(_Strict):
-    """A bare-metal server in the inventory (``scheduler nodes import``)."""
+    """A bare-metal server in the inventory (``scheduler nodes import``).
+
+    ``reserved`` and the ``*_allocation_ratio`` fields are optional: None
+    means "the configured default" (``reserved`` / ``allocation_ratios`` in
+    config.yaml), resolved when a fleet view is built, so that changing the
+    default reaches every node that did not set its own.
+    """
 
     name: Name
     ip: IPvAnyAddress
@@ -134,6 +205,22 @@ class Node(_Strict):
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
     zone: Name | None = None
     cordoned: bool = False
+    resources: ResourceCounts = Field(default_factory=dict, description="countable devices")
+    reserved: Reserve | None = None
+    cpu_allocation_ratio: AllocationRatio | None = None
+    memory_allocation_ratio: AllocationRatio | None = None
+    disk_allocation_ratio: AllocationRatio | None = None
+
+    @field_validator("reserved")
+    @classmethod
+    def _reserve_within_capacity(cls, reserved: Reserve | None, info: ValidationInfo) -> Reserve | None:
+        # cpu, memory and disk are declared before `reserved`, so they are in info.data when valid.
+        if reserved is not None:
+            for key in ("cpu", "memory", "disk"):
+                kept, capacity = getattr(reserved, key), info.data.get(key)
+                if kept is not None and capacity is not None and kept > capacity:
+                    raise ValueError(f"{key}: {kept} is larger than the capacity ({key}: {capacity})")
+        return reserved
 
     @field_serializer("ip")
     def _ip_str(self, ip: Any) -> str:
@@ -185,7 +272,7 @@ def format_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"]) or "(body)"
-        parts.append(f"{loc}: {err['msg']}")
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 

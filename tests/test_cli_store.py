@@ -60,9 +60,9 @@ def test_read_commands_on_an_empty_database_say_to_upgrade(run: Run) -> None:
 def test_db_upgrade_twice(run: Run, db_url: str) -> None:
     first = run("db", "upgrade")
     assert first.exit_code == 0, first.output
-    assert "upgraded from empty to revision 0001" in first.output
+    assert "upgraded from empty to revision 0002" in first.output
     second = run("db", "upgrade")
-    assert second.exit_code == 0 and "already at revision 0001" in second.output
+    assert second.exit_code == 0 and "already at revision 0002" in second.output
 
 
 def test_import_list_cordon_uncordon(run: Run, db_url: str) -> None:

@@ -259,5 +259,6 @@ def test_pool_utilization_and_memory_footprint() -> None:
     util = fleet.pool_utilization()
     assert util["p"] == {"cpu": 8 / 32, "memory": 256 / 2048, "disk": 50 / 200, "nodes": 2.0, "vms": 1.0}
     assert util["q"]["disk"] == 0.0  # no disk at all is 0% used, not a division by zero
-    # Per node: 8 int64 arrays, 4 float64 (last_seen, 3 reciprocals), 2 bool, no tag column.
-    assert fleet.nbytes() == 3 * (8 * 12 + 2)
+    # Per node: 8 int64 arrays, 4 float64 (last_seen, 3 reciprocals), 2 bool, an int32 zone code,
+    # no tag column and no device row.
+    assert fleet.nbytes() == 3 * (8 * 12 + 2 + 4)

@@ -158,3 +158,90 @@ def test_store_upgrade_and_check(db_url: str) -> None:
             store.check_schema()
         store.upgrade()
         store.check_schema()
+
+
+def test_upgrade_from_0001_keeps_nodes_tasks_and_allocations(engine: Engine) -> None:
+    """A database written by the 0001 schema, with data, upgrades to head with nothing lost."""
+    from datetime import UTC, datetime
+
+    from scheduler.fleet import Allocation
+    from scheduler.models import Node, SchedulingRequest
+    from scheduler.store.records import Placement
+    from scheduler.store.schema import allocations, nodes, tasks
+
+    migrate.upgrade(engine, "0001")
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    node_rows = [
+        {"name": f"bm-{i}", "ip": f"10.0.0.{i}", "pool": "default", "dedicated": i == 2, "cpu": 64,
+         "memory": 262144, "disk": 2000, "max_vms": 40, "tags": '["gpu"]' if i == 1 else "[]",
+         "zone": "az1" if i else None, "cordoned": i == 3, "created_at": now, "updated_at": now}
+        for i in range(4)
+    ]  # fmt: skip
+    request = SchedulingRequest(
+        task_id="t-old", requested_cpu=4, requested_memory=8192, anti_affinity_group="db"
+    )
+    task_rows = [
+        {"task_id": tid, "request": request.model_copy(update={"task_id": tid}).model_dump_json(
+            exclude=NEW_FIELDS),
+         "status": status, "node": node, "attempts": 1, "priority": 0, "epoch": 3,
+         "created_at": now, "updated_at": now}
+        for tid, status, node in (("t-old", "scheduled", "bm-1"), ("t-gone", "released", "bm-0"),
+                                  ("t-wait", "waiting", None))
+    ]  # fmt: skip
+    alloc_rows = [
+        {"task_id": "t-old", "node": "bm-1", "cpu": 4, "memory": 8192, "disk": 0,
+         "anti_affinity_group": "db", "epoch": 3, "created_at": now, "released_at": None},
+        {"task_id": "t-gone", "node": "bm-0", "cpu": 2, "memory": 1024, "disk": 10,
+         "anti_affinity_group": None, "epoch": 3, "created_at": now, "released_at": now},
+    ]  # fmt: skip
+    old_columns = {t: [c.name for c in table.c if c.name not in NEW_COLUMNS[t]] for t, table in (
+        ("nodes", nodes), ("tasks", tasks), ("allocations", allocations))}  # fmt: skip
+    with engine.begin() as conn:
+        for table, rows in ((nodes, node_rows), (tasks, task_rows), (allocations, alloc_rows)):
+            cols = [c for c in old_columns[table.name] if c in rows[0]]
+            values = ", ".join(":" + c for c in cols)
+            conn.execute(
+                text(f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({values})"),
+                [{c: row.get(c) for c in cols} for row in rows],
+            )
+        before = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in old_columns}
+
+    assert migrate.upgrade(engine) == migrate.head_revision()
+    assert _diffs(engine) == []
+    with engine.connect() as conn:
+        assert {
+            t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in old_columns
+        } == before
+
+    store = Store(engine)
+    listed = store.list_nodes()
+    assert [n.name for n in listed] == ["bm-0", "bm-1", "bm-2", "bm-3"]
+    old_fields = {k: v for k, v in listed[1].model_dump(mode="json").items()}
+    assert old_fields["tags"] == ["gpu"] and old_fields["zone"] == "az1" and old_fields["resources"] == {}
+    assert (old_fields["reserved"], old_fields["cpu_allocation_ratio"]) == (None, None)
+    assert listed[2].dedicated and listed[3].cordoned
+    assert store.active_allocations() == [Allocation("t-old", "bm-1", 4, 8192, 0, "db")]
+    fleet = store.load_fleet()
+    assert fleet.allocation("t-old") == Allocation("t-old", "bm-1", 4, 8192, 0, "db")
+    assert fleet.hard_groups == {"db": {fleet.index["bm-1"]: 1}}  # an old group is a hard one
+    assert store.get_task("t-old").status.value == "scheduled"  # type: ignore[union-attr]
+    assert store.get_task("t-wait").status.value == "waiting"  # type: ignore[union-attr]
+
+    # The upgraded database takes the new fields: devices on a node, and a placement holding some.
+    store.import_nodes([Node.model_validate({**listed[0].model_dump(mode="json"), "resources": {"gpu": 8}})])
+    gpu = SchedulingRequest(
+        task_id="t-gpu", requested_cpu=1, requested_memory=1, requested_resources={"gpu": 2}
+    )
+    store.commit([Placement(gpu, "bm-0", "10.0.0.0", "least_loaded", "placed", 1)], epoch=3)
+    assert store.node_usage()["bm-0"].devices == {"gpu": 2}
+    assert store.overcommitted_nodes() == {}
+
+
+NEW_FIELDS = {"requested_resources", "forbidden_tags", "anti_affinity_mode", "spread_group", "spread_mode"}
+"""Request fields the 0001 era did not know: its stored requests lack them."""
+NEW_COLUMNS = {
+    "nodes": {"resources", "reserved_cpu", "reserved_memory", "reserved_disk",
+              "cpu_allocation_ratio", "memory_allocation_ratio", "disk_allocation_ratio"},
+    "tasks": set(),
+    "allocations": {"resources", "spread_group", "anti_affinity_mode"},
+}  # fmt: skip

@@ -64,6 +64,11 @@ def test_full_request_round_trips() -> None:
         "anti_affinity_group": "db:primary",
         "priority": 7,
         "callback_url": "https://hooks.example.com/x",
+        "requested_resources": {"gpu": 2, "nvme": 1},
+        "forbidden_tags": ["maintenance"],
+        "anti_affinity_mode": "soft",
+        "spread_group": "web",
+        "spread_mode": "soft",
     }
     assert SchedulingRequest.model_validate(data).model_dump() == data
 
@@ -99,6 +104,24 @@ STRICT_CASES: list[tuple[str, Any, str]] = [
     ("task_id", "x" * 129, "pattern"),
     ("task_id", "é", "pattern"),
     ("task_id", 42, "valid string"),
+    ("required_tags", ["a|"], "empty alternative"),
+    ("required_tags", ["|b"], "empty alternative"),
+    ("required_tags", ["a||b"], "empty alternative"),
+    ("required_tags", ["a|b c"], "pattern"),
+    ("required_tags", ["a|a"], "repeats"),
+    ("forbidden_tags", ["a|b"], "pattern"),  # alternatives are for required tags only
+    ("requested_resources", {"gpu": 0}, "gpu: the count must be >= 1"),
+    ("requested_resources", {"gpu": -2}, "gpu: the count must be >= 1"),
+    ("requested_resources", {"gpu": 1.5}, "gpu: the count must be an integer"),
+    ("requested_resources", {"gpu": True}, "gpu: the count must be an integer"),
+    ("requested_resources", {"GPU": 1}, "'GPU': a resource name is"),
+    ("requested_resources", {"a" * 33: 1}, "a resource name is"),
+    ("requested_resources", {"cpu": 1}, "built-in resource"),
+    ("requested_resources", {"gpu": 5000}, "<= 4096"),
+    ("requested_resources", [["gpu", 1]], "valid dictionary"),
+    ("anti_affinity_mode", "sometimes", "'hard' or 'soft'"),
+    ("spread_mode", "HARD", "'hard' or 'soft'"),
+    ("spread_group", "", "pattern"),
 ]
 
 
@@ -270,3 +293,58 @@ def test_decision_placed_and_statuses_terminal() -> None:
         TaskStatus.FAILED,
         TaskStatus.RELEASED,
     }
+
+
+NODE = {"name": "gpu-017", "ip": "10.0.0.17", "cpu": 128, "memory": 1048576, "disk": 4000}
+
+# (field, bad value, words the error must contain) for the resource model of a node.
+NODE_CASES: list[tuple[str, Any, str]] = [
+    ("resources", {"gpu": 0}, "gpu: the count must be >= 1"),
+    ("resources", {"gpu": -8}, "gpu: the count must be >= 1"),
+    ("resources", {"Gpu": 8}, "a resource name is"),
+    ("resources", {"9gpu": 8}, "a resource name is"),
+    ("resources", {"memory": 8}, "built-in resource"),
+    ("resources", {f"d{i}": 1 for i in range(17)}, "at most 16 kinds"),
+    ("reserved", {"cpu": 129}, "cpu: 129 is larger than the capacity (cpu: 128)"),
+    ("reserved", {"memory": 1048577}, "memory: 1048577 is larger than the capacity"),
+    ("reserved", {"disk": 4001}, "disk: 4001 is larger than the capacity"),
+    ("reserved", {"cpu": -1}, "greater than or equal to 0"),
+    ("reserved", {"gpu": 1}, "Extra inputs are not permitted"),
+    ("cpu_allocation_ratio", 0, "greater than 0"),
+    ("cpu_allocation_ratio", -1.5, "greater than 0"),
+    ("memory_allocation_ratio", 100.5, "less than or equal to 100"),
+    ("disk_allocation_ratio", float("nan"), "finite number"),
+    ("disk_allocation_ratio", float("inf"), "finite number"),
+    ("cpu_allocation_ratio", "4", "valid number"),
+    ("cpu_allocation_ratio", True, "valid number"),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"), NODE_CASES, ids=[f"{c[0]}={c[1]!r:.20}" for c in NODE_CASES]
+)
+def test_node_resource_model_refuses_and_names_the_field(field: str, value: Any, words: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Node.model_validate({**NODE, field: value})
+    assert {err["loc"][0] for err in info.value.errors()} == {field}, info.value.errors()
+    text = format_validation_error(info.value)
+    assert text.startswith(field)
+    assert words in text
+
+
+def test_node_resource_model_accepts_the_design_example() -> None:
+    node = Node.model_validate(
+        {
+            **NODE,
+            "resources": {"gpu": 8, "nvme": 4},
+            "reserved": {"cpu": 4, "memory": 16384, "disk": 100},
+            "cpu_allocation_ratio": 4,  # an int is a fine ratio
+            "memory_allocation_ratio": 1.5,
+            "disk_allocation_ratio": 1.0,
+        }
+    )
+    assert node.resources == {"gpu": 8, "nvme": 4}
+    assert node.reserved is not None and (node.reserved.cpu, node.reserved.memory) == (4, 16384)
+    assert node.cpu_allocation_ratio == 4.0
+    # A reserve equal to the capacity is allowed: the node then offers nothing of it.
+    assert Node.model_validate({**NODE, "reserved": {"disk": 4000}}).reserved is not None

@@ -256,6 +256,37 @@ def test_random_picks_only_feasible_nodes_and_all_of_them() -> None:
     assert min(counts.values()) > 60  # uniform over 4: about 100 each
 
 
+# ------------------------------------------------------------ effective capacity
+# a: 100 cpu / 1000 MiB raw but 60 cpu / 600 MiB kept for the host -> 40 / 400 effective.
+# b: 50 cpu / 500 MiB raw at ratio 2 -> 100 / 1000 effective. Request 10 cpu / 100 MiB.
+# On raw capacity every strategy would rank the two the other way round; each must use effective capacity.
+EFFECTIVE = [
+    node("a-reserved", reserved={"cpu": 60, "memory": 600}),
+    node("b-overcommit", cpu=50, memory=500, cpu_allocation_ratio=2.0, memory_allocation_ratio=2.0),
+]
+EFFECTIVE_CASES = [
+    (
+        "least_loaded",
+        "b-overcommit",
+    ),  # a: .4 x .25 + .4 x .25 = .2; b: .4 x .1 + .4 x .1 = .08 (raw: a .08, b .16)
+    ("best_fit", "a-reserved"),  # a keeps .75 / .75 (room 1.5), b .9 / .9 (1.8) (raw: a 1.8, b 1.6)
+    ("cpu", "b-overcommit"),  # 100 free vCPUs against 40 (raw: 100 against 50)
+    ("memory", "b-overcommit"),  # 1000 MiB against 400 (raw: 1000 against 500)
+    ("hybrid", "b-overcommit"),  # free fractions .9 / .9 / 1 against .75 / .75 / 1 (raw: .9 against .8)
+    ("load_ratio", "a-reserved"),  # max_vms is never scaled: both 0 VMs, the lower name
+    ("round_robin", "a-reserved"),
+]
+
+
+@pytest.mark.parametrize(("strategy", "expected"), EFFECTIVE_CASES)
+def test_strategies_rank_by_effective_capacity(strategy: str, expected: str) -> None:
+    assert choose(strategy, FleetView.build(EFFECTIVE), req(10, 100)) == expected
+
+
+def test_effective_capacity_table_covers_every_deterministic_strategy() -> None:
+    assert {s for s, _ in EFFECTIVE_CASES} == set(STRATEGY_NAMES) - {"random"}
+
+
 # ------------------------------------------------------------ common behaviour
 @pytest.mark.parametrize("strategy", [s for s in STRATEGY_NAMES if s != "random"])
 def test_identical_nodes_tie_break_by_name(strategy: str) -> None:

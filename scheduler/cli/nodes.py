@@ -19,8 +19,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from scheduler.cli.common import CliError, cli, emit_json
+from scheduler.cli.common import CliError, cli, emit_json, settings_or_exit
 from scheduler.cli.db import store_session
+from scheduler.fleet import CapacityDefaults, NodeCapacity, node_capacity
 from scheduler.models import Node
 from scheduler.store import NodesFileError, NodeUsage, UnknownNode, load_nodes_file
 
@@ -55,12 +56,14 @@ def import_cmd(file: Path) -> None:
 @click.option("--pool", default=None, help="only the nodes of this pool")
 def list_cmd(as_json: bool, pool: str | None) -> None:
     """The nodes with their allocated resources, per node and per pool."""
-    with store_session(migrate=False) as store:
+    settings = settings_or_exit()
+    defaults = settings.capacity_defaults()
+    with store_session(settings, migrate=False) as store:
         nodes = store.list_nodes(pool=pool)
         usage = store.node_usage()
     if as_json:
         for node in nodes:
-            emit_json(node_json(node, usage.get(node.name, NodeUsage())))
+            emit_json(node_json(node, usage.get(node.name, NodeUsage()), defaults))
         return
     console = Console(highlight=False)
     if not nodes:
@@ -69,8 +72,8 @@ def list_cmd(as_json: bool, pool: str | None) -> None:
         )
         return
     wide = console.width >= WIDE_COLUMNS
-    console.print(node_table(nodes, usage, wide=wide))
-    console.print(pool_table(nodes, usage, wide=wide))
+    console.print(node_table(nodes, usage, defaults, wide=wide))
+    console.print(pool_table(nodes, usage, defaults, wide=wide))
 
 
 @nodes_group.command("cordon")
@@ -100,11 +103,28 @@ def _set_cordoned(name: str, cordoned: bool) -> None:
 # ------------------------------------------------------------------ rendering
 
 
-def node_json(node: Node, used: NodeUsage) -> dict[str, Any]:
-    """The ``nodes list --json`` line of DESIGN.md: the node's fields plus ``allocated``."""
+def node_json(node: Node, used: NodeUsage, defaults: CapacityDefaults | None = None) -> dict[str, Any]:
+    """The ``nodes list --json`` line of DESIGN.md: the node's fields (raw capacity, ``resources``,
+    its own ``reserved`` and ratios, None where the configured default applies) plus ``allocated``,
+    ``effective`` (capacity after reserves and ratios) and ``overcommitted``."""
     out = node.model_dump(mode="json")
     out["allocated"] = used.to_json()
+    cap = node_capacity(node, defaults or CapacityDefaults())
+    out["effective"] = {**cap.effective(), "vms": node.max_vms, **node.resources}
+    out["overcommitted"] = bool(over_limits(node, used, cap))
     return out
+
+
+def over_limits(node: Node, used: NodeUsage, cap: NodeCapacity) -> list[str]:
+    """The resources ``node`` holds more of than its effective capacity (a ratio lowered under it)."""
+    pairs = [
+        ("cpu", used.cpu, cap.effective_cpu),
+        ("memory", used.memory, cap.effective_memory),
+        ("disk", used.disk, cap.effective_disk),
+        ("vms", used.vms, node.max_vms),
+        *((k, n, node.resources.get(k, 0)) for k, n in used.devices.items()),
+    ]
+    return [name for name, have, limit in pairs if have > limit]
 
 
 def bar(used: int, capacity: int, width: int = BAR_WIDTH) -> Text:
@@ -124,11 +144,23 @@ def _gib(mib: int) -> str:
     return f"{mib / 1024:,.0f}"
 
 
-def node_table(nodes: list[Node], usage: dict[str, NodeUsage], *, wide: bool = False) -> Table:
-    """One row per node, by pool then name; ``wide`` adds the IP and absolute figures."""
+def node_table(
+    nodes: list[Node],
+    usage: dict[str, NodeUsage],
+    defaults: CapacityDefaults | None = None,
+    *,
+    wide: bool = False,
+) -> Table:
+    """One row per node, by pool then name; ``wide`` adds the IP and absolute figures.
+
+    Bars are against effective capacity; the wide figures read ``used/effective`` with the raw
+    capacity in brackets where reserves or ratios make them differ. A node holding more than its
+    effective capacity is flagged ``overcommitted(cpu,...)``: it takes nothing until it fits.
+    """
+    d = defaults or CapacityDefaults()
     table = Table(title="nodes", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
     width = BAR_WIDTH if wide else NARROW_BAR_WIDTH
-    columns = ["node", "pool", *(["ip"] if wide else []), "cpu", "memory", "disk", "vms", "flags"]
+    columns = ["node", "pool", *(["ip"] if wide else []), "cpu", "memory", "disk", "vms", "devices", "flags"]
     for col in columns:
         if col == "flags":
             table.add_column(col, min_width=12, overflow="fold")
@@ -136,25 +168,43 @@ def node_table(nodes: list[Node], usage: dict[str, NodeUsage], *, wide: bool = F
             table.add_column(col, no_wrap=True)
     for node in sorted(nodes, key=lambda n: (n.pool, n.name)):
         used = usage.get(node.name, NodeUsage())
+        cap = node_capacity(node, d)
+        over = over_limits(node, used, cap)
         flags = [f for f, on in (("dedicated", node.dedicated), ("cordoned", node.cordoned)) if on]
+        flags += [f"overcommitted({','.join(over)})"] if over else []
         flags += [f"#{t}" for t in node.tags]
-        cpu = bar(used.cpu, node.cpu, width)
-        mem = bar(used.memory, node.memory, width)
-        disk = bar(used.disk, node.disk, width)
+        cpu = bar(used.cpu, cap.effective_cpu, width)
+        mem = bar(used.memory, cap.effective_memory, width)
+        disk = bar(used.disk, cap.effective_disk, width)
         if wide:
-            cpu.append(f" {used.cpu}/{node.cpu}")
-            mem.append(f" {_gib(used.memory)}/{_gib(node.memory)} GiB")
-            disk.append(f" {used.disk}/{node.disk} GiB")
+            cpu.append(f" {used.cpu}/{cap.effective_cpu}{_raw(node.cpu, cap.effective_cpu)}")
+            mem.append(
+                f" {_gib(used.memory)}/{_gib(cap.effective_memory)} GiB"
+                f"{_raw(node.memory, cap.effective_memory, _gib)}"
+            )
+            disk.append(f" {used.disk}/{cap.effective_disk} GiB{_raw(node.disk, cap.effective_disk)}")
+        devices = " ".join(f"{k} {used.devices.get(k, 0)}/{n}" for k, n in node.resources.items())
         cells: list[Any] = [Text(node.name, style="strike" if node.cordoned else ""), node.pool]
         if wide:
             cells.append(str(node.ip))
-        cells += [cpu, mem, disk, f"{used.vms}/{node.max_vms}", " ".join(flags)]
+        cells += [cpu, mem, disk, f"{used.vms}/{node.max_vms}", devices, " ".join(flags)]
         table.add_row(*cells)
     return table
 
 
-def pool_table(nodes: list[Node], usage: dict[str, NodeUsage], *, wide: bool = False) -> Table:
-    """One row per pool: the pool's total utilization, how many nodes, how many cordoned or dedicated."""
+def _raw(raw: int, effective: int, fmt: Any = str) -> str:
+    return "" if raw == effective else f" (raw {fmt(raw)})"
+
+
+def pool_table(
+    nodes: list[Node],
+    usage: dict[str, NodeUsage],
+    defaults: CapacityDefaults | None = None,
+    *,
+    wide: bool = False,
+) -> Table:
+    """One row per pool: utilization of its effective capacity, how many nodes, cordoned or dedicated."""
+    d = defaults or CapacityDefaults()
     table = Table(title="pools", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
     for col in ("pool", "nodes", "cpu", "memory", "disk", "vms"):
         table.add_column(col, no_wrap=True)
@@ -165,6 +215,7 @@ def pool_table(nodes: list[Node], usage: dict[str, NodeUsage], *, wide: bool = F
         pools.setdefault(node.pool, []).append(node)
     for pool, members in sorted(pools.items()):
         used = [usage.get(n.name, NodeUsage()) for n in members]
+        caps = [node_capacity(n, d) for n in members]
         cordoned = sum(n.cordoned for n in members)
         dedicated = sum(n.dedicated for n in members)
         notes = [f"{cordoned} cordoned"] if cordoned else []
@@ -172,9 +223,9 @@ def pool_table(nodes: list[Node], usage: dict[str, NodeUsage], *, wide: bool = F
         table.add_row(
             pool,
             str(len(members)),
-            bar(sum(u.cpu for u in used), sum(n.cpu for n in members), width),
-            bar(sum(u.memory for u in used), sum(n.memory for n in members), width),
-            bar(sum(u.disk for u in used), sum(n.disk for n in members), width),
+            bar(sum(u.cpu for u in used), sum(c.effective_cpu for c in caps), width),
+            bar(sum(u.memory for u in used), sum(c.effective_memory for c in caps), width),
+            bar(sum(u.disk for u in used), sum(c.effective_disk for c in caps), width),
             f"{sum(u.vms for u in used)}/{sum(n.max_vms for n in members)}",
             ", ".join(notes),
         )

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from scheduler.simulate import SimulationResult
 
 PROGRESS_THRESHOLD = 5000
+_POOL_FIGURES = frozenset({"cpu", "memory", "disk", "nodes", "vms"})
+"""Keys of a pool's utilization that are not device kinds."""
 
 
 @cli.command("strategies")
@@ -65,8 +67,9 @@ def simulate_cmd(
         weights=(w.cpu, w.memory, w.disk),
         seed=settings.random_seed if seed is None else seed,
         dedicated_exclusive=settings.dedicated_nodes_exclusive,
+        spread_max_skew=settings.spread_max_skew,
     )
-    fleet = FleetView.build(nodes)
+    fleet = FleetView.build(nodes, defaults=settings.capacity_defaults())
     show_progress = len(trace) >= PROGRESS_THRESHOLD and sys.stderr.isatty()
     if show_progress:
         with Progress(
@@ -112,10 +115,19 @@ def _print_human(result: SimulationResult, strategy: str) -> None:
     summary.add_row("decisions/s", str(s["decisions_per_second"]))
     summary.add_row("decision p50 / p99", f"{s['decision_p50_us']} µs / {s['decision_p99_us']} µs")
     console.print(summary)
-    util = Table("pool", "nodes", "vms", "cpu", "memory", "disk", title="utilization per pool")
+    util = Table(
+        "pool", "nodes", "vms", "cpu", "memory", "disk", "devices", title="utilization per pool (effective)"
+    )
     for pool, u in sorted(s["utilization"].items()):
+        devices = " ".join(f"{k} {v:.0%}" for k, v in u.items() if k not in _POOL_FIGURES)
         util.add_row(
-            pool, str(int(u["nodes"])), str(int(u["vms"])), _bar(u["cpu"]), _bar(u["memory"]), _bar(u["disk"])
+            pool,
+            str(int(u["nodes"])),
+            str(int(u["vms"])),
+            _bar(u["cpu"]),
+            _bar(u["memory"]),
+            _bar(u["disk"]),
+            devices,
         )
     console.print(util)
 

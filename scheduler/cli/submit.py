@@ -97,6 +97,13 @@ def messages_from_file(path: str) -> tuple[list[Outgoing], list[str]]:
 @click.option("--strategy", help="override the configured strategy for this request")
 @click.option("--priority", type=int, default=0, show_default=True)
 @click.option("--anti-affinity", "group", help="anti-affinity group")
+@click.option("--anti-affinity-mode", type=click.Choice(["hard", "soft"]), default="hard", show_default=True)
+@click.option(
+    "--resource", "resources", multiple=True, metavar="NAME=COUNT", help="devices, e.g. gpu=2 (repeatable)"
+)
+@click.option("--forbid-tag", "forbidden", multiple=True, help="tag the node must not have (repeatable)")
+@click.option("--spread-group", help="spread the VMs of this group over zones")
+@click.option("--spread-mode", type=click.Choice(["hard", "soft"]), default="hard", show_default=True)
 @click.option("--callback-url", help="extra webhook target (must match webhooks.allow)")
 @click.option("--wait", is_flag=True, help="wait until every task is terminal and print the results")
 @click.option("--timeout", type=float, default=120, show_default=True, help="seconds, with --wait")
@@ -113,6 +120,11 @@ def submit_cmd(
     strategy: str | None,
     priority: int,
     group: str | None,
+    anti_affinity_mode: str,
+    resources: tuple[str, ...],
+    forbidden: tuple[str, ...],
+    spread_group: str | None,
+    spread_mode: str,
     callback_url: str | None,
     wait: bool,
     timeout: float,
@@ -139,6 +151,11 @@ def submit_cmd(
             "priority": priority,
             "anti_affinity_group": group,
             "callback_url": callback_url,
+            "requested_resources": parse_resource_flags(resources),
+            "forbidden_tags": list(forbidden),
+            "anti_affinity_mode": anti_affinity_mode,
+            "spread_group": spread_group,
+            "spread_mode": spread_mode,
         }
         if task_id is not None:
             fields["task_id"] = task_id
@@ -168,6 +185,26 @@ def submit_cmd(
         sys.exit(EXIT_NOT_PUBLISHED)
     if problems:
         sys.exit(EXIT_BAD_INPUT)
+
+
+def parse_resource_flags(values: tuple[str, ...]) -> dict[str, Any]:
+    """``--resource gpu=2 --resource nvme=1`` -> ``{"gpu": 2, "nvme": 1}`` (the model checks the rest)."""
+    out: dict[str, Any] = {}
+    for value in values:
+        name, sep, count = value.partition("=")
+        if not sep or not name:
+            raise CliError(
+                f"--resource {value!r}: expected NAME=COUNT (e.g. gpu=2)", exit_code=EXIT_BAD_INPUT
+            )
+        if name in out:
+            raise CliError(f"--resource {name!r} given twice", exit_code=EXIT_BAD_INPUT)
+        try:
+            out[name] = int(count)
+        except ValueError:
+            raise CliError(
+                f"--resource {value!r}: the count must be an integer", exit_code=EXIT_BAD_INPUT
+            ) from None
+    return out
 
 
 def _publish(settings: Settings, messages: list[Outgoing]) -> PublishReport:

@@ -227,7 +227,7 @@ def create_app(
         Answered as a ready JSONResponse (still documented as ``list[NodeOut]``):
         re-validating 10,000 node models on the way out cost seconds.
         """
-        return JSONResponse(nodes_with_usage(store, pool))
+        return JSONResponse(nodes_with_usage(store, pool, settings.capacity_defaults()))
 
     @app.get("/api/summary", response_model=Summary, tags=["dashboard"], responses=_UNAVAILABLE)
     def api_summary() -> Summary:

@@ -95,6 +95,12 @@ class TaskDetail(_Out):
 
 
 class Resources(_Out):
+    """cpu, memory, disk, vms, and one more integer key per kind of countable device (``gpu``...)
+    that is present: the same shape as ``allocated`` in ``scheduler nodes list --json``."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    __pydantic_extra__: dict[str, int] = Field(init=False)
+
     cpu: int
     memory: int
     disk: int
@@ -125,7 +131,20 @@ class NodeOut(_Out):
     zone: str | None
     cordoned: bool
     allocated: Resources
-    utilization: Utilization
+    utilization: Utilization = Field(description="allocated / effective capacity")
+    resources: dict[str, int] = Field(default_factory=dict, description="countable devices (raw = effective)")
+    reserved: dict[str, int | None] | None = Field(
+        default=None, description="kept for the host; null (or a null key): the configured default"
+    )
+    cpu_allocation_ratio: float | None = None
+    memory_allocation_ratio: float | None = None
+    disk_allocation_ratio: float | None = None
+    effective: Resources | None = Field(
+        default=None, description="floor((capacity - reserved) x ratio): cpu, memory, disk; max_vms, devices"
+    )
+    overcommitted: bool = Field(
+        default=False, description="holds more than its effective capacity (a ratio lowered under it)"
+    )
 
 
 # ------------------------------------------------------------------ dashboard
@@ -152,6 +171,9 @@ class NodeColumns(_Out):
     vms: list[int]
     max_vms: list[int]
     cordoned: list[bool]
+    zone: list[str | None] = Field(default_factory=list)
+    devices: list[str] = Field(default_factory=list, description='devices in use per node, e.g. "gpu 3/8"')
+    overcommitted: list[bool] = Field(default_factory=list)
 
 
 class RecentTask(_Out):

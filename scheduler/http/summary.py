@@ -80,7 +80,7 @@ class SummaryBuilder:
 
     def build(self) -> Summary:
         state = self.state() if self.state is not None else None
-        figures = read_database_figures(self.store)
+        figures = read_database_figures(self.store, self.settings.capacity_defaults())
         fleet = state.fleet if state is not None else None
         if fleet is not None:
             pools = fleet_pool_figures(fleet)
@@ -124,7 +124,7 @@ class SummaryBuilder:
 
     def _database_columns(self) -> NodeColumns:
         """Nodes and their usage from the database, as plain columns (no model per node)."""
-        return NodeColumns(**node_columns(self.store))
+        return NodeColumns(**node_columns(self.store, self.settings.capacity_defaults()))
 
 
 def role_of(state: WorkerState | None) -> Literal["leader", "standby", "api"]:
@@ -152,7 +152,26 @@ def _fleet_columns(fleet: FleetView) -> NodeColumns:
         vms=[int(v) for v in fleet.vms],
         max_vms=[int(v) for v in fleet.max_vms],
         cordoned=[bool(c) for c in fleet.cordoned],
+        zone=list(fleet.zones),
+        devices=_fleet_devices(fleet),
+        overcommitted=[bool(x) for x in fleet.overcommitted()],
     )
+
+
+def _fleet_devices(fleet: FleetView) -> list[str]:
+    """``"gpu 3/8 nvme 0/4"`` per node (empty for nodes without devices), from the device matrix."""
+    if not fleet.dev_names:
+        return [""] * fleet.size
+    cap, free = fleet.cap_dev.tolist(), fleet.free_dev.tolist()
+    out = []
+    for i in range(fleet.size):
+        parts = [
+            f"{kind} {cap[j][i] - free[j][i]}/{cap[j][i]}"
+            for j, kind in enumerate(fleet.dev_names)
+            if cap[j][i] or free[j][i]
+        ]
+        out.append(" ".join(parts))
+    return out
 
 
 def _resources(values: dict[str, int] | Any) -> Resources:

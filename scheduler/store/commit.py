@@ -27,7 +27,7 @@ from json.encoder import encode_basestring as _enc
 from typing import Any
 
 from scheduler.fleet import Allocation
-from scheduler.models import MAX_PRIORITY, TaskStatus
+from scheduler.models import MAX_PRIORITY, SchedulingRequest, TaskStatus
 from scheduler.store.records import CommitItem, CommitResult, Failure, Placement, Release, Waiting
 
 TERMINAL = frozenset({TaskStatus.SCHEDULED, TaskStatus.FAILED, TaskStatus.RELEASED})
@@ -39,6 +39,7 @@ TASK_COLUMNS = (
 TASK_UPDATE_COLUMNS = tuple(c for c in TASK_COLUMNS if c not in ("task_id", "created_at"))
 ALLOCATION_COLUMNS = (
     "task_id", "node", "cpu", "memory", "disk", "anti_affinity_group", "epoch", "created_at", "released_at",
+    "resources", "spread_group", "anti_affinity_mode",
 )  # fmt: skip
 OUTBOX_COLUMNS = ("event_id", "type", "task_id", "payload", "callback_url", "dispatched", "created_at")
 
@@ -149,7 +150,7 @@ def plan_batch(
             pending = new_allocs.get(tid)
             if pending is not None and pending[8] is None:  # placed earlier in this batch
                 pending[8] = stamp
-                released.append(Allocation(*pending[:6]))
+                released.append(allocation_from_row(pending))
             elif tid in active:
                 release_in_db.append(tid)
                 released.append(active.pop(tid))
@@ -173,7 +174,7 @@ def plan_batch(
             state.strategy = item.strategy
             new_allocs[tid] = [
                 tid, item.node, req.requested_cpu, req.requested_memory, req.requested_disk,
-                req.anti_affinity_group, epoch, stamp, None,
+                req.anti_affinity_group, epoch, stamp, None, *resource_columns(req),
             ]  # fmt: skip
             callback = req.callback_url
         elif isinstance(item, Waiting):
@@ -228,6 +229,35 @@ def plan_batch(
             event_ids=tuple(event_ids),
         ),
     )
+
+
+def resource_columns(req: SchedulingRequest) -> tuple[str | None, str | None, str | None]:
+    """The resource-model columns of an allocation row: devices as JSON (None for none), the spread
+    group, and ``"soft"`` for a soft anti-affinity group (None: hard)."""
+    devices = compact_json(req.requested_resources) if req.requested_resources else None
+    soft = "soft" if req.anti_affinity_group is not None and req.anti_affinity_mode == "soft" else None
+    return devices, req.spread_group, soft
+
+
+def allocation_from_row(row: Sequence[Any]) -> Allocation:
+    """An :class:`Allocation` from a row in ``ALLOCATION_COLUMNS`` order."""
+    return make_allocation(*row[:6], *row[9:12])
+
+
+def make_allocation(
+    task_id: str,
+    node: str,
+    cpu: int,
+    memory: int,
+    disk: int,
+    group: str | None,
+    resources: str | None,
+    spread_group: str | None,
+    mode: str | None,
+) -> Allocation:
+    """An :class:`Allocation` from its stored columns (``resources`` as JSON text)."""
+    devices = tuple(sorted(json.loads(resources).items())) if resources else ()
+    return Allocation(task_id, node, cpu, memory, disk, group, devices, spread_group, mode == "soft")
 
 
 def _payload(event_id: str, event_type: str, created_at: str, tid: str, state: TaskState) -> str:

@@ -9,7 +9,7 @@ without copying.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -121,9 +121,11 @@ class NodeUsage:
     memory: int = 0
     disk: int = 0
     vms: int = 0
+    devices: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, int]:
-        return {"cpu": self.cpu, "memory": self.memory, "disk": self.disk, "vms": self.vms}
+        """``{cpu, memory, disk, vms}`` plus one key per device kind in use (``gpu``...)."""
+        return {"cpu": self.cpu, "memory": self.memory, "disk": self.disk, "vms": self.vms, **self.devices}
 
 
 @dataclass(frozen=True, slots=True)

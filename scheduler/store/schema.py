@@ -55,6 +55,14 @@ nodes = Table(
     Column("last_heartbeat_at", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The resource model (migration 0002). NULL reserves and ratios mean "the configured default".
+    Column("resources", Text, nullable=False, default="{}", server_default="{}"),  # JSON {device: count}
+    Column("reserved_cpu", Integer, nullable=True),
+    Column("reserved_memory", BigInteger, nullable=True),
+    Column("reserved_disk", BigInteger, nullable=True),
+    Column("cpu_allocation_ratio", Float, nullable=True),
+    Column("memory_allocation_ratio", Float, nullable=True),
+    Column("disk_allocation_ratio", Float, nullable=True),
 )
 
 # Monotonic counters; ``inventory`` is bumped by every node import, cordon and
@@ -97,6 +105,11 @@ allocations = Table(
     Column("epoch", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("released_at", DateTime(timezone=True), nullable=True),
+    # The resource model (migration 0002): devices held (JSON {device: count}, NULL for none),
+    # the spread group, and "soft" when the anti-affinity group was a preference (NULL: hard).
+    Column("resources", Text, nullable=True),
+    Column("spread_group", String(128), nullable=True),
+    Column("anti_affinity_mode", String(8), nullable=True),
     Index(
         "uq_allocations_active_task",
         "task_id",

@@ -37,8 +37,8 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
 
-from scheduler.fleet import Allocation, FleetView
-from scheduler.models import Node, Reason, SchedulingRequest, TaskStatus
+from scheduler.fleet import Allocation, CapacityDefaults, FleetView, node_capacity
+from scheduler.models import Node, Reason, Reserve, SchedulingRequest, TaskStatus
 from scheduler.store import migrate
 from scheduler.store.bulk import writer_for
 from scheduler.store.commit import (
@@ -48,6 +48,7 @@ from scheduler.store.commit import (
     TASK_UPDATE_COLUMNS,
     TaskState,
     compact_json,
+    make_allocation,
     plan_batch,
     releasable,
 )
@@ -73,8 +74,20 @@ _FLEET_PARTITION = 20_000
 _NODE_COLUMNS = (
     nodes.c.name, nodes.c.ip, nodes.c.pool, nodes.c.dedicated, nodes.c.cpu, nodes.c.memory,
     nodes.c.disk, nodes.c.max_vms, nodes.c.tags, nodes.c.zone, nodes.c.cordoned,
+    nodes.c.resources, nodes.c.reserved_cpu, nodes.c.reserved_memory, nodes.c.reserved_disk,
+    nodes.c.cpu_allocation_ratio, nodes.c.memory_allocation_ratio, nodes.c.disk_allocation_ratio,
 )  # fmt: skip
-_NODE_FIELDS = ("ip", "pool", "dedicated", "cpu", "memory", "disk", "max_vms", "tags", "zone", "cordoned")
+_NODE_FIELDS = (
+    "ip", "pool", "dedicated", "cpu", "memory", "disk", "max_vms", "tags", "zone", "cordoned",
+    "resources", "reserved_cpu", "reserved_memory", "reserved_disk",
+    "cpu_allocation_ratio", "memory_allocation_ratio", "disk_allocation_ratio",
+)  # fmt: skip
+_ALLOCATION_SELECT = (
+    allocations.c.task_id, allocations.c.node, allocations.c.cpu, allocations.c.memory, allocations.c.disk,
+    allocations.c.anti_affinity_group, allocations.c.resources, allocations.c.spread_group,
+    allocations.c.anti_affinity_mode,
+)  # fmt: skip
+"""An active allocation's columns in :func:`~scheduler.store.commit.make_allocation` order."""
 
 
 @contextmanager
@@ -116,6 +129,22 @@ ACTIVE_USAGE = (
     .group_by(allocations.c.node)
 )
 """Per node with active allocations: (node, cpu, memory, disk, vms) in use."""
+
+ACTIVE_DEVICES = select(allocations.c.node, allocations.c.resources).where(
+    allocations.c.released_at.is_(None), allocations.c.resources.is_not(None)
+)
+"""Active allocations holding devices: (node, JSON {device: count}); summed in Python, the same on
+both backends (few rows: only VMs that asked for devices)."""
+
+
+def device_usage(rows: Iterable[Any]) -> dict[str, dict[str, int]]:
+    """Per node, devices in use, from :data:`ACTIVE_DEVICES` rows."""
+    out: dict[str, dict[str, int]] = {}
+    for node, text in rows:
+        held = out.setdefault(node, {})
+        for kind, count in json.loads(text).items():
+            held[kind] = held.get(kind, 0) + int(count)
+    return out
 
 
 class Store:
@@ -281,11 +310,19 @@ class Store:
 
     @staticmethod
     def _usage(conn: Connection) -> dict[str, NodeUsage]:
+        devices = device_usage(conn.execute(ACTIVE_DEVICES).all())
         return {
-            name: NodeUsage(int(c), int(m), int(d), int(v)) for name, c, m, d, v in conn.execute(ACTIVE_USAGE)
+            name: NodeUsage(int(c), int(m), int(d), int(v), devices.get(name, {}))
+            for name, c, m, d, v in conn.execute(ACTIVE_USAGE)
         }
 
-    def load_fleet(self, *, suspicious_after: float = 10.0, offline_after: float = 20.0) -> FleetView:
+    def load_fleet(
+        self,
+        *,
+        suspicious_after: float = 10.0,
+        offline_after: float = 20.0,
+        defaults: CapacityDefaults | None = None,
+    ) -> FleetView:
         """The fleet view of every node with every active allocation, read in one snapshot.
 
         One snapshot matters: an allocation on a node the view does not know
@@ -307,14 +344,12 @@ class Store:
                 self._stream_active(conn),
                 suspicious_after=suspicious_after,
                 offline_after=offline_after,
+                defaults=defaults,
             )
 
     def _stream_active(self, conn: Connection) -> Iterator[Allocation]:
         """Every active allocation, fetched ``_FLEET_PARTITION`` rows at a time."""
-        stmt = select(
-            allocations.c.task_id, allocations.c.node, allocations.c.cpu, allocations.c.memory,
-            allocations.c.disk, allocations.c.anti_affinity_group,
-        ).where(allocations.c.released_at.is_(None))  # fmt: skip
+        stmt = select(*_ALLOCATION_SELECT).where(allocations.c.released_at.is_(None))
         sql = str(stmt.compile(dialect=conn.dialect))
         driver = conn.connection.driver_connection
         assert driver is not None
@@ -325,7 +360,7 @@ class Store:
         try:
             cursor.execute(sql)
             while part := cursor.fetchmany(_FLEET_PARTITION):
-                yield from starmap(Allocation, part)
+                yield from starmap(make_allocation, part)
         except dbapi_error as exc:  # the driver's own error: re-raise it as SQLAlchemy's
             raise DBAPIError.instance(sql, None, exc, dbapi_error, dialect=conn.dialect) from exc
         finally:
@@ -438,13 +473,10 @@ class Store:
 
     def _active_allocations(self, conn: Connection, ids: Sequence[str]) -> dict[str, Allocation]:
         out: dict[str, Allocation] = {}
-        stmt = select(
-            allocations.c.task_id, allocations.c.node, allocations.c.cpu, allocations.c.memory,
-            allocations.c.disk, allocations.c.anti_affinity_group,
-        ).where(allocations.c.released_at.is_(None))  # fmt: skip
+        stmt = select(*_ALLOCATION_SELECT).where(allocations.c.released_at.is_(None))
         for chunk in _chunks(ids):
-            for t, n, c, m, d, g in conn.execute(stmt.where(self._among(allocations.c.task_id, chunk))):
-                out[t] = Allocation(t, n, c, m, d, g)
+            for row in conn.execute(stmt.where(self._among(allocations.c.task_id, chunk))):
+                out[row[0]] = make_allocation(*row)
         return out
 
     # ------------------------------------------------------------ tasks
@@ -500,34 +532,39 @@ class Store:
         return {TaskStatus(s): int(n) for s, n in rows}
 
     # ------------------------------------------------------------ invariants
-    def overcommitted_nodes(self) -> dict[str, list[str]]:
-        """Nodes whose active allocations exceed a capacity, with what is over (DESIGN.md invariant 1).
+    def overcommitted_nodes(self, defaults: CapacityDefaults | None = None) -> dict[str, list[str]]:
+        """Nodes whose active allocations exceed an effective capacity, with what is over
+        (DESIGN.md invariants 1 and 8): cpu, memory and disk under ``defaults`` (the configured
+        ratios and reserves), max_vms, and every device count.
 
         Empty when all is well, so ``assert not store.overcommitted_nodes()``
-        reads naturally in tests and prints the culprits when it fails.
+        reads naturally in tests and prints the culprits when it fails. A
+        node whose ratio was lowered under its running VMs is listed too:
+        that is accepted, and it takes nothing more until it fits again.
         """
         out: dict[str, list[str]] = {}
         with self._read(snapshot=True) as conn:
             usage = self._usage(conn)
-            caps = conn.execute(
-                select(nodes.c.name, nodes.c.cpu, nodes.c.memory, nodes.c.disk, nodes.c.max_vms)
-            ).all()
-        for name, cpu, memory, disk, max_vms in caps:
-            used = usage.get(name)
+            node_list = [_node_from_row(row) for row in conn.execute(select(*_NODE_COLUMNS))]
+        d = defaults or CapacityDefaults()
+        for node in node_list:
+            used = usage.get(node.name)
             if used is None:
                 continue
+            cap = node_capacity(node, d)
             over = [
-                f"{label} {have}/{cap}"
-                for label, have, cap in (
-                    ("cpu", used.cpu, cpu),
-                    ("memory", used.memory, memory),
-                    ("disk", used.disk, disk),
-                    ("vms", used.vms, max_vms),
+                f"{label} {have}/{limit}"
+                for label, have, limit in (
+                    ("cpu", used.cpu, cap.effective_cpu),
+                    ("memory", used.memory, cap.effective_memory),
+                    ("disk", used.disk, cap.effective_disk),
+                    ("vms", used.vms, node.max_vms),
+                    *((k, n, node.resources.get(k, 0)) for k, n in sorted(used.devices.items())),
                 )
-                if have > cap
+                if have > limit
             ]
             if over:
-                out[name] = over
+                out[node.name] = over
         return out
 
     def duplicate_active_allocations(self) -> dict[str, int]:
@@ -544,27 +581,21 @@ class Store:
     def active_allocations(self, node: str | None = None) -> list[Allocation]:
         """Active allocations (of ``node``), by task id."""
         stmt = (
-            select(
-                allocations.c.task_id,
-                allocations.c.node,
-                allocations.c.cpu,
-                allocations.c.memory,
-                allocations.c.disk,
-                allocations.c.anti_affinity_group,
-            )
+            select(*_ALLOCATION_SELECT)
             .where(allocations.c.released_at.is_(None))
             .order_by(allocations.c.task_id)
         )
         if node is not None:
             stmt = stmt.where(allocations.c.node == node)
         with self._read() as conn:
-            return [Allocation(t, n, c, m, d, g) for t, n, c, m, d, g in conn.execute(stmt)]
+            return [make_allocation(*row) for row in conn.execute(stmt)]
 
 
 # ------------------------------------------------------------------ row helpers
 
 
 def _node_row(node: Node) -> dict[str, Any]:
+    kept = node.reserved
     return {
         "name": node.name,
         "ip": str(node.ip),
@@ -577,6 +608,13 @@ def _node_row(node: Node) -> dict[str, Any]:
         "tags": compact_json(list(node.tags)),
         "zone": node.zone,
         "cordoned": node.cordoned,
+        "resources": compact_json(node.resources),
+        "reserved_cpu": kept.cpu if kept is not None else None,
+        "reserved_memory": kept.memory if kept is not None else None,
+        "reserved_disk": kept.disk if kept is not None else None,
+        "cpu_allocation_ratio": node.cpu_allocation_ratio,
+        "memory_allocation_ratio": node.memory_allocation_ratio,
+        "disk_allocation_ratio": node.disk_allocation_ratio,
     }
 
 
@@ -597,7 +635,18 @@ def _node_from_row(row: Any) -> Node:
         tags=json.loads(row.tags),
         zone=row.zone,
         cordoned=bool(row.cordoned),
+        resources=json.loads(row.resources) if row.resources != "{}" else {},
+        reserved=_reserve_from_row(row),
+        cpu_allocation_ratio=row.cpu_allocation_ratio,
+        memory_allocation_ratio=row.memory_allocation_ratio,
+        disk_allocation_ratio=row.disk_allocation_ratio,
     )
+
+
+def _reserve_from_row(row: Any) -> Reserve | None:
+    if row.reserved_cpu is None and row.reserved_memory is None and row.reserved_disk is None:
+        return None
+    return Reserve.model_construct(cpu=row.reserved_cpu, memory=row.reserved_memory, disk=row.reserved_disk)
 
 
 def _task_select() -> Any:

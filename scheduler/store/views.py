@@ -19,21 +19,30 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from scheduler.fleet import CapacityDefaults, effective_amount
 from scheduler.store.engine import READ_ONLY_OPTION
 from scheduler.store.schema import allocations, nodes
-from scheduler.store.store import ACTIVE_USAGE
+from scheduler.store.store import ACTIVE_DEVICES, ACTIVE_USAGE, device_usage
 
 if TYPE_CHECKING:
     from scheduler.store.store import Store
 
-NODE_COLUMNS = ("name", "ip", "pool", "cpu", "memory", "disk", "vms", "max_vms", "cordoned")
+NODE_COLUMNS = (
+    "name", "ip", "pool", "cpu", "memory", "disk", "vms", "max_vms", "cordoned", "zone", "devices",
+    "overcommitted",
+)  # fmt: skip
 
 
-def nodes_with_usage(store: Store, pool: str | None = None) -> list[dict[str, Any]]:
+def nodes_with_usage(
+    store: Store, pool: str | None = None, defaults: CapacityDefaults | None = None
+) -> list[dict[str, Any]]:
     """Every node (of ``pool``) by name: its inventory fields, ``allocated`` and ``utilization``.
 
-    The fields are those of ``scheduler nodes list --json``, plus the ratios.
+    The fields are those of ``scheduler nodes list --json``, plus the ratios;
+    utilization is against effective capacity (``defaults``: the configured
+    ratios and reserves for nodes without their own).
     """
+    d = defaults or CapacityDefaults()
     stmt = select(
         nodes.c.name,
         nodes.c.ip,
@@ -46,6 +55,13 @@ def nodes_with_usage(store: Store, pool: str | None = None) -> list[dict[str, An
         nodes.c.tags,
         nodes.c.zone,
         nodes.c.cordoned,
+        nodes.c.resources,
+        nodes.c.reserved_cpu,
+        nodes.c.reserved_memory,
+        nodes.c.reserved_disk,
+        nodes.c.cpu_allocation_ratio,
+        nodes.c.memory_allocation_ratio,
+        nodes.c.disk_allocation_ratio,
     ).order_by(nodes.c.name)
     usage_stmt = ACTIVE_USAGE
     if pool is not None:
@@ -57,16 +73,29 @@ def nodes_with_usage(store: Store, pool: str | None = None) -> list[dict[str, An
         conn.execution_options(**{READ_ONLY_OPTION: True})
         with conn.begin():
             used = {row[0]: row for row in conn.execute(usage_stmt)}
+            held = device_usage(conn.execute(ACTIVE_DEVICES).all())
             rows = conn.execute(stmt).all()
     out = []
-    for name, ip, pool_, dedicated, cpu, memory, disk, max_vms, tags, zone, cordoned in rows:
+    for row in rows:
+        (name, ip, pool_, dedicated, cpu, memory, disk, max_vms, tags, zone, cordoned, resources,
+         r_cpu, r_mem, r_disk, x_cpu, x_mem, x_disk) = row  # fmt: skip
         u = used.get(name)
-        alloc = {
-            "cpu": int(u[1]) if u else 0,
-            "memory": int(u[2]) if u else 0,
-            "disk": int(u[3]) if u else 0,
-            "vms": int(u[4]) if u else 0,
-        }
+        devices: dict[str, int] = json.loads(resources) if resources != "{}" else {}
+        a_cpu, a_mem, a_disk, a_vms = (int(u[1]), int(u[2]), int(u[3]), int(u[4])) if u else (0, 0, 0, 0)
+        a_dev = held.get(name, {})
+        e_cpu = effective_amount(cpu, _or(r_cpu, d.reserved_cpu), _or(x_cpu, d.cpu_ratio))
+        e_mem = effective_amount(memory, _or(r_mem, d.reserved_memory), _or(x_mem, d.memory_ratio))
+        e_disk = effective_amount(disk, _or(r_disk, d.reserved_disk), _or(x_disk, d.disk_ratio))
+        over = (a_cpu > e_cpu or a_mem > e_mem or a_disk > e_disk or a_vms > max_vms) or any(
+            n > devices.get(k, 0) for k, n in a_dev.items()
+        )
+        alloc = {"cpu": a_cpu, "memory": a_mem, "disk": a_disk, "vms": a_vms, **a_dev}
+        eff = {"cpu": e_cpu, "memory": e_mem, "disk": e_disk, "vms": int(max_vms), **devices}
+        reserved = (
+            None
+            if r_cpu is None and r_mem is None and r_disk is None
+            else {"cpu": r_cpu, "memory": r_mem, "disk": r_disk}
+        )
         out.append(
             {
                 "name": name,
@@ -82,14 +111,26 @@ def nodes_with_usage(store: Store, pool: str | None = None) -> list[dict[str, An
                 "cordoned": bool(cordoned),
                 "allocated": alloc,
                 "utilization": {
-                    "cpu": ratio(alloc["cpu"], cpu),
-                    "memory": ratio(alloc["memory"], memory),
-                    "disk": ratio(alloc["disk"], disk),
-                    "vms": ratio(alloc["vms"], max_vms),
+                    "cpu": ratio(a_cpu, e_cpu),
+                    "memory": ratio(a_mem, e_mem),
+                    "disk": ratio(a_disk, e_disk),
+                    "vms": ratio(a_vms, max_vms),
                 },
+                "resources": devices,
+                "reserved": reserved,
+                "cpu_allocation_ratio": x_cpu,
+                "memory_allocation_ratio": x_mem,
+                "disk_allocation_ratio": x_disk,
+                "effective": eff,
+                "overcommitted": over,
             }
         )
     return out
+
+
+def _or(value: Any, default: Any) -> Any:
+    """A node's own value, or the configured default where it has none (NULL)."""
+    return default if value is None else value
 
 
 def ratio(used: int, cap: int) -> float:
@@ -97,13 +138,15 @@ def ratio(used: int, cap: int) -> float:
     return 0.0 if cap <= 0 else round(used / cap, 4)
 
 
-def node_columns(store: Store) -> dict[str, list[Any]]:
+def node_columns(store: Store, defaults: CapacityDefaults | None = None) -> dict[str, list[Any]]:
     """Every node in (pool, name) order, as columns (``NODE_COLUMNS``); cpu, memory, disk are ratios.
 
     Columns rather than one object per node: the dashboard draws 10,000 nodes
     from them, and a column of floats is a fraction of the JSON of as many
-    objects.
+    objects. Ratios are against effective capacity (``defaults`` for nodes
+    without their own ratios and reserves); ``devices`` reads "gpu 3/8".
     """
+    d = defaults or CapacityDefaults()
     stmt = select(
         nodes.c.name,
         nodes.c.ip,
@@ -113,22 +156,54 @@ def node_columns(store: Store) -> dict[str, list[Any]]:
         nodes.c.disk,
         nodes.c.max_vms,
         nodes.c.cordoned,
+        nodes.c.zone,
+        nodes.c.resources,
+        nodes.c.reserved_cpu,
+        nodes.c.reserved_memory,
+        nodes.c.reserved_disk,
+        nodes.c.cpu_allocation_ratio,
+        nodes.c.memory_allocation_ratio,
+        nodes.c.disk_allocation_ratio,
     ).order_by(nodes.c.pool, nodes.c.name)
     cols: dict[str, list[Any]] = {k: [] for k in NODE_COLUMNS}
     with store.engine.connect() as conn:
         conn.execution_options(**{READ_ONLY_OPTION: True})
         with conn.begin():
             used = {row[0]: row for row in conn.execute(ACTIVE_USAGE)}
+            held = device_usage(conn.execute(ACTIVE_DEVICES).all())
             rows = conn.execute(stmt).all()
-    for name, ip, pool, cpu, memory, disk, max_vms, cordoned in rows:
+    for row in rows:
+        (name, ip, pool, cpu, memory, disk, max_vms, cordoned, zone, resources,
+         r_cpu, r_mem, r_disk, x_cpu, x_mem, x_disk) = row  # fmt: skip
         u = used.get(name)
+        a_cpu, a_mem, a_disk, a_vms = (int(u[1]), int(u[2]), int(u[3]), int(u[4])) if u else (0, 0, 0, 0)
+        a_dev = held.get(name, {})
+        devices: dict[str, int] = json.loads(resources) if resources != "{}" else {}
+        e_cpu = effective_amount(cpu, _or(r_cpu, d.reserved_cpu), _or(x_cpu, d.cpu_ratio))
+        e_mem = effective_amount(memory, _or(r_mem, d.reserved_memory), _or(x_mem, d.memory_ratio))
+        e_disk = effective_amount(disk, _or(r_disk, d.reserved_disk), _or(x_disk, d.disk_ratio))
         cols["name"].append(name)
         cols["ip"].append(ip)
         cols["pool"].append(pool)
-        cols["cpu"].append(ratio(int(u[1]) if u else 0, cpu))
-        cols["memory"].append(ratio(int(u[2]) if u else 0, memory))
-        cols["disk"].append(ratio(int(u[3]) if u else 0, disk))
-        cols["vms"].append(int(u[4]) if u else 0)
+        cols["cpu"].append(ratio(a_cpu, e_cpu))
+        cols["memory"].append(ratio(a_mem, e_mem))
+        cols["disk"].append(ratio(a_disk, e_disk))
+        cols["vms"].append(a_vms)
         cols["max_vms"].append(int(max_vms))
         cols["cordoned"].append(bool(cordoned))
+        cols["zone"].append(zone)
+        cols["devices"].append(devices_text(a_dev, devices))
+        cols["overcommitted"].append(
+            a_cpu > e_cpu
+            or a_mem > e_mem
+            or a_disk > e_disk
+            or a_vms > max_vms
+            or any(n > devices.get(k, 0) for k, n in a_dev.items())
+        )
     return cols
+
+
+def devices_text(used: dict[str, int], capacity: dict[str, int]) -> str:
+    """Devices in use against the node's count, per kind in name order: ``"gpu 3/8 nvme 0/4"``."""
+    kinds = sorted(set(capacity) | set(used))
+    return " ".join(f"{k} {used.get(k, 0)}/{capacity.get(k, 0)}" for k in kinds)

@@ -11,19 +11,32 @@ is the lowest node name because the fleet is sorted by name within a pool.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from scheduler.fleet import BoolArray, FleetView, FloatArray, IntArray
 from scheduler.models import SchedulingRequest
 
+if TYPE_CHECKING:
+    from scheduler.strategies.registry import StrategyOptions
+
 
 class Strategy(ABC):
-    """Chooses one node among the feasible nodes of a pool slice."""
+    """Chooses one node among the feasible nodes of a pool slice.
 
-    name: ClassVar[str]
-    description: ClassVar[str]
+    ``name`` and ``description`` are set by the registry when it builds the
+    strategy (:func:`~scheduler.strategies.registry.get_strategy`): they are
+    written in one place only.
+    """
+
+    name: str = ""
+    description: str = ""
+
+    @classmethod
+    def build(cls, options: StrategyOptions) -> Strategy:
+        """An instance configured from ``options``; strategies without settings take none."""
+        return cls()
 
     @abstractmethod
     def choose(

@@ -36,8 +36,6 @@ square root, so ``best_fit`` costs less than ``least_loaded``.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 
 from scheduler.fleet import FleetView, FloatArray
@@ -49,11 +47,6 @@ STRANDING = 24.0
 
 
 class BestFit(ScoringStrategy):
-    name: ClassVar[str] = "best_fit"
-    description: ClassVar[str] = (
-        "consolidate: least remaining capacity after placement, balanced across resources"
-    )
-
     def __init__(self, stranding: float = STRANDING) -> None:
         self.stranding = stranding
 

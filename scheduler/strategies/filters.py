@@ -1,21 +1,33 @@
 """Filters: which nodes of the requested pool can take the VM at all, and why not.
 
-Each filter narrows one boolean mask over the pool slice and counts how many
-nodes it removed, so a failure explains itself the way kube-scheduler does
-(``0/120 nodes fit: 80 insufficient memory, 30 pool mismatch, 8 offline``).
-A node is counted once, under the first filter it fails, so the counts add
-up to the fleet size. Filters that cannot remove anything for this request
-(no tags asked for, no cordoned node in the fleet, ...) are skipped, which is
-most of what keeps a decision cheap.
+Each filter is a small named piece in one registry (:data:`FILTERS`), in the
+spirit of kube-scheduler's filter plugins and Nova's host filters: it
+narrows one boolean mask over the pool slice and the narrowing counts how
+many nodes it removed under the filter's own label, so a failure explains
+itself the way kube-scheduler does (``0/120 nodes fit: 80 insufficient
+memory, 30 pool mismatch, 8 offline``). A node is counted once, under the
+first filter it fails, so the counts add up to the fleet size. A filter
+that cannot remove anything for this request (no tags asked for, no
+cordoned node in the fleet, ...) returns at once, which is most of what
+keeps a decision cheap. Adding a resource or a constraint is one function
+here and its ``@register`` line.
 
-Order: pool, cordoned, offline, suspicious, dedicated, tags, anti-affinity,
-cpu, memory, disk, max_vms: the node's state first, then the request's
+Order (the registry's): cordoned, offline/suspicious, dedicated, required
+tags, forbidden tags, device kinds, anti-affinity, cpu, memory, disk,
+devices, max_vms, zone spread: the node's state first, then the request's
 constraints, then capacity, so the explanation names the most fundamental
-reason.
+reason. Zone spread comes last because it compares the zones that still
+have room once everything else is known.
+
+After the filters, *preferences* (:data:`PREFERENCES`: soft anti-affinity,
+soft zone spread) narrow the survivors only when some node satisfies them,
+so they never turn a fit into a failure and every strategy, scoring or not,
+honours them alike. They add nothing to the rejection counts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,17 +41,25 @@ OFFLINE = "offline"
 SUSPICIOUS = "suspicious"
 DEDICATED = "dedicated mismatch"
 TAGS = "missing tags"
+FORBIDDEN_TAGS = "forbidden tags"
 ANTI_AFFINITY = "anti-affinity"
 CPU = "insufficient cpu"
 MEMORY = "insufficient memory"
 DISK = "insufficient disk"
 MAX_VMS = "max vms reached"
-_NODE_STATE = (CORDONED, OFFLINE, SUSPICIOUS)
+ZONE_SPREAD = "zone spread"
+NO_DEVICE = "no {kind}"
+DEVICE = "insufficient {kind}"
 
 
 @dataclass
 class Feasibility:
-    """The outcome of filtering: the surviving nodes of the pool and the rejection counts."""
+    """The outcome of filtering: the surviving nodes of the pool and the rejection counts.
+
+    ``count`` is how many nodes passed every filter; ``mask`` (None: all of
+    the slice) may be narrower when preferences chose among them, and
+    ``preferred`` is then its size.
+    """
 
     start: int
     stop: int
@@ -48,6 +68,7 @@ class Feasibility:
     total: int
     rejections: dict[str, int] = field(default_factory=dict)
     unknown_pool: bool = False
+    preferred: int = 0
 
     def feasible_mask(self) -> BoolArray:
         return self.mask if self.mask is not None else np.ones(self.stop - self.start, dtype=np.bool_)
@@ -56,7 +77,7 @@ class Feasibility:
         if self.unknown_pool:
             return Reason.UNKNOWN_POOL
         in_pool = self.stop - self.start
-        down = sum(self.rejections.get(label, 0) for label in _NODE_STATE)
+        down = sum(self.rejections.get(label, 0) for label in NODE_STATE_LABELS)
         if in_pool == 0 or down == in_pool:
             return Reason.NO_ONLINE_NODES
         return Reason.INSUFFICIENT_RESOURCES
@@ -69,7 +90,7 @@ class Feasibility:
         return f"{head}: {parts}" if parts else head
 
 
-class _Narrowing:
+class Narrowing:
     """Applies filters one by one, counting what each removes, stopping when nothing is left."""
 
     __slots__ = ("count", "mask", "out")
@@ -90,9 +111,7 @@ class _Narrowing:
 
     def drop(self, label: str, local: list[int]) -> bool:
         """Remove the nodes at slice positions ``local`` (anti-affinity: a few known nodes)."""
-        mask = (
-            self.mask.copy() if self.mask is not None else np.ones(self.out.stop - self.out.start, np.bool_)
-        )
+        mask = self.current()
         removed = int(np.count_nonzero(mask[local]))
         mask[local] = False
         if removed:
@@ -100,9 +119,327 @@ class _Narrowing:
         self.mask, self.count = mask, self.count - removed
         return self.count > 0
 
+    def current(self) -> BoolArray:
+        """A writable copy of the mask so far."""
+        if self.mask is None:
+            return np.ones(self.out.stop - self.out.start, np.bool_)
+        return self.mask.copy()
+
+    def prefer(self, keep: BoolArray) -> None:
+        """Narrow by ``keep`` only if some node survives; counts nothing (a preference rejects no node)."""
+        new = keep if self.mask is None else self.mask & keep
+        count = int(np.count_nonzero(new))
+        if count:
+            self.mask, self.count = new, count
+
+
+@dataclass(slots=True)
+class FilterInput:
+    """What a filter looks at: the fleet, the request, the pool slice and the decision's settings."""
+
+    fleet: FleetView
+    req: SchedulingRequest
+    start: int
+    stop: int
+    now: float
+    exclusive: bool
+    max_skew: int
+
+    @property
+    def sl(self) -> slice:
+        return slice(self.start, self.stop)
+
+
+FilterFn = Callable[[FilterInput, Narrowing], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """One named filter: ``run`` narrows and returns False when no node is left.
+
+    ``labels`` are the words of its explanation counts (``{kind}`` stands
+    for a device name); ``node_state`` marks filters about the node rather
+    than the request (all nodes failing those is ``no_online_nodes``).
+    """
+
+    name: str
+    labels: tuple[str, ...]
+    run: FilterFn
+    node_state: bool = False
+
+
+FILTERS: list[Filter] = []
+"""The filters in the order they run."""
+PREFERENCES: list[Filter] = []
+"""Soft constraints, applied in order after every filter passed (see the module docstring)."""
+
+
+def register(
+    name: str, *labels: str, node_state: bool = False, preference: bool = False
+) -> Callable[[FilterFn], FilterFn]:
+    """Add the decorated function to :data:`FILTERS` (or :data:`PREFERENCES`) under ``name``."""
+
+    def add(fn: FilterFn) -> FilterFn:
+        target = PREFERENCES if preference else FILTERS
+        if any(f.name == name for f in (*FILTERS, *PREFERENCES)):
+            raise ValueError(f"filter {name!r} registered twice")
+        target.append(Filter(name, labels, fn, node_state))
+        return fn
+
+    return add
+
+
+# ------------------------------------------------------------------ node state
+
+
+@register("cordoned", CORDONED, node_state=True)
+def _cordoned(x: FilterInput, f: Narrowing) -> bool:
+    return not x.fleet.cordoned_count or f.keep(CORDONED, ~x.fleet.cordoned[x.sl])
+
+
+@register("liveness", OFFLINE, SUSPICIOUS, node_state=True)
+def _liveness(x: FilterInput, f: Narrowing) -> bool:
+    health = x.fleet.unhealthy(x.now, x.start, x.stop)
+    if health is None:
+        return True
+    suspicious, offline = health
+    return f.keep(OFFLINE, ~offline) and f.keep(SUSPICIOUS, ~suspicious)
+
+
+# ------------------------------------------------------------- request rules
+
+
+@register("dedicated", DEDICATED)
+def _dedicated(x: FilterInput, f: Narrowing) -> bool:
+    here = x.fleet.dedicated_per_pool.get(x.req.requested_pool, 0)
+    if x.req.dedicated:
+        return here == x.stop - x.start or f.keep(DEDICATED, x.fleet.dedicated[x.sl])
+    return not (x.exclusive and here) or f.keep(DEDICATED, ~x.fleet.dedicated[x.sl])
+
+
+@register("required_tags", TAGS)
+def _required_tags(x: FilterInput, f: Narrowing) -> bool:
+    """Every entry must be on the node; an entry ``a|b`` is satisfied by any one of its alternatives."""
+    if not x.req.required_tags:
+        return True
+    tags, sl = x.fleet.tags, x.sl
+    has_all = np.ones(x.stop - x.start, dtype=np.bool_)
+    for entry in x.req.required_tags:
+        if "|" in entry:
+            any_of = np.zeros(x.stop - x.start, dtype=np.bool_)
+            for alternative in entry.split("|"):
+                column = tags.get(alternative)
+                if column is not None:
+                    any_of |= column[sl]
+            has_all &= any_of
+        else:
+            column = tags.get(entry)
+            if column is None:
+                has_all[:] = False
+                break
+            has_all &= column[sl]
+    return f.keep(TAGS, has_all)
+
+
+@register("forbidden_tags", FORBIDDEN_TAGS)
+def _forbidden_tags(x: FilterInput, f: Narrowing) -> bool:
+    columns = [x.fleet.tags[t][x.sl] for t in x.req.forbidden_tags if t in x.fleet.tags]
+    if not columns:
+        return True
+    has_any = np.logical_or.reduce(columns) if len(columns) > 1 else columns[0]
+    return f.keep(FORBIDDEN_TAGS, ~has_any)
+
+
+@register("device_kinds", NO_DEVICE)
+def _device_kinds(x: FilterInput, f: Narrowing) -> bool:
+    """A node without any device of a kind asked for: ``no gpu`` (rather than ``insufficient gpu``)."""
+    for kind in x.req.requested_resources:
+        j = x.fleet.dev_index.get(kind)
+        label = NO_DEVICE.format(kind=kind)
+        if j is None:
+            if not f.keep(label, np.zeros(x.stop - x.start, dtype=np.bool_)):
+                return False
+        elif x.fleet.dev_nodes_per_pool[j].get(x.req.requested_pool, 0) == x.stop - x.start:
+            continue  # every node of the pool has some: nothing to remove (the common case, skipped cheaply)
+        elif not f.keep(label, x.fleet.cap_dev[j, x.sl] > 0):
+            return False
+    return True
+
+
+@register("anti_affinity", ANTI_AFFINITY)
+def _anti_affinity(x: FilterInput, f: Narrowing) -> bool:
+    """``hard``: no node with a member of the group. ``soft`` never refuses, except a node holding a
+    member placed with ``hard``, which promised that member no neighbour from its group."""
+    group = x.req.anti_affinity_group
+    if group is None:
+        return True
+    index = x.fleet.groups if x.req.anti_affinity_mode == "hard" else x.fleet.hard_groups
+    members = index.get(group)
+    if not members:
+        return True
+    local = [i - x.start for i in members if x.start <= i < x.stop]
+    return not local or f.drop(ANTI_AFFINITY, local)
+
+
+# ------------------------------------------------------------------ capacity
+
+
+@register("cpu", CPU)
+def _cpu(x: FilterInput, f: Narrowing) -> bool:
+    return f.keep(CPU, x.fleet.free_cpu[x.sl] >= x.req.requested_cpu)
+
+
+@register("memory", MEMORY)
+def _memory(x: FilterInput, f: Narrowing) -> bool:
+    return f.keep(MEMORY, x.fleet.free_mem[x.sl] >= x.req.requested_memory)
+
+
+@register("disk", DISK)
+def _disk(x: FilterInput, f: Narrowing) -> bool:
+    """Skipped for a request without disk, unless a node is over its disk (a lowered ratio)."""
+    if not x.req.requested_disk and not x.fleet.disk_over:
+        return True
+    return f.keep(DISK, x.fleet.free_disk[x.sl] >= x.req.requested_disk)
+
+
+@register("devices", DEVICE)
+def _devices(x: FilterInput, f: Narrowing) -> bool:
+    """Free devices of each kind asked for; a node over a device count (its inventory shrank under
+    running VMs) takes nothing at all until enough is released."""
+    fleet, pool = x.fleet, x.req.requested_pool
+    rows = [
+        (kind, fleet.free_dev[j, x.sl] >= count)
+        for kind, count in x.req.requested_resources.items()
+        # device_kinds ran, so every kind exists; a kind no node of the pool is short of is skipped
+        if not fleet.device_room(j := fleet.dev_index[kind], pool, count)
+    ]
+    if len(rows) > 1:  # all at once first: when none is short, one narrowing instead of one per kind
+        enough = np.logical_and(rows[0][1], rows[1][1])
+        for _, ok in rows[2:]:
+            enough &= ok
+        if f.mask is not None:
+            enough &= f.mask
+        if int(np.count_nonzero(enough)) == f.count:
+            rows = []
+    for kind, ok in rows:
+        if not f.keep(DEVICE.format(kind=kind), ok):
+            return False
+    if x.fleet.dev_over:  # a node over any device count takes nothing at all until it fits again
+        free = x.fleet.free_dev[:, x.sl]
+        for row in np.flatnonzero((free < 0).any(axis=1)):
+            if not f.keep(DEVICE.format(kind=x.fleet.dev_names[int(row)]), free[row] >= 0):
+                return False
+    return True
+
+
+@register("max_vms", MAX_VMS)
+def _max_vms(x: FilterInput, f: Narrowing) -> bool:
+    return f.keep(MAX_VMS, x.fleet.vms[x.sl] < x.fleet.max_vms[x.sl])
+
+
+# ------------------------------------------------------------------ topology
+
+
+def _spread_allowed(x: FilterInput, mask: BoolArray | None) -> BoolArray | None:
+    """Per slice node: would a VM there keep the group's zone counts within ``max_skew``?
+
+    Compared with the least-loaded zone *that has room* (a node in ``mask``):
+    a zone without room cannot hold the VM, so it must not block the others.
+    None when no node would break the skew (nothing to narrow).
+
+    Why zone by zone: fleets have a handful of zones, and asking "does zone
+    z still have a candidate" of a cached per-zone mask, in increasing order
+    of the group's count, usually stops at the first zone; gathering the
+    zone code of every candidate instead cost five times as much at 10,000
+    nodes. Many zones (racks as zones) take the gathering path.
+    """
+    group = x.req.spread_group
+    counts = x.fleet.spread.get(group) if group is not None else None
+    if counts is None:
+        return None  # no member yet: every zone is at 0
+    fleet, sl = x.fleet, x.sl
+    if len(counts) > _MANY_ZONES:
+        codes = fleet.zone_code[sl]
+        present = np.zeros(len(counts), dtype=np.bool_)
+        present[codes if mask is None else codes[mask]] = True
+        if not present.any():
+            return None
+        allowed = counts <= int(counts[present].min()) + x.max_skew - 1
+        if allowed[present].all():
+            return None
+        result: BoolArray = allowed[codes]
+        return result
+
+    def has_room(zone: int) -> bool:
+        column = fleet.zone_mask(zone)[sl]
+        return bool(column.any() if mask is None else np.logical_and(column, mask).any())
+
+    zones = sorted(x.fleet.pool_zones.get(x.req.requested_pool, ()), key=lambda z: int(counts[z]))
+    low = next((int(counts[z]) for z in zones if has_room(z)), None)
+    if low is None:
+        return None
+    banned = [z for z in zones if counts[z] > low + x.max_skew - 1]
+    if not banned:
+        return None
+    # Whether a banned zone still has candidates is left to the narrowing: it counts what it removes.
+    if len(banned) == 1:
+        return fleet.zone_mask(banned[0], inverted=True)[sl]
+    keep = fleet.zone_mask(banned[0], inverted=True)[sl] & fleet.zone_mask(banned[1], inverted=True)[sl]
+    for zone in banned[2:]:
+        keep &= fleet.zone_mask(zone, inverted=True)[sl]
+    return keep
+
+
+_MANY_ZONES = 32
+"""Above this many zones the spread filter gathers zone codes instead of using per-zone masks."""
+
+
+@register("zone_spread", ZONE_SPREAD)
+def _zone_spread(x: FilterInput, f: Narrowing) -> bool:
+    if x.req.spread_group is None or x.req.spread_mode != "hard":
+        return True
+    allowed = _spread_allowed(x, f.mask)
+    return allowed is None or f.keep(ZONE_SPREAD, allowed)
+
+
+# --------------------------------------------------------------- preferences
+
+
+@register("soft_anti_affinity", preference=True)
+def _soft_anti_affinity(x: FilterInput, f: Narrowing) -> bool:
+    group = x.req.anti_affinity_group
+    if group is None or x.req.anti_affinity_mode != "soft":
+        return True
+    members = x.fleet.groups.get(group)
+    if members:
+        local = [i - x.start for i in members if x.start <= i < x.stop]
+        if local:
+            keep = np.ones(x.stop - x.start, dtype=np.bool_)
+            keep[local] = False
+            f.prefer(keep)
+    return True
+
+
+@register("soft_zone_spread", preference=True)
+def _soft_zone_spread(x: FilterInput, f: Narrowing) -> bool:
+    if x.req.spread_group is None or x.req.spread_mode != "soft":
+        return True
+    allowed = _spread_allowed(x, f.mask)
+    if allowed is not None:
+        f.prefer(allowed)
+    return True
+
+
+NODE_STATE_LABELS: tuple[str, ...] = tuple(label for flt in FILTERS if flt.node_state for label in flt.labels)
+
 
 def feasible_nodes(
-    fleet: FleetView, req: SchedulingRequest, *, now: float, exclusive: bool = True
+    fleet: FleetView,
+    req: SchedulingRequest,
+    *,
+    now: float,
+    exclusive: bool = True,
+    max_skew: int = 1,
 ) -> Feasibility:
     """Filter the fleet for ``req``; ``now`` is the monotonic clock heartbeats are judged by."""
     total = fleet.size
@@ -116,56 +453,14 @@ def feasible_nodes(
     out = Feasibility(s, e, None, 0, total)
     if total - (e - s):
         out.rejections[POOL_MISMATCH] = total - (e - s)
-    f = _Narrowing(out)
-    sl = slice(s, e)
-    ok = _narrow(fleet, req, f, sl, s, e, now, exclusive)
-    out.mask, out.count = f.mask, f.count if ok else 0
+    f = Narrowing(out)
+    x = FilterInput(fleet, req, s, e, now, exclusive, max_skew)
+    for flt in FILTERS:
+        if not flt.run(x, f):
+            out.mask, out.count = f.mask, 0
+            return out
+    out.count = f.count
+    for pref in PREFERENCES:
+        pref.run(x, f)
+    out.mask, out.preferred = f.mask, f.count
     return out
-
-
-def _narrow(
-    fleet: FleetView,
-    req: SchedulingRequest,
-    f: _Narrowing,
-    sl: slice,
-    s: int,
-    e: int,
-    now: float,
-    exclusive: bool,
-) -> bool:
-    if fleet.cordoned_count and not f.keep(CORDONED, ~fleet.cordoned[sl]):
-        return False
-    health = fleet.unhealthy(now, s, e)
-    if health is not None:
-        suspicious, offline = health
-        if not f.keep(OFFLINE, ~offline) or not f.keep(SUSPICIOUS, ~suspicious):
-            return False
-    dedicated_here = fleet.dedicated_per_pool.get(req.requested_pool, 0)
-    if req.dedicated:
-        if dedicated_here < e - s and not f.keep(DEDICATED, fleet.dedicated[sl]):
-            return False
-    elif exclusive and dedicated_here and not f.keep(DEDICATED, ~fleet.dedicated[sl]):
-        return False
-    if req.required_tags:
-        has_all = np.ones(e - s, dtype=np.bool_)
-        for tag in req.required_tags:
-            column = fleet.tags.get(tag)
-            if column is None:
-                has_all[:] = False
-                break
-            has_all &= column[sl]
-        if not f.keep(TAGS, has_all):
-            return False
-    if req.anti_affinity_group is not None:
-        members = fleet.groups.get(req.anti_affinity_group)
-        if members:
-            local = [i - s for i in members if s <= i < e]
-            if local and not f.drop(ANTI_AFFINITY, local):
-                return False
-    if not f.keep(CPU, fleet.free_cpu[sl] >= req.requested_cpu):
-        return False
-    if not f.keep(MEMORY, fleet.free_mem[sl] >= req.requested_memory):
-        return False
-    if req.requested_disk and not f.keep(DISK, fleet.free_disk[sl] >= req.requested_disk):
-        return False
-    return f.keep(MAX_VMS, fleet.vms[sl] < fleet.max_vms[sl])

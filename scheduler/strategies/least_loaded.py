@@ -8,18 +8,16 @@ radius of one node failing.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from scheduler.fleet import FleetView, FloatArray
 from scheduler.models import SchedulingRequest
 from scheduler.strategies.base import ScoringStrategy, utilization_after
+from scheduler.strategies.registry import StrategyOptions
 
 
 class LeastLoaded(ScoringStrategy):
-    name: ClassVar[str] = "least_loaded"
-    description: ClassVar[str] = (
-        "spread: lowest weighted utilization after placement (cpu .4, memory .4, disk .2)"
-    )
+    @classmethod
+    def build(cls, options: StrategyOptions) -> LeastLoaded:
+        return cls(*options.weights)
 
     def __init__(self, cpu: float = 0.4, memory: float = 0.4, disk: float = 0.2) -> None:
         self.weights = (cpu, memory, disk)

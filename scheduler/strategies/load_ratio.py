@@ -7,17 +7,12 @@ node's own limit on how many VMs it can run well.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from scheduler.fleet import FleetView, FloatArray
 from scheduler.models import SchedulingRequest
 from scheduler.strategies.base import ScoringStrategy
 
 
 class LoadRatio(ScoringStrategy):
-    name: ClassVar[str] = "load_ratio"
-    description: ClassVar[str] = "fewest VMs per max_vms"
-
     def score(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
         result: FloatArray = fleet.vms[start:stop] / fleet.max_vms[start:stop]
         return result

@@ -27,10 +27,12 @@ class Placer:
         weights: tuple[float, float, float] = (0.4, 0.4, 0.2),
         seed: int = 0,
         dedicated_exclusive: bool = True,
+        spread_max_skew: int = 1,
     ) -> None:
         self.weights = weights
         self.seed = seed
         self.dedicated_exclusive = dedicated_exclusive
+        self.spread_max_skew = spread_max_skew
         self._instances: dict[str, Strategy] = {}
         self.default = default
         self.strategy(default)  # fail now, at start-up, on an unknown name
@@ -61,7 +63,11 @@ class Placer:
                 total=fleet.size,
             )
         feas = feasible_nodes(
-            fleet, req, now=time.monotonic() if now is None else now, exclusive=self.dedicated_exclusive
+            fleet,
+            req,
+            now=time.monotonic() if now is None else now,
+            exclusive=self.dedicated_exclusive,
+            max_skew=self.spread_max_skew,
         )
         if feas.count == 0:
             reason = feas.failure_reason()

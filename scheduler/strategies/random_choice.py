@@ -6,18 +6,18 @@ sequence can be replayed exactly: randomness for spreading, not for surprises.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 
 from scheduler.fleet import BoolArray, FleetView
 from scheduler.models import SchedulingRequest
 from scheduler.strategies.base import Strategy
+from scheduler.strategies.registry import StrategyOptions
 
 
 class RandomChoice(Strategy):
-    name: ClassVar[str] = "random"
-    description: ClassVar[str] = "a uniformly random feasible node (seeded, reproducible)"
+    @classmethod
+    def build(cls, options: StrategyOptions) -> RandomChoice:
+        return cls(options.seed)
 
     def __init__(self, seed: int = 0) -> None:
         self._rng = np.random.default_rng(seed)

@@ -1,28 +1,64 @@
-"""The strategy registry and factory: names -> classes, and ``get_strategy``.
+"""The strategy registry and factory: every strategy is registered once, here, in :data:`REGISTRY`.
+
+One line per strategy: its name (``SCHEDULING_STRATEGY``, a request's
+``strategy``), where its class lives, and the one-line description
+``scheduler strategies`` prints. Everything else (:data:`STRATEGY_NAMES`,
+:data:`STRATEGIES`, :func:`get_strategy`, the instance's ``name`` and
+``description``) is derived from that line, so adding a strategy is one
+class and one entry.
 
 This module is imported by the configuration (to validate
-``SCHEDULING_STRATEGY``) and so must stay import-light: the strategy classes
-are imported only when a strategy is built.
+``SCHEDULING_STRATEGY``) and so must stay import-light: a strategy's module
+(and NumPy with it) is imported only when the strategy is built.
 """
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from scheduler.strategies.base import Strategy
 
-# name -> one-line description; the order is the order `scheduler strategies` prints.
-STRATEGIES: dict[str, str] = {
-    "least_loaded": "spread: lowest weighted utilization after placement (cpu .4, memory .4, disk .2)",
-    "best_fit": "consolidate: least remaining capacity after placement, balanced across resources",
-    "cpu": "most free vCPUs after placement",
-    "memory": "most free memory after placement",
-    "hybrid": "most weighted free fraction of cpu, memory and disk (weights in config)",
-    "load_ratio": "fewest VMs per max_vms",
-    "round_robin": "the next feasible node after the previous choice, in name order",
-    "random": "a uniformly random feasible node (seeded, reproducible)",
-}
+
+@dataclass(frozen=True, slots=True)
+class StrategyEntry:
+    """One registered strategy: ``target`` is ``module:Class``."""
+
+    name: str
+    target: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyOptions:
+    """What the configuration can tell a strategy when it is built (each takes what it needs)."""
+
+    weights: tuple[float, float, float] = (0.4, 0.4, 0.2)
+    seed: int = 0
+
+
+_M = "scheduler.strategies."
+# The order is the order `scheduler strategies` prints.
+REGISTRY: tuple[StrategyEntry, ...] = (
+    StrategyEntry("least_loaded", _M + "least_loaded:LeastLoaded",
+                  "spread: lowest weighted utilization after placement (cpu .4, memory .4, disk .2)"),
+    StrategyEntry("best_fit", _M + "best_fit:BestFit",
+                  "consolidate: least remaining capacity after placement, balanced across resources"),
+    StrategyEntry("cpu", _M + "resources:MostFreeCpu", "most free vCPUs after placement"),
+    StrategyEntry("memory", _M + "resources:MostFreeMemory", "most free memory after placement"),
+    StrategyEntry("hybrid", _M + "resources:Hybrid",
+                  "most weighted free fraction of cpu, memory and disk (weights in config)"),
+    StrategyEntry("load_ratio", _M + "load_ratio:LoadRatio", "fewest VMs per max_vms"),
+    StrategyEntry("round_robin", _M + "round_robin:RoundRobin",
+                  "the next feasible node after the previous choice, in name order"),
+    StrategyEntry("random", _M + "random_choice:RandomChoice",
+                  "a uniformly random feasible node (seeded, reproducible)"),
+)  # fmt: skip
+_BY_NAME = {entry.name: entry for entry in REGISTRY}
+STRATEGIES: dict[str, str] = {entry.name: entry.description for entry in REGISTRY}
+"""name -> one-line description."""
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
 
 
@@ -41,27 +77,11 @@ def get_strategy(
     seed: int = 0,
 ) -> Strategy:
     """Build the strategy called ``name`` (``SCHEDULING_STRATEGY`` or a request's override)."""
-    from scheduler.strategies.best_fit import BestFit
-    from scheduler.strategies.least_loaded import LeastLoaded
-    from scheduler.strategies.load_ratio import LoadRatio
-    from scheduler.strategies.random_choice import RandomChoice
-    from scheduler.strategies.resources import Hybrid, MostFreeCpu, MostFreeMemory
-    from scheduler.strategies.round_robin import RoundRobin
-
-    if name == "least_loaded":
-        return LeastLoaded(*weights)
-    if name == "best_fit":
-        return BestFit()
-    if name == "cpu":
-        return MostFreeCpu()
-    if name == "memory":
-        return MostFreeMemory()
-    if name == "hybrid":
-        return Hybrid(*weights)
-    if name == "load_ratio":
-        return LoadRatio()
-    if name == "round_robin":
-        return RoundRobin()
-    if name == "random":
-        return RandomChoice(seed)
-    raise UnknownStrategy(name)
+    entry = _BY_NAME.get(name)
+    if entry is None:
+        raise UnknownStrategy(name)
+    module, _, attr = entry.target.partition(":")
+    cls: type[Strategy] = getattr(importlib.import_module(module), attr)
+    strategy = cls.build(StrategyOptions(weights, seed))
+    strategy.name, strategy.description = entry.name, entry.description
+    return strategy

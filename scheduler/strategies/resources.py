@@ -8,34 +8,28 @@ fairly.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 
 from scheduler.fleet import FleetView, FloatArray
 from scheduler.models import SchedulingRequest
 from scheduler.strategies.base import ScoringStrategy, utilization_after
+from scheduler.strategies.registry import StrategyOptions
 
 
 class MostFreeCpu(ScoringStrategy):
-    name: ClassVar[str] = "cpu"
-    description: ClassVar[str] = "most free vCPUs after placement"
-
     def score(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
         return np.negative(fleet.free_cpu[start:stop], dtype=np.float64)
 
 
 class MostFreeMemory(ScoringStrategy):
-    name: ClassVar[str] = "memory"
-    description: ClassVar[str] = "most free memory after placement"
-
     def score(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
         return np.negative(fleet.free_mem[start:stop], dtype=np.float64)
 
 
 class Hybrid(ScoringStrategy):
-    name: ClassVar[str] = "hybrid"
-    description: ClassVar[str] = "most weighted free fraction of cpu, memory and disk (weights in config)"
+    @classmethod
+    def build(cls, options: StrategyOptions) -> Hybrid:
+        return cls(*options.weights)
 
     def __init__(self, cpu: float = 0.4, memory: float = 0.4, disk: float = 0.2) -> None:
         self.weights = (cpu, memory, disk)

@@ -7,8 +7,6 @@ which only shifts where the rotation begins.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 
 from scheduler.fleet import BoolArray, FleetView
@@ -17,9 +15,6 @@ from scheduler.strategies.base import Strategy
 
 
 class RoundRobin(Strategy):
-    name: ClassVar[str] = "round_robin"
-    description: ClassVar[str] = "the next feasible node after the previous choice, in name order"
-
     def __init__(self) -> None:
         self._cursor: dict[str, str] = {}
 

@@ -165,6 +165,7 @@ class Worker:
             weights=(w.cpu, w.memory, w.disk),
             seed=settings.random_seed,
             dedicated_exclusive=settings.dedicated_nodes_exclusive,
+            spread_max_skew=settings.spread_max_skew,
         )
         self.topology = Topology.from_config(settings.amqp)
         self.retry = RetryPolicy(
@@ -301,6 +302,7 @@ class Worker:
             fleet = self.store.load_fleet(
                 suspicious_after=self.settings.nodes.suspicious_after,
                 offline_after=self.settings.nodes.offline_after,
+                defaults=self.settings.capacity_defaults(),
             )
             rev = self.store.inventory_revision()
         except FencedOut as exc:
@@ -527,6 +529,7 @@ class Worker:
             self._fleet = self.store.load_fleet(
                 suspicious_after=self.settings.nodes.suspicious_after,
                 offline_after=self.settings.nodes.offline_after,
+                defaults=self.settings.capacity_defaults(),
             )
             self.state.fleet = self._fleet
         except DB_ERRORS as exc:

@@ -171,8 +171,11 @@
     for (const [pool, indexes] of byPool) {
       const cells = indexes.map((i) => {
         const load = Math.max(n.cpu[i], n.memory[i]);
-        const title = `${n.name[i]} (${n.ip[i]}) · CPU ${pct(n.cpu[i])} · memory ${pct(n.memory[i])} · disk ${pct(n.disk[i])} · ${n.vms[i]}/${n.max_vms[i]} VMs${n.cordoned[i] ? " · cordoned" : ""}`;
-        const cls = `node u${level(load)}${n.cordoned[i] ? " cordoned" : ""}${labelled ? " labelled" : ""}`;
+        const devices = (n.devices && n.devices[i]) || "";
+        const over = Boolean(n.overcommitted && n.overcommitted[i]);
+        const zone = n.zone && n.zone[i] ? ` · zone ${n.zone[i]}` : "";
+        const title = `${n.name[i]} (${n.ip[i]})${zone} · CPU ${pct(n.cpu[i])} · memory ${pct(n.memory[i])} · disk ${pct(n.disk[i])} · ${n.vms[i]}/${n.max_vms[i]} VMs${devices ? " · " + devices : ""}${n.cordoned[i] ? " · cordoned" : ""}${over ? " · overcommitted (takes nothing until it fits)" : ""}`;
+        const cls = `node u${level(load)}${n.cordoned[i] ? " cordoned" : ""}${over ? " overcommitted" : ""}${labelled ? " labelled" : ""}`;
         if (!labelled) return el("span", { class: cls, title, "data-node": n.name[i] });
         return el("div", { class: cls, title, "data-node": n.name[i] },
           el("div", { class: "node-name", text: n.name[i] }),
@@ -182,7 +185,8 @@
             el("span", { class: "mini", title: `memory ${pct(n.memory[i])}` },
               el("span", { style: `width:${(n.memory[i] * 100).toFixed(1)}%` }))),
           el("div", { class: "node-figures", text: `CPU ${pct(n.cpu[i])} · mem ${pct(n.memory[i])}` }),
-          el("div", { class: "node-figures", text: `${n.vms[i]} / ${n.max_vms[i]} VMs${n.cordoned[i] ? " · cordoned" : ""}` }));
+          el("div", { class: "node-figures", text: `${n.vms[i]} / ${n.max_vms[i]} VMs${n.cordoned[i] ? " · cordoned" : ""}${over ? " · overcommitted" : ""}` }),
+          devices ? el("div", { class: "node-figures node-devices", text: devices }) : null);
       });
       groups.push(el("div", { class: "node-pool" },
         el("div", { class: "node-pool-name", text: `${pool} (${num(indexes.length)})` }),
