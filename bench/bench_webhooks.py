@@ -50,7 +50,7 @@ from scheduler.models import SchedulingRequest, TaskStatus  # noqa: E402
 from scheduler.producer.publisher import Outgoing  # noqa: E402
 from scheduler.store import Placement, Store  # noqa: E402
 from scheduler.webhooks import WebhookDispatcher  # noqa: E402
-from scheduler.webhooks.deliveries import DeliveryStore  # noqa: E402
+from scheduler.store.deliveries import DeliveryStore  # noqa: E402
 
 PG = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 AMQP = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")

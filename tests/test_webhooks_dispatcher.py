@@ -34,7 +34,7 @@ from scheduler.models import Reason, SchedulingRequest
 from scheduler.store import Failure, Placement, Release, Store
 from scheduler.store.schema import deliveries, outbox
 from scheduler.webhooks import WebhookDispatcher, verify
-from scheduler.webhooks.deliveries import DeliveryRecord, DeliveryStore
+from scheduler.store.deliveries import DeliveryRecord, DeliveryStore
 from tests.harness import make_nodes, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

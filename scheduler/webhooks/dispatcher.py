@@ -9,6 +9,17 @@ requests. Why it is built the way it is:
   never waits on a receiver, so a slow or dead receiver cannot slow
   scheduling; the only shared resource is the database, and every
   dispatcher transaction is a few short statements.
+* **One deadline per attempt.** Resolving, connecting, sending and reading
+  together end within ``webhooks.timeout`` (:func:`~scheduler.webhooks.
+  transport.deadline`): a receiver trickling its answer cannot hold a sender.
+* **Fair between destinations.** At most ``webhooks.per_destination``
+  attempts are in flight (claimed, queued or running) to one
+  ``scheme://host:port``; due deliveries of a destination at its limit are
+  left in the database (the claim query skips them), so one slow or hanging
+  receiver holds at most that many senders and the others keep flowing.
+* **Strict JSON only.** The stored payload is parsed strictly before every
+  attempt (no ``NaN``/``Infinity``, no lone surrogate); one that is not
+  strict JSON is never sent: its delivery is dead with the reason.
 * **State in the database, not in memory.** Each cycle (a) expands new
   outbox events into one delivery row per target and marks them dispatched,
   (b) claims due deliveries by writing a lease into ``next_attempt_at``, and
@@ -16,7 +27,7 @@ requests. Why it is built the way it is:
   A new leader, or the same one after a restart, continues from the rows:
   a delivery whose sender died becomes due again when its lease runs out.
   Delivery is therefore at least once; receivers de-duplicate on
-  ``X-Scheduler-Delivery`` (the event id).
+  ``webhook-id`` (the event id).
 * **Order per task and URL.** A task's later event (``task.released``) is
   not sent to a URL while an earlier one (``task.scheduled``) is still
   pending there; it is deferred until that one is delivered or dead. Other
@@ -41,8 +52,10 @@ attempt one round trip. Waiting on a slow receiver costs no CPU at all.
 
 from __future__ import annotations
 
+import json
 import queue
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -58,9 +71,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from scheduler.config import WebhooksConfig
-from scheduler.store.engine import DatabaseUnavailable
-from scheduler.webhooks.backoff import backoff_delay
-from scheduler.webhooks.deliveries import (
+from scheduler.store.deliveries import (
     DEAD,
     DELIVERED,
     PENDING,
@@ -72,9 +83,11 @@ from scheduler.webhooks.deliveries import (
     PendingRef,
     Result,
 )
-from scheduler.webhooks.policy import callback_refusal, display_url
-from scheduler.webhooks.signing import signed_headers
-from scheduler.webhooks.transport import make_client, refused_address
+from scheduler.store.engine import DatabaseUnavailable
+from scheduler.webhooks.backoff import backoff_delay
+from scheduler.webhooks.policy import callback_refusal, display_url, exact_hosts, parse_patterns, scrub
+from scheduler.webhooks.signing import signed_headers, signing_keys, unsigned_refusal
+from scheduler.webhooks.transport import deadline, make_client, refused_address
 
 log = structlog.get_logger(__name__)
 
@@ -109,6 +122,7 @@ class DispatcherStats:
     retried: int = 0
     dead: int = 0
     refused: int = 0
+    invalid: int = 0
     handed_back: int = 0
     in_flight: int = 0
     db_errors: int = 0
@@ -124,6 +138,7 @@ class Attempt:
     status_code: int | None = None
     error: str | None = None
     refusal: str | None = None
+    invalid: str | None = None
     retry_after: float | None = None
     seconds: float = 0.0
 
@@ -160,7 +175,14 @@ class WebhookDispatcher:
         name: str = "webhook-dispatcher",
     ) -> None:
         engine = db if isinstance(db, Engine) else db.engine
+        refusal = unsigned_refusal(config)
+        if refusal is not None:
+            raise ValueError(refusal)
         self.config = config
+        self._keys = signing_keys(config)
+        self._patterns = parse_patterns(list(config.allow))
+        self._per_destination = min(config.per_destination, config.concurrency)
+        self._origins: dict[str, tuple[str, str]] = {}
         self.store = DeliveryStore(engine)
         self._is_leader = is_leader
         self._clock = clock
@@ -168,7 +190,7 @@ class WebhookDispatcher:
         self._poll = poll_interval
         self._batch = batch_size
         # A claimed delivery waits in the senders' queue about QUEUE_SECONDS, then takes at most
-        # three timeouts (connect, write, read): the lease outlasts both.
+        # one timeout (the attempt's deadline): the lease outlasts both by far.
         self._lease = timedelta(seconds=claim_lease if claim_lease is not None else 6 * config.timeout + 5)
         self._name = name
         self._urls = list(dict.fromkeys(str(u) for u in config.urls))
@@ -190,6 +212,7 @@ class WebhookDispatcher:
         self._thread: threading.Thread | None = None
         self._senders: ThreadPoolExecutor | None = None
         self._clients: dict[bool, httpx.Client] = {}
+        self._resolver: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -198,10 +221,14 @@ class WebhookDispatcher:
             raise RuntimeError("webhook dispatcher already started")
         cfg = self.config
         self._stopping.clear()
+        self._resolver = ThreadPoolExecutor(4, thread_name_prefix=f"{self._name}-dns")
+        internal_ok = exact_hosts(self._patterns)
         self._clients = {
-            False: make_client(timeout=cfg.timeout, concurrency=cfg.concurrency, guarded=False),
-            True: make_client(timeout=cfg.timeout, concurrency=cfg.concurrency, guarded=True),
-        }
+            False: make_client(timeout=cfg.timeout, concurrency=cfg.concurrency, guarded=False,
+                               resolver=self._resolver),
+            True: make_client(timeout=cfg.timeout, concurrency=cfg.concurrency, guarded=True,
+                              internal_ok=internal_ok, resolver=self._resolver),
+        }  # fmt: skip
         self._senders = ThreadPoolExecutor(cfg.concurrency, thread_name_prefix=f"{self._name}-send")
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
@@ -210,17 +237,21 @@ class WebhookDispatcher:
             urls=[display_url(u) for u in self._urls],
             callback_patterns=len(cfg.allow),
             concurrency=cfg.concurrency,
+            per_destination=self._per_destination,
             max_attempts=cfg.max_attempts,
             timeout=cfg.timeout,
-            signed=bool(cfg.secret),
+            signing_secrets=len(self._keys),
         )
-        if not cfg.secret:
-            log.warning("webhooks.secret is empty: deliveries are sent without X-Scheduler-Signature")
+        if not self._keys and (self._urls or cfg.allow):
+            log.warning(
+                "webhooks.allow_unsigned is true and no secret is set: deliveries are sent WITHOUT "
+                "webhook-signature, and receivers cannot tell them from forgeries"
+            )
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop claiming, let attempts in flight finish and record them, close the clients (idempotent).
 
-        Waits at most ``timeout`` seconds (default: three request timeouts
+        Waits at most ``timeout`` seconds (default: one attempt's deadline
         plus a margin). Anything not recorded by then is not lost: its lease
         runs out and the next leader sends it again.
         """
@@ -229,7 +260,7 @@ class WebhookDispatcher:
             return
         self._stopping.set()
         self._wake.set()
-        thread.join(timeout if timeout is not None else 3 * self.config.timeout + 5)
+        thread.join(timeout if timeout is not None else self.config.timeout + 5)
         if thread.is_alive():
             log.warning(
                 "webhook dispatcher did not stop in time; unrecorded attempts will be retried",
@@ -295,7 +326,10 @@ class WebhookDispatcher:
                     self._next_events_check = time.monotonic() + self._poll
                     batch = self.store.undispatched(conn, self._batch)
                 if free > 0:
-                    due = self.store.due(conn, now, 2 * free + 8, exclude=list(self._in_flight))
+                    due = self.store.due(
+                        conn, now, 2 * free + 8,
+                        exclude=list(self._in_flight), skip_prefixes=self._saturated(),
+                    )  # fmt: skip
                     if due:
                         pending = self.store.pending_of_tasks(conn, [d.task_id for d in due])
                         plan = self._plan(due, pending, now, free)
@@ -328,7 +362,7 @@ class WebhookDispatcher:
             self._events_hint.set()  # more events are waiting to be expanded
             return 0.0
         free = self._capacity() - len(self._in_flight)
-        if free > 0 and (batch or claimed or results or wake):
+        if free > 0 and (batch or claimed or results or wake or plan.defer):
             return 0.0  # more may be due already
         if not leader or free <= 0:
             return self._poll  # senders running low, or leadership, wake us sooner
@@ -382,7 +416,14 @@ class WebhookDispatcher:
             if current is None or ref.seq < current.seq:
                 head[key] = ref
         plan = _Plan()
+        busy = self._destination_load()
         for candidate in due:
+            origin = self._origin(candidate.url)
+            if busy.get(origin[0], 0) >= self._per_destination:
+                # Its destination is at its limit (a spelling of the URL the claim query did not
+                # skip): not now, and out of the way of other destinations' deliveries.
+                plan.defer[candidate.id] = now + timedelta(seconds=self._poll)
+                continue
             first = head.get(candidate.key)
             if first is not None and first.id != candidate.id:
                 # Not before the earlier event: wait for it (woken early when its outcome is written here).
@@ -393,7 +434,48 @@ class WebhookDispatcher:
             if len(plan.claim) >= free:
                 break
             plan.claim.append(candidate)
+            busy[origin[0]] = busy.get(origin[0], 0) + 1
         return plan
+
+    # ------------------------------------------------------------------ destinations
+    def _origin(self, url: str) -> tuple[str, str]:
+        """(the destination ``scheme://host:port``, the URL's own ``scheme://netloc`` text).
+
+        The first is what the limit counts (case, default port and trailing
+        dot do not make a different destination); the second is the prefix
+        the claim query can skip without parsing URLs in SQL.
+        """
+        found = self._origins.get(url)
+        if found is not None:
+            return found
+        try:
+            parsed = httpx.URL(url)
+            host = parsed.raw_host.decode("ascii").lower().rstrip(".")
+            port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme, 0)
+            key = f"{parsed.scheme}://{host}:{port}"
+        except Exception:
+            key = url
+        prefix = url.split("://", 1)
+        text = f"{prefix[0]}://{prefix[1].split('/', 1)[0]}" if len(prefix) == 2 else url
+        if len(self._origins) > 10_000:
+            self._origins.clear()
+        self._origins[url] = found = (key, text)
+        return found
+
+    def _destination_load(self) -> dict[str, int]:
+        """Attempts in flight (claimed, queued or running) per destination."""
+        load: dict[str, int] = {}
+        for due in self._in_flight.values():
+            key = self._origin(due.url)[0]
+            load[key] = load.get(key, 0) + 1
+        return load
+
+    def _saturated(self) -> list[str]:
+        """The ``scheme://netloc`` spellings of destinations at their limit: the claim query skips them."""
+        load = self._destination_load()
+        full = {key for key, n in load.items() if n >= self._per_destination}
+        origins = [self._origin(d.url) for d in self._in_flight.values()]
+        return sorted({text for key, text in origins if key in full})
 
     def _successors_of(self, results: list[Result], now: datetime) -> dict[int, datetime]:
         """Deliveries deferred behind ones whose outcome is being written: due now."""
@@ -456,42 +538,48 @@ class WebhookDispatcher:
             return Attempt(sent=False)
         callback = due.url not in self._configured
         if callback:
-            refusal = callback_refusal(due.url, list(self.config.allow))
+            refusal = callback_refusal(due.url, self._patterns)
             if refusal is not None:
                 return Attempt(sent=False, refusal=refusal)
+        invalid = strict_json_problem(due.payload)
+        if invalid is not None:
+            return Attempt(sent=False, invalid=invalid)
         body = due.payload.encode("utf-8")
         timestamp = int(self._now().timestamp())
         headers = signed_headers(
-            self.config.secret,
-            event_type=due.event_type,
-            delivery_id=due.event_id,
-            body=body,
-            timestamp=timestamp,
+            self._keys, event_type=due.event_type, event_id=due.event_id, body=body, timestamp=timestamp
         )
+        timeout = self.config.timeout
         started = time.perf_counter()
         try:
-            with self._clients[callback].stream("POST", due.url, content=body, headers=headers) as response:
+            with (
+                deadline(timeout),
+                self._clients[callback].stream("POST", due.url, content=body, headers=headers) as response,
+            ):
+                code = response.status_code
+                retry_after = _retry_after(response)
+                location = response.headers.get("location")
                 snippet = _read_some(response)
         except httpx.HTTPError as exc:
             seconds = time.perf_counter() - started
             refused = refused_address(exc)
             if refused is not None:
-                return Attempt(sent=False, refusal=refused, seconds=seconds)
-            return Attempt(error=_describe(exc, self.config.timeout), seconds=seconds)
+                return Attempt(sent=False, refusal=scrub(refused, due.url), seconds=seconds)
+            return Attempt(error=scrub(_describe(exc, timeout), due.url), seconds=seconds)
         except (httpx.InvalidURL, ValueError) as exc:
-            return Attempt(sent=False, refusal=f"invalid URL: {exc}", seconds=time.perf_counter() - started)
+            refusal = scrub(f"invalid URL: {exc}", due.url)
+            return Attempt(sent=False, refusal=refusal, seconds=time.perf_counter() - started)
         seconds = time.perf_counter() - started
-        code = response.status_code
         if 200 <= code < 300:
             return Attempt(delivered=True, status_code=code, seconds=seconds)
         error = f"HTTP {code}"
         if 300 <= code < 400:
-            location = response.headers.get("location")
             target = f" to {display_url(location)}" if location else ""
             error += f": redirect{target} not followed"
         elif snippet:
             error += f": {snippet}"
-        return Attempt(status_code=code, error=error, retry_after=_retry_after(response), seconds=seconds)
+        error = scrub(error, due.url)
+        return Attempt(status_code=code, error=error, retry_after=retry_after, seconds=seconds)
 
     # ------------------------------------------------------------------ outcomes
     def _collect(self, now: datetime) -> None:
@@ -526,6 +614,11 @@ class WebhookDispatcher:
             ms = round(attempt.seconds * 1000, 1)
             log.debug("webhook delivered", attempt=due.attempts + 1, ms=ms, **ctx)
             return Result(due.id, DELIVERED, True, now, status_code=attempt.status_code, delivered_at=now)
+        if attempt.invalid is not None:
+            self._count(dead=1, invalid=1)
+            log.error("webhook payload is not strict JSON; delivery dead, nothing sent",
+                      problem=attempt.invalid, **ctx)
+            return Result(due.id, DEAD, False, now, error=f"invalid payload: {attempt.invalid}")
         if attempt.refusal is not None:
             self._count(refused=1, dead=1)
             log.warning("webhook callback refused; delivery dead", reason=attempt.refusal, **ctx)
@@ -589,9 +682,9 @@ class WebhookDispatcher:
 
     def _drain(self) -> None:
         """At stop: wait for attempts in flight (bounded), write every outcome, release the clients."""
-        # Queued attempts hand themselves back at once when stopping; running ones end within 3 timeouts.
-        deadline = time.monotonic() + 3 * self.config.timeout + 1
-        while self._in_flight and time.monotonic() < deadline:
+        # Queued attempts hand themselves back at once when stopping; running ones end within a timeout.
+        until = time.monotonic() + self.config.timeout + 1
+        while self._in_flight and time.monotonic() < until:
             self._collect(self._now())
             if len(self._unrecorded) >= len(self._in_flight):
                 break
@@ -613,6 +706,8 @@ class WebhookDispatcher:
             self._senders.shutdown(wait=False, cancel_futures=True)
         for client in self._clients.values():
             client.close()
+        if self._resolver is not None:
+            self._resolver.shutdown(wait=False, cancel_futures=True)
         log.info("webhook dispatcher stopped", **{k: v for k, v in vars(self.stats()).items() if v})
 
     def _count(self, **deltas: int) -> None:
@@ -622,16 +717,52 @@ class WebhookDispatcher:
 
 
 def _read_some(response: httpx.Response) -> str:
-    """The start of the body, as one short line; reads a little more so the connection can be reused."""
+    """The start of the body, as one short line; reads a little more so the connection can be reused.
+
+    The status is already in: a body that stops, breaks or outlasts the
+    deadline only ends the reading (the connection is then dropped), it
+    does not turn a 2xx into a failure.
+    """
     kept = bytearray()
     total = 0
-    for chunk in response.iter_bytes():
-        if len(kept) < SNIPPET_BYTES:
-            kept += chunk[: SNIPPET_BYTES - len(kept)]
-        total += len(chunk)
-        if total > DRAIN_BYTES:
-            break
+    try:
+        for chunk in response.iter_bytes():
+            if len(kept) < SNIPPET_BYTES:
+                kept += chunk[: SNIPPET_BYTES - len(kept)]
+            total += len(chunk)
+            if total > DRAIN_BYTES:
+                break
+    except httpx.HTTPError:
+        pass
     return " ".join(kept.decode("utf-8", "replace").split())[:200]
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json_problem(payload: str) -> str | None:
+    """None when ``payload`` is strict JSON (RFC 8259, UTF-8 encodable); otherwise what is wrong.
+
+    Python's ``json`` accepts ``NaN``, ``Infinity`` and ``-Infinity`` and
+    lone surrogates (raw or escaped); receivers in other languages reject
+    them, or worse, read them differently. The payload is written
+    elsewhere; this is the last check before it leaves the process.
+    """
+    try:
+        value = json.loads(payload, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        return f"not strict JSON: {str(exc)[:200]}"
+    try:
+        payload.encode("utf-8")
+        if _SURROGATE_ESCAPE.search(payload):  # rare: only then pay for a second encoding
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return "not strict JSON: a lone surrogate (not a Unicode character)"
+    return None
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -667,4 +798,4 @@ def _short(exc: BaseException) -> str:
     return text[:300]
 
 
-__all__ = ["Attempt", "DispatcherStats", "WebhookDispatcher"]
+__all__ = ["Attempt", "DispatcherStats", "WebhookDispatcher", "strict_json_problem"]
