@@ -28,17 +28,25 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, update
+from standardwebhooks import Webhook
 
 from scheduler.config import WebhooksConfig
 from scheduler.models import Reason, SchedulingRequest
 from scheduler.store import Failure, Placement, Release, Store
 from scheduler.store.schema import deliveries, outbox
-from scheduler.webhooks import WebhookDispatcher, verify
+from scheduler.webhooks import WebhookDispatcher
 from scheduler.store.deliveries import DeliveryRecord, DeliveryStore
 from tests.harness import make_nodes, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "test-webhook-secret"
+SECRET = "whsec_dGVzdC13ZWJob29rLXNlY3JldC0wMTIzNDU2Nzg5"  # a 30-byte key
+OTHER_SECRET = "whsec_b3RoZXItd2ViaG9vay1zZWNyZXQtOTg3NjU0MzIx"
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes) -> int:
+    """Check a delivery with the ``standardwebhooks`` package (not this project's code); its timestamp."""
+    Webhook(secret).verify(body, headers, json_parse=False)
+    return int(headers["webhook-timestamp"])
 
 
 # ------------------------------------------------------------------ receivers
@@ -56,7 +64,7 @@ class Hit:
 
     @property
     def delivery(self) -> str:
-        return self.headers["x-scheduler-delivery"]
+        return self.headers["webhook-id"]
 
     @property
     def event(self) -> dict[str, Any]:
@@ -91,7 +99,7 @@ class Receiver:
                     self.close_connection = True
                     return
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                key = (self.path, headers.get("x-scheduler-delivery", ""))
+                key = (self.path, headers.get("webhook-id", ""))
                 with receiver._lock:
                     nth = receiver._counts[key] = receiver._counts.get(key, 0) + 1
                 status = receiver.respond(self.path, headers, body, nth)
@@ -181,7 +189,7 @@ def dispatchers() -> Iterator[Callable[..., WebhookDispatcher]]:
 def config(*urls: str, **overrides: Any) -> WebhooksConfig:
     """Tiny backoffs so retries happen in milliseconds."""
     values: dict[str, Any] = {
-        "urls": list(urls), "secret": SECRET, "max_attempts": 5, "timeout": 2, "concurrency": 8,
+        "urls": list(urls), "secrets": [SECRET], "max_attempts": 5, "timeout": 2, "concurrency": 8,
         "initial_backoff": 0.01, "max_backoff": 0.05,
     }  # fmt: skip
     values.update(overrides)
@@ -249,7 +257,7 @@ def test_events_are_delivered_signed_with_the_exact_outbox_body(
     stored = payloads(store)
     for hit in hits:
         assert hit.body == stored[hit.delivery].encode(), "the body is the outbox payload, byte for byte"
-        assert verify(SECRET, hit.headers, hit.body) == int(hit.headers["x-scheduler-timestamp"])
+        assert verify(SECRET, hit.headers, hit.body) == int(hit.headers["webhook-timestamp"])
         assert hit.headers["content-type"] == "application/json"
         assert hit.headers["x-scheduler-event"] == hit.event["type"]
         assert hit.delivery == hit.event["id"]
@@ -286,13 +294,12 @@ def test_the_example_receiver_accepts_deliveries_and_acknowledges_duplicates(
         assert sorted(handled) == sorted(events)
         # A wrong secret is refused with 401 and retried (here until dead).
         first.stop()
-        bad = WebhooksConfig.model_validate({**config().model_dump(), "secret": "wrong", "max_attempts": 2,
-                                             "urls": [f"http://127.0.0.1:{server.server_port}/other"]})
+        bad = config(f"http://127.0.0.1:{server.server_port}/other", secrets=[OTHER_SECRET], max_attempts=2)
         place(store, "z")
         dispatchers(store, bad)
         wait_until(lambda: any(r.status == "dead" for r in rows(store)), 15, "the forged delivery to die")
         dead = [r for r in rows(store) if r.status == "dead"]
-        assert dead[0].last_status_code == 401 and "signature mismatch" in (dead[0].last_error or "")
+        assert dead[0].last_status_code == 401 and "No matching signature" in (dead[0].last_error or "")
     finally:
         server.shutdown()
         server.server_close()
@@ -511,16 +518,17 @@ def test_a_dispatcher_killed_mid_deliveries_loses_no_event(
     cfg = config(rx.url(), concurrency=4)
     script = tmp_path / "leader.py"
     script.write_text(textwrap.dedent("""
-        import sys, time
+        import json, sys, time
         from scheduler.config import WebhooksConfig
         from scheduler.store import Store
         from scheduler.webhooks import WebhookDispatcher
         store = Store.from_url(sys.argv[1])
-        config = WebhooksConfig.model_validate_json(sys.argv[2])
+        config = WebhooksConfig.model_validate({**json.loads(sys.argv[2]), "secrets": [sys.argv[3]]})
         WebhookDispatcher(store, config, lambda: True, poll_interval=0.02, claim_lease=1.0).start()
         time.sleep(600)
     """))
-    leader = subprocess.Popen([sys.executable, str(script), db_url, cfg.model_dump_json()],
+    plain = cfg.model_dump_json(exclude={"secrets"})  # a dump shows no secret: it is passed on its own
+    leader = subprocess.Popen([sys.executable, str(script), db_url, plain, SECRET],
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -16,10 +16,9 @@ import pytest
 
 from scheduler.models import TaskStatus
 from scheduler.producer.publisher import Outgoing
-from scheduler.webhooks import verify
 from scheduler.store.deliveries import DeliveryStore
 from tests.harness import Deployment, make_nodes, make_requests, wait_until
-from tests.test_webhooks_dispatcher import SECRET, Receiver
+from tests.test_webhooks_dispatcher import SECRET, Receiver, verify
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 def worker_cmd(no_migrate: bool) -> None:
     """Run the daemon: campaign for leadership, consume, decide, commit, ack."""
     from scheduler.logging import configure_logging
-
     from scheduler.webhooks.signing import unsigned_refusal
 
     settings = settings_or_exit()

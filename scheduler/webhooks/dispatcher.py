@@ -58,6 +58,7 @@ import random
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -201,8 +202,12 @@ class WebhookDispatcher:
         self._events_hint = threading.Event()
         self._next_events_check = 0.0
         self._unfinished = 0
+        self._send_lock = threading.Lock()
+        self._waiting: dict[str, deque[Due]] = {}  # claimed, not started, by destination (insertion = turn)
+        self._running: dict[str, int] = {}
+        self._running_total = 0
+        self._origin_seconds: dict[str, float] = {}  # moving average of one attempt, per destination
         self._attempt_seconds = 0.05  # moving average of one attempt, to size the queue
-        self._unfinished_lock = threading.Lock()
         self._stopping = threading.Event()
         self._outcomes: queue.SimpleQueue[tuple[Due, Attempt]] = queue.SimpleQueue()
         self._unrecorded: list[Result] = []
@@ -419,7 +424,7 @@ class WebhookDispatcher:
         busy = self._destination_load()
         for candidate in due:
             origin = self._origin(candidate.url)
-            if busy.get(origin[0], 0) >= self._per_destination:
+            if busy.get(origin[0], 0) >= self._claim_cap(origin[0]):
                 # Its destination is at its limit (a spelling of the URL the claim query did not
                 # skip): not now, and out of the way of other destinations' deliveries.
                 plan.defer[candidate.id] = now + timedelta(seconds=self._poll)
@@ -470,10 +475,22 @@ class WebhookDispatcher:
             load[key] = load.get(key, 0) + 1
         return load
 
+    def _claim_cap(self, origin: str) -> int:
+        """How many deliveries to one destination may be claimed at once (running or waiting).
+
+        About ``QUEUE_SECONDS`` of work at that destination's own pace, and
+        never fewer than its running limit: hundreds to a fast receiver (SQL
+        in batches), ``per_destination`` to a slow or hanging one, so its
+        backlog neither fills the claim slots nor waits past its lease.
+        """
+        seconds = self._origin_seconds.get(origin, self._attempt_seconds)
+        ahead = int(self._per_destination * QUEUE_SECONDS / max(seconds, 0.001))
+        return max(self._per_destination, min(ahead, self._capacity()))
+
     def _saturated(self) -> list[str]:
         """The ``scheme://netloc`` spellings of destinations at their limit: the claim query skips them."""
         load = self._destination_load()
-        full = {key for key, n in load.items() if n >= self._per_destination}
+        full = {key for key, n in load.items() if n >= self._claim_cap(key)}
         origins = [self._origin(d.url) for d in self._in_flight.values()]
         return sorted({text for key, text in origins if key in full})
 
@@ -502,36 +519,79 @@ class WebhookDispatcher:
         return senders + max(senders, min(int(pace * QUEUE_SECONDS), MAX_QUEUE))
 
     def _submit(self, due: Due) -> None:
-        senders = self._senders
-        assert senders is not None
+        """Queue a claimed delivery behind its destination; start it when a sender and its slot are free."""
         self._in_flight[due.id] = due
-        with self._unfinished_lock:
+        origin = self._origin(due.url)[0]
+        with self._send_lock:
+            self._waiting.setdefault(origin, deque()).append(due)
             self._unfinished += 1
-        senders.submit(self._send, due).add_done_callback(self._finished)
+        self._pump()
 
-    def _finished(self, _future: object) -> None:
-        """Wake the bookkeeping when the senders are about to run dry or a batch of outcomes is ready.
+    def _pump(self) -> None:
+        """Start waiting attempts on free senders, round-robin over destinations below ``per_destination``.
+
+        Why not hand everything to the executor's queue: it is first in,
+        first out, so a hanging receiver's backlog would take every sender
+        in turn. Here no destination runs more than its limit at once, and
+        a sender freed by one destination goes to the next one in turn.
+        """
+        senders = self._senders
+        if senders is None:
+            return
+        start: list[tuple[Due, str]] = []
+        with self._send_lock:
+            progress = True
+            while progress and self._running_total < self.config.concurrency and self._waiting:
+                progress = False
+                for origin in list(self._waiting):
+                    if self._running_total >= self.config.concurrency:
+                        break
+                    if self._running.get(origin, 0) >= self._per_destination:
+                        continue
+                    waiting = self._waiting.pop(origin)
+                    start.append((waiting.popleft(), origin))
+                    if waiting:
+                        self._waiting[origin] = waiting  # to the back: the next destination goes first
+                    self._running[origin] = self._running.get(origin, 0) + 1
+                    self._running_total += 1
+                    progress = True
+        for due, origin in start:
+            try:
+                senders.submit(self._send, due, origin)
+            except RuntimeError:  # shut down under us at stop: hand it back, unsent
+                self._done(due, origin, Attempt(sent=False))
+
+    def _send(self, due: Due, origin: str) -> None:
+        """One attempt, on a sender thread; the outcome goes back to the dispatcher thread by queue."""
+        try:
+            attempt = self._attempt(due)
+        except Exception as exc:  # a bug must not leave the delivery claimed until its lease runs out
+            log.exception("webhook attempt crashed", delivery_id=due.id, event_id=due.event_id)
+            attempt = Attempt(error=f"internal error: {type(exc).__name__}")
+        self._done(due, origin, attempt)
+        self._pump()
+
+    def _done(self, due: Due, origin: str, attempt: Attempt) -> None:
+        """Hand the outcome over; wake the bookkeeping when senders run dry or a batch of outcomes is ready.
 
         Not after every single request: at hundreds of deliveries a second,
         a cycle per outcome would spend the time on SQL round trips; waking
         when half the claimed work is done keeps the senders busy and writes
         the outcomes ``concurrency`` at a time.
         """
-        with self._unfinished_lock:
+        self._outcomes.put((due, attempt))
+        with self._send_lock:
+            left = self._running.get(origin, 1) - 1
+            if left > 0:
+                self._running[origin] = left
+            else:
+                self._running.pop(origin, None)
+            self._running_total -= 1
             self._unfinished -= 1
             unfinished = self._unfinished
         senders = self.config.concurrency
         if unfinished <= senders or self._outcomes.qsize() >= max(senders, self._capacity() // 2):
             self._wake.set()
-
-    def _send(self, due: Due) -> None:
-        """One attempt, on a sender thread; the outcome goes back to the dispatcher thread by queue."""
-        try:
-            attempt = self._attempt(due)
-        except Exception as exc:  # a bug must not leave the delivery claimed until its lease runs out
-            log.exception("webhook attempt crashed", delivery_id=due.id, event_id=due.event_id)
-            attempt = Attempt(error=f"internal error: {type(exc).__name__}: {exc}")
-        self._outcomes.put((due, attempt))
 
     def _attempt(self, due: Due) -> Attempt:
         if self._stopping.is_set() or not self._is_leader():
@@ -609,6 +669,11 @@ class WebhookDispatcher:
         }
         if attempt.sent:
             self._attempt_seconds = 0.8 * self._attempt_seconds + 0.2 * attempt.seconds
+            origin = self._origin(due.url)[0]
+            if len(self._origin_seconds) > 10_000:
+                self._origin_seconds.clear()
+            before = self._origin_seconds.get(origin, attempt.seconds)
+            self._origin_seconds[origin] = 0.8 * before + 0.2 * attempt.seconds
         if attempt.delivered:
             self._count(attempts=1, delivered=1)
             ms = round(attempt.seconds * 1000, 1)
