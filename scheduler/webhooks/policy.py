@@ -118,6 +118,8 @@ def address_refusal(ip: IPAddress) -> str | None:
         return f"address {ip} is a cloud metadata endpoint"
     if candidate.is_link_local:
         return f"address {ip} is link-local (cloud metadata lives there)"
+    if candidate.is_loopback:
+        return None  # internal: allowed only when named exactly (::1 sits in the "reserved" ::/8)
     if candidate.is_multicast or candidate.is_unspecified or candidate.is_reserved:
         return f"address {ip} is multicast, unspecified or reserved"
     return None
