@@ -57,7 +57,8 @@ def test_defaults_match_design() -> None:
     assert (s.election.lease_duration, s.election.renew_deadline, s.election.retry_period) == (15, 10, 2)
     assert (s.retry.max_attempts, s.retry.initial_backoff, s.retry.max_backoff) == (5, 1, 60)
     assert (s.nodes.suspicious_after, s.nodes.offline_after) == (10, 20)
-    assert (s.webhooks.urls, s.webhooks.secrets, s.webhooks.allow, s.webhooks.max_attempts) == ([], [], [], 10)
+    assert (s.webhooks.urls, s.webhooks.secrets, s.webhooks.allow) == ([], [], [])
+    assert s.webhooks.max_attempts == 10
     assert s.webhooks.allow_unsigned is False
     assert s.http.port == 8080
 

@@ -29,13 +29,14 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, update
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from scheduler.config import WebhooksConfig
 from scheduler.models import Reason, SchedulingRequest
 from scheduler.store import Failure, Placement, Release, Store
-from scheduler.store.schema import deliveries, outbox
-from scheduler.webhooks import WebhookDispatcher
 from scheduler.store.deliveries import DeliveryRecord, DeliveryStore
+from scheduler.store.schema import deliveries, outbox
+from scheduler.webhooks import WebhookDispatcher, new_secret
 from tests.harness import make_nodes, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -354,7 +355,7 @@ def test_timeouts_and_errors_are_retried_and_recorded(
 
 def test_redirects_are_not_followed_and_no_secret_reaches_the_logs(
     store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher],
-    capfd: pytest.CaptureFixture[str],
+    capfd: pytest.CaptureFixture[str], tmp_path: Path, db_url: str,
 ) -> None:
     rx = receivers(lambda path, headers, body, nth: 307 if path.startswith("/hook") else 204)
     url = rx.url("/hook?token=tok-123").replace("http://", "http://bot:hunter2@")
@@ -371,6 +372,10 @@ def test_redirects_are_not_followed_and_no_secret_reaches_the_logs(
     assert "webhook delivery dead" in logged
     for secret in (SECRET, "hunter2", "tok-123"):
         assert secret not in logged
+        assert secret not in (record.last_error or "")
+    listed = CliRunner().invoke(_cli(), ["webhooks", "list", "--json"], env=_cli_env(db_url, tmp_path))
+    assert listed.exit_code == 0 and "bot:***" not in listed.output and "***@127.0.0.1" in listed.output
+    assert "hunter2" not in listed.output and "tok-123" not in listed.output
 
 
 def test_a_dead_receiver_ends_dead_after_max_attempts_and_retry_revives_it(
@@ -521,7 +526,7 @@ def test_a_dispatcher_killed_mid_deliveries_loses_no_event(
         import json, sys, time
         from scheduler.config import WebhooksConfig
         from scheduler.store import Store
-        from scheduler.webhooks import WebhookDispatcher
+        from scheduler.webhooks import WebhookDispatcher, new_secret
         store = Store.from_url(sys.argv[1])
         config = WebhooksConfig.model_validate({**json.loads(sys.argv[2]), "secrets": [sys.argv[3]]})
         WebhookDispatcher(store, config, lambda: True, poll_interval=0.02, claim_lease=1.0).start()
@@ -599,6 +604,153 @@ def test_dispatcher_thread_is_not_the_callers_and_stop_is_prompt(
     d.stop(timeout=10)
     assert not d.running
     assert all_delivered(store, 4), "stop waits for attempts in flight and records them"
+
+
+def test_an_attempt_ends_at_its_deadline_even_when_the_receiver_trickles(
+    store: Store, dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    """A receiver sending one byte every 0.2 s never trips a per-read timeout; the attempt's deadline does."""
+    trickle = TrickleReceiver(every=0.2, lasts=30)
+    try:
+        (event,) = place(store, "trickled")
+        dispatchers(store, config(trickle.url, timeout=1, max_attempts=2))
+        ended = wait_until(lambda: trickle.held, 20, "the first trickled attempt to be cut off")
+        assert ended[0] < 1 + 3, f"the attempt was held {ended[0]:.1f} s with timeout 1 s"
+        record = wait_until(lambda: (r := by_event(store).get(event)) and r.attempts >= 1 and r, 10,
+                            "the attempt recorded")
+        assert "timeout" in (record.last_error or "") or record.status == "dead"
+    finally:
+        trickle.close()
+
+
+def test_a_hanging_receiver_does_not_starve_the_others(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    gate = threading.Event()
+    lock = threading.Lock()
+    running = [0, 0]  # now, most at once
+
+    def hang(path: str, headers: dict[str, str], body: bytes, nth: int) -> int:
+        with lock:
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+        gate.wait(30)
+        with lock:
+            running[0] -= 1
+        return 204
+
+    hanging, fast = receivers(hang), receivers()
+    place(store, *[f"h{i}" for i in range(30)])
+    dispatchers(store, config(hanging.url(), fast.url(), concurrency=4, per_destination=2, timeout=20,
+                              max_attempts=3))
+    try:
+        # Four senders, and every one of them would be stuck on the hanging receiver without the limit.
+        wait_until(lambda: len(fast.ok_hits()) == 30, 15, "every delivery to the fast receiver")
+        assert hanging.ok_hits() == [], "the hanging receiver really hung throughout"
+        assert running[1] <= 2, f"{running[1]} attempts at once to one destination (limit 2)"
+    finally:
+        gate.set()
+    wait_until(lambda: all_delivered(store, 60), 60, "the hanging receiver's deliveries, once it answers")
+    assert running[1] <= 2
+
+
+def test_a_payload_that_is_not_strict_json_is_dead_and_never_sent(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    rx = receivers()
+    bad, good = place(store, "nan", "fine")
+    with store.engine.begin() as conn:  # written elsewhere: the dispatcher is the last line of defence
+        conn.execute(update(outbox).where(outbox.c.event_id == bad)
+                     .values(payload='{"id": "x", "task": {"attempts": NaN, "score": Infinity}}'))
+    d = dispatchers(store, config(rx.url()))
+    wait_until(lambda: {r.status for r in rows(store)} == {"dead", "delivered"}, 15, "both to end")
+    record = by_event(store)[bad]
+    assert record.status == "dead" and record.attempts == 0
+    assert (record.last_error or "").startswith("invalid payload: not strict JSON")
+    assert [h.delivery for h in rx.snapshot()] == [good]
+    assert d.stats().invalid == 1 and d.running, "a bad payload is an outcome, not a crash"
+
+
+def test_during_a_secret_rotation_each_delivery_verifies_with_either_secret(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    rx = receivers()
+    place(store, "r1", "r2")
+    dispatchers(store, config(rx.url(), secrets=[SECRET, OTHER_SECRET]))
+    wait_until(lambda: all_delivered(store, 2), 15, "2 deliveries")
+    for hit in rx.snapshot():
+        assert len(hit.headers["webhook-signature"].split(" ")) == 2
+        verify(SECRET, hit.headers, hit.body)
+        verify(OTHER_SECRET, hit.headers, hit.body)
+        with pytest.raises(WebhookVerificationError):
+            verify(new_secret(), hit.headers, hit.body)
+
+
+def test_unsigned_delivery_only_when_allowed_and_with_a_warning(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    rx = receivers()
+    with pytest.raises(ValueError, match="allow_unsigned"):
+        WebhookDispatcher(store, config(rx.url(), secrets=[]), lambda: True)
+    place(store, "u1")
+    dispatchers(store, config(rx.url(), secrets=[], allow_unsigned=True))
+    wait_until(lambda: all_delivered(store, 1), 15, "the delivery")
+    (hit,) = rx.snapshot()
+    assert "webhook-signature" not in hit.headers and hit.headers["webhook-id"] == hit.event["id"]
+    assert "sent WITHOUT webhook-signature" in "".join(capfd.readouterr())
+
+
+@dataclass
+class TrickleReceiver:
+    """A raw TCP receiver that answers ``HTTP/1.1 200 OK`` and then one header byte every ``every`` s.
+
+    ``held`` lists, per connection, how long it was held from the first
+    answer byte until the client closed it.
+    """
+
+    every: float
+    lasts: float
+    held: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        import socket
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._closed = threading.Event()
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/hook"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: Any) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            started = time.monotonic()
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                while time.monotonic() - started < self.lasts and not self._closed.is_set():
+                    time.sleep(self.every)
+                    conn.sendall(b"a")
+            except OSError:  # the client hung up: that is what is measured
+                self.held.append(time.monotonic() - started)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._sock.close()
 
 
 # ------------------------------------------------------------------ helpers
