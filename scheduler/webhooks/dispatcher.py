@@ -207,6 +207,7 @@ class WebhookDispatcher:
         self._running: dict[str, int] = {}
         self._running_total = 0
         self._origin_seconds: dict[str, float] = {}  # moving average of one attempt, per destination
+        self._quiet: tuple[list[str], float] | None = None  # (skipped prefixes, until): see _nothing_new_due
         self._attempt_seconds = 0.05  # moving average of one attempt, to size the queue
         self._stopping = threading.Event()
         self._outcomes: queue.SimpleQueue[tuple[Due, Attempt]] = queue.SimpleQueue()
@@ -330,11 +331,13 @@ class WebhookDispatcher:
                     self._events_hint.clear()
                     self._next_events_check = time.monotonic() + self._poll
                     batch = self.store.undispatched(conn, self._batch)
-                if free > 0:
+                skip = self._saturated()
+                if free > 0 and not self._nothing_new_due(skip, batch):
                     due = self.store.due(
-                        conn, now, 2 * free + 8,
-                        exclude=list(self._in_flight), skip_prefixes=self._saturated(),
+                        conn, now, 2 * free + 8, exclude=list(self._in_flight), skip_prefixes=skip,
                     )  # fmt: skip
+                    # Only saturated destinations have due work: do not scan for it again at once.
+                    self._quiet = (skip, time.monotonic() + self._poll) if skip and not due else None
                     if due:
                         pending = self.store.pending_of_tasks(conn, [d.task_id for d in due])
                         plan = self._plan(due, pending, now, free)
@@ -379,6 +382,23 @@ class WebhookDispatcher:
 
     def _now(self) -> datetime:
         return self._clock().astimezone(UTC)
+
+    def _nothing_new_due(self, skip: list[str], batch: OutboxBatch | None) -> bool:
+        """True when the last claim query found nothing outside the saturated destinations and
+        nothing since can have changed that (no slot freed, no new target): skip the query.
+
+        Why: with a slow receiver's backlog of thousands of due rows, the query
+        walks all of them to find none it may take; during a burst of commits
+        the dispatcher wakes for every group, and re-walking them each time
+        took CPU from scheduling. A freed slot, a new kind of target or half a
+        second ends the quiet.
+        """
+        quiet = self._quiet
+        if quiet is None or self._unrecorded or quiet[0] != skip or time.monotonic() >= quiet[1]:
+            return False
+        if batch is None:
+            return True
+        return not batch.callbacks and all(self._origin(u)[1] in skip for u in self._urls)
 
     # ------------------------------------------------------------------ planning
     def _callbacks(self, events: list[OutboxEvent]) -> list[NewDelivery]:
