@@ -307,3 +307,16 @@ def test_no_credential_survives_display(user: str, password: str, token: str, ho
     shown = display_url(url)
     for secret in (password, token, f"{user}:"):
         assert secret not in shown
+
+
+def test_new_secret_command_prints_a_usable_secret() -> None:
+    from click.testing import CliRunner
+
+    from scheduler.cli import cli
+
+    out = CliRunner().invoke(cli, ["webhooks", "new-secret"])
+    assert out.exit_code == 0, out.output
+    secret = out.output.strip()
+    assert len(decode_secret(secret).key) == 32
+    headers = _headers([secret])
+    Webhook(secret).verify(BODY, headers)

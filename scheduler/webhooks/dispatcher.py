@@ -86,7 +86,14 @@ from scheduler.store.deliveries import (
 )
 from scheduler.store.engine import DatabaseUnavailable
 from scheduler.webhooks.backoff import backoff_delay
-from scheduler.webhooks.policy import callback_refusal, display_url, exact_hosts, parse_patterns, scrub
+from scheduler.webhooks.policy import (
+    callback_refusal,
+    display_url,
+    exact_hosts,
+    parse_patterns,
+    scrub,
+    scrub_text,
+)
 from scheduler.webhooks.signing import signed_headers, signing_keys, unsigned_refusal
 from scheduler.webhooks.transport import deadline, make_client, refused_address
 
@@ -301,13 +308,15 @@ class WebhookDispatcher:
                 self._count(db_errors=1)
                 log.error(
                     "webhook dispatcher: database error; will retry",
-                    error=_short(exc),
+                    error=scrub_text(_short(exc)),
                     retry_in=wait,
                     unrecorded=len(self._unrecorded),
                 )
-            except Exception:
+            except Exception as exc:
                 wait = 1.0
-                log.exception("webhook dispatcher: unexpected error; continuing")
+                # No traceback: frames and messages may hold receivers' URLs with their credentials.
+                error = scrub_text(f"{type(exc).__name__}: {_short(exc)}")
+                log.error("webhook dispatcher: unexpected error; continuing", error=error)
             if wait > 0:
                 self._wake.wait(wait)
             self._wake.clear()
@@ -586,8 +595,10 @@ class WebhookDispatcher:
         try:
             attempt = self._attempt(due)
         except Exception as exc:  # a bug must not leave the delivery claimed until its lease runs out
-            log.exception("webhook attempt crashed", delivery_id=due.id, event_id=due.event_id)
-            attempt = Attempt(error=f"internal error: {type(exc).__name__}")
+            # No traceback: its frames and messages may hold the URL's credentials; this line does not.
+            error = scrub(f"internal error: {type(exc).__name__}: {exc}", due.url)
+            log.error("webhook attempt crashed", delivery_id=due.id, event_id=due.event_id, error=error)
+            attempt = Attempt(error=error)
         self._done(due, origin, attempt)
         self._pump()
 
@@ -672,9 +683,10 @@ class WebhookDispatcher:
             try:
                 result = self._result_of(due, attempt, now)
             except Exception as exc:  # never lose track of a claimed delivery: retry it later
-                log.exception("webhook outcome could not be processed", delivery_id=due.id)
+                error = scrub(f"internal error: {type(exc).__name__}: {_short(exc)}", due.url)
+                log.error("webhook outcome could not be processed", delivery_id=due.id, error=error)
                 retry_at = now + timedelta(seconds=self.config.initial_backoff)
-                result = Result(due.id, PENDING, attempt.sent, retry_at, error=f"internal error: {exc!r}")
+                result = Result(due.id, PENDING, attempt.sent, retry_at, error=error)
             self._unrecorded.append(result)
 
     def _result_of(self, due: Due, attempt: Attempt, now: datetime) -> Result:

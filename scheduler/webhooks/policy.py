@@ -357,7 +357,7 @@ def display_url(url: str) -> str:
         parts = urlsplit(url)
         netloc = parts.netloc
     except ValueError:
-        return _scrub_text(url)
+        return scrub_text(url)
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
     pairs = parts.query.split("&") if parts.query else []
@@ -373,7 +373,7 @@ def scrub(text: str, url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return _scrub_text(text)
+        return scrub_text(text)
     secrets = []
     if "@" in parts.netloc:
         secrets.append(parts.netloc.rsplit("@", 1)[0])
@@ -382,10 +382,10 @@ def scrub(text: str, url: str) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         if len(secret) >= 3:
             text = text.replace(secret, "***")
-    return _scrub_text(text)
+    return scrub_text(text)
 
 
-def _scrub_text(text: str) -> str:
+def scrub_text(text: str) -> str:
     """Any ``scheme://userinfo@`` in free text, with the userinfo hidden."""
     return re.sub(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s]*@", r"\1***@", text)
 
