@@ -403,7 +403,9 @@ class WebhookDispatcher:
         second ends the quiet.
         """
         quiet = self._quiet
-        if quiet is None or self._unrecorded or quiet[0] != skip or time.monotonic() >= quiet[1]:
+        # A finished attempt frees its slot only once its outcome is written (it leaves _in_flight
+        # then): until that, ``skip`` is unchanged and the query would find nothing new.
+        if quiet is None or quiet[0] != skip or time.monotonic() >= quiet[1]:
             return False
         if batch is None:
             return True
