@@ -13,10 +13,12 @@ requests. Why it is built the way it is:
   together end within ``webhooks.timeout`` (:func:`~scheduler.webhooks.
   transport.deadline`): a receiver trickling its answer cannot hold a sender.
 * **Fair between destinations.** At most ``webhooks.per_destination``
-  attempts are in flight (claimed, queued or running) to one
-  ``scheme://host:port``; due deliveries of a destination at its limit are
-  left in the database (the claim query skips them), so one slow or hanging
-  receiver holds at most that many senders and the others keep flowing.
+  attempts run at once to one ``scheme://host:port``, and a freed sender
+  goes to the destinations in turn (:meth:`WebhookDispatcher._pump`), so one
+  slow or hanging receiver holds at most that many senders and the others
+  keep flowing. Claims are sized per destination too (about half a second
+  of work at its own pace): a slow destination's backlog stays in the
+  database (the claim query skips it) instead of filling the claim slots.
 * **Strict JSON only.** The stored payload is parsed strictly before every
   attempt (no ``NaN``/``Infinity``, no lone surrogate); one that is not
   strict JSON is never sent: its delivery is dead with the reason.
