@@ -320,3 +320,30 @@ def test_new_secret_command_prints_a_usable_secret() -> None:
     assert len(decode_secret(secret).key) == 32
     headers = _headers([secret])
     Webhook(secret).verify(BODY, headers)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(alphabet=st.characters(codec="utf-8")),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def _has_non_finite(value: object) -> bool:
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    if isinstance(value, list):
+        return any(_has_non_finite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    return False
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_JSON, ascii_only=st.booleans())
+def test_a_payload_is_refused_exactly_when_it_holds_nan_or_infinity(value: object, ascii_only: bool) -> None:
+    import json
+
+    payload = json.dumps(value, ensure_ascii=ascii_only)  # allow_nan=True: what a careless writer emits
+    assert (strict_json_problem(payload) is not None) is _has_non_finite(value)
