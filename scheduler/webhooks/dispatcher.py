@@ -216,6 +216,8 @@ class WebhookDispatcher:
         self._running: dict[str, int] = {}
         self._running_total = 0
         self._origin_seconds: dict[str, float] = {}  # moving average of one attempt, per destination
+        self._started_at: dict[int, tuple[str, float]] = {}  # running attempts: destination, start
+        self._oldest_running: dict[str, float] = {}  # per destination, the start of its oldest one
         self._quiet: tuple[list[str], float] | None = None  # (skipped prefixes, until): see _nothing_new_due
         self._attempt_seconds = 0.05  # moving average of one attempt, to size the queue
         self._stopping = threading.Event()
@@ -327,6 +329,7 @@ class WebhookDispatcher:
     def _cycle(self) -> float:
         """One round of bookkeeping; returns how long to sleep (0: there is more to do now)."""
         now = self._now()
+        self._trim()
         self._collect(now)
         leader = self._is_leader()
         with self._stats_lock:
@@ -514,11 +517,39 @@ class WebhookDispatcher:
         About ``QUEUE_SECONDS`` of work at that destination's own pace, and
         never fewer than its running limit: hundreds to a fast receiver (SQL
         in batches), ``per_destination`` to a slow or hanging one, so its
-        backlog neither fills the claim slots nor waits past its lease.
+        backlog neither fills the claim slots nor waits past its lease. The
+        pace is the slower of its moving average and its oldest running
+        attempt, so a receiver that starts hanging counts as slow at once,
+        not only when its first attempts time out; and no destination takes
+        more than half the claim slots, so one that was fast until it hung
+        leaves room for the others (its excess is handed back:
+        :meth:`_trim`).
         """
         seconds = self._origin_seconds.get(origin, self._attempt_seconds)
+        started = self._oldest_running.get(origin)
+        if started is not None:
+            seconds = max(seconds, time.monotonic() - started)
         ahead = int(self._per_destination * QUEUE_SECONDS / max(seconds, 0.001))
-        return max(self._per_destination, min(ahead, self._capacity()))
+        return max(self._per_destination, min(ahead, self._capacity() // 2))
+
+    def _trim(self) -> None:
+        """Hand back claims waiting (not running) beyond their destination's current cap.
+
+        They become due again at once in the database, where the claim query
+        skips a saturated destination, so the slots go to other destinations.
+        """
+        dropped: list[Due] = []
+        with self._send_lock:
+            for origin, waiting in self._waiting.items():
+                excess = len(waiting) + self._running.get(origin, 0) - self._claim_cap(origin)
+                while excess > 0 and waiting:
+                    dropped.append(waiting.pop())
+                    excess -= 1
+            for origin in [o for o, w in self._waiting.items() if not w]:
+                del self._waiting[origin]
+            self._unfinished -= len(dropped)
+        for due in dropped:
+            self._outcomes.put((due, Attempt(sent=False)))
 
     def _saturated(self) -> list[str]:
         """The ``scheme://netloc`` spellings of destinations at their limit: the claim query skips them."""
@@ -596,6 +627,9 @@ class WebhookDispatcher:
 
     def _send(self, due: Due, origin: str) -> None:
         """One attempt, on a sender thread; the outcome goes back to the dispatcher thread by queue."""
+        with self._send_lock:
+            self._started_at[due.id] = (origin, time.monotonic())
+            self._oldest_running.setdefault(origin, self._started_at[due.id][1])
         try:
             attempt = self._attempt(due)
         except Exception as exc:  # a bug must not leave the delivery claimed until its lease runs out
@@ -616,6 +650,12 @@ class WebhookDispatcher:
         """
         self._outcomes.put((due, attempt))
         with self._send_lock:
+            if self._started_at.pop(due.id, None) is not None:
+                starts = [t for o, t in self._started_at.values() if o == origin]
+                if starts:
+                    self._oldest_running[origin] = min(starts)
+                else:
+                    self._oldest_running.pop(origin, None)
             left = self._running.get(origin, 1) - 1
             if left > 0:
                 self._running[origin] = left
