@@ -199,7 +199,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "--set",
         "secrets.webhookUrl=https://hooks.example/a",
         "--set",
-        "secrets.webhookSecret=s3cr3t",
+        "secrets.webhookSecret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         "--set",
         "config.election.lease_name=scheduler-lease",
         "--set",
