@@ -519,18 +519,16 @@ class WebhookDispatcher:
         in batches), ``per_destination`` to a slow or hanging one, so its
         backlog neither fills the claim slots nor waits past its lease. The
         pace is the slower of its moving average and its oldest running
-        attempt, so a receiver that starts hanging counts as slow at once,
-        not only when its first attempts time out; and no destination takes
-        more than half the claim slots, so one that was fast until it hung
-        leaves room for the others (its excess is handed back:
-        :meth:`_trim`).
+        attempt, so a receiver that starts hanging counts as slow within a
+        second, not only when its first attempts time out, and the claims it
+        no longer deserves are handed back (:meth:`_trim`) for the others.
         """
         seconds = self._origin_seconds.get(origin, self._attempt_seconds)
         started = self._oldest_running.get(origin)
         if started is not None:
             seconds = max(seconds, time.monotonic() - started)
         ahead = int(self._per_destination * QUEUE_SECONDS / max(seconds, 0.001))
-        return max(self._per_destination, min(ahead, self._capacity() // 2))
+        return max(self._per_destination, min(ahead, self._capacity()))
 
     def _trim(self) -> None:
         """Hand back claims waiting (not running) beyond their destination's current cap.
@@ -665,7 +663,10 @@ class WebhookDispatcher:
             self._unfinished -= 1
             unfinished = self._unfinished
         senders = self.config.concurrency
-        if unfinished <= senders or self._outcomes.qsize() >= max(senders, self._capacity() // 2):
+        finished = self._outcomes.qsize()
+        # Half of what is claimed, not half the capacity: claims are capped per destination, and
+        # waiting for more outcomes than there are claims would let the senders run dry.
+        if unfinished <= senders or finished >= max(senders, (unfinished + finished) // 2):
             self._wake.set()
 
     def _attempt(self, due: Due) -> Attempt:
