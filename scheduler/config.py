@@ -26,6 +26,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -48,7 +49,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "POD_NAME": ("identity",),
     "POD_NAMESPACE": ("election", "namespace"),
     "WEBHOOK_URL": ("webhooks", "urls"),
-    "WEBHOOK_SECRET": ("webhooks", "secret"),
+    "WEBHOOK_SECRET": ("webhooks", "secrets"),
     "HTTP_PORT": ("http", "port"),
     "HTTP_TOKENS": ("http", "tokens"),
     "METRICS_PORT": ("http", "metrics_port"),
@@ -176,12 +177,31 @@ class NodesConfig(_Section):
 
 
 class WebhooksConfig(_Section):
+    """Deliveries of webhook events; see ``docs/webhooks.md``.
+
+    ``secrets`` are ``whsec_<base64>`` Standard Webhooks secrets (several at
+    once during a rotation; env ``WEBHOOK_SECRET``, comma separated); the
+    older single ``secret`` key is still read and counts as one more.
+    Secrets are :class:`~pydantic.SecretStr`: no repr, dump or error message
+    shows them. With delivery targets (``urls`` or ``allow``) but no secret,
+    the worker refuses to start unless ``allow_unsigned`` is true
+    (:func:`scheduler.webhooks.signing.unsigned_refusal`); other commands,
+    which send nothing, do not care.
+    """
+
     urls: list[AnyUrl] = Field(default_factory=list)
-    secret: str = Field(default="", repr=False)
+    secrets: list[SecretStr] = Field(default_factory=list, repr=False)
+    secret: SecretStr | None = Field(default=None, repr=False, description="older single-secret key")
+    allow_unsigned: bool = False
     allow: list[str] = Field(default_factory=list)
     max_attempts: int = Field(default=10, ge=1, le=100)
-    timeout: float = Field(default=5, gt=0, le=120, description="connect and read timeout, seconds")
+    timeout: float = Field(
+        default=5, gt=0, le=120, description="seconds for a whole attempt: resolve, connect, send, read"
+    )
     concurrency: int = Field(default=16, ge=1, le=1024)
+    per_destination: int = Field(
+        default=8, ge=1, le=1024, description="attempts in flight to one scheme://host:port at most"
+    )
     initial_backoff: float = Field(default=1, gt=0)
     max_backoff: float = Field(default=600, gt=0)
 
@@ -192,13 +212,65 @@ class WebhooksConfig(_Section):
             return [u.strip() for u in value.split(",") if u.strip()]
         return value
 
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _secrets_comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [s.strip() for s in value.split(",") if s.strip()]
+        if isinstance(value, SecretStr):
+            return [value]
+        return value
+
     @field_validator("urls")
     @classmethod
     def _http_only(cls, urls: list[AnyUrl]) -> list[AnyUrl]:
+        from scheduler.webhooks.policy import display_url
+
         for url in urls:
             if url.scheme not in ("http", "https"):
-                raise ValueError(f"{url}: webhook URLs must be http:// or https://")
+                raise ValueError(f"{display_url(str(url))}: webhook URLs must be http:// or https://")
         return urls
+
+    @field_validator("secrets")
+    @classmethod
+    def _whsec_format(cls, secrets: list[SecretStr]) -> list[SecretStr]:
+        from scheduler.webhooks.signing import SecretFormatError, decode_secret
+
+        for index, secret in enumerate(secrets):
+            try:
+                decode_secret(secret.get_secret_value())
+            except SecretFormatError as exc:
+                raise ValueError(f"secret #{index + 1}: {exc}") from None
+        return secrets
+
+    @field_validator("secret")
+    @classmethod
+    def _legacy_whsec_format(cls, secret: SecretStr | None) -> SecretStr | None:
+        from scheduler.webhooks.signing import SecretFormatError, decode_secret
+
+        if secret is None or not secret.get_secret_value():
+            return None
+        try:
+            decode_secret(secret.get_secret_value())
+        except SecretFormatError as exc:
+            raise ValueError(str(exc)) from None
+        return secret
+
+    @field_validator("allow")
+    @classmethod
+    def _patterns(cls, allow: list[str]) -> list[str]:
+        from scheduler.webhooks.policy import parse_pattern
+
+        for text in allow:
+            parse_pattern(text)  # ValueError names the pattern and what is wrong
+        return allow
+
+    def all_secrets(self) -> list[str]:
+        """``secrets`` then the older ``secret``, without duplicates (the values; never log them)."""
+        values = [s.get_secret_value() for s in self.secrets]
+        if self.secret is not None and self.secret.get_secret_value():
+            values.append(self.secret.get_secret_value())
+        return list(dict.fromkeys(v.strip() for v in values))
 
 
 class Role(StrEnum):

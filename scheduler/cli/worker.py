@@ -29,8 +29,12 @@ if TYPE_CHECKING:
 def worker_cmd(no_migrate: bool) -> None:
     """Run the daemon: campaign for leadership, consume, decide, commit, ack."""
     from scheduler.logging import configure_logging
+    from scheduler.webhooks.signing import unsigned_refusal
 
     settings = settings_or_exit()
+    refusal = unsigned_refusal(settings.webhooks)
+    if refusal is not None:
+        raise CliError(refusal, exit_code=2)
     configure_logging(settings.logging)
     with store_session(settings, migrate=settings.database.migrate_on_start and not no_migrate) as store:
         code = run_worker(settings, store)
