@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from scheduler import safetext
 from scheduler.models import Node, Reason, SchedulingRequest, TaskStatus, parse_message
-from scheduler.store import Failure, Placement, Release, Store
+from scheduler.store import Placement, Release, Store
 from scheduler.store.schema import outbox
 from scheduler.strategies import Placer
 from scheduler.worker.group import Incoming, RetryPolicy, plan_group
@@ -136,9 +136,9 @@ def test_the_fence_is_an_outcome_not_poison(store: Store) -> None:
 
 
 # Any JSON value, with the nasty corners over-represented.
-_nasty_text = st.text(
-    alphabet=st.characters(codec=None, categories=None), max_size=20
-) | st.sampled_from(["\ud800", "\x00", "a\x00b", "\udfff\ud800", "\x1b[2J", "\u2028"])
+_nasty_text = st.text(alphabet=st.characters(codec=None, categories=None), max_size=20) | st.sampled_from(
+    ["\ud800", "\x00", "a\x00b", "\udfff\ud800", "\x1b[2J", "\u2028"]
+)
 _json = st.recursive(
     st.none()
     | st.booleans()

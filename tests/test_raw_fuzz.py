@@ -146,9 +146,11 @@ def test_raw_fuzz_never_kills_or_stalls_the_worker(fuzzed: Deployment) -> None:
         states = dep.wait_terminal(ids, timeout=60)
         assert states[good[0].task_id] is TaskStatus.SCHEDULED
         assert all(s in TERMINAL for s in states.values())
-        letters = wait_until(
-            lambda: dep.queue_depth(dep.topology.dead_queue) >= dead, 30, f"{dead} dead letters"
-        ) if dead else True
+        letters = (
+            wait_until(lambda: dep.queue_depth(dep.topology.dead_queue) >= dead, 30, f"{dead} dead letters")
+            if dead
+            else True
+        )
         assert letters
         assert len(dep.drain(dep.topology.dead_queue)) == dead
         assert dep.procs[0].poll() is None, "the worker died"
