@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from scheduler import safetext
 from scheduler.models import Node, Reason, SchedulingRequest, TaskStatus, parse_message
-from scheduler.store import Placement, Release, Store
+from scheduler.store import CommitItem, Placement, Release, Store
 from scheduler.store.schema import outbox
 from scheduler.strategies import Placer
 from scheduler.worker.group import Incoming, RetryPolicy, plan_group
@@ -92,7 +92,7 @@ def test_a_commit_that_fails_on_one_item_isolates_it_and_commits_the_rest(store:
         req = SchedulingRequest(task_id=tid, requested_cpu=1, requested_memory=1)
         return Placement(req, node, "10.0.0.1", "least_loaded", "placed", 1)
 
-    items = [place(f"ok-{i}", "bm-1") for i in range(5)]
+    items: list[CommitItem] = [place(f"ok-{i}", "bm-1") for i in range(5)]
     items.insert(3, place("bad", "no-such-node"))
     items.append(Release("ok-0"))
     outcome = CommitPipeline(store).commit(items, 1)
@@ -120,7 +120,10 @@ def test_an_unstorable_release_is_handed_back_for_dead_lettering(store: Store) -
             return store.commit(items, epoch)
 
     req = SchedulingRequest(task_id="a", requested_cpu=1, requested_memory=1)
-    items = [Placement(req, "bm-1", "10.0.0.1", "least_loaded", "placed", 1), Release("zzz")]
+    items: list[CommitItem] = [
+        Placement(req, "bm-1", "10.0.0.1", "least_loaded", "placed", 1),
+        Release("zzz"),
+    ]
     outcome = CommitPipeline(ReleaseBreaks()).commit(items, 1)
     assert isinstance(outcome, Committed)
     assert [(p.index, p.stored_as_failure) for p in outcome.poisoned] == [(1, False)]
