@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 
-@dataclass
+@dataclass(eq=False)
 class _Link:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter
@@ -153,7 +153,7 @@ class FaultProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        if self.mode in ("refuse", "reset") and self.mode == "refuse":
+        if self.mode == "refuse":
             writer.transport.abort()
             return
         assert self._moving is not None

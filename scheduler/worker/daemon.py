@@ -182,7 +182,7 @@ class Worker:
         )
         self.stopping = threading.Event()
         self.pipeline = CommitPipeline(store)
-        self.redeliveries = RedeliveryCounter()
+        self.redeliveries = RedeliveryCounter(broker_counts=settings.amqp.queue_type == "quorum")
         self._conn: pika.BlockingConnection | None = None
         self._resume_at = 0.0
         self._db_backoff = settings.worker.reconnect_initial_backoff

@@ -25,12 +25,14 @@ from scheduler.broker import HEADER_DELIVERY_COUNT
 class RedeliveryCounter:
     """Deliveries of each message so far (1 on a first delivery)."""
 
-    def __init__(self, capacity: int = 100_000) -> None:
+    def __init__(self, *, broker_counts: bool, capacity: int = 100_000) -> None:
+        """``broker_counts``: the queue is a quorum queue, so ``x-delivery-count`` is the broker's own."""
         self._seen: OrderedDict[bytes, int] = OrderedDict()
         self._capacity = capacity
+        self._broker_counts = broker_counts
 
     def deliveries(self, body: bytes, headers: dict[str, Any], redelivered: bool) -> int:
-        count = headers.get(HEADER_DELIVERY_COUNT)
+        count = headers.get(HEADER_DELIVERY_COUNT) if self._broker_counts else None
         if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
             return count + 1  # the broker's count of earlier deliveries
         if not redelivered:
