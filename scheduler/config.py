@@ -78,7 +78,7 @@ class AmqpConfig(_Section):
         default=None,
         ge=1,
         le=3600,
-        description="AMQP heartbeat seconds; default derived from election.lease_duration (see Settings)",
+        description="AMQP heartbeat seconds; default and maximum a third of election.lease_duration",
     )
     dead_letter_max_length: int = Field(default=100_000, ge=1, description="x-max-length of <queue>.dead")
     dead_letter_max_bytes: int = Field(
@@ -200,7 +200,7 @@ class WorkerConfig(_Section):
     commit_interval_ms: float = Field(default=5, ge=0, le=10000, description="max wait to fill a group")
     inventory_poll_interval: float = Field(default=2, gt=0, le=3600)
     config_watch_interval: float = Field(default=2, gt=0, le=3600)
-    reconnect_max_backoff: float = Field(default=30, gt=0)
+    reconnect_max_backoff: float = Field(default=5, gt=0, le=3600)
     reconnect_initial_backoff: float = Field(default=0.5, gt=0, le=60)
     healthy_session: float = Field(
         default=10, gt=0, le=3600, description="a broker session this long resets the reconnect backoff"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from scheduler.broker import HEADER_DELIVERY_COUNT
 from scheduler.worker.redelivery import RedeliveryCounter
 from scheduler.worker.state import WorkerState
@@ -57,3 +61,21 @@ def test_the_count_is_bounded_in_memory() -> None:
     for body in (b"1", b"2", b"3"):
         counter.deliveries(body, {}, redelivered=True)
     assert counter.deliveries(b"1", {}, redelivered=True) == 2  # forgotten, counted afresh
+
+
+def test_the_amqp_heartbeat_stays_below_a_third_of_the_lease(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from scheduler.config import load_settings
+
+    monkeypatch.chdir(tmp_path)  # no config file, no environment: the built-in defaults
+    for name in ("SCHEDULER_CONFIG", "AMQP_URL", "SCHEDULER_AMQP__HEARTBEAT"):
+        monkeypatch.delenv(name, raising=False)
+    default = load_settings()
+    assert default.broker_heartbeat() == 5 and not default.heartbeat_lowered()
+    shrunk = load_settings(election={"lease_duration": 1.5, "renew_deadline": 1.0, "retry_period": 0.25})
+    assert shrunk.broker_heartbeat() == 1
+    slow = load_settings(amqp={"heartbeat": 30})
+    assert slow.broker_heartbeat() == 5 and slow.heartbeat_lowered()
+    fast = load_settings(amqp={"heartbeat": 2})
+    assert fast.broker_heartbeat() == 2 and not fast.heartbeat_lowered()
