@@ -192,7 +192,7 @@ def test_release_then_release_again(store: Store) -> None:
 
 
 def test_release_of_a_task_not_placed_yet_is_a_cancel(store: Store) -> None:
-    """Waiting or unknown: released/cancelled, with an event; failed: ignored; a late request: never placed."""
+    """Waiting or unknown: released/cancelled, with an event; failed: ignored; a late request: not placed."""
     store.commit(
         [
             Waiting(req("w"), "no room", 1, "least_loaded"),
