@@ -181,3 +181,40 @@ def test_the_issue_bodies_do_not_stall_the_queue(fuzzed: Deployment) -> None:
     assert all(states[t] is TaskStatus.SCHEDULED for t in good)
     record: Any = dep.store.get_task("nul")
     assert "a\\x00b" in record.message
+
+
+def test_an_unstorable_placement_is_isolated_and_the_rest_of_its_group_commits(fuzzed: Deployment) -> None:
+    """A node removed behind the worker's back (no inventory revision) breaks the foreign key of
+    every placement on it: those tasks fail with the error, the others in the same groups commit."""
+    from sqlalchemy import delete
+
+    from scheduler.models import Node
+    from scheduler.store.schema import nodes
+
+    dep = fuzzed
+    dep.store.import_nodes(
+        [
+            Node.model_validate(
+                {"name": "gone", "ip": "10.9.0.1", "pool": "doomed", "cpu": 64, "memory": 65536}
+            ),
+            Node.model_validate(
+                {"name": "kept", "ip": "10.9.0.2", "pool": "fine", "cpu": 64, "memory": 65536}
+            ),
+        ]
+    )
+    # Let the worker see both nodes, then remove one under it without telling it.
+    wait_until(lambda: "inventory reloaded" in dep.log_of("worker-0"), 30, "the worker to load the new nodes")
+    with dep.store.engine.begin() as conn:
+        conn.execute(delete(nodes).where(nodes.c.name == "gone"))
+    doomed = make_requests(5, prefix="doomed", requested_pool="doomed", requested_cpu=1, requested_memory=1)
+    fine = make_requests(5, prefix="fine", requested_pool="fine", requested_cpu=1, requested_memory=1)
+    mixed = [r for pair in zip(doomed, fine, strict=True) for r in pair]
+    ids = dep.publish(Outgoing.request(r) for r in mixed)
+    states = dep.wait_terminal(ids, timeout=60)
+    assert all(states[r.task_id] is TaskStatus.FAILED for r in doomed)
+    assert all(states[r.task_id] is TaskStatus.SCHEDULED for r in fine)
+    record: Any = dep.store.get_task(doomed[0].task_id)
+    assert record.message.startswith("the request could not be stored")
+    dep.check_invariants()
+    assert dep.procs[0].poll() is None
+    assert "message could not be stored; task failed" in dep.log_of("worker-0")
