@@ -37,13 +37,11 @@ import collections
 import contextlib
 import hashlib
 import os
-import queue
 import random
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
@@ -53,13 +51,9 @@ from pika.adapters.blocking_connection import BlockingChannel
 from sqlalchemy.exc import SQLAlchemyError
 
 from scheduler.broker import (
-    HEADER_ATTEMPT,
-    HEADER_DEATH_REASON,
-    HEADER_ORIGINAL_SIZE,
     BrokerUnavailable,
     Topology,
     connect,
-    message_properties,
 )
 from scheduler.config import Settings, config_path, load_settings
 from scheduler.elector import LeaderElector
@@ -69,8 +63,10 @@ from scheduler.safetext import printable
 from scheduler.store import CommitResult, FencedOut, Release, Store
 from scheduler.store.engine import DatabaseUnavailable
 from scheduler.strategies import Placer, UnknownStrategy
+from scheduler.worker.committer import Committer, InFlight
 from scheduler.worker.group import GroupPlan, Incoming, RetryPolicy, plan_group
-from scheduler.worker.pipeline import CommitPipeline, Committed, DatabaseDown, Fenced, Outcome
+from scheduler.worker.outbound import Outbound
+from scheduler.worker.pipeline import CommitPipeline, Committed, DatabaseDown, Fenced
 from scheduler.worker.redelivery import RedeliveryCounter
 from scheduler.worker.state import WorkerState
 
@@ -99,49 +95,6 @@ PUMP_INTERVAL = 0.05
 
 MAX_IN_FLIGHT = 1
 """Groups committing while the next is planned; one is enough to hide the database round trip."""
-
-
-@dataclass
-class _InFlight:
-    """A planned group handed to the committer thread, and what became of it."""
-
-    plan: GroupPlan
-    group: list[Incoming]
-    epoch: int
-    started: float
-    releases: bool = False
-    done: threading.Event = field(default_factory=threading.Event)
-    outcome: Outcome | None = None
-
-
-class _Committer:
-    """One thread that runs the commit pipeline for one group at a time, in submission order.
-
-    It touches nothing but the store and the job: pika and the fleet stay on
-    the worker's thread.
-    """
-
-    def __init__(self, pipeline: CommitPipeline) -> None:
-        self._pipeline = pipeline
-        self._jobs: queue.SimpleQueue[_InFlight | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
-        self._thread.start()
-
-    def submit(self, job: _InFlight) -> None:
-        self._jobs.put(job)
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                job.outcome = self._pipeline.commit(job.plan.items, job.epoch)
-            except BaseException as exc:  # a bug, not a data or database problem: requeue and say so
-                job.outcome = DatabaseDown(f"unexpected {type(exc).__name__}: {printable(str(exc), 300)}")
-            finally:
-                job.done.set()
 
 
 class Worker:
@@ -192,8 +145,8 @@ class Worker:
         self._epoch = 0
         self._inventory_rev: int | None = None
         self._buffer: list[Incoming] = []
-        self._inflight: collections.deque[_InFlight] = collections.deque()
-        self._committer = _Committer(self.pipeline)
+        self._inflight: collections.deque[InFlight] = collections.deque()
+        self._committer = Committer(self.pipeline)
         self._consume_channel: BlockingChannel | None = None
         self._consumer_tags: list[str] = []
         self._next_inventory_check = 0.0
@@ -475,7 +428,7 @@ class Worker:
         for dead in plan.dead:
             self._dead_letter(publisher, dead.message, dead.reason, kind="invalid")
         releases = any(isinstance(item, Release) for item in plan.items)
-        job = _InFlight(plan, group + [m for m, _ in worn], self._epoch, started, releases=releases)
+        job = InFlight(plan, group + [m for m, _ in worn], self._epoch, started, releases=releases)
         self._inflight.append(job)
         self.state.commit_started = self.clock()
         self._committer.submit(job)
@@ -494,28 +447,9 @@ class Worker:
         return keep, worn
 
     def _dead_letter(self, publisher: BlockingChannel, msg: Incoming, reason: str, *, kind: str) -> None:
-        """Publish ``msg`` to the dead-letter queue with ``x-death-reason`` (confirmed), cut if oversized."""
-        body = msg.body
-        extra: dict[str, Any] = {HEADER_DEATH_REASON: printable(reason, 1000)}
-        cap = self.settings.amqp.dead_letter_max_body
-        if len(body) > cap:
-            extra[HEADER_ORIGINAL_SIZE] = len(body)
-            body = body[:cap]
-        try:
-            self._publish_confirmed(
-                publisher,
-                "",
-                self.topology.dead_queue,
-                body,
-                headers={**msg.headers, **extra},
-                message_id=None,
-            )
-        except (TypeError, ValueError, UnicodeError, AssertionError):
-            # The original headers cannot be written back (hostile or exotic field types): ours suffice.
-            self._publish_confirmed(
-                publisher, "", self.topology.dead_queue, body, headers=extra, message_id=None
-            )
-        log.warning("dead-lettered", kind=kind, reason=printable(reason, 300), size=len(msg.body))
+        Outbound(publisher, self.topology, self.settings.amqp.dead_letter_max_body).dead_letter(
+            msg, reason, kind=kind
+        )
         if kind != "invalid":  # invalid ones are counted with their group (GroupPlan.dead)
             self._hook("dead_lettered", kind)
 
@@ -535,7 +469,7 @@ class Worker:
         while self._inflight:
             self._complete(publisher)
 
-    def _await(self, job: _InFlight) -> None:
+    def _await(self, job: InFlight) -> None:
         """Wait for a commit, servicing the broker connection meanwhile so its heartbeats go out."""
         while not job.done.wait(PUMP_INTERVAL):
             conn = self._conn
@@ -594,18 +528,10 @@ class Worker:
                 )
         if outcome.poisoned:
             self._hook("poisoned", len(outcome.poisoned))
+        outbound = Outbound(publisher, self.topology, self.settings.amqp.dead_letter_max_body)
         for retry in plan.retries:
-            if retry.request.task_id in duplicates:
-                continue
-            self._publish_confirmed(
-                publisher,
-                "",
-                self.topology.retry_queue,
-                retry.message.body,
-                headers={**retry.message.headers, HEADER_ATTEMPT: retry.attempt},
-                message_id=retry.request.task_id,
-                expiration_ms=retry.delay_ms,
-            )
+            if retry.request.task_id not in duplicates:
+                outbound.retry(retry)
         deferred = {msg.delivery_tag for msg in plan.deferred}
         for tag in sorted(deferred):
             channel.basic_nack(delivery_tag=tag, requeue=True)
@@ -660,23 +586,6 @@ class Worker:
             method(*args)
         except Exception:
             log.exception("worker hook failed", hook=name)
-
-    def _publish_confirmed(
-        self,
-        publisher: BlockingChannel,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        *,
-        headers: dict[str, Any],
-        message_id: str | None,
-        expiration_ms: int | None = None,
-    ) -> None:
-        props = message_properties(message_id or "", headers=headers, expiration_ms=expiration_ms)
-        if message_id is None:
-            props.message_id = None
-        # Raises on nack or a lost connection, before anything of the group is acked.
-        publisher.basic_publish(exchange, routing_key, body, properties=props, mandatory=True)
 
     def _reload_fleet(self, why: str) -> None:
         """Rebuild the fleet from the database; on failure stop consuming until it answers."""
