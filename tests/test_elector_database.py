@@ -112,12 +112,8 @@ def test_a_recreated_lease_starts_above_the_epoch_floor(db_url: str) -> None:
     store.upgrade()
     store.claim_fence(41, "old-leader")
     elector = Elector(
-        DatabaseLeaseLock(store.engine, "floor-test"),
-        "newcomer",
-        lease_duration=1.0,
-        renew_deadline=0.6,
-        retry_period=0.15,
-        epoch_floor=store.fence_epoch,
+        DatabaseLeaseLock(store.engine, "floor-test"), "newcomer",
+        lease_duration=1.0, renew_deadline=0.6, retry_period=0.15, epoch_floor=store.fence_epoch,
     )
     elector.start()
     try:

@@ -28,7 +28,6 @@ with warnings.catch_warnings():  # starlette's TestClient warns about httpx on i
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
     from fastapi.testclient import TestClient
 
-
 @pytest.fixture
 def deployment(
     db_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path

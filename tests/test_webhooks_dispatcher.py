@@ -165,9 +165,8 @@ def store(db_url: str) -> Iterator[Store]:
 def dispatchers() -> Iterator[Callable[..., WebhookDispatcher]]:
     started: list[WebhookDispatcher] = []
 
-    def start(
-        store: Store, config: WebhooksConfig, leader: Callable[[], bool] = lambda: True, **kwargs: Any
-    ) -> WebhookDispatcher:
+    def start(store: Store, config: WebhooksConfig, leader: Callable[[], bool] = lambda: True,
+              **kwargs: Any) -> WebhookDispatcher:
         kwargs.setdefault("poll_interval", 0.02)
         d = WebhookDispatcher(store, config, leader, **kwargs)
         d.start()
@@ -190,17 +189,14 @@ def config(*urls: str, **overrides: Any) -> WebhooksConfig:
 
 
 def request(task_id: str, callback_url: str | None = None) -> SchedulingRequest:
-    return SchedulingRequest(
-        task_id=task_id, requested_cpu=1, requested_memory=512, callback_url=callback_url
-    )
+    return SchedulingRequest(task_id=task_id, requested_cpu=1, requested_memory=512,
+                             callback_url=callback_url)
 
 
 def place(store: Store, *task_ids: str, callback_url: str | None = None) -> list[str]:
     """Commit placements (as the worker does); returns the outbox event ids."""
-    items = [
-        Placement(request(t, callback_url), "bm-0000", "10.0.0.0", "least_loaded", "placed", 1)
-        for t in task_ids
-    ]
+    items = [Placement(request(t, callback_url), "bm-0000", "10.0.0.0", "least_loaded", "placed", 1)
+             for t in task_ids]
     return list(store.commit(items, epoch=1).event_ids)
 
 
@@ -209,12 +205,8 @@ def release(store: Store, *task_ids: str) -> list[str]:
 
 
 def fail(store: Store, *task_ids: str) -> list[str]:
-    items = [
-        Failure(
-            t, request(t).model_dump_json(), Reason.INSUFFICIENT_RESOURCES, "0/4 nodes fit", None, 1, None
-        )
-        for t in task_ids
-    ]
+    items = [Failure(t, request(t).model_dump_json(), Reason.INSUFFICIENT_RESOURCES, "0/4 nodes fit", None, 1,
+                     None) for t in task_ids]
     return list(store.commit(items, epoch=1).event_ids)
 
 
@@ -294,14 +286,8 @@ def test_the_example_receiver_accepts_deliveries_and_acknowledges_duplicates(
         assert sorted(handled) == sorted(events)
         # A wrong secret is refused with 401 and retried (here until dead).
         first.stop()
-        bad = WebhooksConfig.model_validate(
-            {
-                **config().model_dump(),
-                "secret": "wrong",
-                "max_attempts": 2,
-                "urls": [f"http://127.0.0.1:{server.server_port}/other"],
-            }
-        )
+        bad = WebhooksConfig.model_validate({**config().model_dump(), "secret": "wrong", "max_attempts": 2,
+                                             "urls": [f"http://127.0.0.1:{server.server_port}/other"]})
         place(store, "z")
         dispatchers(store, bad)
         wait_until(lambda: any(r.status == "dead" for r in rows(store)), 15, "the forged delivery to die")
@@ -360,9 +346,7 @@ def test_timeouts_and_errors_are_retried_and_recorded(
 
 
 def test_redirects_are_not_followed_and_no_secret_reaches_the_logs(
-    store: Store,
-    receivers: Callable[..., Receiver],
-    dispatchers: Callable[..., WebhookDispatcher],
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher],
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     rx = receivers(lambda path, headers, body, nth: 307 if path.startswith("/hook") else 204)
@@ -383,11 +367,8 @@ def test_redirects_are_not_followed_and_no_secret_reaches_the_logs(
 
 
 def test_a_dead_receiver_ends_dead_after_max_attempts_and_retry_revives_it(
-    store: Store,
-    receivers: Callable[..., Receiver],
-    dispatchers: Callable[..., WebhookDispatcher],
-    db_url: str,
-    tmp_path: Path,
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher],
+    db_url: str, tmp_path: Path,
 ) -> None:
     healthy = threading.Event()
     rx = receivers(lambda path, headers, body, nth: 200 if healthy.is_set() else 500)
@@ -414,14 +395,8 @@ def test_a_dead_receiver_ends_dead_after_max_attempts_and_retry_revives_it(
 
     healthy.set()
     # The real command, as an operator runs it: by delivery id.
-    out = subprocess.run(
-        [sys.executable, "-m", "scheduler", "webhooks", "retry", str(records[0].id)],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    out = subprocess.run([sys.executable, "-m", "scheduler", "webhooks", "retry", str(records[0].id)],
+                         env={**os.environ, **env}, capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "1 delivery queued" in out.stdout
     wait_until(lambda: by_event(store, rx.url())[event].status == "delivered", 15, "the revived delivery")
@@ -524,11 +499,8 @@ def test_nothing_is_dispatched_while_not_leading(
 
 
 def test_a_dispatcher_killed_mid_deliveries_loses_no_event(
-    store: Store,
-    receivers: Callable[..., Receiver],
-    dispatchers: Callable[..., WebhookDispatcher],
-    db_url: str,
-    tmp_path: Path,
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher],
+    db_url: str, tmp_path: Path,
 ) -> None:
     def slow(path: str, headers: dict[str, str], body: bytes, nth: int) -> int:
         time.sleep(0.1)
@@ -538,8 +510,7 @@ def test_a_dispatcher_killed_mid_deliveries_loses_no_event(
     events = place(store, *[f"k{i}" for i in range(40)])
     cfg = config(rx.url(), concurrency=4)
     script = tmp_path / "leader.py"
-    script.write_text(
-        textwrap.dedent("""
+    script.write_text(textwrap.dedent("""
         import sys, time
         from scheduler.config import WebhooksConfig
         from scheduler.store import Store
@@ -548,15 +519,10 @@ def test_a_dispatcher_killed_mid_deliveries_loses_no_event(
         config = WebhooksConfig.model_validate_json(sys.argv[2])
         WebhookDispatcher(store, config, lambda: True, poll_interval=0.02, claim_lease=1.0).start()
         time.sleep(600)
-    """)
-    )
-    leader = subprocess.Popen(
-        [sys.executable, str(script), db_url, cfg.model_dump_json()],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """))
+    leader = subprocess.Popen([sys.executable, str(script), db_url, cfg.model_dump_json()],
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until(lambda: len(rx.ok_hits()) >= 8, 30, "the first leader to deliver some events")
         leader.send_signal(signal.SIGKILL)  # mid-deliveries: requests in flight, claims held
@@ -583,15 +549,8 @@ def test_callback_urls_are_delivered_only_when_allowed_and_rechecked_before_each
     place(store, "changed", callback_url=later)
     allow = [rx.url("/allowed/*"), rx.url("/later/*")]
     first = dispatchers(store, config(rx.url("/hook"), allow=allow, max_attempts=100))
-    wait_until(
-        lambda: (
-            len(rx.ok_hits("/hook")) == 4
-            and rx.ok_hits("/allowed/cb")
-            and any(h.path == "/later/cb" for h in rx.snapshot())
-        ),
-        15,
-        "configured and allowed deliveries",
-    )
+    wait_until(lambda: len(rx.ok_hits("/hook")) == 4 and rx.ok_hits("/allowed/cb")
+               and any(h.path == "/later/cb" for h in rx.snapshot()), 15, "configured and allowed deliveries")
     first.stop()
     calls_while_allowed = [h.path for h in rx.snapshot()].count("/later/cb")
     # The operator narrows the allow-list; the next leader must not call /later any more.

@@ -31,15 +31,10 @@ def receiver() -> Iterator[Receiver]:
         rx.close()
 
 
-def _deployment(
-    db_url: str, amqp_url: str, names: dict[str, str], workdir: Path, url: str | None, **env: str
-) -> Deployment:
-    extra = {
-        "WEBHOOK_SECRET": SECRET,
-        "SCHEDULER_WEBHOOKS__INITIAL_BACKOFF": "0.05",
-        "SCHEDULER_WEBHOOKS__MAX_BACKOFF": "0.2",
-        **env,
-    }
+def _deployment(db_url: str, amqp_url: str, names: dict[str, str], workdir: Path, url: str | None,
+                **env: str) -> Deployment:
+    extra = {"WEBHOOK_SECRET": SECRET, "SCHEDULER_WEBHOOKS__INITIAL_BACKOFF": "0.05",
+             "SCHEDULER_WEBHOOKS__MAX_BACKOFF": "0.2", **env}
     if url is not None:
         extra["WEBHOOK_URL"] = url
     return Deployment(db_url, amqp_url, names["exchange"], names["queue"], workdir, extra_env=extra)
@@ -75,20 +70,11 @@ def test_a_killed_leader_loses_no_webhook(
         return 204
 
     slow = Receiver(slow_answer)
-    dep = _deployment(
-        db_url,
-        amqp_url,
-        amqp_names,
-        tmp_path,
-        slow.url(),
-        **{
-            "SCHEDULER_WEBHOOKS__TIMEOUT": "1",
-            "SCHEDULER_WEBHOOKS__CONCURRENCY": "4",
-            "SCHEDULER_ELECTION__LEASE_DURATION": "3",
-            "SCHEDULER_ELECTION__RENEW_DEADLINE": "2",
-            "SCHEDULER_ELECTION__RETRY_PERIOD": "0.5",
-        },
-    )
+    dep = _deployment(db_url, amqp_url, amqp_names, tmp_path, slow.url(), **{
+        "SCHEDULER_WEBHOOKS__TIMEOUT": "1", "SCHEDULER_WEBHOOKS__CONCURRENCY": "4",
+        "SCHEDULER_ELECTION__LEASE_DURATION": "3", "SCHEDULER_ELECTION__RENEW_DEADLINE": "2",
+        "SCHEDULER_ELECTION__RETRY_PERIOD": "0.5",
+    })
     dep.election = "database"
     try:
         dep.store.import_nodes(make_nodes(5))
@@ -101,16 +87,10 @@ def test_a_killed_leader_loses_no_webhook(
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         dep.wait_leading("worker-1", timeout=30)
-        wait_until(
-            lambda: {h.event["task"]["task_id"] for h in slow.ok_hits()} >= set(ids),
-            90,
-            "every event delivered after the failover",
-        )
-        wait_until(
-            lambda: DeliveryStore(dep.store.engine).counts() == {"delivered": len(ids)},
-            30,
-            "every delivery recorded as delivered",
-        )
+        wait_until(lambda: {h.event["task"]["task_id"] for h in slow.ok_hits()} >= set(ids), 90,
+                   "every event delivered after the failover")
+        wait_until(lambda: DeliveryStore(dep.store.engine).counts() == {"delivered": len(ids)}, 30,
+                   "every delivery recorded as delivered")
     finally:
         dep.close()
         slow.close()

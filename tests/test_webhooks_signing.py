@@ -42,9 +42,8 @@ def test_signature_is_hmac_sha256_over_timestamp_dot_body() -> None:
 
 
 def test_signed_headers_carry_the_design_md_names() -> None:
-    headers = signed_headers(
-        SECRET, event_type="task.failed", delivery_id="e1", body=BODY, timestamp=1700000000
-    )
+    headers = signed_headers(SECRET, event_type="task.failed", delivery_id="e1", body=BODY,
+                             timestamp=1700000000)
     assert headers == {
         "Content-Type": "application/json",
         "X-Scheduler-Event": "task.failed",
