@@ -9,6 +9,7 @@ a shared machine).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -387,3 +388,34 @@ def test_a_release_before_its_request_cancels_it_for_good(lite: Deployment) -> N
     assert record.reason.value == "cancelled"
     assert [a.task_id for a in dep.store.active_allocations()] == ["early-req-0"]
     assert "cancelled" in dep.log_of("w0")
+
+
+def test_a_session_frozen_inside_a_transaction_does_not_hold_the_fence_for_ever(pg_url: str) -> None:
+    """A leader frozen mid-commit keeps its connection and its row lock on the fence; PostgreSQL
+    ends such a session (idle in transaction), so the next leader can claim the fence."""
+    import threading
+
+    from scheduler.store import Store
+    from scheduler.store.schema import fence
+
+    frozen, fresh = Store.from_url(pg_url), Store.from_url(pg_url)
+    frozen.upgrade()
+    frozen.claim_fence(1, "frozen")
+    conn = frozen.engine.connect()
+    try:
+        conn.begin()
+        conn.execute(select(fence.c.epoch).with_for_update()).all()  # then nothing: the client "freezes"
+        claimed = threading.Event()
+
+        def claim() -> None:
+            fresh.claim_fence(2, "next")
+            claimed.set()
+
+        threading.Thread(target=claim, daemon=True).start()
+        wait_until(claimed.is_set, 60, "the next leader to claim the fence")
+        assert fresh.fence_holder() == (2, "next")
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+        frozen.close()
+        fresh.close()
