@@ -141,6 +141,7 @@ class Worker:
         self._db_backoff = settings.worker.reconnect_initial_backoff
         self._connected_at: float | None = None
         self._ever_connected = False
+        self._stop_signal: str | None = None
         self._fleet: FleetView | None = None
         self._epoch = 0
         self._inventory_rev: int | None = None
@@ -156,7 +157,9 @@ class Worker:
     # ------------------------------------------------------------------ run
     def install_signal_handlers(self) -> None:
         def _graceful(signum: int, _frame: FrameType | None) -> None:
-            log.info("stopping", signal=signal.Signals(signum).name)
+            # Nothing here may take a lock: the handler runs on the main thread between two
+            # bytecodes, possibly while that thread holds the log writer's lock (a deadlock).
+            self._stop_signal = signal.Signals(signum).name
             self.stopping.set()
 
         signal.signal(signal.SIGTERM, _graceful)
@@ -202,6 +205,7 @@ class Worker:
                     self.stopping.wait(delay)
                     backoff = min(backoff * 2, cfg.reconnect_max_backoff)
         finally:
+            log.info("stopping", signal=self._stop_signal)
             self._committer.close()
             self.leadership.stop()
             log.info("worker stopped", committed=self.state.committed)
@@ -226,6 +230,7 @@ class Worker:
             log.info("broker connected", exchange=self.topology.exchange, queue=self.topology.queue)
             while not self.stopping.is_set():
                 self._tick(conn, publisher)
+            log.info("stop requested; finishing the group in flight", signal=self._stop_signal)
             # Graceful stop: commit what we hold, then let go of the queue.
             if self._consume_channel is not None:
                 self._cancel_consumers()
