@@ -116,7 +116,6 @@ def _chunks(seq: Sequence[str], size: int = _IN_CHUNK) -> Iterator[Sequence[str]
         yield seq[start : start + size]
 
 
-
 ACTIVE_USAGE = (
     select(
         allocations.c.node,

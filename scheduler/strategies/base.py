@@ -32,6 +32,9 @@ class Strategy(ABC):
 
     name: str = ""
     description: str = ""
+    avoid_devices: bool = True
+    """Keep requests that ask for no device off nodes holding devices while other nodes fit
+    (see :func:`avoid_device_nodes`)."""
 
     @classmethod
     def build(cls, options: StrategyOptions) -> Strategy:
@@ -55,9 +58,37 @@ class ScoringStrategy(Strategy):
     def choose(
         self, fleet: FleetView, start: int, stop: int, feasible: BoolArray, req: SchedulingRequest
     ) -> int:
+        if self.avoid_devices:
+            feasible = avoid_device_nodes(fleet, start, stop, feasible, req)
         scores = self.score(fleet, start, stop, req)
         masked = np.where(feasible, scores, np.inf)
         return start + int(np.argmin(masked))
+
+
+def avoid_device_nodes(
+    fleet: FleetView, start: int, stop: int, feasible: BoolArray, req: SchedulingRequest
+) -> BoolArray:
+    """``feasible`` without the nodes that have a free device, when ``req`` asks for none and others fit.
+
+    The fragmentation gradient of Weng et al. (USENIX ATC'23) in its
+    simplest form: a VM that needs no GPU but lands on a GPU node takes the
+    cpu and memory a later GPU request needs there, and the GPUs are
+    stranded (a GPU request refused while the GPU nodes are half used in
+    aggregate). So a request without devices goes to a node without free
+    devices whenever one fits; only when none does (the pool is all device
+    nodes, or they alone have room) does it take a device node. Nodes whose
+    devices are all taken are fair game: nothing is left there to strand.
+    Costs nothing in a pool without device nodes.
+    """
+    if req.requested_resources or not fleet.dev_names:
+        return feasible
+    pool = req.requested_pool
+    if not any(per.get(pool, 0) for per in fleet.dev_nodes_per_pool):
+        return feasible
+    free = fleet.free_dev[:, start:stop]
+    with_devices = (free[0] > 0) if len(free) == 1 else (free > 0).any(axis=0)
+    keep = feasible & ~with_devices
+    return keep if keep.any() else feasible
 
 
 def utilization_after(
