@@ -136,9 +136,8 @@ class ReceiverProcess:
     """A receiver child process and its URL."""
 
     def __init__(self, delay: float):
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve-receiver", str(delay)], stdout=subprocess.PIPE, text=True
-        )
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-receiver", str(delay)],
+                                     stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.url = f"http://127.0.0.1:{int(self.proc.stdout.readline())}/hook"
 
@@ -213,9 +212,8 @@ def delivery_rate(db: str, events: int, receiver: ReceiverProcess, workdir: Path
         drop_schema(schema)
 
 
-def scheduling_rate(
-    db: str, burst: int, webhook_url: str | None, with_dispatcher: bool, workdir: Path
-) -> tuple[float, dict[str, int], dict[str, float]]:
+def scheduling_rate(db: str, burst: int, webhook_url: str | None, with_dispatcher: bool,
+                    workdir: Path) -> tuple[float, dict[str, int], dict[str, float]]:
     """Tasks/s end to end for a burst, the delivery counts when it was done, and the worker's CPU."""
     from tests.harness import Deployment, make_nodes, make_requests, wait_until
 
@@ -231,13 +229,8 @@ def scheduling_rate(
         dep.write_config()
         if with_dispatcher:
             log = open(workdir / f"child-{suffix}.log", "ab")  # noqa: SIM115 - owned by the process
-            proc = subprocess.Popen(
-                [sys.executable, __file__, "--worker-child"],
-                env=dep.env("bench"),
-                stdout=log,
-                stderr=log,
-                cwd=workdir,
-            )
+            proc = subprocess.Popen([sys.executable, __file__, "--worker-child"], env=dep.env("bench"),
+                                    stdout=log, stderr=log, cwd=workdir)
             dep.procs.append(proc)
         else:
             dep.start_worker("bench")
@@ -266,9 +259,8 @@ def main() -> None:
     parser.add_argument("--serve-receiver", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--skip-scheduling", action="store_true", help="only the delivery rate")
-    parser.add_argument(
-        "--rounds", type=int, default=0, help="runs per figure, the best kept (default 2; --quick: 1)"
-    )
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="runs per figure, the best kept (default 2; --quick: 1)")
     args = parser.parse_args()
     if args.serve_receiver is not None:
         serve_receiver(args.serve_receiver)
@@ -284,10 +276,8 @@ def main() -> None:
     fast = ReceiverProcess(0.0)
     slow = ReceiverProcess(1.0)
     try:
-        print(
-            f"\ndelivery rate: backlog of {events} events, 1 URL, concurrency 16, "
-            "receiver answers 204 at once"
-        )
+        print(f"\ndelivery rate: backlog of {events} events, 1 URL, concurrency 16, "
+              "receiver answers 204 at once")
         print(f"{'backend':<11} {'deliveries/s':>13} {'seconds':>8}")
         for db in ("sqlite", "postgresql"):
             runs = []
@@ -299,20 +289,12 @@ def main() -> None:
         print("goal: >= 500 deliveries/s")
         if args.skip_scheduling:
             return
-        print(
-            f"\nscheduling throughput: burst of {burst} requests, 1,000 nodes, end to end: tasks/s "
-            f"(best of {rounds}) [webhook threads' share of the worker process's CPU]"
-        )
-        print(
-            f"{'backend':<11} {'no dispatcher':>14} {'no receiver':>18} {'1-s receiver':>18} "
-            f"{'ratio 1-s/none':>15} {'fast receiver':>18}"
-        )
-        variants = {
-            "base": (None, False),
-            "none": (None, True),
-            "slow": (slow.url, True),
-            "fast": (fast.url, True),
-        }
+        print(f"\nscheduling throughput: burst of {burst} requests, 1,000 nodes, end to end: tasks/s "
+              f"(best of {rounds}) [webhook threads' share of the worker process's CPU]")
+        print(f"{'backend':<11} {'no dispatcher':>14} {'no receiver':>18} {'1-s receiver':>18} "
+              f"{'ratio 1-s/none':>15} {'fast receiver':>18}")
+        variants = {"base": (None, False), "none": (None, True), "slow": (slow.url, True),
+                    "fast": (fast.url, True)}
         for db in ("sqlite", "postgresql"):
             best: dict[str, tuple[float, float]] = {}
             pending: dict[str, int] = {}
@@ -328,10 +310,8 @@ def main() -> None:
 
             cells = {name: f"{rate:,.0f} [{share:5.1%}]" for name, (rate, share) in best.items()}
             ratio = best["slow"][0] / best["none"][0]
-            print(
-                f"{db:<11} {best['base'][0]:>14,.0f} {cells['none']:>18} {cells['slow']:>18} "
-                f"{ratio:>15.2f} {cells['fast']:>18}"
-            )
+            print(f"{db:<11} {best['base'][0]:>14,.0f} {cells['none']:>18} {cells['slow']:>18} "
+                  f"{ratio:>15.2f} {cells['fast']:>18}")
             print(f"{'':<11} deliveries when the 1-s receiver's burst was done: {json.dumps(pending)}")
         print("goal: a 1-s receiver lowers scheduling throughput by < 10% (ratio >= 0.90)")
     finally:

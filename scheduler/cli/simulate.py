@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -138,7 +139,11 @@ def simulate_cmd(
 
         try:
             with open(report_file, "w", encoding="utf-8") as out:
-                out.write(render_report(results, title=f"simulate: {nodes_file} x {requests_file}"))
+                out.write(
+                    render_report(
+                        results, title=f"simulate: {Path(nodes_file).name} x {Path(requests_file).name}"
+                    )
+                )
         except OSError as exc:
             raise CliError(f"--report {report_file}: {exc.strerror or exc}") from None
     if compare is not None:

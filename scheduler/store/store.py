@@ -116,6 +116,7 @@ def _chunks(seq: Sequence[str], size: int = _IN_CHUNK) -> Iterator[Sequence[str]
         yield seq[start : start + size]
 
 
+
 ACTIVE_USAGE = (
     select(
         allocations.c.node,
