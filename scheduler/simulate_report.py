@@ -19,6 +19,7 @@ import html
 from collections.abc import Mapping
 
 import numpy as np
+import plotly.colors
 import plotly.graph_objects as go
 
 from scheduler.simulate import SimulationResult, comparison_rows
@@ -29,10 +30,18 @@ BANDS = 10
 
 def _utilization_figure(results: Mapping[str, SimulationResult]) -> go.Figure:
     fig = go.Figure()
-    for name, result in results.items():
+    palette = plotly.colors.qualitative.Plotly
+    for k, (name, result) in enumerate(results.items()):
         lines = [t[0] for t in result.timeline]
+        color = palette[k % len(palette)]  # one colour per strategy: cpu solid, memory dotted
         fig.add_trace(
-            go.Scatter(x=lines, y=[t[1] for t in result.timeline], name=f"{name} cpu", mode="lines")
+            go.Scatter(
+                x=lines,
+                y=[t[1] for t in result.timeline],
+                name=f"{name} cpu",
+                mode="lines",
+                line={"color": color},
+            )
         )
         fig.add_trace(
             go.Scatter(
@@ -40,7 +49,7 @@ def _utilization_figure(results: Mapping[str, SimulationResult]) -> go.Figure:
                 y=[t[2] for t in result.timeline],
                 name=f"{name} memory",
                 mode="lines",
-                line={"dash": "dot"},
+                line={"dash": "dot", "color": color},
             )
         )
     fig.update_layout(
