@@ -9,7 +9,9 @@ of replay an operator runs before switching strategies. Each strategy
 replays it through :func:`scheduler.simulate.simulate` (the ``simulate``
 command's own loop), and the figure is the one ``simulate`` prints:
 decisions divided by the time spent deciding; the wall-clock rate of the
-whole replay (releases and bookkeeping included) is shown beside it.
+whole replay (releases and bookkeeping included) is shown beside it. Each
+strategy replays ``--repeat`` times and the fastest replay counts: on a
+shared machine the slower ones measure the neighbours.
 """
 
 from __future__ import annotations
@@ -66,15 +68,23 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--lines", type=int, default=20000)
     parser.add_argument("--strategy", action="append", help="only these (repeatable)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="replays per strategy; the fastest counts (a shared machine is noisy)",
+    )
     args = parser.parse_args()
     nodes, trace = workload(args.nodes, args.lines)
     print(f"{args.nodes} nodes in 3 pools, {len(trace)} trace lines (15% releases, anti-affinity groups)")
     print(f"{'strategy':<14} {'decisions':>9} {'placed':>7} {'decisions/s':>12} {'wall lines/s':>13}  goal")
     worst = None
     for name in args.strategy or STRATEGY_NAMES:
-        result = simulate(FleetView.build(nodes), trace, Placer(name), keep_lines=True)
-        s = result.summary()
-        rate = s["decisions_per_second"] or 0.0
+        runs = [
+            simulate(FleetView.build(nodes), trace, Placer(name), keep_lines=True) for _ in range(args.repeat)
+        ]
+        result = max(runs, key=lambda r: r.summary()["decisions_per_second"] or 0.0)
+        rate = result.summary()["decisions_per_second"] or 0.0
         worst = rate if worst is None else min(worst, rate)
         print(
             f"{name:<14} {len(result.decision_ns):>9} {result.placed:>7} {rate:>12,.0f} "

@@ -91,6 +91,50 @@ def avoid_device_nodes(
     return keep if keep.any() else feasible
 
 
+class WeightedUtilization:
+    """``sum(w * (cap - free + requested) / cap)`` over cpu, memory and disk, for each node of a pool slice.
+
+    The weighted utilization after placement that ``least_loaded`` and
+    ``hybrid`` rank by, computed as ``base + sum((requested - free) * w / cap)``
+    with ``w / cap`` and ``base = sum(w * cap / cap)`` kept per fleet view:
+    nine vectorised passes instead of fourteen, which at 1,000 nodes is a
+    fifth of a decision. The same value up to rounding in the last bit.
+    The cache follows the view's capacity arrays (a rebuilt or copied view
+    has new ones, and the cache is rebuilt on first use).
+    """
+
+    __slots__ = ("_base", "_for", "_wc", "_wd", "_wm", "weights")
+
+    def __init__(self, weights: tuple[float, float, float]) -> None:
+        self.weights = weights
+        self._for: FloatArray | None = None
+        self._wc = self._wm = self._wd = self._base = np.zeros(0)
+
+    def _refresh(self, fleet: FleetView) -> None:
+        wc, wm, wd = self.weights
+        self._wc = np.multiply(fleet.inv_cpu, wc)
+        self._wm = np.multiply(fleet.inv_mem, wm)
+        self._wd = np.multiply(fleet.inv_disk, wd)
+        self._base = self._wc * fleet.cap_cpu + self._wm * fleet.cap_mem + self._wd * fleet.cap_disk
+        self._for = fleet.inv_cpu
+
+    def __call__(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
+        if self._for is not fleet.inv_cpu:
+            self._refresh(fleet)
+        sl = slice(start, stop)
+        left = np.subtract(req.requested_cpu, fleet.free_cpu[sl])
+        out: FloatArray = np.multiply(left, self._wc[sl])
+        np.subtract(req.requested_memory, fleet.free_mem[sl], out=left)
+        part = np.multiply(left, self._wm[sl])
+        out += part
+        if self.weights[2]:
+            np.subtract(req.requested_disk, fleet.free_disk[sl], out=left)
+            np.multiply(left, self._wd[sl], out=part)
+            out += part
+        out += self._base[sl]
+        return out
+
+
 def utilization_after(
     fleet: FleetView, start: int, stop: int, req: SchedulingRequest
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
