@@ -22,7 +22,7 @@ import numpy as np
 import quality_traces as qt
 
 from scheduler.fleet import FleetView
-from scheduler.simulate import simulate
+from scheduler.simulate import SimulationResult, simulate
 from scheduler.strategies import STRATEGY_NAMES, Placer
 
 GOAL = 30_000
@@ -63,6 +63,11 @@ def workload(nodes: int, lines: int, seed: int = 0) -> tuple[list[qt.Node], list
     return default + batch + db, trace.items[:lines]
 
 
+def _rate(result: SimulationResult) -> float:
+    rate: float | None = result.summary()["decisions_per_second"]
+    return rate or 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000)
@@ -78,18 +83,21 @@ def main() -> None:
     nodes, trace = workload(args.nodes, args.lines)
     print(f"{args.nodes} nodes in 3 pools, {len(trace)} trace lines (15% releases, anti-affinity groups)")
     print(f"{'strategy':<14} {'decisions':>9} {'placed':>7} {'decisions/s':>12} {'wall lines/s':>13}  goal")
-    worst = None
-    for name in args.strategy or STRATEGY_NAMES:
-        runs = [
-            simulate(FleetView.build(nodes), trace, Placer(name), keep_lines=True) for _ in range(args.repeat)
-        ]
-        result = max(runs, key=lambda r: r.summary()["decisions_per_second"] or 0.0)
-        rate = result.summary()["decisions_per_second"] or 0.0
-        worst = rate if worst is None else min(worst, rate)
+    names = args.strategy or list(STRATEGY_NAMES)
+    best: dict[str, SimulationResult] = {}
+    for _ in range(args.repeat):  # rounds over all strategies, so a burst of load hits them alike
+        for name in names:
+            result = simulate(FleetView.build(nodes), trace, Placer(name), keep_lines=True)
+            if name not in best or _rate(result) > _rate(best[name]):
+                best[name] = result
+    for name in names:
+        result = best[name]
+        rate = _rate(result)
         print(
             f"{name:<14} {len(result.decision_ns):>9} {result.placed:>7} {rate:>12,.0f} "
             f"{len(trace) / result.wall_seconds:>13,.0f}  {'>=' if rate >= GOAL else '< '} {GOAL:,}"
         )
+    worst = min(_rate(r) for r in best.values())
     print(f"slowest strategy: {worst:,.0f} decisions/s (goal {GOAL:,})")
 
 
