@@ -10,10 +10,14 @@ service's own simulator (:func:`scheduler.simulate.simulate`: same filters,
 same reservations). Per family, the table shows the mean over seeds ± the
 standard deviation of:
 
-* ``util@frag``: CPU utilization of the ``default`` pool at its first
-  *fragmentation rejection*, a request refused although the nodes allowed
-  to take it held enough free cpu, memory and devices in aggregate
+* ``util@frag``: utilization of the ``default`` pool's scarcer resource
+  (the larger of its cpu and memory utilization) at its first
+  *fragmentation rejection*, a request for no device refused although the
+  nodes allowed to take it held enough free cpu and memory in aggregate
   (utilization at the end of the trace for a run that never fragmented);
+  ``cpu@frag`` is the cpu utilization then. The scarcer resource, because
+  on memory-heavy traces memory runs out first and cpu utilization says
+  little about packing;
 * ``VMs`` and ``vCPUs`` placed over the whole trace;
 * ``strand cpu`` / ``strand mem``: at the end, free vCPUs on nodes without
   memory left for the smallest VM (and the reverse), as a fraction of the
