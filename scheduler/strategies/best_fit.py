@@ -42,19 +42,23 @@ utilization of the pool's scarcer resource at the first fragmentation
 rejection, as a gap to the best of five reference heuristics (textbook best
 fit, first fit, L2 norm, dot product, dominant-resource best fit) on the
 same traces. For each family held out, the weights with the best *worst*
-gap over the seven others were picked and scored on the held-out family:
-every fold picked ``STRANDING = 8`` with ``DOMINANCE = 1`` (the max above;
-0 would be the mean of ``c`` and ``m``), and the held-out gaps were +0.078
-(mixed), +0.084 (small-heavy), +0.067 (large-heavy), +0.037 (memory-heavy),
--0.001 ± 0.001 (cpu-heavy: every rule reaches 0.99 there), +0.051
-(affinity), +0.074 (pools), +0.062 (shared GPU); against textbook best
-fit, +0.007 to +0.146. The worst case is the cpu-heavy family, level with
-dominant-resource best fit within the seed noise. The neighbourhood is flat
-(stranding 4-48 with either tightness term stays within 0.01 of the
-worst-case gap), so the choice is not a knife edge. The previous rule
-(fractions of each node, stranding as a level, weight 24, tuned on one
-trace of identical nodes) scored 0.1-0.2 *below* the best reference on the
-memory- and cpu-heavy families: the failure described above.
+gap over the seven others (then the best mean gap) were picked and scored
+on the held-out family: every fold picked ``STRANDING = 8`` with
+``DOMINANCE = 1`` (the max above; 0 would be the mean of ``c`` and ``m``),
+and the held-out gaps (± standard error of the paired difference over
+seeds) were +0.076 ± 0.012 (mixed), +0.085 ± 0.011 (small-heavy), +0.066 ±
+0.011 (large-heavy), +0.033 ± 0.008 (memory-heavy), -0.002 ± 0.002
+(cpu-heavy), +0.054 ± 0.012 (affinity), +0.073 ± 0.005 (pools), +0.057 ±
+0.005 (shared GPU); against textbook best fit, +0.006 to +0.144. The worst
+case is the cpu-heavy family, level with dominant-resource best fit within
+the seed noise (every rule there reaches 0.99). The grid is flat in its
+worst case (every pair from stranding 2 to 1000 stays within 0.004 of
+zero, the cpu-heavy ceiling) and differs in the mean gap, from +0.028 to
++0.055 for the pair chosen, so the choice is not a knife edge. The
+previous rule (fractions of each node, stranding as a level, weight 24,
+tuned on one trace of identical nodes) scored 0.209 below the best
+reference on the memory-heavy family and 0.080 below on the cpu-heavy one,
+on the same benchmark: the failure described above.
 
 A handful of vectorised passes over the pool slice, no square root.
 """
