@@ -62,7 +62,7 @@ class ScoringStrategy(Strategy):
             feasible = avoid_device_nodes(fleet, start, stop, feasible, req)
         scores = self.score(fleet, start, stop, req)
         masked = np.where(feasible, scores, np.inf)
-        return start + int(np.argmin(masked))
+        return start + int(masked.argmin())  # the method: no Python wrapper on the hot path
 
 
 def avoid_device_nodes(
