@@ -14,8 +14,10 @@ fragmentation. Everything is seeded.
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import common  # noqa: F401  (puts the package on sys.path for a plain checkout)
 import numpy as np
@@ -225,3 +227,31 @@ FAMILIES: tuple[Family, ...] = (
     Family("pools", "default, tagged batch and dedicated db pools, 15% churn", _pools),
     Family("gpu-shared", "20% GPU nodes shared by CPU-only and GPU VMs, 10% churn", _gpu, devices=True),
 )
+
+
+def export(family: str, seed: int, directory: Path) -> tuple[Path, Path]:
+    """Write one family's fleet (``fleet.json``) and trace (``trace.jsonl``) for ``scheduler simulate``."""
+    found = {f.name: f for f in FAMILIES}.get(family)
+    if found is None:
+        raise SystemExit(f"unknown family {family!r}; valid: {', '.join(f.name for f in FAMILIES)}")
+    nodes, trace = found.build(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    fleet_path, trace_path = directory / "fleet.json", directory / "trace.jsonl"
+    fleet = [n.model_dump(mode="json", exclude_defaults=True) | {"name": n.name} for n in nodes]
+    fleet_path.write_text(json.dumps({"nodes": fleet}, indent=1) + "\n")
+    with trace_path.open("w") as out:
+        for item in trace:
+            out.write(item.model_dump_json(exclude_defaults=True) + "\n")
+    return fleet_path, trace_path
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="write a family's fleet and trace for `scheduler simulate`")
+    parser.add_argument("family", choices=[f.name for f in FAMILIES])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("."))
+    args = parser.parse_args()
+    for path in export(args.family, args.seed, args.out):
+        print(path)
