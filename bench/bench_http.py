@@ -48,6 +48,7 @@ from scheduler.models import Node  # noqa: E402
 from scheduler.producer.publisher import Publisher  # noqa: E402
 from scheduler.store import Store  # noqa: E402
 from scheduler.strategies import Placer  # noqa: E402
+from scheduler.webhooks.policy import callback_checker  # noqa: E402
 from scheduler.worker.daemon import WorkerState  # noqa: E402
 from scheduler.worker.group import Incoming, RetryPolicy, plan_group  # noqa: E402
 
@@ -132,7 +133,7 @@ def populate(store: Store, nodes: int, per_node: int) -> tuple[list[float], list
             placer,
             now=time.monotonic(),
             retry=RetryPolicy(),
-            callback_allow=[],
+            callback_refusal=callback_checker([]),
             rng=random.Random(1),
         )
         result = store.commit(plan.items, 1)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,19 +36,19 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from scheduler.config import AmqpConfig, redact_url
 
+# The header names live apart (the planning reads them without pika); re-exported here.
+from scheduler.message_headers import HEADER_ATTEMPT as HEADER_ATTEMPT
+from scheduler.message_headers import HEADER_DEATH_REASON as HEADER_DEATH_REASON
+from scheduler.message_headers import HEADER_DELIVERY_COUNT as HEADER_DELIVERY_COUNT
+from scheduler.message_headers import HEADER_ORIGINAL_SIZE as HEADER_ORIGINAL_SIZE
+from scheduler.message_headers import HEADER_PUBLISHED_AT, HEADER_SCHEMA
+from scheduler.models import SCHEMA_VERSION
+
 log = structlog.get_logger(__name__)
 
 ROUTE_REQUEST = "request"
 ROUTE_RELEASE = "release"
 ROUTE_HEARTBEAT = "nodes.heartbeat"
-HEADER_SCHEMA = "x-schema-version"
-HEADER_ATTEMPT = "x-attempt"
-HEADER_DEATH_REASON = "x-death-reason"
-HEADER_ORIGINAL_SIZE = "x-original-size"
-HEADER_DELIVERY_COUNT = "x-delivery-count"
-"""Set by quorum queues on a redelivery: how many times the message was returned before."""
-HEADER_PUBLISHED_AT = "x-published-at-ms"
-"""Unix milliseconds of the first publish (AMQP tables carry no floats); kept across retries."""
 HEARTBEAT_TTL_MS = 60_000
 HEARTBEAT_MAX_LENGTH = 100_000
 
@@ -198,6 +199,53 @@ def message_properties(
         content_encoding="utf-8",
         delivery_mode=pika.DeliveryMode.Persistent,
         message_id=message_id,
-        headers={HEADER_SCHEMA: 1, HEADER_PUBLISHED_AT: int(time.time() * 1000), **(headers or {})},
+        headers={
+            HEADER_SCHEMA: SCHEMA_VERSION,
+            HEADER_PUBLISHED_AT: int(time.time() * 1000),
+            **(headers or {}),
+        },
         expiration=str(expiration_ms) if expiration_ms is not None else None,
     )
+
+
+@dataclass(frozen=True)
+class QueueFigures:
+    """Ready messages and consumers per queue, by role (``requests``, ``retry``, ``dead``, ``heartbeats``)."""
+
+    messages: Mapping[str, int]
+    consumers: Mapping[str, int]
+
+
+def read_queue_figures(url: str, topology: Topology) -> QueueFigures:
+    """Passive ``queue.declare`` of each queue: counts without creating anything.
+
+    A connection per read (heartbeats off, it lives a few milliseconds): a
+    long-lived one would need its heartbeats serviced by a thread of its own,
+    and the read happens at most once per cache period. A queue that does not
+    exist (a passive declare answers 404 and closes the channel) is left out.
+    """
+    roles = {
+        "requests": topology.queue,
+        "retry": topology.retry_queue,
+        "dead": topology.dead_queue,
+        "heartbeats": topology.heartbeat_queue,
+    }
+    messages: dict[str, int] = {}
+    consumers: dict[str, int] = {}
+    conn = connect(url, heartbeat=0, name="virtflow-scheduler metrics")
+    try:
+        channel = conn.channel()
+        for role, queue in roles.items():
+            try:
+                ok = channel.queue_declare(queue, passive=True)
+            except pika.exceptions.ChannelClosedByBroker:
+                if role == "requests":  # nothing declared yet: the others are missing too
+                    break
+                channel = conn.channel()
+                continue
+            messages[role] = int(ok.method.message_count)
+            consumers[role] = int(ok.method.consumer_count)
+    finally:
+        if conn.is_open:
+            conn.close()
+    return QueueFigures(messages, consumers)

@@ -43,6 +43,17 @@ def printable(text: str, limit: int | None = None) -> str:
     return _UNSAFE.sub(_escape, text) if _UNSAFE.search(text) else text
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an error's text (its type name when it has none), printable and bounded.
+
+    The one form in which an exception reaches a log line, a stored message,
+    a header or a readiness verdict: multi-line driver errors and hostile
+    text must not spill control characters or pages of detail there.
+    """
+    text = str(exc).strip()
+    return printable(text.splitlines()[0] if text else type(exc).__name__, limit)
+
+
 def scrub(text: str) -> str:
     """``text`` with every lone surrogate replaced by U+FFFD (it can then be encoded as UTF-8)."""
     return _SURROGATE.sub(REPLACEMENT, text) if _SURROGATE.search(text) else text

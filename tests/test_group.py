@@ -12,6 +12,7 @@ from scheduler.fleet import FleetView
 from scheduler.models import Node, Reason
 from scheduler.store import Failure, Placement, Release, Waiting
 from scheduler.strategies import Placer
+from scheduler.webhooks.policy import callback_checker
 from scheduler.worker.group import Incoming, RetryPolicy, plan_group
 
 
@@ -38,7 +39,7 @@ def _plan(
         Placer("least_loaded"),
         now=0.0,
         retry=RetryPolicy(max_attempts, 1, 8),
-        callback_allow=allow or [],
+        callback_refusal=callback_checker(allow or []),
         rng=random.Random(1),
     )
 

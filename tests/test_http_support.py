@@ -20,6 +20,7 @@ from scheduler.config import Settings
 from scheduler.models import Node
 from scheduler.store import CommitResult, Store
 from scheduler.strategies import Placer
+from scheduler.webhooks.policy import callback_checker
 from scheduler.worker.group import GroupPlan, Incoming, RetryPolicy, plan_group
 from tests.harness import Deployment
 
@@ -70,7 +71,7 @@ def run_group(
     started = time.perf_counter()
     plan = plan_group(
         messages, fleet, placer or Placer("least_loaded"), now=time.monotonic(), retry=RetryPolicy(3, 1, 8),
-        callback_allow=ALLOW, rng=random.Random(7),
+        callback_refusal=callback_checker(ALLOW), rng=random.Random(7),
     )  # fmt: skip
     result = store.commit(plan.items, EPOCH)
     if hooks is not None:

@@ -22,6 +22,7 @@ from scheduler.models import Node, Reason, SchedulingRequest, TaskStatus, parse_
 from scheduler.store import CommitItem, Placement, Release, Store
 from scheduler.store.schema import outbox
 from scheduler.strategies import Placer
+from scheduler.webhooks.policy import callback_checker
 from scheduler.worker.group import Incoming, RetryPolicy, plan_group
 from scheduler.worker.pipeline import CommitPipeline, Committed, Fenced
 
@@ -56,7 +57,13 @@ def _plan(store: Store, bodies: list[bytes]) -> Any:
     fleet = store.load_fleet()
     messages = [Incoming(i + 1, b, {}) for i, b in enumerate(bodies)]
     return plan_group(
-        messages, fleet, Placer(), now=0.0, retry=RetryPolicy(), callback_allow=[], rng=random.Random(0)
+        messages,
+        fleet,
+        Placer(),
+        now=0.0,
+        retry=RetryPolicy(),
+        callback_refusal=callback_checker([]),
+        rng=random.Random(0),
     )
 
 

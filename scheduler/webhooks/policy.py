@@ -56,6 +56,7 @@ import fnmatch
 import ipaddress
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -341,6 +342,16 @@ def callback_refusal(url: str, allow: list[str] | list[Pattern]) -> str | None:
         what = "an IP address" if parsed.address is not None else "a loopback name"
         return f"callback_url host {parsed.host} is {what}: allowed only when a pattern names it exactly"
     return None
+
+
+def callback_checker(allow: list[str] | list[Pattern]) -> Callable[[str], str | None]:
+    """:func:`callback_refusal` bound to (a copy of) one allow-list: what the planning is handed."""
+    patterns = allow.copy()
+
+    def refusal(url: str) -> str | None:
+        return callback_refusal(url, patterns)
+
+    return refusal
 
 
 def display_url(url: str) -> str:

@@ -26,6 +26,15 @@ is down undoes the group's in-memory reservations, requeues its messages and
 stops consuming until the database answers again; the fleet is then
 reloaded, because a failed COMMIT may still have been applied.
 
+The parts, each in its own module: the leadership term
+(:mod:`~scheduler.worker.leadership_term`: claim the fence, load the fleet),
+the consuming channel (:mod:`~scheduler.worker.consumer`), the config
+watcher (:mod:`~scheduler.worker.config_watcher`), the planning
+(:mod:`~scheduler.worker.group`), the commit (:mod:`~scheduler.worker.pipeline`
+on the :mod:`~scheduler.worker.committer` thread), what the worker publishes
+(:mod:`~scheduler.worker.outbound`) and what other threads may read
+(:mod:`~scheduler.worker.state`). This module runs the loop that ties them.
+
 The broker connection is retried for ever with capped, jittered backoff that
 resets after a healthy session; only at start-up is the wait bounded
 (``worker.startup_timeout``), ending in :class:`StartupFailed`.
@@ -35,8 +44,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
-import os
 import random
 import signal
 import threading
@@ -48,33 +55,27 @@ from typing import Any, Protocol
 import pika
 import structlog
 from pika.adapters.blocking_connection import BlockingChannel
-from sqlalchemy.exc import SQLAlchemyError
 
-from scheduler.broker import (
-    BrokerUnavailable,
-    Topology,
-    connect,
-)
-from scheduler.config import Settings, config_path, load_settings
+from scheduler.broker import Topology, connect
+from scheduler.config import Settings
 from scheduler.elector import LeaderElector
 from scheduler.fleet import FleetView
 from scheduler.models import Heartbeat
-from scheduler.safetext import printable
-from scheduler.store import CommitResult, FencedOut, Release, Store
-from scheduler.store.engine import DatabaseUnavailable
-from scheduler.strategies import Placer, UnknownStrategy
+from scheduler.safetext import first_line, printable
+from scheduler.store import CommitResult, Release, Store
+from scheduler.strategies import Placer
+from scheduler.webhooks.policy import callback_checker
 from scheduler.worker.committer import Committer, InFlight
+from scheduler.worker.config_watcher import ConfigWatcher
+from scheduler.worker.consumer import AMQP_ERRORS, Consumer
 from scheduler.worker.group import GroupPlan, Incoming, RetryPolicy, plan_group
+from scheduler.worker.leadership_term import DB_ERRORS, LeadershipTerms, NotLeading
 from scheduler.worker.outbound import Outbound
 from scheduler.worker.pipeline import CommitPipeline, Committed, DatabaseDown, Fenced
 from scheduler.worker.redelivery import RedeliveryCounter
 from scheduler.worker.state import WorkerState
 
 log = structlog.get_logger(__name__)
-
-AMQP_ERRORS = (pika.exceptions.AMQPError, OSError, BrokerUnavailable)
-DB_ERRORS = (SQLAlchemyError, DatabaseUnavailable)
-
 
 class StartupFailed(Exception):
     """The broker was not reached within ``worker.startup_timeout``; the message says why, in one line."""
@@ -127,6 +128,7 @@ class Worker:
         self.retry = RetryPolicy(
             settings.retry.max_attempts, settings.retry.initial_backoff, settings.retry.max_backoff
         )
+        self.callback_refusal = callback_checker(list(settings.webhooks.allow))
         self.rng = random.Random(settings.random_seed)
         self.jitter = random.Random()
         self.state = WorkerState(
@@ -139,7 +141,7 @@ class Worker:
         self.redeliveries = RedeliveryCounter(broker_counts=settings.amqp.queue_type == "quorum")
         self._conn: pika.BlockingConnection | None = None
         self._resume_at = 0.0
-        self._db_backoff = settings.worker.reconnect_initial_backoff
+        self.terms = LeadershipTerms(store, settings, self.jitter)
         self._connected_at: float | None = None
         self._ever_connected = False
         self._stop_signal: str | None = None
@@ -149,11 +151,14 @@ class Worker:
         self._buffer: list[Incoming] = []
         self._inflight: collections.deque[InFlight] = collections.deque()
         self._committer = Committer(self.pipeline)
-        self._consume_channel: BlockingChannel | None = None
-        self._consumer_tags: list[str] = []
+        self.consumer = Consumer(self.topology, settings.amqp.prefetch)
+        self.config_watcher = ConfigWatcher(self.placer, self.state)
         self._next_inventory_check = 0.0
         self._next_config_check = 0.0
-        self._config_digest_seen: str | None = self._config_digest()
+
+    @property
+    def _consume_channel(self) -> BlockingChannel | None:
+        return self.consumer.channel
 
     # ------------------------------------------------------------------ run
     def install_signal_handlers(self) -> None:
@@ -234,7 +239,7 @@ class Worker:
             log.info("stop requested; finishing the group in flight", signal=self._stop_signal)
             # Graceful stop: commit what we hold, then let go of the queue.
             if self._consume_channel is not None:
-                self._cancel_consumers()
+                self.consumer.cancel()
                 conn.process_data_events(time_limit=0)
                 self._flush(publisher)
                 self._drain(publisher)
@@ -260,7 +265,7 @@ class Worker:
         if now >= self._next_config_check:
             # Standbys follow the config too, so a new leader starts with the new strategy.
             self._next_config_check = now + self.settings.worker.config_watch_interval
-            self._check_config()
+            self.config_watcher.check()
         if self._consume_channel is None:
             conn.process_data_events(time_limit=min(0.2, self.settings.election.retry_period / 2))
             return
@@ -295,38 +300,14 @@ class Worker:
 
     # ----------------------------------------------------------- leadership
     def _become_leader(self, conn: pika.BlockingConnection) -> None:
-        epoch = self.leadership.epoch or 0
-        try:
-            self.store.claim_fence(epoch, self.settings.identity)
-            fleet = self.store.load_fleet(
-                suspicious_after=self.settings.nodes.suspicious_after,
-                offline_after=self.settings.nodes.offline_after,
-                defaults=self.settings.capacity_defaults(),
-            )
-            rev = self.store.inventory_revision()
-        except FencedOut as exc:
-            log.warning("not leading: a newer leader holds the fence", error=str(exc))
-            self.state.not_consuming_why = "a newer leader holds the fence"
-            self._resume_at = self.clock() + self.settings.election.retry_period
+        term = self.terms.begin(self.leadership.epoch or 0)
+        if isinstance(term, NotLeading):
+            self.state.not_consuming_why = term.why
+            self._resume_at = self.clock() + term.retry_in
             return
-        except DB_ERRORS as exc:
-            delay = self._db_backoff * self.jitter.uniform(0.5, 1.0)
-            log.error(
-                "database unavailable while taking leadership", error=_short(exc), retry_in=round(delay, 2)
-            )
-            self.state.not_consuming_why = f"database unavailable: {_short(exc)}"
-            self._resume_at = self.clock() + delay
-            self._db_backoff = min(self._db_backoff * 2, self.settings.worker.reconnect_max_backoff)
-            return
-        self._db_backoff = self.settings.worker.reconnect_initial_backoff
-        self._fleet, self._epoch, self._inventory_rev = fleet, epoch, rev
-        channel = conn.channel()
-        channel.basic_qos(prefetch_count=self.settings.amqp.prefetch)
-        self._consume_channel = channel
-        self._consumer_tags = [
-            channel.basic_consume(self.topology.queue, self._on_request),
-            channel.basic_consume(self.topology.heartbeat_queue, self._on_heartbeat, auto_ack=True),
-        ]
+        fleet, epoch = term.fleet, term.epoch
+        self._fleet, self._epoch, self._inventory_rev = fleet, epoch, term.inventory_rev
+        self.consumer.open(conn, self._on_request, self._on_heartbeat)
         self.state.leader, self.state.epoch, self.state.fleet = True, epoch, fleet
         self.state.consuming, self.state.not_consuming_why = True, ""
         self._hook("consumer_active", True)
@@ -358,23 +339,10 @@ class Worker:
         if self.hooks:
             self.hooks.leadership_changed(False, self._epoch)
 
-    def _cancel_consumers(self) -> None:
-        ch = self._consume_channel
-        if ch is None or not ch.is_open:
-            return
-        for tag in self._consumer_tags:
-            with contextlib.suppress(*AMQP_ERRORS):
-                ch.basic_cancel(tag)
-        self._consumer_tags = []
-
     def _close_consume_channel(self) -> None:
         """Closing the channel hands every unacked message back to the queue at once."""
-        ch, self._consume_channel = self._consume_channel, None
         self._buffer.clear()
-        self._consumer_tags = []
-        if ch is not None and ch.is_open:
-            with contextlib.suppress(*AMQP_ERRORS):
-                ch.close()
+        self.consumer.close()
 
     # ------------------------------------------------------------ consuming
     def _on_request(self, ch: BlockingChannel, method: Any, props: pika.BasicProperties, body: bytes) -> None:
@@ -393,7 +361,9 @@ class Worker:
         except ValueError:
             log.warning("ignoring malformed heartbeat", size=len(body))
             return
-        if not self._fleet.heartbeat(beat.node, self.clock()):
+        with self.state.fleet_lock:
+            known = self._fleet.heartbeat(beat.node, self.clock())
+        if not known:
             log.debug("heartbeat from unknown node", node=beat.node)
 
     def _flush(self, publisher: BlockingChannel) -> None:
@@ -415,15 +385,16 @@ class Worker:
         self._buffer = []
         started = time.perf_counter()
         group, worn = self._split_worn_out(group)
-        plan = plan_group(
-            group,
-            fleet,
-            self.placer,
-            now=self.clock(),
-            retry=self.retry,
-            callback_allow=list(self.settings.webhooks.allow),
-            rng=self.rng,
-        )
+        with self.state.fleet_lock:  # the HTTP thread may be walking the fleet
+            plan = plan_group(
+                group,
+                fleet,
+                self.placer,
+                now=self.clock(),
+                retry=self.retry,
+                callback_refusal=self.callback_refusal,
+                rng=self.rng,
+            )
         while len(self._inflight) >= MAX_IN_FLIGHT:
             ok = self._complete(publisher)
             if not ok or self._fleet is not fleet or self._consume_channel is not channel:
@@ -461,10 +432,7 @@ class Worker:
             self._hook("dead_lettered", kind)
 
     def _requeue(self, channel: BlockingChannel, group: list[Incoming]) -> None:
-        """Hand an uncommitted group back to the queue, if its channel is still ours and open."""
-        ours = self._consume_channel
-        if group and ours is not None and ours is channel and ours.is_open:
-            ours.basic_nack(delivery_tag=max(m.delivery_tag for m in group), multiple=True, requeue=True)
+        self.consumer.requeue(channel, group)
 
     def _reap(self, publisher: BlockingChannel) -> None:
         """Finish every group whose commit is done, in order, without waiting."""
@@ -500,13 +468,15 @@ class Worker:
             return False  # channel already closed: its messages went back to the queue
         outcome = job.outcome
         if isinstance(outcome, Fenced):
-            plan.undo(fleet)
+            with self.state.fleet_lock:
+                plan.undo(fleet)
             log.error("commit refused by the fence: another replica leads", error=str(outcome.error))
             self._drop_leadership("fenced out")
             return False
         if not isinstance(outcome, Committed):
             error = outcome.error if isinstance(outcome, DatabaseDown) else "no outcome"
-            plan.undo(fleet)
+            with self.state.fleet_lock:
+                plan.undo(fleet)
             self._requeue(channel, group)
             self.state.group_retries += 1
             self.state.last_retry_error = error
@@ -514,13 +484,14 @@ class Worker:
             log.error("database error; group requeued", error=error, messages=len(group))
             # Stop consuming: the fleet is reloaded when leadership is taken up again, once
             # the database answers (a failed COMMIT may have landed).
-            self._resume_at = self.clock() + self._db_backoff * self.jitter.uniform(0.5, 1.0)
+            self._resume_at = self.clock() + self.terms.db_delay()
             self._drop_leadership(f"database unavailable: {error}")
             return False
         self.state.group_retries = 0
         result = outcome.result
         poisoned_ids = {plan.items[p.index].task_id for p in outcome.poisoned}
-        plan.forget(fleet, [t for t in result.duplicates if t in plan.placed])
+        with self.state.fleet_lock:
+            plan.forget(fleet, [t for t in result.duplicates if t in plan.placed])
         duplicates = set(result.duplicates) | set(result.conflicts) | poisoned_ids
         for poison in outcome.poisoned:
             source = plan.sources[poison.index]
@@ -597,15 +568,11 @@ class Worker:
     def _reload_fleet(self, why: str) -> None:
         """Rebuild the fleet from the database; on failure stop consuming until it answers."""
         try:
-            self._fleet = self.store.load_fleet(
-                suspicious_after=self.settings.nodes.suspicious_after,
-                offline_after=self.settings.nodes.offline_after,
-                defaults=self.settings.capacity_defaults(),
-            )
+            self._fleet = self.terms.load_fleet()
             self.state.fleet = self._fleet
             log.info("fleet reloaded", reason=why, nodes=self._fleet.size)
         except DB_ERRORS as exc:
-            log.error("database unavailable; standing down until it returns", error=_short(exc))
+            log.error("database unavailable; standing down until it returns", error=first_line(exc))
             self._drop_leadership("database unavailable")
 
     # ----------------------------------------------------- periodic checks
@@ -618,65 +585,12 @@ class Worker:
                 return
             nodes = self.store.list_nodes()
         except DB_ERRORS as exc:
-            log.warning("inventory check failed", error=_short(exc))
+            log.warning("inventory check failed", error=first_line(exc))
             return
         self._fleet = self._fleet.with_inventory(nodes)
         self.state.fleet = self._fleet
         self._inventory_rev = rev
         log.info("inventory reloaded", revision=rev, nodes=self._fleet.size)
-
-    def _config_digest(self) -> str | None:
-        """Hash of the config file's contents (a ConfigMap update swaps a symlink: mtimes mislead)."""
-        path = config_path()
-        if path is None:
-            return None
-        try:
-            return hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError:
-            return None
-
-    def _check_config(self) -> None:
-        """Apply a changed ``strategy`` from the mounted config file without a restart."""
-        digest = self._config_digest()
-        if digest is None or digest == self._config_digest_seen:
-            return
-        self._config_digest_seen = digest
-        try:
-            fresh = load_settings()
-        except Exception as exc:  # ConfigError or an unreadable file: keep running as we are
-            log.error(
-                "config file changed but is invalid; keeping the current strategy",
-                strategy=self.placer.default,
-                error=str(exc),
-            )
-            self._count_switch(ok=False)
-            return
-        if os.environ.get("SCHEDULING_STRATEGY"):
-            log.warning(
-                "config file changed, but SCHEDULING_STRATEGY in the environment overrides its strategy",
-                strategy=self.placer.default,
-            )
-            return
-        if fresh.strategy == self.placer.default:
-            return
-        try:
-            self.placer.switch(fresh.strategy)
-        except UnknownStrategy as exc:
-            log.error("unknown strategy in config; keeping the current one", error=str(exc))
-            self._count_switch(ok=False)
-            return
-        log.info("strategy switched", strategy=fresh.strategy)
-        self.state.strategy = fresh.strategy
-        self._count_switch(ok=True)
-
-    def _count_switch(self, *, ok: bool) -> None:
-        key = "strategy_switches" if ok else "strategy_switches_rejected"
-        self.state.extra[key] = int(self.state.extra.get(key, 0)) + 1
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return printable(text, 300)
 
 
 __all__ = ["StartupFailed", "Worker", "WorkerHooks", "WorkerState"]

@@ -6,7 +6,7 @@ place requests (higher ``priority`` first), and produce (a) the items for one
 store transaction, (b) the messages to dead-letter and to send back through
 the retry queue, and (c) an undo that puts the in-memory fleet back exactly
 as it was if the transaction fails. Nothing here acknowledges anything; the
-daemon acks only after the commit (DESIGN.md invariant 3).
+daemon acks only after the commit (docs/contracts.md invariant 3).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scheduler import safetext
-from scheduler.broker import HEADER_ATTEMPT, HEADER_PUBLISHED_AT
 from scheduler.fleet import Allocation, FleetView
+from scheduler.message_headers import HEADER_ATTEMPT, HEADER_PUBLISHED_AT
 from scheduler.models import (
     BadMessage,
     Decision,
@@ -30,7 +30,6 @@ from scheduler.models import (
 )
 from scheduler.store import CommitItem, Failure, Placement, Release, Waiting
 from scheduler.strategies import Placer
-from scheduler.webhooks.policy import callback_refusal
 
 RETRYABLE = frozenset({Reason.INSUFFICIENT_RESOURCES, Reason.NO_ONLINE_NODES})
 MAX_STORED_BODY = 4096
@@ -121,10 +120,16 @@ def plan_group(
     *,
     now: float,
     retry: RetryPolicy,
-    callback_allow: list[str],
+    callback_refusal: Callable[[str], str | None],
     rng: random.Random,
 ) -> GroupPlan:
-    """Decide a whole group in memory; see the module docstring for what comes out."""
+    """Decide a whole group in memory; see the module docstring for what comes out.
+
+    ``callback_refusal`` judges a request's ``callback_url`` (why it is refused,
+    or None): the URL policy parses with the HTTP client's own parser, so it is
+    passed in (:func:`scheduler.webhooks.policy.callback_checker`) and the
+    planning imports no HTTP library.
+    """
     plan = GroupPlan()
     releases: list[tuple[ReleaseRequest, Incoming]] = []
     requests: list[tuple[SchedulingRequest, Incoming]] = []
@@ -194,7 +199,7 @@ def plan_group(
         if isinstance(published, int) and not isinstance(published, bool):
             plan.published_at[req.task_id] = published
         if req.callback_url is not None:
-            refusal = callback_refusal(req.callback_url, callback_allow)
+            refusal = callback_refusal(req.callback_url)
             if refusal is not None:
                 plan.add(
                     Failure(

@@ -42,7 +42,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from scheduler.models import Reason
-from scheduler.safetext import printable
+from scheduler.safetext import first_line
 from scheduler.store import CommitItem, CommitResult, Failure, FencedOut, Release
 from scheduler.store.engine import DatabaseUnavailable
 
@@ -98,9 +98,7 @@ def is_connection_error(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str:
     """The first line of an error, printable and bounded (for logs, messages and headers)."""
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return printable(first, 300)
+    return first_line(getattr(exc, "orig", None) or exc)
 
 
 @dataclass

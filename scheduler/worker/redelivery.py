@@ -19,7 +19,7 @@ import hashlib
 from collections import OrderedDict
 from typing import Any
 
-from scheduler.broker import HEADER_DELIVERY_COUNT
+from scheduler.message_headers import HEADER_DELIVERY_COUNT
 
 
 class RedeliveryCounter:

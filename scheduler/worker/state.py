@@ -1,19 +1,27 @@
 """What the HTTP thread and the metrics may read about a running worker, and what makes it unready.
 
-The worker's thread writes these fields; other threads only read them (each
-field is one attribute store, atomic in CPython, so a reader sees either the
-old or the new value of each). :meth:`WorkerState.readiness_checks` turns
+The worker's thread writes these fields; other threads only read them. The
+scalar fields are each one attribute store, atomic in CPython, so a reader
+sees either the old or the new value of each. The fleet is the one live,
+mutable object: the worker changes it only while holding ``fleet_lock``, and
+a reader that walks it (the dashboard, the metrics) holds the lock too,
+through :meth:`WorkerState.read_fleet`, so it never sees a half-made
+reservation or a dict changing size under its iteration. :meth:`WorkerState.readiness_checks` turns
 them into the verdicts ``/readyz`` reports, so the rules of "ready" live next
 to the facts they judge.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 from scheduler.fleet import FleetView
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -28,7 +36,10 @@ class WorkerState:
     groups: int = 0
     last_commit_at: float | None = None
     fleet: FleetView | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    strategy_switches: int = 0
+    """Strategy changes applied from the config file."""
+    strategy_switches_rejected: int = 0
+    """Config file changes refused (invalid file or unknown strategy name)."""
     lease_held: bool = False
     """This replica holds the lease (it may still not consume: see ``consuming``)."""
     consuming: bool = False
@@ -41,6 +52,14 @@ class WorkerState:
     """``time.monotonic()`` when the commit in flight began; None when none is."""
     max_group_retries: int = 3
     commit_stuck_after: float = 30.0
+    fleet_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """Held by the worker while it changes the fleet, and by readers while they walk it."""
+
+    def read_fleet(self, read: Callable[[FleetView], T]) -> T | None:
+        """``read(fleet)`` under the fleet lock; None when no fleet is loaded (not leading)."""
+        with self.fleet_lock:
+            fleet = self.fleet
+            return read(fleet) if fleet is not None else None
 
     def readiness_checks(self, now: float | None = None) -> dict[str, str]:
         """``{"check": "ok" | why not}`` for the worker's own part of ``/readyz``."""
