@@ -17,6 +17,7 @@ from scheduler.metrics import SchedulerMetrics, StateCollector, install_metrics
 from scheduler.producer.publisher import Outgoing, Publisher
 from scheduler.store.schema import deliveries
 from scheduler.strategies import Placer
+from scheduler.webhooks.policy import callback_checker
 from scheduler.worker.daemon import WorkerState
 from scheduler.worker.group import Incoming, RetryPolicy, plan_group
 from tests.harness import Deployment, make_requests
@@ -152,7 +153,7 @@ def test_leader_fleet_and_database_agree_on_utilization(lite: Deployment) -> Non
     assert value(b, "scheduler_broker_connected") == 1
     assert value(b, "scheduler_info", identity="", strategy="best_fit") == 1
     assert value(b, "scheduler_last_commit_timestamp_seconds") == pytest.approx(state.last_commit_at)
-    state.extra["strategy_switches"] = 2  # as the worker counts reloads of the config file
+    state.strategy_switches = 2  # as the worker counts reloads of the config file
     switched = scrape(from_fleet)
     assert value(switched, "scheduler_strategy_switches_total", result="applied") == 2
     assert value(switched, "scheduler_strategy_switches_total", result="rejected") == 0
@@ -183,7 +184,7 @@ def test_duplicates_and_dead_letters_are_counted(lite: Deployment) -> None:
     run_group(lite.store, [body], hooks=hooks)  # a redelivery after the commit
     fleet = lite.store.load_fleet()
     plan = plan_group([Incoming(1, b"\xff not json", {})], fleet, Placer(), now=0.0, retry=RetryPolicy(),
-                      callback_allow=[], rng=random.Random(0))  # fmt: skip
+                      callback_refusal=callback_checker([]), rng=random.Random(0))  # fmt: skip
     hooks.group_committed(plan, lite.store.commit(plan.items, EPOCH), 0.001)
     s = scrape(registry)
     assert value(s, "scheduler_duplicates_total") == 2

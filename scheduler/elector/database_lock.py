@@ -7,6 +7,7 @@ in between, which is a :class:`LockConflict`. Creation is a plain INSERT whose
 primary-key violation is the conflict. No row is ever locked for longer than
 one statement, so a crashed replica cannot block the others.
 
+The statements themselves are :class:`scheduler.store.leases.LeaseRows`.
 Every operation runs in its own short transaction with a time limit no later
 than the elector's deadline: ``statement_timeout``/``lock_timeout`` on
 PostgreSQL, the busy timeout on SQLite (whose engine starts every
@@ -15,18 +16,12 @@ transaction with ``BEGIN IMMEDIATE``, see ``scheduler.store.engine``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from scheduler.elector.record import LeaderElectionRecord, LockConflict, LockError, utc
-from scheduler.store.schema import leases
-
-# The busy timeout scheduler.store.engine sets on every SQLite connection;
-# restored after each lease operation on pooled (in-memory) engines.
-_SQLITE_DEFAULT_BUSY_MS = 30_000
+from scheduler.safetext import first_line
+from scheduler.store.leases import LeaseRows
 
 
 class DatabaseLeaseLock:
@@ -38,6 +33,7 @@ class DatabaseLeaseLock:
         self._engine = engine
         self._name = name
         self._owns_engine = owns_engine
+        self._rows = LeaseRows(engine, name)
 
     @property
     def name(self) -> str:
@@ -52,8 +48,7 @@ class DatabaseLeaseLock:
 
     def get(self, *, timeout: float) -> tuple[LeaderElectionRecord, str] | None:
         try:
-            with self._transaction(timeout) as conn:
-                row = conn.execute(select(leases).where(leases.c.name == self._name)).one_or_none()
+            row = self._rows.read(timeout=timeout)
         except SQLAlchemyError as exc:
             raise LockError(self._explain("read", exc)) from exc
         if row is None:
@@ -69,8 +64,7 @@ class DatabaseLeaseLock:
 
     def create(self, record: LeaderElectionRecord, *, timeout: float) -> str:
         try:
-            with self._transaction(timeout) as conn:
-                conn.execute(insert(leases).values(name=self._name, version=1, **_columns(record)))
+            self._rows.insert(_columns(record), timeout=timeout)
         except IntegrityError as exc:
             raise LockConflict(f"lease {self._name} already exists") from exc
         except SQLAlchemyError as exc:
@@ -82,45 +76,17 @@ class DatabaseLeaseLock:
             expected = int(version)
         except ValueError:
             raise LockConflict(f"lease {self._name}: {version!r} is not a version of this lock") from None
-        statement = (
-            update(leases)
-            .where(leases.c.name == self._name, leases.c.version == expected)
-            .values(version=leases.c.version + 1, **_columns(record))
-        )
         try:
-            with self._transaction(timeout) as conn:
-                touched = conn.execute(statement).rowcount
+            touched = self._rows.update(_columns(record), expected, timeout=timeout)
         except SQLAlchemyError as exc:
             raise LockError(self._explain("update", exc)) from exc
-        if touched != 1:
+        if not touched:
             raise LockConflict(f"lease {self._name} is no longer at version {version}")
         return str(expected + 1)
 
-    @contextmanager
-    def _transaction(self, timeout: float) -> Iterator[Connection]:
-        """One transaction that gives up after ``timeout`` seconds of waiting."""
-        millis = max(1, int(timeout * 1000))
-        with self._engine.connect() as conn:
-            sqlite = conn.dialect.name == "sqlite"
-            if sqlite:
-                # Before BEGIN IMMEDIATE, which is where SQLite waits for the write lock.
-                conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={millis}")  # type: ignore[union-attr]
-            try:
-                with conn.begin():
-                    if not sqlite:
-                        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {millis}")
-                        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {millis}")
-                    yield conn
-            finally:
-                if sqlite and not conn.closed and not conn.invalidated:
-                    conn.connection.driver_connection.execute(  # type: ignore[union-attr]
-                        f"PRAGMA busy_timeout={_SQLITE_DEFAULT_BUSY_MS}"
-                    )
-
     def _explain(self, action: str, exc: SQLAlchemyError) -> str:
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        first = detail[0] if detail else type(exc).__name__
-        return f"cannot {action} lease {self._name} in the leases table: {first}"
+        why = first_line(getattr(exc, "orig", None) or exc)
+        return f"cannot {action} lease {self._name} in the leases table: {why}"
 
 
 def _columns(record: LeaderElectionRecord) -> dict[str, object]:

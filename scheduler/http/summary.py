@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from scheduler.metrics import Cached, PoolFigures, fleet_pool_figures, read_database_figures
+from scheduler.cache import Cached
 from scheduler.models import TaskStatus
+from scheduler.pool_figures import PoolFigures, fleet_pool_figures
 from scheduler.store.engine import DatabaseUnavailable
-from scheduler.store.views import node_columns
+from scheduler.store.views import node_columns, read_database_figures
 
 from .schemas import (
     LeaderSummary,
@@ -81,10 +82,10 @@ class SummaryBuilder:
     def build(self) -> Summary:
         state = self.state() if self.state is not None else None
         figures = read_database_figures(self.store, self.settings.capacity_defaults())
-        fleet = state.fleet if state is not None else None
-        if fleet is not None:
-            pools = fleet_pool_figures(fleet)
-            columns = _fleet_columns(fleet)
+        # The leader's live fleet, read under its lock (the worker's thread changes it).
+        live = state.read_fleet(lambda f: (fleet_pool_figures(f), _fleet_columns(f))) if state else None
+        if live is not None:
+            pools, columns = live
         else:
             pools = dict(figures.pools)
             columns = self._database_columns()

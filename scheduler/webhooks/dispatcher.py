@@ -1,7 +1,7 @@
 """The webhook dispatcher: outbox events -> signed HTTP deliveries, on the leader, off the hot path.
 
 The worker records each terminal status change and its webhook event in one
-transaction (the outbox, DESIGN.md invariant 5); this class turns events into
+transaction (the outbox, docs/contracts.md invariant 5); this class turns events into
 requests. Why it is built the way it is:
 
 * **Own threads.** One dispatcher thread does the bookkeeping (SQL), a pool
@@ -74,6 +74,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from scheduler.config import WebhooksConfig
+from scheduler.safetext import first_line
 from scheduler.store.deliveries import (
     DEAD,
     DELIVERED,
@@ -312,14 +313,14 @@ class WebhookDispatcher:
                 self._count(db_errors=1)
                 log.error(
                     "webhook dispatcher: database error; will retry",
-                    error=scrub_text(_short(exc)),
+                    error=scrub_text(first_line(exc)),
                     retry_in=wait,
                     unrecorded=len(self._unrecorded),
                 )
             except Exception as exc:
                 wait = 1.0
                 # No traceback: frames and messages may hold receivers' URLs with their credentials.
-                error = scrub_text(f"{type(exc).__name__}: {_short(exc)}")
+                error = scrub_text(f"{type(exc).__name__}: {first_line(exc)}")
                 log.error("webhook dispatcher: unexpected error; continuing", error=error)
             if wait > 0:
                 self._wake.wait(wait)
@@ -728,7 +729,7 @@ class WebhookDispatcher:
             try:
                 result = self._result_of(due, attempt, now)
             except Exception as exc:  # never lose track of a claimed delivery: retry it later
-                error = scrub(f"internal error: {type(exc).__name__}: {_short(exc)}", due.url)
+                error = scrub(f"internal error: {type(exc).__name__}: {first_line(exc)}", due.url)
                 log.error("webhook outcome could not be processed", delivery_id=due.id, error=error)
                 retry_at = now + timedelta(seconds=self.config.initial_backoff)
                 result = Result(due.id, PENDING, attempt.sent, retry_at, error=error)
@@ -841,7 +842,7 @@ class WebhookDispatcher:
             except DB_ERRORS as exc:
                 log.error(
                     "webhook dispatcher: could not record the last outcomes; they will be retried",
-                    error=_short(exc),
+                    error=first_line(exc),
                     unrecorded=len(self._unrecorded),
                 )
         if self._senders is not None:
@@ -933,11 +934,6 @@ def _describe(exc: httpx.HTTPError, timeout: float) -> str:
         return f"timeout ({timeout:g} s): {type(exc).__name__}"
     text = str(exc).strip() or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:500]
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:300]
 
 
 __all__ = ["Attempt", "DispatcherStats", "WebhookDispatcher", "strict_json_problem"]
