@@ -1,6 +1,6 @@
 """Configuration: ``config.yaml`` overridden by environment, over built-in defaults.
 
-Precedence is env over file over defaults. The environment names of DESIGN.md
+Precedence is env over file over defaults. The environment names of docs/contracts.md
 (``SCHEDULING_STRATEGY``, ``AMQP_URL``, ...) map onto nested keys; any other
 key can be set as ``SCHEDULER_<SECTION>__<KEY>`` (for example
 ``SCHEDULER_AMQP__PREFETCH=64``), which is what tests and Helm use to set keys
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 DEFAULT_CONFIG_PATH = "config.yaml"
 
-# Short environment names of DESIGN.md and the nested key each one sets.
+# Short environment names of docs/contracts.md and the nested key each one sets.
 ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "SCHEDULING_STRATEGY": ("strategy",),
     "AMQP_URL": ("amqp", "url"),
@@ -494,7 +494,7 @@ def max_heartbeat(lease_duration: float) -> int:
 
 
 class _AliasEnvSource(PydanticBaseSettingsSource):
-    """The short DESIGN.md environment names, mapped onto their nested keys."""
+    """The short docs/contracts.md environment names, mapped onto their nested keys."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
         return None, field_name, False

@@ -11,7 +11,7 @@ free, which makes every decision reproducible.
 Allocations change incrementally (``reserve`` / ``release`` touch one element);
 inventory changes (new nodes, new pools) rebuild the arrays, which is O(n) and
 rare. ``reserve`` re-checks capacity itself, so even a buggy strategy cannot
-overcommit a node (DESIGN.md invariant 1).
+overcommit a node (docs/contracts.md invariant 1).
 """
 
 from __future__ import annotations
@@ -454,9 +454,6 @@ class FleetView:
     def size(self) -> int:
         return len(self.names)
 
-    def pool_slice(self, pool: str) -> tuple[int, int] | None:
-        return self.pools.get(pool)
-
     def allocation(self, task_id: str) -> Allocation | None:
         entry = self.allocations.get(task_id)
         return entry[1] if entry else None
@@ -561,9 +558,6 @@ class FleetView:
             self.cordoned[i] = cordoned
             self.cordoned_count += 1 if cordoned else -1
         return True
-
-    def configure_liveness(self, suspicious_after: float, offline_after: float) -> None:
-        self.liveness = _Liveness(suspicious_after, offline_after)
 
     # ------------------------------------------------------------- snapshots
     def snapshot(self) -> FleetView:

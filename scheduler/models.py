@@ -1,4 +1,4 @@
-"""Wire and domain models: the message contract of DESIGN.md, nodes, decisions.
+"""Wire and domain models: the message contract of docs/contracts.md, nodes, decisions.
 
 Everything that crosses a process boundary is validated here, strictly: a
 string is never coerced into a number, a bool is never an int, unknown fields
@@ -99,7 +99,7 @@ AllocationRatio = Annotated[float, Field(gt=0, le=MAX_ALLOCATION_RATIO, allow_in
 
 
 class TaskStatus(enum.StrEnum):
-    """Task lifecycle of DESIGN.md; ``scheduled``, ``failed`` and ``released`` are terminal."""
+    """Task lifecycle of docs/contracts.md; ``scheduled``, ``failed`` and ``released`` are terminal."""
 
     QUEUED = "queued"
     WAITING = "waiting"
@@ -113,7 +113,7 @@ class TaskStatus(enum.StrEnum):
 
 
 class Reason(enum.StrEnum):
-    """Machine-readable failure reason codes (DESIGN.md, task lifecycle)."""
+    """Machine-readable failure reason codes (docs/contracts.md, task lifecycle)."""
 
     INVALID_REQUEST = "invalid_request"
     UNKNOWN_POOL = "unknown_pool"
@@ -121,6 +121,7 @@ class Reason(enum.StrEnum):
     NO_ONLINE_NODES = "no_online_nodes"
     UNKNOWN_STRATEGY = "unknown_strategy"
     EXPIRED = "expired"
+    """Listed in the contract's reason codes; the scheduler itself never produces it."""
     CANCELLED = "cancelled"
     """Released before it was placed: the request is never placed, even if it arrives later."""
     CONFLICT = "conflict"
@@ -132,7 +133,7 @@ class _Strict(BaseModel):
 
 
 class SchedulingRequest(_Strict):
-    """A request to place one VM (the message contract of DESIGN.md)."""
+    """A request to place one VM (the message contract of docs/contracts.md)."""
 
     task_id: TaskId = Field(default_factory=lambda: str(uuid.uuid4()))
     requested_cpu: int = Field(ge=1, le=MAX_CPU, description="vCPUs")
@@ -178,7 +179,12 @@ class ReleaseRequest(_Strict):
 
 
 class Heartbeat(_Strict):
-    """A node saying it is alive, optionally with its live usage (fractions 0..1)."""
+    """A node saying it is alive, optionally with its live usage (fractions 0..1).
+
+    Only the node name is used (liveness). The usage fields are part of the
+    message contract and are validated, so an agent that sends them is not
+    refused, but no strategy or figure reads them.
+    """
 
     node: Name
     cpu_usage: float | None = Field(default=None, ge=0, le=1)
@@ -367,5 +373,3 @@ class BadMessage(Exception):
         self.task_id = task_id
         self.reason = reason
 
-
-MessageKind = Literal["request", "release", "heartbeat"]

@@ -688,7 +688,10 @@ def test_unknown_strategy_override_is_a_reason_not_an_exception() -> None:
 
 
 def test_design_example_explanation() -> None:
-    """The exact sentence of DESIGN.md: 0/120 nodes fit: 80 insufficient memory, 30 pool mismatch, ..."""
+    """The exact sentence of docs/contracts.md.
+
+    0/120 nodes fit: 80 insufficient memory, 30 pool mismatch, ...
+    """
     nodes = [node(f"n{i:03d}") for i in range(90)] + [node(f"o{i:03d}", pool="other") for i in range(30)]
     allocations = [used(f"n{i:03d}", memory=1000) for i in range(10, 90)]  # 80 nodes with 24 MiB left
     allocations += [used("n000", group="db"), used("n001", group="db")]

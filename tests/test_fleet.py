@@ -1,6 +1,6 @@
 """FleetView: the arrays the decisions read, and the bookkeeping that makes overcommit impossible.
 
-Why these matter: ``reserve`` is the last line of defence of DESIGN.md
+Why these matter: ``reserve`` is the last line of defence of docs/contracts.md
 invariant 1 (no overcommit) and invariant 2 (one allocation per task), even
 against a buggy strategy; snapshots must be truly independent because the
 worker decides on a copy while the store commits; and an inventory change
@@ -82,7 +82,7 @@ def test_allocations_on_unknown_nodes_survive_a_restart() -> None:
     """A VM on a node missing from the inventory at start-up still holds its allocation.
 
     Otherwise a redelivered request for that task would look new (a second
-    allocation, DESIGN.md invariant 2), and when the node is imported again
+    allocation, docs/contracts.md invariant 2), and when the node is imported again
     it would look empty and be offered twice (invariant 1).
     """
     fleet = FleetView.build([node("a")], [Allocation("t1", "b", 4, 100, 10)])

@@ -1,4 +1,7 @@
-"""The HTTP API contract: DESIGN.md's endpoints, seed 000's shapes, 422/404/503, real broker and DB."""
+"""The HTTP API contract: the endpoints of docs/contracts.md, 422/404/503, real broker and DB.
+
+The response shapes are seed 000's.
+"""
 
 from __future__ import annotations
 

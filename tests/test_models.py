@@ -5,7 +5,7 @@ other systems. Coercing ``"4"`` into 4 or ``true`` into 1 would hide a
 producer's bug; an unbounded integer would overflow the int64 fleet arrays;
 an unknown field is usually a typo (``requested_cpus``) that would otherwise
 silently fall back to a default. And a body that cannot be parsed must turn
-into a clear, recorded failure (DESIGN.md invariant 6), with the task id when
+into a clear, recorded failure (docs/contracts.md invariant 6), with the task id when
 it can be read so the task ends ``failed`` instead of vanishing.
 """
 
@@ -46,7 +46,7 @@ def test_minimal_request_gets_the_contract_defaults() -> None:
     assert (req.requested_disk, req.requested_pool, req.dedicated) == (0, "default", False)
     assert (req.required_tags, req.strategy, req.anti_affinity_group) == ([], None, None)
     assert (req.priority, req.callback_url) == (0, None)
-    # The producer's UUID4 when absent (DESIGN.md): a real version-4 UUID, different each time.
+    # The producer's UUID4 when absent (docs/contracts.md): a real version-4 UUID, different each time.
     assert uuid.UUID(req.task_id).version == 4
     assert (
         SchedulingRequest.model_validate({"requested_cpu": 1, "requested_memory": 1}).task_id != req.task_id

@@ -1,6 +1,6 @@
 """Properties of every strategy on random fleets and random request streams with releases.
 
-Why property tests: the invariants of DESIGN.md (no overcommit; pool,
+Why property tests: the invariants of docs/contracts.md (no overcommit; pool,
 dedicated, tags and anti-affinity always honoured) must hold for any fleet
 and any order of events, not just the hand-picked ones. After every step the
 state is checked against records kept here, independently of the fleet's
@@ -104,7 +104,7 @@ class Record:
 
 
 def admissible(node: Node, req: SchedulingRequest, active: dict[str, Record], exclusive: bool) -> bool:
-    """Could ``node`` take ``req`` now? Every rule of DESIGN.md, from the records alone."""
+    """Could ``node`` take ``req`` now? Every rule of docs/contracts.md, from the records alone."""
     on_node = [r for r in active.values() if r.node == node.name]
     return (
         node.pool == req.requested_pool

@@ -1,7 +1,7 @@
 """The resource model through the store, on SQLite and PostgreSQL: what is committed is what was decided.
 
 Why: the worker decides on its in-memory fleet but the database is the
-record (DESIGN.md invariants 1 and 8 are stated "in the database, at any
+record (docs/contracts.md invariants 1 and 8 are stated "in the database, at any
 moment"), and a restarted or new leader rebuilds its fleet from it. So the
 same random sequences as ``test_resource_properties.py`` (requests,
 releases, cancels, ratio, reserve and device changes) are replayed through

@@ -372,7 +372,7 @@ def test_a_batch_the_database_refuses_lands_nothing_and_the_next_one_works(db_ur
 def test_payload_assembly_equals_plain_json_encoding(
     node: str | None, ip: str | None, reason: str | None, message: str | None
 ) -> None:
-    from scheduler.store.commit import TaskState, _payload, compact_json
+    from scheduler.store.batch_plan import TaskState, _payload, compact_json
 
     request = {"task_id": "t\u2028x", "requested_cpu": 1, "required_tags": ["a"], "callback_url": None}
     state = TaskState(
@@ -406,7 +406,7 @@ def test_payload_assembly_equals_plain_json_encoding(
 def test_event_ids_are_uuid4_hex() -> None:
     import uuid
 
-    from scheduler.store.commit import new_event_id
+    from scheduler.store.batch_plan import new_event_id
 
     ids = {new_event_id() for _ in range(1000)}
     assert len(ids) == 1000

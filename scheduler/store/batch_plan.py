@@ -1,10 +1,10 @@
-"""Planning one commit batch: from decisions and current task states to rows to write.
+"""Planning one commit batch (pure): from decisions and current task states to rows to write.
 
 Kept apart from the SQL so the rules read in one place and in batch order:
 
 * a Placement, Failure or Waiting for a task that is already terminal
   (``scheduled``, ``failed``, ``released``) is a duplicate: nothing changes,
-  which is what makes redelivered messages harmless (DESIGN.md invariant 2);
+  which is what makes redelivered messages harmless (docs/contracts.md invariant 2);
 * a Release of a ``scheduled`` task ends its allocation; a Release of a
   task not placed yet (``queued``, ``waiting``, or not arrived: no row) is a
   cancel: the task ends ``released`` with reason ``cancelled``, and any
@@ -21,7 +21,7 @@ Kept apart from the SQL so the rules read in one place and in batch order:
   of the same task ends ``released`` with two events, and a release followed
   by a placement of the same task leaves the placement a duplicate;
 * every change to a terminal status yields exactly one outbox event whose
-  payload is the webhook body of DESIGN.md, serialised once, here.
+  payload is the webhook body of docs/contracts.md, serialised once, here.
 
 The functions are pure: the caller reads the states under the fence lock,
 and writes the plan in the same transaction.
@@ -345,7 +345,7 @@ def _conflicting(state: TaskState, item: CommitItem) -> TaskState | None:
 
 
 def _payload(event_id: str, event_type: str, created_at: str, tid: str, state: TaskState) -> str:
-    """The webhook body of DESIGN.md as compact JSON, assembled from pre-encoded parts.
+    """The webhook body of docs/contracts.md as compact JSON, assembled from pre-encoded parts.
 
     Equal to ``compact_json({"id", "type", "created_at", "task": {"task_id",
     "status", "node", "reason", "message", "attempts", "request"}})`` (a test

@@ -161,7 +161,7 @@ class TaskRecord:
     updated_at: datetime
 
     def to_json(self) -> dict[str, Any]:
-        """The ``scheduler tasks --json`` line of DESIGN.md."""
+        """The ``scheduler tasks --json`` line of docs/contracts.md."""
         return {
             "task_id": self.task_id,
             "status": self.status.value,

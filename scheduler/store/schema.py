@@ -6,7 +6,7 @@ tables; ``tests/test_migrations.py`` compares the two so they cannot drift.
 Invariants the schema itself enforces:
 
 * a task has at most one active allocation (partial unique index on
-  ``allocations.task_id`` where ``released_at IS NULL``): DESIGN.md invariant 2;
+  ``allocations.task_id`` where ``released_at IS NULL``): docs/contracts.md invariant 2;
 * an outbox event id is unique, and one delivery per (event, target URL).
 """
 
@@ -126,7 +126,7 @@ allocations = Table(
 )
 
 # Transactional outbox: one row per terminal status change, written in the
-# same transaction as the change (DESIGN.md invariant 5).
+# same transaction as the change (docs/contracts.md invariant 5).
 outbox = Table(
     "outbox",
     metadata,
@@ -174,7 +174,7 @@ leases = Table(
 )
 
 # The fencing row: the epoch of the newest leader. A commit whose caller holds
-# an older epoch is refused inside its own transaction (DESIGN.md invariant 4).
+# an older epoch is refused inside its own transaction (docs/contracts.md invariant 4).
 fence = Table(
     "fence",
     metadata,

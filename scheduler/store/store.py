@@ -11,7 +11,7 @@ Concurrency model, the same on both backends:
 * commits serialise on the fence row (``SELECT ... FOR UPDATE`` on
   PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already serialises writers), so
   the fence check, the status reads and the writes of one batch are atomic
-  with respect to any other leader's batch (DESIGN.md invariant 4);
+  with respect to any other leader's batch (docs/contracts.md invariant 4);
 * inventory changes serialise on the ``inventory`` revision row, so two
   concurrent imports never race on the same node and their counts are exact;
 * the partial unique index on active ``allocations.task_id`` is the last line
@@ -40,8 +40,7 @@ from sqlalchemy.sql.dml import Insert
 from scheduler.fleet import Allocation, CapacityDefaults, FleetView, node_capacity
 from scheduler.models import Node, Reason, Reserve, SchedulingRequest, TaskStatus
 from scheduler.store import migrate
-from scheduler.store.bulk import writer_for
-from scheduler.store.commit import (
+from scheduler.store.batch_plan import (
     ALLOCATION_COLUMNS,
     OUTBOX_COLUMNS,
     TASK_COLUMNS,
@@ -52,6 +51,7 @@ from scheduler.store.commit import (
     plan_batch,
     releasable,
 )
+from scheduler.store.bulk import writer_for
 from scheduler.store.engine import READ_ONLY_OPTION, make_engine
 from scheduler.store.errors import FencedOut, UnknownNode, connect
 from scheduler.store.records import CommitItem, CommitResult, ImportCounts, NodeUsage, TaskRecord
@@ -87,7 +87,7 @@ _ALLOCATION_SELECT = (
     allocations.c.anti_affinity_group, allocations.c.resources, allocations.c.spread_group,
     allocations.c.anti_affinity_mode,
 )  # fmt: skip
-"""An active allocation's columns in :func:`~scheduler.store.commit.make_allocation` order."""
+"""An active allocation's columns in :func:`~scheduler.store.batch_plan.make_allocation` order."""
 
 
 @contextmanager
@@ -414,7 +414,7 @@ class Store:
         In one transaction: lock the fence row and refuse the whole batch
         (:class:`FencedOut`, nothing written) if a newer epoch is stored;
         read the current state of every task in the batch; apply the items
-        in order (see :mod:`scheduler.store.commit` for the rules: duplicates
+        in order (see :mod:`scheduler.store.batch_plan` for the rules: duplicates
         and ignored releases change nothing and are reported); then write
         the task rows, the new allocations, the ended allocations and one
         outbox event per terminal status change, each table in one bulk
@@ -534,7 +534,7 @@ class Store:
     # ------------------------------------------------------------ invariants
     def overcommitted_nodes(self, defaults: CapacityDefaults | None = None) -> dict[str, list[str]]:
         """Nodes whose active allocations exceed an effective capacity, with what is over
-        (DESIGN.md invariants 1 and 8): cpu, memory and disk under ``defaults`` (the configured
+        (docs/contracts.md invariants 1 and 8): cpu, memory and disk under ``defaults`` (the configured
         ratios and reserves), max_vms, and every device count.
 
         Empty when all is well, so ``assert not store.overcommitted_nodes()``
@@ -568,7 +568,10 @@ class Store:
         return out
 
     def duplicate_active_allocations(self) -> dict[str, int]:
-        """Task ids holding more than one active allocation, with the count (DESIGN.md invariant 2)."""
+        """Task ids holding more than one active allocation, with the count (contracts invariant 2).
+
+        See docs/contracts.md, Invariants.
+        """
         stmt = (
             select(allocations.c.task_id, func.count())
             .where(allocations.c.released_at.is_(None))

@@ -91,7 +91,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["node"], ["nodes.name"], name="fk_allocations_node_nodes"),
         sa.PrimaryKeyConstraint("id", name="pk_allocations"),
     )
-    # DESIGN.md invariant 2: at most one active allocation per task.
+    # docs/contracts.md invariant 2: at most one active allocation per task.
     op.create_index(
         "uq_allocations_active_task",
         "allocations",
