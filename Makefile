@@ -22,8 +22,9 @@ demo: install
 test: install tools
 	scripts/test.sh
 
+## The pure tests only (no database, broker, server or browser): about a minute.
 test-fast: install
-	$(BIN)/pytest -q -m "not slow and not deploy"
+	$(BIN)/pytest -q -m "not services and not slow and not deploy"
 
 lint: install
 	$(BIN)/ruff check .

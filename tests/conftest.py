@@ -17,6 +17,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -117,3 +118,40 @@ def amqp_names() -> dict[str, str]:
     """Exchange and queue names unique to one test."""
     suffix = f"{RUN_ID}.{uuid.uuid4().hex[:8]}"
     return {"exchange": f"test.scheduler.{suffix}", "queue": f"test.requests.{suffix}"}
+
+
+@pytest.fixture
+def deployment(db_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """The two-pool fleet of ``tests/test_http_support.py`` on SQLite, then on PostgreSQL, with this
+    test's broker names (modules that need an empty deployment define their own ``deployment``)."""
+    from tests.test_http_support import make_deployment
+
+    yield from make_deployment(db_url, amqp_url, amqp_names, tmp_path)
+
+
+@pytest.fixture
+def lite(sqlite_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """As ``deployment`` on SQLite only, for behaviour that does not depend on the database backend."""
+    from tests.test_http_support import make_deployment
+
+    yield from make_deployment(sqlite_url, amqp_url, amqp_names, tmp_path)
+
+
+SERVICE_FIXTURES = frozenset({"postgres_base_url", "amqp_url", "sqlite_url", "pg_url", "db_url"})
+"""A test that asks for any of these (directly or through another fixture) needs a real database or broker."""
+
+PROCESS_MODULES = frozenset(
+    {"test_lease_api_server", "test_elector", "test_elector_kubernetes", "test_dashboard", "test_deploy"}
+)
+"""Modules whose tests start servers, browsers or tools of their own: not pure either."""
+PROCESS_TESTS = frozenset({"test_report_renders_its_plots_in_headless_chromium"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that needs a real service or process ``services``, so ``make test-fast``
+    (``-m "not services and not slow and not deploy"``) runs the pure tests alone."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        module = item.module.__name__.rpartition(".")[2] if item.module is not None else ""
+        if names & SERVICE_FIXTURES or module in PROCESS_MODULES or item.name in PROCESS_TESTS:
+            item.add_marker(pytest.mark.services)

@@ -10,7 +10,6 @@ import socket
 import uuid
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,25 +24,11 @@ from scheduler.producer.publisher import Publisher
 from scheduler.store import Store
 from scheduler.worker.daemon import WorkerState
 from tests.harness import Deployment
-from tests.test_http_support import EPOCH, LEADER, make_deployment, settings_for, standard_workload
+from tests.test_http_support import EPOCH, LEADER, settings_for, standard_workload
 
 with warnings.catch_warnings():  # starlette's TestClient warns about httpx on import; it works as it is
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
     from fastapi.testclient import TestClient
-
-
-@pytest.fixture
-def deployment(
-    db_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path
-) -> Iterator[Deployment]:
-    """The two-pool fleet on SQLite, then on PostgreSQL, with this test's broker names."""
-    yield from make_deployment(db_url, amqp_url, amqp_names, tmp_path)
-
-
-@pytest.fixture
-def lite(sqlite_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path) -> Iterator[Deployment]:
-    """As ``deployment`` on SQLite only, for behaviour that does not depend on the database backend."""
-    yield from make_deployment(sqlite_url, amqp_url, amqp_names, tmp_path)
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +25,7 @@ from scheduler.http import create_app
 from scheduler.http.auth import TokenTable, required_role
 from scheduler.producer.publisher import Publisher
 from tests.harness import Deployment, decode_lines, wait_until
-from tests.test_http_support import make_deployment, settings_for, standard_workload
+from tests.test_http_support import settings_for, standard_workload
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
@@ -58,11 +56,6 @@ ROUTES: dict[tuple[str, str], tuple[str | None, str, int]] = {
     ("GET", "/nodes"): ("read", "/nodes", 200),
     ("GET", "/api/summary"): ("read", "/api/summary", 200),
 }
-
-
-@pytest.fixture
-def lite(sqlite_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path) -> Iterator[Deployment]:
-    yield from make_deployment(sqlite_url, amqp_url, amqp_names, tmp_path)
 
 
 def guarded_app(dep: Deployment, **http: Any) -> FastAPI:

@@ -9,22 +9,14 @@ from __future__ import annotations
 
 import select
 import socket
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from scheduler.config import HttpConfig
 from scheduler.http import HttpServer, create_app
 from tests.harness import Deployment, wait_until
-from tests.test_http_support import make_deployment, settings_for
-
-
-@pytest.fixture
-def lite(sqlite_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path) -> Iterator[Deployment]:
-    yield from make_deployment(sqlite_url, amqp_url, amqp_names, tmp_path)
+from tests.test_http_support import settings_for
 
 
 def serve(dep: Deployment, **http: Any) -> HttpServer:

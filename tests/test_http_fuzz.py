@@ -7,8 +7,6 @@ names, so generated submissions go all the way to a confirmed message.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,14 +22,9 @@ from scheduler.metrics import install_metrics
 from scheduler.producer.publisher import Publisher
 from scheduler.worker.daemon import WorkerState
 from tests.harness import Deployment
-from tests.test_http_support import make_deployment, settings_for, standard_workload
+from tests.test_http_support import settings_for, standard_workload
 
 EXAMPLES = 25  # per operation and mode: about 600 requests in all, a few seconds
-
-
-@pytest.fixture
-def lite(sqlite_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path) -> Iterator[Deployment]:
-    yield from make_deployment(sqlite_url, amqp_url, amqp_names, tmp_path)
 
 
 @pytest.fixture

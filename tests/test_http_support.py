@@ -1,7 +1,7 @@
 """Shared pieces of the HTTP, metrics and dashboard tests: a small fleet and a real workload.
 
-The workload goes through the worker's own core step (:func:`plan_group` on a
-fleet loaded from the store, then :meth:`Store.commit` with the fence), so
+The workload goes through the worker's own core steps (:func:`plan_group` on a
+fleet loaded from the store, then :class:`CommitPipeline` under the fence), so
 the API, the metrics and the dashboard are checked against data written
 exactly as the worker writes it, not against hand-made rows.
 """
@@ -22,6 +22,7 @@ from scheduler.store import CommitResult, Store
 from scheduler.strategies import Placer
 from scheduler.webhooks.policy import callback_checker
 from scheduler.worker.group import GroupPlan, Incoming, RetryPolicy, plan_group
+from scheduler.worker.pipeline import CommitPipeline, Committed
 from tests.harness import Deployment
 
 LEADER = "leader-0"
@@ -73,7 +74,9 @@ def run_group(
         messages, fleet, placer or Placer("least_loaded"), now=time.monotonic(), retry=RetryPolicy(3, 1, 8),
         callback_refusal=callback_checker(ALLOW), rng=random.Random(7),
     )  # fmt: skip
-    result = store.commit(plan.items, EPOCH)
+    outcome = CommitPipeline(store).commit(plan.items, EPOCH)  # the worker's own commit step
+    assert isinstance(outcome, Committed), outcome
+    result = outcome.result
     if hooks is not None:
         hooks.group_committed(plan, result, time.perf_counter() - started)
     return plan, result

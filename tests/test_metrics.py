@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,21 +19,9 @@ from scheduler.webhooks.policy import callback_checker
 from scheduler.worker.daemon import WorkerState
 from scheduler.worker.group import Incoming, RetryPolicy, plan_group
 from tests.harness import Deployment, make_requests
-from tests.test_http_support import EPOCH, LEADER, make_deployment, run_group, settings_for, standard_workload
+from tests.test_http_support import EPOCH, LEADER, run_group, settings_for, standard_workload
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@pytest.fixture
-def deployment(
-    db_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path
-) -> Iterator[Deployment]:
-    yield from make_deployment(db_url, amqp_url, amqp_names, tmp_path)
-
-
-@pytest.fixture
-def lite(sqlite_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path) -> Iterator[Deployment]:
-    yield from make_deployment(sqlite_url, amqp_url, amqp_names, tmp_path)
 
 
 def scrape(registry: CollectorRegistry) -> Samples:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from scheduler.http.summary import _fleet_columns
 from scheduler.models import Node, SchedulingRequest
 from scheduler.store import Placement
 from tests.harness import Deployment
-from tests.test_http_support import make_deployment, settings_for
+from tests.test_http_support import settings_for
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
@@ -35,13 +34,6 @@ def gpu_node(name: str, **kw: Any) -> Node:
     base: dict[str, Any] = {"name": name, "ip": "10.9.0.1", "pool": "ai", "cpu": 16, "memory": 65536,
                             "disk": 100, "zone": "az1", "resources": {"gpu": 8}}  # fmt: skip
     return Node.model_validate({**base, **kw})
-
-
-@pytest.fixture
-def deployment(
-    db_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path
-) -> Iterator[Deployment]:
-    yield from make_deployment(db_url, amqp_url, amqp_names, tmp_path)
 
 
 @pytest.fixture
