@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from scheduler.config import Settings
     from scheduler.producer.publisher import Publisher
     from scheduler.store import Store
-    from scheduler.worker.daemon import WorkerState
+    from scheduler.worker.state import WorkerState
 
 
 LOOPBACK = "127.0.0.1"

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from scheduler.config import Settings
     from scheduler.fleet import FleetView
     from scheduler.store import Store, TaskRecord
-    from scheduler.worker.daemon import WorkerState
+    from scheduler.worker.state import WorkerState
 
 RECENT = 15
 

@@ -4,7 +4,7 @@ Two kinds of figures, two modules (this package re-exports both):
 
 * **Events** (decisions, commits, dead letters, leadership changes) are
   counted by :class:`SchedulerMetrics` (:mod:`scheduler.metrics.events`), which implements the worker's
-  :class:`~scheduler.worker.daemon.WorkerHooks`. The worker calls it once per
+  :class:`~scheduler.worker.hooks.WorkerHooks`. The worker calls it once per
   committed group, so the cost is a handful of counter increments per group,
   not per message: labels are aggregated in a dict first and each labelled
   child is incremented once.

@@ -1,7 +1,7 @@
 """The events the worker records: counters and histograms it updates as things happen.
 
 :class:`SchedulerMetrics` implements the worker's
-:class:`~scheduler.worker.daemon.WorkerHooks`. The worker calls it once per
+:class:`~scheduler.worker.hooks.WorkerHooks`. The worker calls it once per
 committed group, so the cost is a handful of counter increments per group,
 not per message: labels are aggregated in a dict first and each labelled
 child is incremented once. Nothing here reads the database or the broker.
@@ -71,7 +71,7 @@ DELIVERY_STATES = ("pending", "delivered", "dead")
 class SchedulerMetrics:
     """The worker's event metrics; pass it to ``Worker(hooks=...)``.
 
-    Implements :class:`~scheduler.worker.daemon.WorkerHooks`. Both hook methods
+    Implements :class:`~scheduler.worker.hooks.WorkerHooks`. Both hook methods
     run on the worker's thread between groups, so they must be quick and must
     never raise: a metrics bug may cost a figure, never a commit.
     """

@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 import pika
 import structlog
@@ -62,13 +62,15 @@ from scheduler.elector import LeaderElector
 from scheduler.fleet import FleetView
 from scheduler.models import Heartbeat
 from scheduler.safetext import first_line, printable
-from scheduler.store import CommitResult, Release, Store
+from scheduler.store import Release, Store
 from scheduler.strategies import Placer
 from scheduler.webhooks.policy import callback_checker
 from scheduler.worker.committer import Committer, InFlight
 from scheduler.worker.config_watcher import ConfigWatcher
 from scheduler.worker.consumer import AMQP_ERRORS, Consumer
-from scheduler.worker.group import GroupPlan, Incoming, RetryPolicy, plan_group
+from scheduler.worker.decision_log import log_committed
+from scheduler.worker.group import Incoming, RetryPolicy, plan_group
+from scheduler.worker.hooks import WorkerHooks, call_hook
 from scheduler.worker.leadership_term import DB_ERRORS, LeadershipTerms, NotLeading
 from scheduler.worker.outbound import Outbound
 from scheduler.worker.pipeline import CommitPipeline, Committed, DatabaseDown, Fenced
@@ -79,13 +81,6 @@ log = structlog.get_logger(__name__)
 
 class StartupFailed(Exception):
     """The broker was not reached within ``worker.startup_timeout``; the message says why, in one line."""
-
-
-class WorkerHooks(Protocol):
-    """Observability callbacks (metrics); every method must be quick and never raise."""
-
-    def group_committed(self, plan: GroupPlan, result: CommitResult, seconds: float) -> None: ...
-    def leadership_changed(self, leader: bool, epoch: int) -> None: ...
 
 
 IN_FLIGHT_POLL = 0.002
@@ -384,7 +379,7 @@ class Worker:
             return  # the fleet was reloaded or leadership lost while waiting
         self._buffer = []
         started = time.perf_counter()
-        group, worn = self._split_worn_out(group)
+        group, worn = self.redeliveries.split_worn_out(group, self.settings.worker.max_redeliveries)
         with self.state.fleet_lock:  # the HTTP thread may be walking the fleet
             plan = plan_group(
                 group,
@@ -410,19 +405,6 @@ class Worker:
         self._inflight.append(job)
         self.state.commit_started = self.clock()
         self._committer.submit(job)
-
-    def _split_worn_out(self, group: list[Incoming]) -> tuple[list[Incoming], list[tuple[Incoming, str]]]:
-        """Messages delivered more than ``worker.max_redeliveries`` times, apart from the rest."""
-        limit = self.settings.worker.max_redeliveries
-        keep: list[Incoming] = []
-        worn: list[tuple[Incoming, str]] = []
-        for msg in group:
-            n = self.redeliveries.deliveries(msg.body, msg.headers, msg.redelivered)
-            if n > limit:
-                worn.append((msg, f"delivered {n} times (worker.max_redeliveries is {limit})"))
-            else:
-                keep.append(msg)
-        return keep, worn
 
     def _dead_letter(self, publisher: BlockingChannel, msg: Incoming, reason: str, *, kind: str) -> None:
         Outbound(publisher, self.topology, self.settings.amqp.dead_letter_max_body).dead_letter(
@@ -520,18 +502,7 @@ class Worker:
         self.state.committed += len(plan.items)
         self.state.groups += 1
         self.state.last_commit_at = time.time()
-        for decision in plan.decisions:
-            log.info(
-                "decision",
-                task_id=decision.task_id,
-                node=decision.node,
-                strategy=decision.strategy,
-                reason=str(decision.reason) if decision.reason else None,
-                rejections=decision.rejections,
-            )
-        self._log_releases(plan, result)
-        for tid in result.conflicts:
-            log.warning("task id reused with a different request; the newcomer failed", task_id=tid)
+        log_committed(plan, result, self._hook)
         if self.hooks:
             self.hooks.group_committed(plan, result, seconds)
         if outcome.poisoned:
@@ -539,31 +510,8 @@ class Worker:
             self._reload_fleet("a message could not be stored")
         return True
 
-    def _log_releases(self, plan: GroupPlan, result: CommitResult) -> None:
-        """One line and one count per release: it ended an allocation, cancelled a task, or was ignored."""
-        ended = {a.task_id for a in result.released}
-        cancelled = set(result.cancelled)
-        ignored = set(result.ignored)
-        for item in plan.items:
-            if not isinstance(item, Release):
-                continue
-            tid = item.task_id
-            outcome = (
-                "released" if tid in ended else "cancelled" if tid in cancelled
-                else "ignored" if tid in ignored else "released"
-            )  # fmt: skip
-            log.info("release", task_id=tid, outcome=outcome)
-            self._hook("release_recorded", outcome)
-
     def _hook(self, name: str, *args: Any) -> None:
-        """Call an optional observability hook; hooks must never break the loop."""
-        method = getattr(self.hooks, name, None) if self.hooks is not None else None
-        if method is None:
-            return
-        try:
-            method(*args)
-        except Exception:
-            log.exception("worker hook failed", hook=name)
+        call_hook(self.hooks, name, *args)
 
     def _reload_fleet(self, why: str) -> None:
         """Rebuild the fleet from the database; on failure stop consuming until it answers."""
