@@ -80,7 +80,7 @@ def raw_publish(bodies: list[tuple[str, bytes]], topo: Topology, window: int = 1
             state["inflight"] += 1
 
     def on_channel(ch: Channel) -> None:
-        def on_ack(frame: pika.frame.Method) -> None:  # type: ignore[name-defined]
+        def on_ack(frame: pika.frame.Method) -> None:
             tag = frame.method.delivery_tag
             done = tag - state["confirmed"] if frame.method.multiple else 1
             state["confirmed"] += done
@@ -127,7 +127,8 @@ def submit_vs_raw(n: int) -> tuple[float, float]:
     lines = [r.model_dump_json() for r in reqs]
     try:
         topo = _declare(suffix)
-        raw_secs = raw_publish([(r.task_id, line.encode()) for r, line in zip(reqs, lines, strict=True)], topo)
+        bodies = [(r.task_id, line.encode()) for r, line in zip(reqs, lines, strict=True)]
+        raw_secs = raw_publish(bodies, topo)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "reqs.jsonl"
             path.write_text("".join(line + "\n" for line in lines))
