@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import sys
 from typing import TYPE_CHECKING, Any
 
 import click
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from scheduler.config import Settings
 
 
@@ -107,6 +110,25 @@ def settings_or_exit(**overrides: Any) -> Settings:
         return load_settings(**overrides)
     except ConfigError as exc:
         raise CliError(str(exc), exit_code=2) from None
+
+
+def terminal_width() -> int | None:
+    """The terminal's width in columns when stdout is one (``COLUMNS`` wins), else None: never cut."""
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size().columns
+
+
+PIPED_WIDTH = 4096
+"""Console width for output that is not a terminal: wide enough that no table cuts or wraps a row."""
+
+
+def make_console(**kwargs: Any) -> Console:
+    """A rich console for stdout: the terminal's width, or :data:`PIPED_WIDTH` when piped (rich says 80)."""
+    from rich.console import Console
+
+    width = terminal_width()
+    return Console(width=PIPED_WIDTH if width is None else None, **kwargs)
 
 
 def emit_json(obj: Any) -> None:

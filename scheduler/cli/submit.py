@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 
 from scheduler.broker import ROUTE_REQUEST, BrokerUnavailable, Topology
+from scheduler.cli import columns
 from scheduler.cli.common import CliError, cli, emit_json, settings_or_exit
 from scheduler.config import Settings
 from scheduler.models import (
@@ -29,6 +30,7 @@ from scheduler.models import (
     parse_json_line,
 )
 from scheduler.producer.publisher import Outgoing, Publisher, PublishReport
+from scheduler.strategies.registry import STRATEGY_NAMES
 
 if TYPE_CHECKING:
     from scheduler.store import Store
@@ -43,6 +45,19 @@ def _publisher(settings: Settings) -> Publisher:
     return Publisher(
         str(settings.amqp.url), Topology.from_config(settings.amqp), heartbeat=settings.amqp.heartbeat
     )
+
+
+def strategy_problem(name: str | None) -> str | None:
+    """Why ``name`` cannot be a request's strategy here, or None.
+
+    The message schema accepts any well-formed name (the worker answers an
+    unknown one with ``unknown_strategy``); the CLI knows the registry it
+    ships with, so it refuses a name the worker would refuse, before
+    anything is published.
+    """
+    if name is None or name in STRATEGY_NAMES:
+        return None
+    return f"unknown strategy {name!r}; valid: {', '.join(STRATEGY_NAMES)} (see `scheduler strategies`)"
 
 
 def _read_lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
@@ -74,6 +89,10 @@ def messages_from_file(path: str) -> tuple[list[Outgoing], list[str]]:
                 problems.append(f"line {lineno}: {exc}")
                 continue
             if isinstance(item, SchedulingRequest):
+                why = strategy_problem(item.strategy)
+                if why is not None:
+                    problems.append(f"line {lineno}: strategy: {why}")
+                    continue
                 good.append(Outgoing.request(item))
             else:
                 good.append(Outgoing.release(item.release))
@@ -140,6 +159,9 @@ def submit_cmd(
     else:
         if cpu is None or memory is None:
             raise CliError("--cpu and --memory are required (or --file)", exit_code=EXIT_BAD_INPUT)
+        why = strategy_problem(strategy)
+        if why is not None:
+            raise CliError(f"--strategy: {why}", exit_code=EXIT_BAD_INPUT)
         fields: dict[str, Any] = {
             "requested_cpu": cpu,
             "requested_memory": memory,
@@ -166,19 +188,28 @@ def submit_cmd(
     for problem in problems:
         click.echo(f"skipped: {problem}", err=True)
     report = _publish(settings, messages)
-    releases = {m.message_id for m in messages if m.routing_key != ROUTE_REQUEST}
+    requested = {m.message_id for m in messages if m.routing_key == ROUTE_REQUEST}
+    released = {m.message_id for m in messages if m.routing_key != ROUTE_REQUEST}
     for tid in report.confirmed:
         if as_json:
             emit_json({"task_id": tid, "published": True})
-        else:
+        elif not wait:
             click.echo(tid)
     for tid, why in report.failed.items():
         if as_json:
             emit_json({"task_id": tid, "published": False, "error": why})
         click.echo(f"not published: {tid}: {why}", err=True)
-    waitable = [t for t in report.confirmed if t not in releases]
+    # A task requested and released in the same batch is waited for until it is released.
+    confirmed = set(report.confirmed)
+    waitable = sorted(t for t in requested if t in confirmed)
+    until_released = {t for t in waitable if t in released and t in confirmed}
+    if wait and not as_json:
+        click.echo(
+            f"published {len(report.confirmed)} of {len(messages)} messages "
+            f"({len(released & confirmed)} releases); waiting for {len(waitable)} tasks"
+        )
     if wait and waitable:
-        code = _wait_for(settings, waitable, timeout, as_json)
+        code = _wait_for(settings, waitable, until_released, timeout, as_json)
         if code:
             sys.exit(code)
     if report.failed:
@@ -228,22 +259,43 @@ def _publish(settings: Settings, messages: list[Outgoing]) -> PublishReport:
         raise CliError(str(exc), exit_code=EXIT_NOT_PUBLISHED) from None
 
 
-def _wait_for(settings: Settings, task_ids: list[str], timeout: float, as_json: bool) -> int:
+def _wait_for(
+    settings: Settings, task_ids: list[str], until_released: set[str], timeout: float, as_json: bool
+) -> int:
     """Poll the database until every task is terminal; print each result once."""
     from scheduler.cli.db import store_session
 
     with store_session(settings, migrate=False) as store:
-        return _poll_results(store, task_ids, timeout, as_json)
+        return _poll_results(store, task_ids, until_released, timeout, as_json)
 
 
-def _poll_results(store: Store, task_ids: list[str], timeout: float, as_json: bool) -> int:
+WAIT_COLUMNS = (columns.Column("task"), columns.Column("status"), columns.Column("node or reason"))
+
+
+def _done(status: TaskStatus, wants_release: bool) -> bool:
+    if wants_release:
+        return status in (TaskStatus.RELEASED, TaskStatus.FAILED)
+    return status.terminal
+
+
+def _poll_results(
+    store: Store, task_ids: list[str], until_released: set[str], timeout: float, as_json: bool
+) -> int:
+    """Print each task's outcome as it lands, in columns sized for every id up front (no tabs)."""
     pending = set(task_ids)
     deadline = time.monotonic() + timeout
     failed = 0
     delay = 0.05
+    sizes = [
+        max([len(WAIT_COLUMNS[0].header), *map(len, task_ids)]),
+        max(len(s.value) for s in TaskStatus),
+        0,
+    ]
+    if not as_json and task_ids:
+        click.echo(columns.format_row(WAIT_COLUMNS, sizes, [c.header for c in WAIT_COLUMNS]))
     while pending:
         states = store.task_states(sorted(pending))
-        done = [t for t, s in states.items() if TaskStatus(s).terminal]
+        done = [t for t, s in states.items() if _done(TaskStatus(s), t in until_released)]
         for record in (store.get_task(t) for t in sorted(done)):
             if record is None:
                 continue
@@ -253,7 +305,8 @@ def _poll_results(store: Store, task_ids: list[str], timeout: float, as_json: bo
                 emit_json(record.to_json())
             else:
                 where = record.node or f"{record.reason}: {record.message}"
-                click.echo(f"{record.task_id}\t{record.status}\t{where}")
+                cells = [record.task_id, record.status.value, where]
+                click.echo(columns.format_row(WAIT_COLUMNS, sizes, cells))
         if not pending:
             break
         if time.monotonic() >= deadline:
