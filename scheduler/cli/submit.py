@@ -15,8 +15,6 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 
 from scheduler.broker import ROUTE_REQUEST, BrokerUnavailable, Topology
 from scheduler.cli import columns
@@ -190,11 +188,11 @@ def submit_cmd(
     report = _publish(settings, messages)
     requested = {m.message_id for m in messages if m.routing_key == ROUTE_REQUEST}
     released = {m.message_id for m in messages if m.routing_key != ROUTE_REQUEST}
-    for tid in report.confirmed:
-        if as_json:
+    if as_json:
+        for tid in report.confirmed:
             emit_json({"task_id": tid, "published": True})
-        elif not wait:
-            click.echo(tid)
+    elif not wait and report.confirmed:
+        click.echo("\n".join(report.confirmed))  # one write for a batch, not one per id
     for tid, why in report.failed.items():
         if as_json:
             emit_json({"task_id": tid, "published": False, "error": why})
@@ -245,6 +243,10 @@ def _publish(settings: Settings, messages: list[Outgoing]) -> PublishReport:
         show = len(messages) > 1 and sys.stderr.isatty()
         if not show:
             return publisher.publish(messages)
+        # rich only for the progress bar on a terminal: a piped or single submit starts faster.
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
+
         with Progress(
             TextColumn("publishing"),
             BarColumn(),
