@@ -223,3 +223,45 @@ def test_waiting_prints_aligned_outcomes_including_tasks_released_in_the_batch(
     assert rows["edge-1"][1:3] == ["failed", "unknown_pool:"]
     status_at = lines[0].index("status")
     assert all(line[status_at - 2 : status_at] == "  " and line[status_at] != " " for line in lines[1:])
+
+
+def test_submit_file_publishes_the_good_lines_and_reports_the_bad_ones_after(
+    amqp_url: str, amqp_names: dict[str, str], tmp_path: Path
+) -> None:
+    """Piped, the file is parsed while it is published; every good line is sent, every bad one named."""
+    import pika
+
+    from scheduler.broker import Topology
+
+    trace = tmp_path / "reqs.jsonl"
+    lines = [f'{{"task_id": "f-{i}", "requested_cpu": 1, "requested_memory": 512}}' for i in range(300)]
+    lines[5] = '{"task_id": "bad", "requested_cpu": "x", "requested_memory": 512}'
+    lines[200] = "{not json"
+    trace.write_text("\n".join(lines) + "\n" + '{"release": "f-7"}\n')
+    env = {
+        "SCHEDULER_CONFIG": _config(tmp_path),
+        "AMQP_URL": amqp_url,
+        "SCHEDULER_AMQP__EXCHANGE": amqp_names["exchange"],
+        "SCHEDULER_AMQP__QUEUE": amqp_names["queue"],
+    }
+    topo = Topology(amqp_names["exchange"], amqp_names["queue"])
+    try:
+        result = CliRunner().invoke(cli, ["submit", "--file", str(trace)], env=env)
+        assert result.exit_code == 1, result.output  # bad input, the rest sent
+        expected = [f"f-{i}" for i in range(300) if i not in (5, 200)] + ["f-7"]
+        assert result.stdout.split() == expected
+        skipped = result.stderr.splitlines()
+        assert len(skipped) == 2
+        assert skipped[0].startswith("skipped: line 6: requested_cpu")
+        assert skipped[1].startswith("skipped: line 201: malformed JSON")
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        ch = conn.channel()
+        assert ch.queue_declare(topo.queue, passive=True).method.message_count == len(expected)
+        conn.close()
+    finally:
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        ch = conn.channel()
+        for queue in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
+            ch.queue_delete(queue)
+        ch.exchange_delete(topo.exchange)
+        conn.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 import click
@@ -22,6 +22,7 @@ from scheduler.cli.common import CliError, cli, emit_json, settings_or_exit
 from scheduler.config import Settings
 from scheduler.models import (
     MAX_BODY_BYTES,
+    ReleaseRequest,
     SchedulingRequest,
     TaskStatus,
     format_validation_error,
@@ -64,42 +65,62 @@ def _read_lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
             yield lineno, line
 
 
-def messages_from_file(path: str) -> tuple[list[Outgoing], list[str]]:
-    """Valid requests and releases, and one problem per bad input line (``line N: field: rule``).
+class FileMessages:
+    """The requests and releases of a JSON-lines file, parsed as they are iterated.
 
+    Iterated by the publisher, a line is parsed and validated while earlier
+    messages wait for the broker's confirms, so a large file costs little
+    more than publishing it. Bad lines land in :attr:`problems` (``line N:
+    field: rule``) and are skipped; :attr:`messages` holds what was yielded.
     ``{"release": ID}`` lines are accepted too, so a trace written for
-    ``scheduler simulate`` can be replayed against the real service.
+    ``scheduler simulate`` can be replayed against the real service. The
+    file is opened here, so a missing file fails before anything is sent.
     """
-    good: list[Outgoing] = []
-    problems: list[str] = []
-    try:
-        stream: IO[str] = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
-    except OSError as exc:
-        raise CliError(f"{path}: {exc.strerror or exc}") from None
-    try:
-        for lineno, line in _read_lines(stream):
-            if len(line.encode()) > MAX_BODY_BYTES:
-                problems.append(f"line {lineno}: longer than {MAX_BODY_BYTES} bytes")
-                continue
-            try:
-                item = parse_json_line(line)
-            except ValueError as exc:
-                problems.append(f"line {lineno}: {exc}")
-                continue
-            if isinstance(item, SchedulingRequest):
-                why = strategy_problem(item.strategy)
-                if why is not None:
-                    problems.append(f"line {lineno}: strategy: {why}")
-                    continue
-                good.append(Outgoing.request(item))
-            else:
-                good.append(Outgoing.release(item.release))
-    except UnicodeDecodeError:
-        problems.append(f"{path}: not UTF-8 text")
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
-    return good, problems
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.problems: list[str] = []
+        self.messages: list[Outgoing] = []
+        try:
+            self.stream: IO[str] = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise CliError(f"{path}: {exc.strerror or exc}") from None
+
+    def __iter__(self) -> Iterator[Outgoing]:
+        try:
+            for lineno, line in _read_lines(self.stream):
+                message = self._parse(lineno, line)
+                if message is not None:
+                    self.messages.append(message)
+                    yield message
+        except UnicodeDecodeError:
+            self.problems.append(f"{self.path}: not UTF-8 text")
+        finally:
+            if self.stream is not sys.stdin:
+                self.stream.close()
+
+    def _parse(self, lineno: int, line: str) -> Outgoing | None:
+        if len(line.encode()) > MAX_BODY_BYTES:
+            self.problems.append(f"line {lineno}: longer than {MAX_BODY_BYTES} bytes")
+            return None
+        try:
+            item = parse_json_line(line)
+        except ValueError as exc:
+            self.problems.append(f"line {lineno}: {exc}")
+            return None
+        if isinstance(item, ReleaseRequest):
+            return Outgoing.release(item.release)
+        why = strategy_problem(item.strategy)
+        if why is not None:
+            self.problems.append(f"line {lineno}: strategy: {why}")
+            return None
+        return Outgoing.request(item)
+
+
+def messages_from_file(path: str) -> tuple[list[Outgoing], list[str]]:
+    """Valid requests and releases, and one problem per bad input line (``line N: field: rule``)."""
+    source = FileMessages(path)
+    return list(source), source.problems
 
 
 @cli.command("submit")
@@ -150,10 +171,18 @@ def submit_cmd(
     """Publish scheduling requests (publisher confirms; prints the task ids)."""
     settings = settings_or_exit()
     problems: list[str] = []
+    source: Iterable[Outgoing]
     if file_ is not None:
         if cpu is not None or memory is not None or task_id is not None:
             raise CliError("give either --file or the request flags, not both", exit_code=EXIT_BAD_INPUT)
-        messages, problems = messages_from_file(file_)
+        stream = FileMessages(file_)
+        if file_ == "-" or sys.stderr.isatty():
+            # Read it all first: stdin may block the publisher's I/O loop, and a progress bar needs a total.
+            source = messages = list(stream)
+            problems = stream.problems
+            _report_problems(problems)
+        else:
+            source, messages, problems = stream, stream.messages, stream.problems
     else:
         if cpu is None or memory is None:
             raise CliError("--cpu and --memory are required (or --file)", exit_code=EXIT_BAD_INPUT)
@@ -180,12 +209,12 @@ def submit_cmd(
         if task_id is not None:
             fields["task_id"] = task_id
         try:
-            messages = [Outgoing.request(SchedulingRequest.model_validate(fields))]
+            source = messages = [Outgoing.request(SchedulingRequest.model_validate(fields))]
         except ValidationError as exc:
             raise CliError(format_validation_error(exc), exit_code=EXIT_BAD_INPUT) from None
-    for problem in problems:
-        click.echo(f"skipped: {problem}", err=True)
-    report = _publish(settings, messages)
+    report = _publish(settings, source)
+    if source is not messages:  # parsed while publishing: its bad lines are known now
+        _report_problems(problems)
     requested = {m.message_id for m in messages if m.routing_key == ROUTE_REQUEST}
     released = {m.message_id for m in messages if m.routing_key != ROUTE_REQUEST}
     if as_json:
@@ -216,6 +245,11 @@ def submit_cmd(
         sys.exit(EXIT_BAD_INPUT)
 
 
+def _report_problems(problems: list[str]) -> None:
+    for problem in problems:
+        click.echo(f"skipped: {problem}", err=True)
+
+
 def parse_resource_flags(values: tuple[str, ...]) -> dict[str, Any]:
     """``--resource gpu=2 --resource nvme=1`` -> ``{"gpu": 2, "nvme": 1}`` (the model checks the rest)."""
     out: dict[str, Any] = {}
@@ -236,12 +270,12 @@ def parse_resource_flags(values: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _publish(settings: Settings, messages: list[Outgoing]) -> PublishReport:
+def _publish(settings: Settings, messages: Iterable[Outgoing]) -> PublishReport:
     publisher = _publisher(settings)
     try:
         publisher.declare()
-        show = len(messages) > 1 and sys.stderr.isatty()
-        if not show:
+        show = isinstance(messages, list) and len(messages) > 1 and sys.stderr.isatty()
+        if not show or not isinstance(messages, list):
             return publisher.publish(messages)
         # rich only for the progress bar on a terminal: a piped or single submit starts faster.
         from rich.console import Console
