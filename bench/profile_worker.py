@@ -88,7 +88,8 @@ def main() -> None:
 
             def finished() -> bool:
                 counts = dep.store.task_counts()
-                return counts.get(TaskStatus.SCHEDULED, 0) + counts.get(TaskStatus.FAILED, 0) >= args.burst
+                done: int = counts.get(TaskStatus.SCHEDULED, 0) + counts.get(TaskStatus.FAILED, 0)
+                return done >= int(args.burst)
 
             wait_until(finished, 600, "burst", interval=0.25)
             elapsed = time.perf_counter() - start
