@@ -107,7 +107,19 @@ class AmqpConfig(_Section):
     queue: str = Field(default="scheduling.requests", min_length=1, max_length=200)
     prefetch: int = Field(default=256, ge=1, le=65535)
     queue_type: Literal["classic", "quorum"] = "classic"
-    heartbeat: int = Field(default=30, ge=0, le=3600, description="AMQP heartbeat seconds")
+    heartbeat: int | None = Field(
+        default=None,
+        ge=1,
+        le=3600,
+        description="AMQP heartbeat seconds; default and maximum a third of election.lease_duration",
+    )
+    dead_letter_max_length: int = Field(default=100_000, ge=1, description="x-max-length of <queue>.dead")
+    dead_letter_max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="x-max-length-bytes of <queue>.dead"
+    )
+    dead_letter_max_body: int = Field(
+        default=64 * 1024, ge=256, le=16 * 1024 * 1024, description="bodies beyond this are dead-lettered cut"
+    )
 
     @field_validator("url")
     @classmethod
@@ -380,7 +392,23 @@ class WorkerConfig(_Section):
     commit_interval_ms: float = Field(default=5, ge=0, le=10000, description="max wait to fill a group")
     inventory_poll_interval: float = Field(default=2, gt=0, le=3600)
     config_watch_interval: float = Field(default=2, gt=0, le=3600)
-    reconnect_max_backoff: float = Field(default=30, gt=0)
+    reconnect_max_backoff: float = Field(default=5, gt=0, le=3600)
+    reconnect_initial_backoff: float = Field(default=0.5, gt=0, le=60)
+    healthy_session: float = Field(
+        default=10, gt=0, le=3600, description="a broker session this long resets the reconnect backoff"
+    )
+    startup_timeout: float = Field(
+        default=120, ge=0, le=86400, description="how long start-up waits for the broker and database"
+    )
+    max_redeliveries: int = Field(
+        default=20, ge=1, le=100_000, description="a message delivered more often is dead-lettered"
+    )
+    max_group_retries: int = Field(
+        default=3, ge=0, le=100_000, description="/readyz fails once a group was requeued more often"
+    )
+    commit_stuck_after: float = Field(
+        default=30, gt=0, le=3600, description="/readyz fails while one commit runs longer than this"
+    )
 
 
 class LoggingConfig(_Section):
@@ -421,6 +449,24 @@ class Settings(BaseSettings):
     worker: WorkerConfig = WorkerConfig()
     logging: LoggingConfig = LoggingConfig()
 
+    def broker_heartbeat(self) -> int:
+        """The AMQP heartbeat the worker asks for: at most a third of the lease (see below).
+
+        Why: a leader that freezes (SIGSTOP, a stalled VM) keeps its
+        single-active-consumer slot until the broker drops its connection,
+        about two heartbeat intervals later; the new leader consumes only
+        after that. With the heartbeat at most a third of
+        ``election.lease_duration``, that happens before the lease has even
+        expired. ``amqp.heartbeat`` above that bound is lowered to it
+        (:meth:`heartbeat_lowered` says so, for a start-up warning).
+        """
+        bound = max_heartbeat(self.election.lease_duration)
+        return min(self.amqp.heartbeat, bound) if self.amqp.heartbeat else bound
+
+    def heartbeat_lowered(self) -> bool:
+        """True when the configured ``amqp.heartbeat`` was too slow for the lease and is lowered."""
+        return self.amqp.heartbeat is not None and self.amqp.heartbeat > self.broker_heartbeat()
+
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, name: str) -> str:
@@ -445,6 +491,11 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, _AliasEnvSource(settings_cls), env_settings, _YamlSource(settings_cls))
+
+
+def max_heartbeat(lease_duration: float) -> int:
+    """The slowest AMQP heartbeat (whole seconds) that lets a new leader consume within the lease + 5 s."""
+    return max(1, int(lease_duration // 3))
 
 
 class _AliasEnvSource(PydanticBaseSettingsSource):
