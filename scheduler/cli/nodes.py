@@ -15,11 +15,10 @@ from typing import Any
 
 import click
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from scheduler.cli.common import CliError, cli, emit_json, settings_or_exit
+from scheduler.cli.common import CliError, cli, emit_json, make_console, settings_or_exit
 from scheduler.cli.db import store_session
 from scheduler.fleet import CapacityDefaults, NodeCapacity, node_capacity
 from scheduler.models import Node
@@ -65,7 +64,7 @@ def list_cmd(as_json: bool, pool: str | None) -> None:
         for node in nodes:
             emit_json(node_json(node, usage.get(node.name, NodeUsage()), defaults))
         return
-    console = Console(highlight=False)
+    console = make_console(highlight=False)
     if not nodes:
         console.print(
             f"no nodes in pool {pool!r}" if pool else "no nodes: import some with `scheduler nodes import`"

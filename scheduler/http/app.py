@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import structlog
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -108,6 +109,10 @@ def create_app(
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database error while serving", path=request.url.path, error=_first_line(exc))
         return JSONResponse({"detail": f"database unavailable: {_first_line(exc)}"}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_response(request, exc)
 
     # ---------------------------------------------------------------- health
     @app.get("/healthz", response_model=Health, tags=["health"])
@@ -513,3 +518,33 @@ async def _too_large(send: Callable[[MutableMapping[str, Any]], Awaitable[None]]
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def _json_content_type(value: str) -> bool:
+    media = value.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _validation_response(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, with the reason first when the body was not sent as JSON.
+
+    A body sent with another content type (``curl -d`` sends
+    ``application/x-www-form-urlencoded``) is not parsed as JSON, and the
+    errors that follow from it ("Input should be a valid dictionary") do not
+    say why: the first error then names the header and the value to send.
+    """
+    errors = list(exc.errors())
+    content_type = request.headers.get("content-type")
+    has_body = request.method in ("POST", "PUT")
+    if has_body and content_type is not None and not _json_content_type(content_type):
+        errors.insert(
+            0,
+            {
+                "type": "content_type",
+                "loc": ["header", "content-type"],
+                "msg": "the body must be JSON sent with Content-Type: application/json, "
+                f"not {content_type!r}",
+                "input": content_type,
+            },
+        )
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
