@@ -26,7 +26,10 @@ class CliError(Exception):
 COMMAND_MODULES: dict[str, str] = {
     "db": "scheduler.cli.db",
     "leader": "scheduler.cli.leader",
+    "move": "scheduler.cli.rebalance",
     "nodes": "scheduler.cli.nodes",
+    "plan": "scheduler.cli.plan",
+    "rebalance": "scheduler.cli.rebalance",
     "release": "scheduler.cli.submit",
     "simulate": "scheduler.cli.simulate",
     "status": "scheduler.cli.tasks",

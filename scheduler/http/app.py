@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 import structlog
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -33,6 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from scheduler.broker import BrokerUnavailable
 from scheduler.config import Settings
 from scheduler.models import MAX_BODY_BYTES, SchedulingRequest, TaskStatus
+from scheduler.plan_service import PlanService
 from scheduler.producer.publisher import Outgoing, Publisher
 from scheduler.store import DatabaseUnavailable, Store, TaskRecord
 from scheduler.store.views import nodes_with_usage
@@ -47,6 +48,7 @@ from .schemas import (
     Health,
     NodeOut,
     NodeRef,
+    PlanOut,
     Readiness,
     Result,
     Summary,
@@ -55,6 +57,7 @@ from .schemas import (
 from .summary import SummaryBuilder, role_of
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -100,6 +103,7 @@ def create_app(
         redoc_url=None,
     )
     summary = SummaryBuilder(store, settings, state)
+    planner = _Lazy(lambda: PlanService(store, settings))
     submit = _Submitter(publisher)
     allow = list(settings.webhooks.allow)
 
@@ -187,6 +191,25 @@ def create_app(
                 "could not record a published task as queued", task_id=request.task_id, error=_first_line(exc)
             )
         return Accepted(task_id=request.task_id)
+
+    @app.post(
+        "/plan",
+        tags=["tasks"],
+        response_model=PlanOut,
+        responses={
+            413: {"model": ErrorBody, "description": f"body larger than {MAX_BODY_BYTES} bytes"},
+            429: {"model": ErrorBody, "description": "over the per-token rate limit; see Retry-After"},
+            **_UNAVAILABLE,
+        },
+    )
+    def plan(request: SchedulingRequest) -> JSONResponse:
+        """Where the request would be placed now, the top candidates, and why other nodes were not.
+
+        Nothing is reserved and nothing is published. Answered by any
+        replica from the committed state in the database (the fleet is
+        cached by its revision, which the answer carries).
+        """
+        return JSONResponse(planner().plan(request))
 
     # ----------------------------------------------------------------- reads
     @app.get(
@@ -383,6 +406,21 @@ class _Submitter:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+class _Lazy(Generic[T]):
+    """Made on first use (a planner loads NumPy and the strategies: no cost for a replica never asked)."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._value: T | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> T:
+        with self._lock:
+            if self._value is None:
+                self._value = self._make()
+            return self._value
 
 
 def _task_or_404(store: Store, task_id: str) -> TaskRecord:
