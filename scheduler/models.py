@@ -352,3 +352,10 @@ class BadMessage(Exception):
 
 
 MessageKind = Literal["request", "release", "heartbeat"]
+
+
+class MoveRequest(_Strict):
+    """``{"move": TASK_ID, "node": NAME}``: move a placed VM's allocation to another node (rebalancing)."""
+
+    move: TaskId
+    node: Name

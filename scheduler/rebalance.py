@@ -13,7 +13,8 @@ Goals:
   counts only if *all* its VMs can leave it within the move budget, onto
   nodes that are already in use (moving onto an empty node frees nothing),
   tightest fit first (the ``best_fit`` score); otherwise its tentative moves
-  are undone. Larger VMs are placed first, as in first-fit decreasing.
+  are undone. Larger VMs are placed first, as in first-fit decreasing. A
+  node that received VMs is not emptied afterwards, so no VM moves twice.
 * ``spread``: bring the most loaded node down, one move at a time: the
   largest VM of the hottest node that fits a node which stays cooler than
   the hottest one was, onto the least loaded such node (the ``least_loaded``
@@ -274,8 +275,11 @@ def _pack(moves: _Moves, scope: IntArray, max_moves: int) -> list[str]:
     load = loads(fleet)
     order = sorted((int(i) for i in scope if fleet.vms[i] > 0), key=lambda i: (int(fleet.vms[i]), load[i], i))
     emptied: list[str] = []
-    closed: set[int] = set()  # emptied, or given up on: never a target again, so nothing returns
+    closed: set[int] = set()  # emptied: never a target again, so nothing returns
+    receivers: set[int] = set()  # took a VM: never emptied afterwards, so no VM moves twice
     for node in order:
+        if node in receivers:
+            continue
         tids = list(moves.on.get(node, ()))
         if not tids or len(tids) != int(fleet.vms[node]):
             continue  # empty by now, or holds VMs whose requests are unknown: cannot be emptied
@@ -305,6 +309,7 @@ def _pack(moves: _Moves, scope: IntArray, max_moves: int) -> list[str]:
                 break
         if ok:
             emptied.append(fleet.names[node])
+            receivers.update(fleet.index[m.target] for m in moves.done[len(moves.done) - len(tids) :])
         else:
             moves.rollback(mark)
             closed.discard(node)

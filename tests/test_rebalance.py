@@ -100,6 +100,7 @@ def test_every_step_of_a_plan_keeps_every_invariant(
         assert replay.vms[replay.index[name]] == 0
     if goal == "pack":
         assert result.after.empty_nodes - result.before.empty_nodes == len(result.emptied)
+        assert len({m.task_id for m in result.moves}) == len(result.moves), "a VM moved twice"
     else:
         assert result.after.most_loaded <= result.before.most_loaded + 1e-9
 
@@ -118,7 +119,7 @@ def _put(fleet: FleetView, node: str, req: SchedulingRequest) -> None:
     fleet.reserve(fleet.index[node], req)
 
 
-def test_pack_empties_the_emptiest_nodes_and_beats_moving_at_random() -> None:
+def test_pack_empties_the_least_used_nodes_onto_the_tightest_fit() -> None:
     fleet = FleetView.build([_n(f"n{k}") for k in range(4)])
     reqs = {
         "a": _r("a", 8, 4096), "b": _r("b", 4, 4096), "c": _r("c", 4, 4096),
@@ -128,7 +129,9 @@ def test_pack_empties_the_emptiest_nodes_and_beats_moving_at_random() -> None:
         _put(fleet, node, reqs[tid])
     result = rebalance(fleet, reqs, goal="pack", max_moves=10)
     assert result.before.empty_nodes == 0 and result.after.empty_nodes == 2
-    assert len(result.moves) == 3  # two nodes freed with three moves
+    # n1 (one VM, a quarter full) goes first, onto n2 (tightest fit), then n0's large VM fills n2 up.
+    assert [(m.task_id, m.target) for m in result.moves] == [("b", "n2"), ("a", "n2")]
+    assert result.emptied == ["n1", "n0"] and result.after.most_loaded == 1.0
     assert result.summary()["nodes_emptied"] == 2
 
 

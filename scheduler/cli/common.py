@@ -70,4 +70,3 @@ def settings_or_exit(**overrides: Any) -> Settings:
 def emit_json(obj: Any) -> None:
     """One JSON object per line on stdout (the ``--json`` contract of DESIGN.md)."""
     sys.stdout.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")
-

@@ -232,9 +232,7 @@ class Summary(_Out):
 
 class PlanCandidate(_Out):
     node: str
-    score: float | None = Field(
-        description="lower wins; null for a strategy without scores"
-    )
+    score: float | None = Field(description="lower wins; null for a strategy without scores")
 
 
 class PlanOut(_Out):
@@ -243,13 +241,9 @@ class PlanOut(_Out):
     task_id: str
     node: str | None = Field(description="the node the strategy would pick, null when none fits")
     strategy: str
-    candidates: list[PlanCandidate] = Field(
-        description="the pick first, then the best-scored (up to 5)"
-    )
+    candidates: list[PlanCandidate] = Field(description="the pick first, then the best-scored (up to 5)")
     rejections: dict[str, int] = Field(description="filter label -> nodes it removed")
-    examples: dict[str, list[str]] = Field(
-        description="filter label -> up to 5 nodes it removed, why"
-    )
+    examples: dict[str, list[str]] = Field(description="filter label -> up to 5 nodes it removed, why")
     reason: str | None
     message: str
     feasible: int
