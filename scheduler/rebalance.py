@@ -44,7 +44,7 @@ import numpy as np
 from scheduler.fleet import Allocation, BoolArray, FleetView, FloatArray, IntArray
 from scheduler.models import SchedulingRequest
 from scheduler.moves import MoveOutcome, check_move, feasible_targets, undo_move
-from scheduler.strategies.base import Strategy
+from scheduler.strategies.base import ScoringStrategy, Strategy
 from scheduler.strategies.filters import feasible_nodes
 from scheduler.strategies.registry import get_strategy
 
@@ -262,16 +262,17 @@ def rebalance(
     ]
     emptied: list[str] = []
     if goal == "pack":
-        emptied = _pack(moves, scope, max_moves)
+        emptied = _pack(moves, scope, max_moves, typical)
     else:
         _spread(moves, scope, max_moves)
     after = figures(work, scope, typical)
     return MigrationPlan(goal, list(moves.done), before, after, unmovable, emptied)
 
 
-def _pack(moves: _Moves, scope: IntArray, max_moves: int) -> list[str]:
+def _pack(moves: _Moves, scope: IntArray, max_moves: int, typical: tuple[int, int]) -> list[str]:
     fleet = moves.fleet
     best_fit = get_strategy("best_fit")
+    assert isinstance(best_fit, ScoringStrategy)
     load = loads(fleet)
     order = sorted((int(i) for i in scope if fleet.vms[i] > 0), key=lambda i: (int(fleet.vms[i]), load[i], i))
     emptied: list[str] = []
@@ -303,7 +304,7 @@ def _pack(moves: _Moves, scope: IntArray, max_moves: int) -> list[str]:
             if not mask.any():
                 ok = False
                 break
-            target = best_fit.choose(fleet, start, start + len(mask), mask, moves.requests[tid])
+            target = _tightest(fleet, best_fit, start, mask, moves.requests[tid], typical)
             if not moves.apply(tid, target).ok:  # pragma: no cover - targets() and check_move agree
                 ok = False
                 break
@@ -314,6 +315,35 @@ def _pack(moves: _Moves, scope: IntArray, max_moves: int) -> list[str]:
             moves.rollback(mark)
             closed.discard(node)
     return emptied
+
+
+def _tightest(
+    fleet: FleetView,
+    best_fit: ScoringStrategy,
+    start: int,
+    mask: BoolArray,
+    req: SchedulingRequest,
+    typical: tuple[int, int],
+) -> int:
+    """The target that strands least, then fits tightest (``best_fit``'s score).
+
+    Stranding first: a node the move leaves unable to take a typical VM
+    strands the free cpu and memory it keeps (as fractions of the node), so
+    a target that the VM fills up exactly, or that keeps room for a typical
+    VM, is preferred to one left with an unusable sliver.
+    """
+    stop = start + len(mask)
+    sl = slice(start, stop)
+    cpu_left = fleet.free_cpu[sl] - req.requested_cpu
+    mem_left = fleet.free_mem[sl] - req.requested_memory
+    stuck = (cpu_left < typical[0]) | (mem_left < typical[1])
+    stranded = np.where(stuck, cpu_left * fleet.inv_cpu[sl] + mem_left * fleet.inv_mem[sl], 0.0)
+    score = best_fit.score(fleet, start, stop, req)
+    # Lexicographic: stranding (rounded, so float noise does not hide the tie-break), then best fit,
+    # then the node order (lexsort is stable), so ties break by name as in every decision.
+    idx = np.flatnonzero(mask)
+    order = np.lexsort((score[idx], np.round(stranded[idx], 9)))
+    return start + int(idx[order[0]])
 
 
 def _spread(moves: _Moves, scope: IntArray, max_moves: int) -> None:

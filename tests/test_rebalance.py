@@ -129,9 +129,10 @@ def test_pack_empties_the_least_used_nodes_onto_the_tightest_fit() -> None:
         _put(fleet, node, reqs[tid])
     result = rebalance(fleet, reqs, goal="pack", max_moves=10)
     assert result.before.empty_nodes == 0 and result.after.empty_nodes == 2
-    # n1 (one VM, a quarter full) goes first, onto n2 (tightest fit), then n0's large VM fills n2 up.
-    assert [(m.task_id, m.target) for m in result.moves] == [("b", "n2"), ("a", "n2")]
-    assert result.emptied == ["n1", "n0"] and result.after.most_loaded == 1.0
+    # n1 (one VM, a quarter full) goes first, onto n2 (tightest fit); n0's large VM would fill n2's
+    # vCPUs and strand a quarter of its memory, so it goes to n3, which keeps room for a typical VM.
+    assert [(m.task_id, m.target) for m in result.moves] == [("b", "n2"), ("a", "n3")]
+    assert result.emptied == ["n1", "n0"] and result.after.stranded == 0.0
     assert result.summary()["nodes_emptied"] == 2
 
 
