@@ -131,3 +131,23 @@ def test_committed_fleet_is_the_stored_one(deployment: Deployment) -> None:
     fleet, revision = CommittedFleet(deployment.store).get()
     assert revision.active == len(deployment.store.active_allocations())
     assert sorted(t for t in fleet.allocations) == sorted(a for a, _ in _allocations(deployment))
+
+
+def test_why_not_plans_a_failed_task_s_stored_request(deployment: Deployment) -> None:
+    standard_workload(deployment.store)
+    with _client(deployment) as client:
+        lost = client.get("/tasks/lost-pool/plan")
+        waiting = client.get("/tasks/too-big/plan")
+        shapeless = client.get("/tasks/bad-shape/plan")
+        unknown = client.get("/tasks/nobody/plan")
+    assert lost.status_code == 200, lost.text
+    got = lost.json()
+    assert got["task_id"] == "lost-pool" and got["node"] is None and got["reason"] == "unknown_pool"
+    assert got["rejections"] == {"pool mismatch": 6} and len(got["examples"]["pool mismatch"]) == 5
+    assert waiting.json()["rejections"]["insufficient cpu"] == 4
+    usage = deployment.store.node_usage()
+    free = 16 - (usage["bm-01"].cpu if "bm-01" in usage else 0)
+    assert waiting.json()["examples"]["insufficient cpu"][0] == f"bm-01: needs 64 vCPU, {free} free"
+    assert shapeless.status_code == 409 and "requested_cpu" in shapeless.json()["detail"]
+    assert unknown.status_code == 404
+    assert deployment.store.get_task("lost-pool").status.value == "failed"  # type: ignore[union-attr]

@@ -28,11 +28,12 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from scheduler.broker import BrokerUnavailable
 from scheduler.config import Settings
-from scheduler.models import MAX_BODY_BYTES, SchedulingRequest, TaskStatus
+from scheduler.models import MAX_BODY_BYTES, SchedulingRequest, TaskStatus, format_validation_error
 from scheduler.plan_service import PlanService
 from scheduler.producer.publisher import Outgoing, Publisher
 from scheduler.store import DatabaseUnavailable, Store, TaskRecord
@@ -232,6 +233,34 @@ def create_app(
     def task(task_id: TaskIdParam) -> TaskDetail:
         """The full task record: status, node, reason code and message, attempts, strategy, the request."""
         return TaskDetail.model_validate(_task_or_404(store, task_id).to_detail_json())
+
+    @app.get(
+        "/tasks/{task_id}/plan",
+        response_model=PlanOut,
+        tags=["tasks"],
+        responses={
+            **_NOT_FOUND,
+            **_UNAVAILABLE,
+            409: {"model": ErrorBody, "description": "no valid request is stored for this task"},
+        },
+    )
+    def task_plan(task_id: TaskIdParam) -> JSONResponse:
+        """The task's stored request planned now: where it would go and why not elsewhere ("why not").
+
+        What the dashboard links to from each failure. The plan is computed on
+        demand from the committed state, so it explains the fleet of now, which
+        may differ from the fleet the task failed on; nothing is reserved.
+        """
+        record = _task_or_404(store, task_id)
+        if record.request is None:
+            raise HTTPException(409, f"task {task_id} has no stored request (it failed before one was read)")
+        try:
+            request = SchedulingRequest.model_validate(record.request, strict=False)
+        except ValidationError as exc:
+            raise HTTPException(
+                409, f"task {task_id}'s stored request is not valid: {format_validation_error(exc)}"
+            ) from None
+        return JSONResponse(planner().plan(request))
 
     @app.get("/tasks", response_model=list[TaskDetail], tags=["tasks"], responses=_UNAVAILABLE)
     def tasks(
