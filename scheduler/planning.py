@@ -176,8 +176,15 @@ def _candidates(
     local = np.flatnonzero(mask)
     if isinstance(strategy, ScoringStrategy):
         scores = strategy.score(fleet, feas.start, feas.stop, req)
-        # Stable sort: equal scores keep name order, which is how the strategy breaks ties.
-        order = local[np.argsort(scores[local], kind="stable")]
+        vals = scores[local]
+        if len(local) > top:
+            # The ``top`` lowest without sorting the pool: everything below the k-th value, then the
+            # first (lowest names) of those equal to it, which is how the strategy breaks ties.
+            kth = np.partition(vals, top - 1)[top - 1]
+            below, equal = vals < kth, np.flatnonzero(vals == kth)
+            keep = np.concatenate([np.flatnonzero(below), equal[: top - int(np.count_nonzero(below))]])
+            local, vals = local[keep], vals[keep]
+        order = local[np.lexsort((local, vals))]
         picked = [feas.start + int(k) for k in order[:top]]
         if chosen not in picked:
             picked = [chosen, *picked[: top - 1]]

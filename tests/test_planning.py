@@ -66,6 +66,13 @@ def test_plan_agrees_with_the_decision_and_reserves_nothing(
         scores = [c.score for c in answer.candidates[1:]]
         assert all(s is not None for s in scores)
         assert scores == sorted(scores)  # type: ignore[type-var]
+        # Brute force: every feasible node by (score, name); the candidates are its head.
+        feas_names = _feasible(fleet, asked, placer)
+        scorer = placer.strategy(strategy)
+        s, e = fleet.pools[asked.requested_pool]
+        all_scores = scorer.score(fleet, s, e, asked)  # type: ignore[attr-defined]
+        ranked = sorted(feas_names, key=lambda n: (float(all_scores[fleet.index[n] - s]), fleet.index[n]))
+        assert [c.node for c in answer.candidates] == ranked[: len(answer.candidates)]
     candidates = {c.node for c in answer.candidates}
     for label, count in answer.rejections.items():
         shown = answer.examples[label]
@@ -73,6 +80,15 @@ def test_plan_agrees_with_the_decision_and_reserves_nothing(
         for text in shown:
             name = text.split(":", 1)[0]
             assert name in fleet.index and name not in candidates
+
+
+def _feasible(fleet: FleetView, req: SchedulingRequest, placer: Placer) -> list[str]:
+    from scheduler.strategies.filters import feasible_nodes
+
+    feas = feasible_nodes(
+        fleet, req, now=0.0, exclusive=placer.dedicated_exclusive, max_skew=placer.spread_max_skew
+    )
+    return [fleet.names[feas.start + int(k)] for k in np.flatnonzero(feas.feasible_mask())]
 
 
 def _node(name: str, **kw: object) -> Node:
