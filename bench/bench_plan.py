@@ -91,7 +91,7 @@ def main() -> None:
             service.plan(req)
             cached.append(time.perf_counter() - t0)
         store.close()
-    print(f"committed fleet (SQLite, {len(small)} nodes, 20000 VMs): first plan (load) {first * 1000:.1f} ms; "
+    print(f"committed fleet (SQLite, {len(small)} nodes, 20000 VMs): first plan {first * 1000:.1f} ms; "
           f"cached plans {_ms(cached)}; loads {service.fleet.loads} (goal: 1)")  # fmt: skip
 
 
