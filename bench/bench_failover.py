@@ -1,10 +1,13 @@
-"""Failover benchmark: leader SIGKILL / graceful stop -> the new leader's first commit.
+"""Failover benchmark: leader SIGKILL / graceful stop / freeze -> the new leader's first commit.
 
 Two real workers on PostgreSQL with the database lease, a steady stream of
 requests (200/s), the leader stopped; the figure is the time from the stop to
 the first task committed under the new leader's epoch (``tasks.epoch``),
 with the default timings (15 / 10 / 2 s) and the shrunk ones the tests use
-(1.5 / 1.0 / 0.25 s). Then the cost of lease renewals on the leader's
+(1.5 / 1.0 / 0.25 s). SIGSTOP freezes the leader (it is woken at the end):
+the goal is a first commit within lease_duration + 5 s, which needs the
+broker to drop the frozen consumer, hence the AMQP heartbeat of at most a
+third of the lease. Then the cost of lease renewals on the leader's
 throughput: the same burst with election ``none`` and with the database lease
 at each timing.
 
@@ -89,7 +92,8 @@ def failover_seconds(env: dict[str, str], how: signal.Signals) -> float:
             threading.Thread(target=stream, daemon=True).start()
             wait_until(lambda: sum(dep.store.task_counts().values()) > 100, 30, "traffic")
             stopped_at = datetime.now(UTC)
-            procs[leader].send_signal(how)
+            victim = procs[leader]
+            victim.send_signal(how)
 
             def first_new_commit() -> datetime | None:
                 with dep.store.engine.connect() as conn:
@@ -102,6 +106,8 @@ def failover_seconds(env: dict[str, str], how: signal.Signals) -> float:
             stamp = first if first.tzinfo else first.replace(tzinfo=UTC)
             return (stamp - stopped_at).total_seconds()
         finally:
+            if how is signal.SIGSTOP:
+                victim.send_signal(signal.SIGCONT)
             stop.set()
             dep.close()
             drop(schema)
@@ -125,22 +131,32 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--skip-default", action="store_true", help="only the shrunk timings (quick)")
     parser.add_argument("--burst", type=int, default=5000)
+    parser.add_argument("--skip-throughput", action="store_true", help="only the failover figures")
     args = parser.parse_args()
     print(
         "failover benchmark, PostgreSQL, 2 workers, 1,000 nodes, 200 requests/s; "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     )
-    print(f"{'timings':<22} {'SIGKILL -> first commit':>24} {'SIGTERM -> first commit':>24}")
+    print(
+        f"{'timings':<22} {'SIGKILL -> first commit':>24} {'SIGTERM -> first commit':>24}"
+        f" {'SIGSTOP -> first commit':>24} {'SIGSTOP goal':>13}"
+    )
     for name, env in TIMINGS.items():
         if args.skip_default and not env:
             continue
         kill = failover_seconds(env, signal.SIGKILL)
         term = failover_seconds(env, signal.SIGTERM)
-        print(f"{name:<22} {kill:>22.2f} s {term:>22.2f} s")
+        frozen = failover_seconds(env, signal.SIGSTOP)
+        lease = float(env.get("SCHEDULER_ELECTION__LEASE_DURATION", 15))
+        print(
+            f"{name:<22} {kill:>22.2f} s {term:>22.2f} s {frozen:>22.2f} s {'<= ' + f'{lease + 5:g} s':>13}"
+        )
     print(
         "bounds: SIGKILL <= lease_duration + retry_period (+ reload); "
-        "SIGTERM ~ one retry period (lease released)"
+        "SIGTERM ~ one retry period (lease released); SIGSTOP <= lease_duration + 5 s"
     )
+    if args.skip_throughput:
+        return
     base = throughput("none", {}, args.burst)
     print(f"throughput, election none: {base:,.0f} tasks/s")
     for name, env in TIMINGS.items():

@@ -2,6 +2,9 @@
 
 Prints, for SQLite and PostgreSQL:
 
+* isolation: how long a fast receiver waits for its deliveries when a
+  3-second receiver is configured next to it, and how long an attempt to a
+  receiver trickling one byte every 3 s lasts with ``timeout: 5``;
 * deliveries/s: a backlog of outbox events (written by ``Store.commit``
   with real placements) drained by one :class:`WebhookDispatcher` to a
   receiver that answers 204 at once, with the default concurrency (16);
@@ -49,11 +52,12 @@ from scheduler.logging import configure_logging  # noqa: E402
 from scheduler.models import SchedulingRequest, TaskStatus  # noqa: E402
 from scheduler.producer.publisher import Outgoing  # noqa: E402
 from scheduler.store import Placement, Store  # noqa: E402
-from scheduler.webhooks import WebhookDispatcher  # noqa: E402
-from scheduler.webhooks.deliveries import DeliveryStore  # noqa: E402
+from scheduler.store.deliveries import DeliveryStore  # noqa: E402
+from scheduler.webhooks import WebhookDispatcher, new_secret  # noqa: E402
 
 PG = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 AMQP = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+BENCH_SECRET = new_secret()
 
 
 # ------------------------------------------------------------------ child processes
@@ -132,11 +136,39 @@ def thread_cpu() -> dict[str, float]:
     return {"process": cpu("/proc/self/stat"), "webhooks": webhook}
 
 
+def serve_trickle(every: float) -> None:
+    """Child: a receiver answering a status line, then one header byte every ``every`` seconds, forever."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    print(sock.getsockname()[1], flush=True)
+
+    def trickle(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while True:
+                time.sleep(every)
+                conn.sendall(b"a")
+
+    while True:
+        conn, _ = sock.accept()
+        threading.Thread(target=trickle, args=(conn,), daemon=True).start()
+
+
 class ReceiverProcess:
     """A receiver child process and its URL."""
 
-    def __init__(self, delay: float):
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-receiver", str(delay)],
+    def __init__(self, delay: float, trickle: bool = False):
+        flag = "--serve-trickle" if trickle else "--serve-receiver"
+        self.proc = subprocess.Popen([sys.executable, __file__, flag, str(delay)],
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.url = f"http://127.0.0.1:{int(self.proc.stdout.readline())}/hook"
@@ -195,7 +227,7 @@ def delivery_rate(db: str, events: int, receiver: ReceiverProcess, workdir: Path
                 for i in range(start, min(events, start + 1000))
             ]  # fmt: skip
             store.commit(items, epoch=1)
-        config = WebhooksConfig.model_validate({"urls": [receiver.url], "secret": "bench-secret"})
+        config = WebhooksConfig.model_validate({"urls": [receiver.url], "secrets": [BENCH_SECRET]})
         dispatcher = WebhookDispatcher(store, config, lambda: True)
         started = time.perf_counter()
         dispatcher.start()
@@ -212,6 +244,64 @@ def delivery_rate(db: str, events: int, receiver: ReceiverProcess, workdir: Path
         drop_schema(schema)
 
 
+def _backlog(store: Store, prefix: str, events: int) -> None:
+    from tests.harness import make_nodes
+
+    store.upgrade()
+    store.import_nodes(make_nodes(8))
+    items = [
+        Placement(SchedulingRequest(task_id=f"{prefix}{i}", requested_cpu=1, requested_memory=1),
+                  "bm-0000", "10.0.0.0", "least_loaded", "placed", 1)
+        for i in range(events)
+    ]  # fmt: skip
+    store.commit(items, epoch=1)
+
+
+def fairness(events: int, slow: ReceiverProcess, fast: ReceiverProcess, workdir: Path) -> tuple[float, int]:
+    """SQLite: seconds to deliver ``events`` to a fast receiver configured next to a slow one,
+    and how many the slow one had by then."""
+    url, _ = database("sqlite", workdir)
+    store = Store.from_url(url)
+    try:
+        _backlog(store, "f", events)
+        deliveries = DeliveryStore(store.engine)
+        config = WebhooksConfig.model_validate({"urls": [slow.url, fast.url], "secrets": [BENCH_SECRET]})
+        dispatcher = WebhookDispatcher(store, config, lambda: True)
+        started = time.perf_counter()
+        dispatcher.start()
+        while True:
+            done = deliveries.list_deliveries(status="delivered")
+            if sum(r.url == fast.url for r in done) >= events:
+                break
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        dispatcher.stop()
+        return elapsed, sum(r.url == slow.url for r in done)
+    finally:
+        store.close()
+
+
+def trickled_attempts(attempts: int, trickle: ReceiverProcess, workdir: Path) -> float:
+    """SQLite: seconds until ``attempts`` single attempts to a trickling receiver (timeout 5 s) all ended."""
+    url, _ = database("sqlite", workdir)
+    store = Store.from_url(url)
+    try:
+        _backlog(store, "t", attempts)
+        config = WebhooksConfig.model_validate(
+            {"urls": [trickle.url], "secrets": [BENCH_SECRET], "timeout": 5, "max_attempts": 1}
+        )
+        dispatcher = WebhookDispatcher(store, config, lambda: True)
+        started = time.perf_counter()
+        dispatcher.start()
+        while dispatcher.stats().dead < attempts:
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        dispatcher.stop()
+        return elapsed
+    finally:
+        store.close()
+
+
 def scheduling_rate(db: str, burst: int, webhook_url: str | None, with_dispatcher: bool,
                     workdir: Path) -> tuple[float, dict[str, int], dict[str, float]]:
     """Tasks/s end to end for a burst, the delivery counts when it was done, and the worker's CPU."""
@@ -222,7 +312,7 @@ def scheduling_rate(db: str, burst: int, webhook_url: str | None, with_dispatche
     cpu_file = workdir / f"cpu-{suffix}.json"
     extra = {"LOG_LEVEL": "warning", "BENCH_CPU_FILE": str(cpu_file)}
     if webhook_url:
-        extra.update({"WEBHOOK_URL": webhook_url, "WEBHOOK_SECRET": "bench-secret"})
+        extra.update({"WEBHOOK_URL": webhook_url, "WEBHOOK_SECRET": BENCH_SECRET})
     dep = Deployment(url, AMQP, f"bench.wh.{suffix}", f"bench.wh.{suffix}", workdir, extra_env=extra)
     try:
         dep.store.import_nodes(make_nodes(1000))
@@ -258,10 +348,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller runs")
     parser.add_argument("--serve-receiver", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-trickle", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--skip-scheduling", action="store_true", help="only the delivery rate")
     parser.add_argument("--rounds", type=int, default=0,
                         help="runs per figure, the best kept (default 2; --quick: 1)")
     args = parser.parse_args()
+    if args.serve_trickle is not None:
+        serve_trickle(args.serve_trickle)
+        return
     if args.serve_receiver is not None:
         serve_receiver(args.serve_receiver)
         return
@@ -276,7 +370,7 @@ def main() -> None:
     fast = ReceiverProcess(0.0)
     slow = ReceiverProcess(1.0)
     try:
-        print(f"\ndelivery rate: backlog of {events} events, 1 URL, concurrency 16, "
+        print(f"\ndelivery rate: backlog of {events} events, 1 URL, concurrency 16 (8 per destination), "
               "receiver answers 204 at once")
         print(f"{'backend':<11} {'deliveries/s':>13} {'seconds':>8}")
         for db in ("sqlite", "postgresql"):
@@ -287,6 +381,22 @@ def main() -> None:
             rate, secs = max(runs)
             print(f"{db:<11} {rate:>13,.0f} {secs:>8.2f}")
         print("goal: >= 500 deliveries/s")
+        trickle = ReceiverProcess(3.0, trickle=True)
+        slow3 = ReceiverProcess(3.0)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                fast_seconds, slow_done = fairness(300, slow3, fast, Path(tmp))
+            with tempfile.TemporaryDirectory() as tmp:
+                longest = trickled_attempts(8, trickle, Path(tmp))
+        finally:
+            trickle.close()
+            slow3.close()
+        print("\nisolation (sqlite): 300 events to a fast receiver and to a 3-s receiver, concurrency 16, "
+              "8 per destination")
+        print(f"fast receiver drained in {fast_seconds:.2f} s (3-s receiver: {slow_done} delivered by then)")
+        print("goal: the fast receiver is not held up by the slow one (well under one 3-s round)")
+        print(f"trickling receiver (1 byte / 3 s), timeout 5 s: 8 attempts ended after {longest:.2f} s")
+        print("goal: <= 5 s plus scheduling slack (one deadline for resolve, connect, send and read)")
         if args.skip_scheduling:
             return
         print(f"\nscheduling throughput: burst of {burst} requests, 1,000 nodes, end to end: tasks/s "

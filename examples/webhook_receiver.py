@@ -1,66 +1,65 @@
 """A webhook receiver for virtflow-scheduler that checks every request before trusting it.
 
-Standard library only, so it can be copied anywhere. It shows the three
-things every receiver should do:
+Deliveries are signed per the Standard Webhooks specification
+(standardwebhooks.com), so the verification is the ``standardwebhooks``
+package's (``pip install standardwebhooks``), not code of ours. It shows
+the three things every receiver should do:
 
-1. Verify ``X-Scheduler-Signature`` = ``sha256=`` HMAC-SHA256(secret,
-   ``"<X-Scheduler-Timestamp>.<raw body>"``), comparing in constant time,
-   over the raw bytes (before any JSON parsing).
-2. Reject a timestamp more than five minutes away from the local clock, so
-   a captured request cannot be replayed later (every retry is signed
-   afresh, so legitimate retries pass).
-3. De-duplicate on ``X-Scheduler-Delivery`` (the event id, the same on every
-   retry): delivery is at least once, so the same event can arrive twice.
+1. Verify ``webhook-signature`` over the raw body bytes (before any JSON
+   parsing) with the shared ``whsec_`` secret; the library compares in
+   constant time. During a secret rotation give both secrets: a request
+   verifying under either is authentic.
+2. Refuse a ``webhook-timestamp`` more than five minutes away from the local
+   clock (the library does), so a captured request cannot be replayed
+   later; every retry is signed afresh, so legitimate retries pass.
+3. De-duplicate on ``webhook-id`` (the event id, the same on every retry):
+   delivery is at least once, so the same event can arrive twice.
 
 Answer 2xx quickly, then do the work; anything else (or no answer within the
 scheduler's timeout) is retried with backoff.
 
 Run it::
 
-    WEBHOOK_SECRET=s3cret python examples/webhook_receiver.py --port 9000
+    WEBHOOK_SECRET=whsec_... python examples/webhook_receiver.py --port 9000
 
 and point the scheduler at it with ``WEBHOOK_URL=http://127.0.0.1:9000/hooks``
-and the same ``WEBHOOK_SECRET``. Each accepted event is printed as one JSON
-line on stdout; refusals go to stderr with the reason.
+and the same ``WEBHOOK_SECRET`` (comma separated when rotating). Each
+accepted event is printed as one JSON line on stdout; refusals go to stderr
+with the reason.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
 import json
 import os
 import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-TOLERANCE_SECONDS = 300  # five minutes
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
 MAX_BODY = 1024 * 1024
 Handler = Callable[[str, dict[str, Any]], None]
 
 
-def check_signature(secret: str, timestamp: str | None, signature: str | None, body: bytes,
-                    now: float, tolerance: float = TOLERANCE_SECONDS) -> str | None:
-    """None when the request is authentic and fresh; otherwise why it is refused."""
-    if not timestamp or not signature:
-        return "missing X-Scheduler-Timestamp or X-Scheduler-Signature"
-    try:
-        sent_at = int(timestamp)
-    except ValueError:
-        return "X-Scheduler-Timestamp is not an integer"
-    if abs(now - sent_at) > tolerance:
-        return f"timestamp {sent_at} is outside the {tolerance:.0f} s window (replay or clock skew)"
-    mac = hmac.new(secret.encode("utf-8"), f"{sent_at}.".encode() + body, hashlib.sha256)
-    expected = f"sha256={mac.hexdigest()}"
-    offered = [part.strip() for part in signature.split(",")]
-    if not any(hmac.compare_digest(expected.encode(), part.encode()) for part in offered):
-        return "signature mismatch"
-    return None
+def check_signature(verifiers: Sequence[Webhook], headers: dict[str, str], body: bytes) -> str | None:
+    """None when the request verifies under one of the secrets (and is fresh); otherwise why not."""
+    reason = "no secret configured"
+    for verifier in verifiers:
+        try:
+            verifier.verify(body, headers, json_parse=False)
+            return None
+        except WebhookVerificationError as exc:
+            reason = str(exc) or "signature mismatch"
+        except (ValueError, UnicodeDecodeError):  # a malformed header or body: not ours
+            reason = "malformed signature headers or body"
+    return reason
 
 
 class SeenDeliveries:
@@ -91,9 +90,13 @@ class SeenDeliveries:
             self._seen[delivery_id] = now
 
 
-def make_server(host: str, port: int, secret: str, handle: Handler,
+def make_server(host: str, port: int, secrets: str | Sequence[str], handle: Handler,
                 clock: Callable[[], float] = time.time) -> ThreadingHTTPServer:
-    """A threaded HTTP server that calls ``handle(event_type, event)`` once per new, authentic event."""
+    """A threaded HTTP server that calls ``handle(event_type, event)`` once per new, authentic event.
+
+    ``secrets``: one ``whsec_`` secret, or several (a rotation: any one verifies).
+    """
+    verifiers = [Webhook(s) for s in ([secrets] if isinstance(secrets, str) else list(secrets))]
     seen = SeenDeliveries()
 
     class Receiver(BaseHTTPRequestHandler):
@@ -105,8 +108,8 @@ def make_server(host: str, port: int, secret: str, handle: Handler,
                 self._answer(413, "body too large")
                 return
             body = self.rfile.read(length)
-            refusal = check_signature(secret, self.headers.get("X-Scheduler-Timestamp"),
-                                      self.headers.get("X-Scheduler-Signature"), body, clock())
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            refusal = check_signature(verifiers, headers, body)
             if refusal is not None:
                 print(f"refused: {refusal}", file=sys.stderr, flush=True)
                 self._answer(401, refusal)
@@ -116,10 +119,10 @@ def make_server(host: str, port: int, secret: str, handle: Handler,
             except ValueError:
                 self._answer(400, "body is not JSON")
                 return
-            delivery_id = self.headers.get("X-Scheduler-Delivery") or str(event.get("id"))
+            delivery_id = headers.get("webhook-id") or str(event.get("id"))
             if delivery_id not in seen:
                 try:
-                    handle(self.headers.get("X-Scheduler-Event") or str(event.get("type")), event)
+                    handle(headers.get("x-scheduler-event") or str(event.get("type")), event)
                 except Exception as exc:  # not handled: say so, and the scheduler sends it again
                     print(f"handler failed for {delivery_id}: {exc!r}", file=sys.stderr, flush=True)
                     self._answer(500, "handler failed")
@@ -154,10 +157,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
     args = parser.parse_args()
-    secret = os.environ.get("WEBHOOK_SECRET", "")
-    if not secret:
-        parser.error("set WEBHOOK_SECRET to the scheduler's webhooks.secret")
-    server = make_server(args.host, args.port, secret, print_event)
+    secrets = [s.strip() for s in os.environ.get("WEBHOOK_SECRET", "").split(",") if s.strip()]
+    if not secrets:
+        parser.error("set WEBHOOK_SECRET to the scheduler's whsec_ secret (several: comma separated)")
+    server = make_server(args.host, args.port, secrets, print_event)
     print(f"listening on http://{args.host}:{server.server_port}/", file=sys.stderr, flush=True)
     try:
         server.serve_forever()

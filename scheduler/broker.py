@@ -11,7 +11,13 @@ Topology (declared idempotently by both sides at start):
   TTL (the backoff); when it expires RabbitMQ dead-letters them back to the
   exchange with routing key ``request``;
 * ``<queue>.dead``: messages that can never be processed, with an
-  ``x-death-reason`` header saying why;
+  ``x-death-reason`` header saying why; bounded by ``x-max-length`` and
+  ``x-max-length-bytes`` (the oldest are dropped first), and a body larger
+  than ``amqp.dead_letter_max_body`` is kept cut, with its original size in
+  ``x-original-size``. RabbitMQ refuses to redeclare a queue with other
+  arguments: a dead-letter queue declared before the bounds existed keeps
+  what it has (a warning says so); apply the bounds with a policy or delete
+  the queue once it is drained;
 * ``<queue>.heartbeats``: node heartbeats (routing key ``nodes.heartbeat``),
   bounded by length and TTL because only the latest ones matter.
 """
@@ -24,9 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pika
+import structlog
 from pika.adapters.blocking_connection import BlockingChannel
 
 from scheduler.config import AmqpConfig, redact_url
+
+log = structlog.get_logger(__name__)
 
 ROUTE_REQUEST = "request"
 ROUTE_RELEASE = "release"
@@ -34,6 +43,9 @@ ROUTE_HEARTBEAT = "nodes.heartbeat"
 HEADER_SCHEMA = "x-schema-version"
 HEADER_ATTEMPT = "x-attempt"
 HEADER_DEATH_REASON = "x-death-reason"
+HEADER_ORIGINAL_SIZE = "x-original-size"
+HEADER_DELIVERY_COUNT = "x-delivery-count"
+"""Set by quorum queues on a redelivery: how many times the message was returned before."""
 HEADER_PUBLISHED_AT = "x-published-at-ms"
 """Unix milliseconds of the first publish (AMQP tables carry no floats); kept across retries."""
 HEARTBEAT_TTL_MS = 60_000
@@ -51,10 +63,14 @@ class Topology:
     exchange: str
     queue: str
     queue_type: str = "classic"
+    dead_max_length: int = 100_000
+    dead_max_bytes: int = 256 * 1024 * 1024
 
     @classmethod
     def from_config(cls, cfg: AmqpConfig) -> Topology:
-        return cls(cfg.exchange, cfg.queue, cfg.queue_type)
+        return cls(
+            cfg.exchange, cfg.queue, cfg.queue_type, cfg.dead_letter_max_length, cfg.dead_letter_max_bytes
+        )
 
     @property
     def retry_queue(self) -> str:
@@ -86,7 +102,7 @@ class Topology:
                 "x-dead-letter-routing-key": ROUTE_REQUEST,
             },
         )
-        channel.queue_declare(self.dead_queue, durable=True, arguments=durable_type)
+        self._declare_dead_queue(channel, durable_type)
         channel.queue_declare(
             self.heartbeat_queue,
             durable=True,
@@ -98,13 +114,41 @@ class Topology:
         )
         channel.queue_bind(self.heartbeat_queue, self.exchange, routing_key=ROUTE_HEARTBEAT)
 
+    def _declare_dead_queue(self, channel: BlockingChannel, durable_type: dict[str, str]) -> None:
+        """Declare the bounded dead-letter queue on a channel of its own.
+
+        On its own channel because a queue that already exists with other
+        arguments makes the broker close the declaring channel (406
+        PRECONDITION_FAILED); the existing queue is then kept as it is.
+        """
+        arguments = {
+            **durable_type,
+            "x-max-length": self.dead_max_length,
+            "x-max-length-bytes": self.dead_max_bytes,
+            "x-overflow": "drop-head",
+        }
+        own = channel.connection.channel()
+        try:
+            own.queue_declare(self.dead_queue, durable=True, arguments=arguments)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 406:
+                raise
+            log.warning(
+                "dead-letter queue exists with other arguments; keeping them",
+                queue=self.dead_queue,
+                wanted=arguments,
+                error=exc.reply_text,
+            )
+            return
+        own.close()
+
 
 def connection_parameters(
-    url: str, *, heartbeat: int = 30, name: str = "virtflow-scheduler"
+    url: str, *, heartbeat: int | None = 30, name: str = "virtflow-scheduler"
 ) -> pika.URLParameters:
     """pika parameters from an ``amqp(s)://`` URL, with sane timeouts and a client name."""
     params = pika.URLParameters(url)
-    params.heartbeat = heartbeat
+    params.heartbeat = 30 if heartbeat is None else heartbeat
     params.blocked_connection_timeout = 60
     params.socket_timeout = 5
     params.stack_timeout = 15
@@ -115,7 +159,9 @@ def connection_parameters(
     return params
 
 
-def connect(url: str, *, heartbeat: int = 30, name: str = "virtflow-scheduler") -> pika.BlockingConnection:
+def connect(
+    url: str, *, heartbeat: int | None = 30, name: str = "virtflow-scheduler"
+) -> pika.BlockingConnection:
     """A blocking connection, or :class:`BrokerUnavailable` with a one-line reason."""
     try:
         return pika.BlockingConnection(connection_parameters(url, heartbeat=heartbeat, name=name))

@@ -26,6 +26,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -48,7 +49,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "POD_NAME": ("identity",),
     "POD_NAMESPACE": ("election", "namespace"),
     "WEBHOOK_URL": ("webhooks", "urls"),
-    "WEBHOOK_SECRET": ("webhooks", "secret"),
+    "WEBHOOK_SECRET": ("webhooks", "secrets"),
     "HTTP_PORT": ("http", "port"),
     "HTTP_TOKENS": ("http", "tokens"),
     "METRICS_PORT": ("http", "metrics_port"),
@@ -98,7 +99,19 @@ class AmqpConfig(_Section):
     queue: str = Field(default="scheduling.requests", min_length=1, max_length=200)
     prefetch: int = Field(default=256, ge=1, le=65535)
     queue_type: Literal["classic", "quorum"] = "classic"
-    heartbeat: int = Field(default=30, ge=0, le=3600, description="AMQP heartbeat seconds")
+    heartbeat: int | None = Field(
+        default=None,
+        ge=1,
+        le=3600,
+        description="AMQP heartbeat seconds; default and maximum a third of election.lease_duration",
+    )
+    dead_letter_max_length: int = Field(default=100_000, ge=1, description="x-max-length of <queue>.dead")
+    dead_letter_max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="x-max-length-bytes of <queue>.dead"
+    )
+    dead_letter_max_body: int = Field(
+        default=64 * 1024, ge=256, le=16 * 1024 * 1024, description="bodies beyond this are dead-lettered cut"
+    )
 
     @field_validator("url")
     @classmethod
@@ -176,12 +189,31 @@ class NodesConfig(_Section):
 
 
 class WebhooksConfig(_Section):
+    """Deliveries of webhook events; see ``docs/webhooks.md``.
+
+    ``secrets`` are ``whsec_<base64>`` Standard Webhooks secrets (several at
+    once during a rotation; env ``WEBHOOK_SECRET``, comma separated); the
+    older single ``secret`` key is still read and counts as one more.
+    Secrets are :class:`~pydantic.SecretStr`: no repr, dump or error message
+    shows them. With delivery targets (``urls`` or ``allow``) but no secret,
+    the worker refuses to start unless ``allow_unsigned`` is true
+    (:func:`scheduler.webhooks.signing.unsigned_refusal`); other commands,
+    which send nothing, do not care.
+    """
+
     urls: list[AnyUrl] = Field(default_factory=list)
-    secret: str = Field(default="", repr=False)
+    secrets: list[SecretStr] = Field(default_factory=list, repr=False)
+    secret: SecretStr | None = Field(default=None, repr=False, description="older single-secret key")
+    allow_unsigned: bool = False
     allow: list[str] = Field(default_factory=list)
     max_attempts: int = Field(default=10, ge=1, le=100)
-    timeout: float = Field(default=5, gt=0, le=120, description="connect and read timeout, seconds")
+    timeout: float = Field(
+        default=5, gt=0, le=120, description="seconds for a whole attempt: resolve, connect, send, read"
+    )
     concurrency: int = Field(default=16, ge=1, le=1024)
+    per_destination: int = Field(
+        default=8, ge=1, le=1024, description="attempts in flight to one scheme://host:port at most"
+    )
     initial_backoff: float = Field(default=1, gt=0)
     max_backoff: float = Field(default=600, gt=0)
 
@@ -192,13 +224,65 @@ class WebhooksConfig(_Section):
             return [u.strip() for u in value.split(",") if u.strip()]
         return value
 
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _secrets_comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [s.strip() for s in value.split(",") if s.strip()]
+        if isinstance(value, SecretStr):
+            return [value]
+        return value
+
     @field_validator("urls")
     @classmethod
     def _http_only(cls, urls: list[AnyUrl]) -> list[AnyUrl]:
+        from scheduler.webhooks.policy import display_url
+
         for url in urls:
             if url.scheme not in ("http", "https"):
-                raise ValueError(f"{url}: webhook URLs must be http:// or https://")
+                raise ValueError(f"{display_url(str(url))}: webhook URLs must be http:// or https://")
         return urls
+
+    @field_validator("secrets")
+    @classmethod
+    def _whsec_format(cls, secrets: list[SecretStr]) -> list[SecretStr]:
+        from scheduler.webhooks.signing import SecretFormatError, decode_secret
+
+        for index, secret in enumerate(secrets):
+            try:
+                decode_secret(secret.get_secret_value())
+            except SecretFormatError as exc:
+                raise ValueError(f"secret #{index + 1}: {exc}") from None
+        return secrets
+
+    @field_validator("secret")
+    @classmethod
+    def _legacy_whsec_format(cls, secret: SecretStr | None) -> SecretStr | None:
+        from scheduler.webhooks.signing import SecretFormatError, decode_secret
+
+        if secret is None or not secret.get_secret_value():
+            return None
+        try:
+            decode_secret(secret.get_secret_value())
+        except SecretFormatError as exc:
+            raise ValueError(str(exc)) from None
+        return secret
+
+    @field_validator("allow")
+    @classmethod
+    def _patterns(cls, allow: list[str]) -> list[str]:
+        from scheduler.webhooks.policy import parse_pattern
+
+        for text in allow:
+            parse_pattern(text)  # ValueError names the pattern and what is wrong
+        return allow
+
+    def all_secrets(self) -> list[str]:
+        """``secrets`` then the older ``secret``, without duplicates (the values; never log them)."""
+        values = [s.get_secret_value() for s in self.secrets]
+        if self.secret is not None and self.secret.get_secret_value():
+            values.append(self.secret.get_secret_value())
+        return list(dict.fromkeys(v.strip() for v in values))
 
 
 class Role(StrEnum):
@@ -303,7 +387,23 @@ class WorkerConfig(_Section):
     commit_interval_ms: float = Field(default=5, ge=0, le=10000, description="max wait to fill a group")
     inventory_poll_interval: float = Field(default=2, gt=0, le=3600)
     config_watch_interval: float = Field(default=2, gt=0, le=3600)
-    reconnect_max_backoff: float = Field(default=30, gt=0)
+    reconnect_max_backoff: float = Field(default=5, gt=0, le=3600)
+    reconnect_initial_backoff: float = Field(default=0.5, gt=0, le=60)
+    healthy_session: float = Field(
+        default=10, gt=0, le=3600, description="a broker session this long resets the reconnect backoff"
+    )
+    startup_timeout: float = Field(
+        default=120, ge=0, le=86400, description="how long start-up waits for the broker and database"
+    )
+    max_redeliveries: int = Field(
+        default=20, ge=1, le=100_000, description="a message delivered more often is dead-lettered"
+    )
+    max_group_retries: int = Field(
+        default=3, ge=0, le=100_000, description="/readyz fails once a group was requeued more often"
+    )
+    commit_stuck_after: float = Field(
+        default=30, gt=0, le=3600, description="/readyz fails while one commit runs longer than this"
+    )
 
 
 class LoggingConfig(_Section):
@@ -344,6 +444,24 @@ class Settings(BaseSettings):
     worker: WorkerConfig = WorkerConfig()
     logging: LoggingConfig = LoggingConfig()
 
+    def broker_heartbeat(self) -> int:
+        """The AMQP heartbeat the worker asks for: at most a third of the lease (see below).
+
+        Why: a leader that freezes (SIGSTOP, a stalled VM) keeps its
+        single-active-consumer slot until the broker drops its connection,
+        about two heartbeat intervals later; the new leader consumes only
+        after that. With the heartbeat at most a third of
+        ``election.lease_duration``, that happens before the lease has even
+        expired. ``amqp.heartbeat`` above that bound is lowered to it
+        (:meth:`heartbeat_lowered` says so, for a start-up warning).
+        """
+        bound = max_heartbeat(self.election.lease_duration)
+        return min(self.amqp.heartbeat, bound) if self.amqp.heartbeat else bound
+
+    def heartbeat_lowered(self) -> bool:
+        """True when the configured ``amqp.heartbeat`` was too slow for the lease and is lowered."""
+        return self.amqp.heartbeat is not None and self.amqp.heartbeat > self.broker_heartbeat()
+
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, name: str) -> str:
@@ -368,6 +486,11 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, _AliasEnvSource(settings_cls), env_settings, _YamlSource(settings_cls))
+
+
+def max_heartbeat(lease_duration: float) -> int:
+    """The slowest AMQP heartbeat (whole seconds) that lets a new leader consume within the lease + 5 s."""
+    return max(1, int(lease_duration // 3))
 
 
 class _AliasEnvSource(PydanticBaseSettingsSource):

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pika
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import case, false, func, select
@@ -100,6 +100,7 @@ PUBLISH_TO_COMMIT_BUCKETS = (
     900.0,
 )
 RESOURCES = ("cpu", "memory", "disk", "vms")
+DEAD_LETTER_REASONS = ("invalid", "unstorable", "redelivered")
 DELIVERY_STATES = ("pending", "delivered", "dead")
 
 T = TypeVar("T")
@@ -140,7 +141,32 @@ class SchedulerMetrics:
         )
         self.dead_letters = Counter(
             f"{PREFIX}_dead_letters_total",
-            "Messages that can never be processed, sent to the dead-letter queue.",
+            "Messages sent to the dead-letter queue, by reason: invalid (no readable task id), "
+            "unstorable (isolated by bisection, not even storable as a failure), redelivered "
+            "(delivered more than worker.max_redeliveries times).",
+            ["reason"],
+            registry=registry,
+        )
+        self.poison = Counter(
+            f"{PREFIX}_poison_messages_total",
+            "Messages whose commit failed with the rest of their group and were isolated by bisection.",
+            registry=registry,
+        )
+        self.retried_groups = Counter(
+            f"{PREFIX}_retried_groups_total",
+            "Groups requeued because the database was unreachable or failed.",
+            registry=registry,
+        )
+        self.releases = Counter(
+            f"{PREFIX}_releases_total",
+            "Release messages by outcome: released (an allocation ended), cancelled (ended a task "
+            "before it was placed), ignored (the task had already failed or been released).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.consumer_gauge = Gauge(
+            f"{PREFIX}_leader_consumer_active",
+            "1 while this replica leads and its consumer is registered on the request queue.",
             registry=registry,
         )
         self.retries = Counter(
@@ -178,6 +204,26 @@ class SchedulerMetrics:
         self.epoch = 0
         for change in ("acquired", "lost"):
             self.leadership_changes.labels(change=change)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason=reason)
+        for outcome in ("released", "cancelled", "ignored"):
+            self.releases.labels(outcome=outcome)
+
+    # ------------------------------------------------------ optional worker hooks
+    def dead_lettered(self, reason: str) -> None:
+        self.dead_letters.labels(reason=reason).inc()
+
+    def poisoned(self, count: int) -> None:
+        self.poison.inc(count)
+
+    def group_retried(self) -> None:
+        self.retried_groups.inc()
+
+    def release_recorded(self, outcome: str) -> None:
+        self.releases.labels(outcome=outcome).inc()
+
+    def consumer_active(self, active: bool) -> None:
+        self.consumer_gauge.set(1 if active else 0)
 
     # ------------------------------------------------------------ WorkerHooks
     def group_committed(self, plan: GroupPlan, result: CommitResult, seconds: float) -> None:
@@ -224,11 +270,11 @@ class SchedulerMetrics:
         for (status, reason), n in outcomes.items():
             self.outcomes.labels(status=status, reason=reason).inc(n)
 
+        if plan.dead:
+            self.dead_letters.labels(reason="invalid").inc(len(plan.dead))
         duplicates = len(plan.duplicates) + len(result.duplicates)
         if duplicates:
             self.duplicates.inc(duplicates)
-        if plan.dead:
-            self.dead_letters.inc(len(plan.dead))
         if plan.retries:
             self.retries.inc(
                 len(plan.retries) - sum(r.request.task_id in result.duplicates for r in plan.retries)

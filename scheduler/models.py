@@ -121,6 +121,10 @@ class Reason(enum.StrEnum):
     NO_ONLINE_NODES = "no_online_nodes"
     UNKNOWN_STRATEGY = "unknown_strategy"
     EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    """Released before it was placed: the request is never placed, even if it arrives later."""
+    CONFLICT = "conflict"
+    """The task id already exists with a different request; the newcomer fails, the original stays."""
 
 
 class _Strict(BaseModel):
@@ -160,6 +164,10 @@ class SchedulingRequest(_Strict):
             raise ValueError(f"not a URL: {exc}") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError("must be an absolute http:// or https:// URL")
+        if not value.isprintable() or not value.isascii():
+            # Control characters and raw non-ASCII have no place in a URL (percent-encode them);
+            # refusing them keeps every stored request printable and encodable.
+            raise ValueError("must be printable ASCII (percent-encode anything else)")
         return value
 
 
@@ -268,12 +276,19 @@ class Decision:
 
 
 def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem, ``field: rule``, for CLIs, logs and dead-letter headers."""
+    """One line per problem, ``field: rule``, for CLIs, logs and dead-letter headers.
+
+    Field names come from the input (an unknown key is named as sent), so
+    they are made printable: a NUL or a lone surrogate in a key must not
+    make the failure itself unstorable.
+    """
+    from scheduler.safetext import printable
+
     parts = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "(body)"
-        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
+        loc = ".".join(printable(str(p), 200) for p in err["loc"]) or "(body)"
+        parts.append(f"{loc}: {printable(err['msg'].removeprefix('Value error, '))}")
+    return printable("; ".join(parts), 2000)
 
 
 def parse_message(body: bytes) -> SchedulingRequest | ReleaseRequest:
@@ -283,7 +298,7 @@ def parse_message(body: bytes) -> SchedulingRequest | ReleaseRequest:
     task id can be read from the body, the error carries it so the worker can
     record a ``failed`` task instead of dead-lettering an anonymous message.
     """
-    import json
+    from scheduler import safetext
 
     if len(body) > MAX_BODY_BYTES:
         raise BadMessage(f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}", None)
@@ -294,11 +309,13 @@ def parse_message(body: bytes) -> SchedulingRequest | ReleaseRequest:
     if not text.strip():
         raise BadMessage("empty body", None)
     try:
-        data = json.loads(text)
+        # NaN/Infinity stay strings and lone surrogates become U+FFFD, so they fail
+        # validation with a field name instead of reaching the database.
+        data = safetext.loads(text)
     except RecursionError:
         raise BadMessage("JSON nested too deeply", None) from None
     except ValueError as exc:
-        raise BadMessage(f"malformed JSON: {exc}", None) from None
+        raise BadMessage(f"malformed JSON: {safetext.printable(str(exc), 300)}", None) from None
     if not isinstance(data, dict):
         raise BadMessage(f"expected a JSON object, got {type(data).__name__}", None)
     task_id = data.get("task_id")

@@ -22,10 +22,25 @@ echo "== migrating the database and importing examples/fleet.yaml"
 $S db upgrade
 $S nodes import examples/fleet.yaml
 
+echo "== starting the example webhook receiver with a fresh signing secret (events: .demo/webhooks.log)"
+# Deliveries are signed (Standard Webhooks); the receiver verifies each one with the
+# standardwebhooks package and refuses anything else.
+WEBHOOK_SECRET="$($S webhooks new-secret)"
+export WEBHOOK_SECRET
+.venv/bin/python examples/webhook_receiver.py --port 0 >.demo/webhooks.log 2>.demo/webhooks.err &
+receiver=$!
+trap 'kill -TERM $receiver 2>/dev/null || true' EXIT
+for _ in $(seq 1 50); do
+  if grep -q "listening on" .demo/webhooks.err 2>/dev/null; then break; fi
+  sleep 0.1
+done
+WEBHOOK_URL="$(sed -n 's/^listening on \(http:[^ ]*\)$/\1hooks/p' .demo/webhooks.err)"
+export WEBHOOK_URL
+
 echo "== starting a worker (log: .demo/worker.log)"
 $S worker >.demo/worker.log 2>&1 &
 worker=$!
-trap 'kill -TERM $worker 2>/dev/null; wait $worker 2>/dev/null || true' EXIT
+trap 'kill -TERM $worker 2>/dev/null; wait $worker 2>/dev/null || true; kill -TERM $receiver 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
   if $S leader --json 2>/dev/null | grep -q '"expired":false'; then break; fi
   if ! kill -0 $worker 2>/dev/null; then echo "worker exited:"; cat .demo/worker.log; exit 1; fi
@@ -39,6 +54,13 @@ echo "== tasks"
 $S tasks
 echo "== nodes"
 $S nodes list
+tasks=$(grep -c . examples/requests.jsonl)
+for _ in $(seq 1 100); do
+  if [ "$(grep -c . .demo/webhooks.log)" -ge "$tasks" ]; then break; fi
+  sleep 0.1
+done
+echo "== webhooks: $(grep -c . .demo/webhooks.log) events received and verified by examples/webhook_receiver.py," \
+  "$(grep -c refused .demo/webhooks.err || true) refused"
 API="http://127.0.0.1:${HTTP_PORT}"
 echo "== the HTTP API, with this run's token (in .demo/token; the dashboard asks for it once)"
 echo "curl -H \"Authorization: Bearer \$(cat .demo/token)\" ${API}/nodes"

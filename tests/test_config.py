@@ -57,7 +57,9 @@ def test_defaults_match_design() -> None:
     assert (s.election.lease_duration, s.election.renew_deadline, s.election.retry_period) == (15, 10, 2)
     assert (s.retry.max_attempts, s.retry.initial_backoff, s.retry.max_backoff) == (5, 1, 60)
     assert (s.nodes.suspicious_after, s.nodes.offline_after) == (10, 20)
-    assert (s.webhooks.urls, s.webhooks.secret, s.webhooks.allow, s.webhooks.max_attempts) == ([], "", [], 10)
+    assert (s.webhooks.urls, s.webhooks.secrets, s.webhooks.allow) == ([], [], [])
+    assert s.webhooks.max_attempts == 10
+    assert s.webhooks.allow_unsigned is False
     assert s.http.port == 8080
 
 
@@ -98,7 +100,6 @@ def test_explicit_overrides_beat_the_environment(monkeypatch: pytest.MonkeyPatch
         ("ELECTION_BACKEND", "database", ("election", "backend"), "database"),
         ("POD_NAME", "scheduler-0", ("identity",), "scheduler-0"),
         ("POD_NAMESPACE", "infra", ("election", "namespace"), "infra"),
-        ("WEBHOOK_SECRET", "s3cret", ("webhooks", "secret"), "s3cret"),
         ("SCHEDULER_ELECTION__LEASE_NAME", "other-lease", ("election", "lease_name"), "other-lease"),
         ("SCHEDULER_DEDICATED_NODES_EXCLUSIVE", "false", ("dedicated_nodes_exclusive",), False),
     ],

@@ -147,9 +147,26 @@ def test_duplicates_in_group_and_already_placed() -> None:
         ],
         fleet,
     )
-    assert plan.duplicates == ["dup", "twice"]
-    assert [i.task_id for i in plan.items] == ["twice"]
+    # The same body twice in one group is a duplicate here; a task the fleet already holds
+    # goes to the store, which compares the bodies (duplicate if equal, conflict if not).
+    assert plan.duplicates == ["twice"]
+    assert [(i.task_id, type(i).__name__) for i in plan.items] == [("dup", "Failure"), ("twice", "Placement")]
     assert int(fleet.vms.sum()) == 2
+
+
+def test_same_task_id_twice_in_a_group_with_another_body_goes_to_the_store_as_a_conflict() -> None:
+    fleet = _fleet()
+    plan = _plan(
+        [
+            _msg(1, {"task_id": "t", "requested_cpu": 1, "requested_memory": 1}),
+            _msg(2, {"task_id": "t", "requested_cpu": 2, "requested_memory": 1}),
+        ],
+        fleet,
+    )
+    assert plan.duplicates == []
+    kinds = [(i.task_id, type(i).__name__, getattr(i, "reason", None)) for i in plan.items]
+    assert kinds == [("t", "Placement", None), ("t", "Failure", Reason.CONFLICT)]
+    assert int(fleet.vms.sum()) == 1
 
 
 def test_release_of_a_task_placed_in_the_same_group_is_deferred() -> None:

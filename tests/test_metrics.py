@@ -92,7 +92,7 @@ def test_metrics_after_a_known_workload(deployment: Deployment) -> None:
     assert value(s, "scheduler_task_outcomes_total", status="waiting", reason="") == 1
     assert value(s, "scheduler_task_outcomes_total", status="released", reason="") == 1
     assert value(s, "scheduler_retries_total") == 1
-    assert value(s, "scheduler_dead_letters_total") == 0
+    assert value(s, "scheduler_dead_letters_total", reason="invalid") == 0
     # Two groups: nine items (6 placements, 2 failures, 1 wait), then one release.
     assert value(s, "scheduler_commit_group_size_count") == 2
     assert value(s, "scheduler_commit_group_size_sum") == 10
@@ -187,7 +187,7 @@ def test_duplicates_and_dead_letters_are_counted(lite: Deployment) -> None:
     hooks.group_committed(plan, lite.store.commit(plan.items, EPOCH), 0.001)
     s = scrape(registry)
     assert value(s, "scheduler_duplicates_total") == 2
-    assert value(s, "scheduler_dead_letters_total") == 1
+    assert value(s, "scheduler_dead_letters_total", reason="invalid") == 1
     assert value(s, "scheduler_task_outcomes_total", status="scheduled", reason="") == 1
 
 

@@ -146,7 +146,8 @@ def test_duplicate_decisions_change_nothing(store: Store) -> None:
     assert store.duplicate_active_allocations() == {}
 
 
-def test_failed_then_placed_is_a_duplicate(store: Store) -> None:
+def test_failed_then_placed_with_another_body_is_a_conflict(store: Store) -> None:
+    """The failed original stays; the newcomer gets its own task.failed event with reason conflict."""
     store.commit(
         [
             Failure(
@@ -162,8 +163,10 @@ def test_failed_then_placed_is_a_duplicate(store: Store) -> None:
         epoch=1,
     )
     result = store.commit([place("t")], epoch=1)
-    assert result.duplicates == ("t",)
-    assert counts(store) == (1, 0, 0, 1)
+    assert result.duplicates == () and result.conflicts == ("t",) and result.applied == ()
+    assert counts(store) == (1, 0, 0, 2)
+    rec = store.get_task("t")
+    assert rec is not None and rec.status is TaskStatus.FAILED and rec.reason is Reason.INVALID_REQUEST
 
 
 # ------------------------------------------------------------------ releases
@@ -184,11 +187,12 @@ def test_release_then_release_again(store: Store) -> None:
     assert [e["type"] for e in events(store)] == ["task.scheduled", "task.released"]
 
     # A released task stays released: a redelivered placement is a duplicate.
-    assert store.commit([place("t1")], epoch=1).duplicates == ("t1",)
+    assert store.commit([place("t1", anti_affinity_group="web")], epoch=1).duplicates == ("t1",)
     assert counts(store) == (1, 1, 0, 2)
 
 
-def test_release_of_tasks_that_are_not_scheduled_is_ignored(store: Store) -> None:
+def test_release_of_a_task_not_placed_yet_is_a_cancel(store: Store) -> None:
+    """Waiting or unknown: released/cancelled, with an event; failed: ignored; a late request: not placed."""
     store.commit(
         [
             Waiting(req("w"), "no room", 1, "least_loaded"),
@@ -197,8 +201,21 @@ def test_release_of_tasks_that_are_not_scheduled_is_ignored(store: Store) -> Non
         epoch=1,
     )
     result = store.commit([Release("unknown"), Release("w"), Release("f")], epoch=1)
-    assert result.ignored == ("unknown", "w", "f") and result.applied == ()
-    assert store.task_states(["w", "f", "unknown"]) == {"w": TaskStatus.WAITING, "f": TaskStatus.FAILED}
+    assert result.ignored == ("f",) and result.cancelled == ("unknown", "w")
+    assert result.applied == ("unknown", "w") and result.released == ()
+    assert store.task_states(["w", "f", "unknown"]) == {
+        "w": TaskStatus.RELEASED,
+        "f": TaskStatus.FAILED,
+        "unknown": TaskStatus.RELEASED,
+    }
+    for tid in ("w", "unknown"):
+        rec = store.get_task(tid)
+        assert rec is not None and rec.reason is Reason.CANCELLED and rec.node is None
+    assert [e["body"]["task"]["reason"] for e in events(store)[-2:]] == ["cancelled", "cancelled"]
+    # The request arriving after its cancel is never placed, whatever its body.
+    late = store.commit([place("unknown"), place("w")], epoch=1)
+    assert late.duplicates == ("unknown", "w") and late.applied == ()
+    assert store.active_allocations() == []
 
 
 def test_place_and_release_in_one_batch(store: Store) -> None:

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,17 +28,26 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, update
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from scheduler.config import WebhooksConfig
 from scheduler.models import Reason, SchedulingRequest
 from scheduler.store import Failure, Placement, Release, Store
+from scheduler.store.deliveries import DeliveryRecord, DeliveryStore
 from scheduler.store.schema import deliveries, outbox
-from scheduler.webhooks import WebhookDispatcher, verify
-from scheduler.webhooks.deliveries import DeliveryRecord, DeliveryStore
+from scheduler.webhooks import WebhookDispatcher, new_secret
 from tests.harness import make_nodes, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "test-webhook-secret"
+SECRET = "whsec_dGVzdC13ZWJob29rLXNlY3JldC0wMTIzNDU2Nzg5"  # a 30-byte key
+OTHER_SECRET = "whsec_b3RoZXItd2ViaG9vay1zZWNyZXQtOTg3NjU0MzIx"
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes) -> int:
+    """Check a delivery with the ``standardwebhooks`` package (not this project's code); its timestamp."""
+    Webhook(secret).verify(body, headers, json_parse=False)
+    return int(headers["webhook-timestamp"])
 
 
 # ------------------------------------------------------------------ receivers
@@ -56,7 +65,7 @@ class Hit:
 
     @property
     def delivery(self) -> str:
-        return self.headers["x-scheduler-delivery"]
+        return self.headers["webhook-id"]
 
     @property
     def event(self) -> dict[str, Any]:
@@ -91,7 +100,7 @@ class Receiver:
                     self.close_connection = True
                     return
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                key = (self.path, headers.get("x-scheduler-delivery", ""))
+                key = (self.path, headers.get("webhook-id", ""))
                 with receiver._lock:
                     nth = receiver._counts[key] = receiver._counts.get(key, 0) + 1
                 status = receiver.respond(self.path, headers, body, nth)
@@ -181,7 +190,7 @@ def dispatchers() -> Iterator[Callable[..., WebhookDispatcher]]:
 def config(*urls: str, **overrides: Any) -> WebhooksConfig:
     """Tiny backoffs so retries happen in milliseconds."""
     values: dict[str, Any] = {
-        "urls": list(urls), "secret": SECRET, "max_attempts": 5, "timeout": 2, "concurrency": 8,
+        "urls": list(urls), "secrets": [SECRET], "max_attempts": 5, "timeout": 2, "concurrency": 8,
         "initial_backoff": 0.01, "max_backoff": 0.05,
     }  # fmt: skip
     values.update(overrides)
@@ -249,7 +258,7 @@ def test_events_are_delivered_signed_with_the_exact_outbox_body(
     stored = payloads(store)
     for hit in hits:
         assert hit.body == stored[hit.delivery].encode(), "the body is the outbox payload, byte for byte"
-        assert verify(SECRET, hit.headers, hit.body) == int(hit.headers["x-scheduler-timestamp"])
+        assert verify(SECRET, hit.headers, hit.body) == int(hit.headers["webhook-timestamp"])
         assert hit.headers["content-type"] == "application/json"
         assert hit.headers["x-scheduler-event"] == hit.event["type"]
         assert hit.delivery == hit.event["id"]
@@ -286,13 +295,12 @@ def test_the_example_receiver_accepts_deliveries_and_acknowledges_duplicates(
         assert sorted(handled) == sorted(events)
         # A wrong secret is refused with 401 and retried (here until dead).
         first.stop()
-        bad = WebhooksConfig.model_validate({**config().model_dump(), "secret": "wrong", "max_attempts": 2,
-                                             "urls": [f"http://127.0.0.1:{server.server_port}/other"]})
+        bad = config(f"http://127.0.0.1:{server.server_port}/other", secrets=[OTHER_SECRET], max_attempts=2)
         place(store, "z")
         dispatchers(store, bad)
         wait_until(lambda: any(r.status == "dead" for r in rows(store)), 15, "the forged delivery to die")
         dead = [r for r in rows(store) if r.status == "dead"]
-        assert dead[0].last_status_code == 401 and "signature mismatch" in (dead[0].last_error or "")
+        assert dead[0].last_status_code == 401 and "No matching signature" in (dead[0].last_error or "")
     finally:
         server.shutdown()
         server.server_close()
@@ -347,7 +355,7 @@ def test_timeouts_and_errors_are_retried_and_recorded(
 
 def test_redirects_are_not_followed_and_no_secret_reaches_the_logs(
     store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher],
-    capfd: pytest.CaptureFixture[str],
+    capfd: pytest.CaptureFixture[str], tmp_path: Path, db_url: str,
 ) -> None:
     rx = receivers(lambda path, headers, body, nth: 307 if path.startswith("/hook") else 204)
     url = rx.url("/hook?token=tok-123").replace("http://", "http://bot:hunter2@")
@@ -364,6 +372,10 @@ def test_redirects_are_not_followed_and_no_secret_reaches_the_logs(
     assert "webhook delivery dead" in logged
     for secret in (SECRET, "hunter2", "tok-123"):
         assert secret not in logged
+        assert secret not in (record.last_error or "")
+    listed = CliRunner().invoke(_cli(), ["webhooks", "list", "--json"], env=_cli_env(db_url, tmp_path))
+    assert listed.exit_code == 0 and "bot:***" not in listed.output and "***@127.0.0.1" in listed.output
+    assert "hunter2" not in listed.output and "tok-123" not in listed.output
 
 
 def test_a_dead_receiver_ends_dead_after_max_attempts_and_retry_revives_it(
@@ -453,19 +465,15 @@ def test_a_parked_later_event_is_sent_as_soon_as_its_earlier_one_is_delivered(
     tasks = [f"p{i}" for i in range(5)]
     place(store, *tasks)
     release(store, *tasks)
-    # Two senders and a 17 s claim lease: a released event parks behind its in-flight scheduled event.
-    d = dispatchers(store, config(rx.url(), concurrency=2, timeout=2), poll_interval=0.2)
-
-    def parked() -> bool:
-        horizon = _now() + timedelta(seconds=5)
-        released = [r for r in rows(store) if r.event_type == "task.released"]
-        return sum(r.status == "pending" and r.next_attempt_at > horizon for r in released) == 5
-
-    wait_until(parked, 10, "released events parked behind their in-flight scheduled events")
-    # Other tasks' events fill every claim slot, and the dispatcher idles a while with none free.
+    # Two senders, attempts that hang until the gate opens, a 65 s claim lease: each released event
+    # waits behind its scheduled one, which is running or waiting its turn.
+    d = dispatchers(store, config(rx.url(), concurrency=2, timeout=10), poll_interval=0.2)
+    wait_until(lambda: d.stats().in_flight >= 2, 10, "scheduled events in flight")
+    # Other tasks' events wait too: the destination is at its limit, and the dispatcher idles a while.
     place(store, *[f"filler{i}" for i in range(30)])
-    wait_until(lambda: d.stats().in_flight >= 20, 10, "the claim slots to fill up")
+    wait_until(lambda: len(rows(store)) == 40, 10, "the fillers' deliveries")
     run_cycles(d, 5)
+    assert not [h for h in rx.snapshot() if h.event["type"] == "task.released"], "a released event went first"
     gate.set()
     started = time.monotonic()
     wait_until(lambda: all_delivered(store, 40), 15, "all 40 deliveries")
@@ -511,16 +519,17 @@ def test_a_dispatcher_killed_mid_deliveries_loses_no_event(
     cfg = config(rx.url(), concurrency=4)
     script = tmp_path / "leader.py"
     script.write_text(textwrap.dedent("""
-        import sys, time
+        import json, sys, time
         from scheduler.config import WebhooksConfig
         from scheduler.store import Store
-        from scheduler.webhooks import WebhookDispatcher
+        from scheduler.webhooks import WebhookDispatcher, new_secret
         store = Store.from_url(sys.argv[1])
-        config = WebhooksConfig.model_validate_json(sys.argv[2])
+        config = WebhooksConfig.model_validate({**json.loads(sys.argv[2]), "secrets": [sys.argv[3]]})
         WebhookDispatcher(store, config, lambda: True, poll_interval=0.02, claim_lease=1.0).start()
         time.sleep(600)
     """))
-    leader = subprocess.Popen([sys.executable, str(script), db_url, cfg.model_dump_json()],
+    plain = cfg.model_dump_json(exclude={"secrets"})  # a dump shows no secret: it is passed on its own
+    leader = subprocess.Popen([sys.executable, str(script), db_url, plain, SECRET],
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -591,6 +600,153 @@ def test_dispatcher_thread_is_not_the_callers_and_stop_is_prompt(
     d.stop(timeout=10)
     assert not d.running
     assert all_delivered(store, 4), "stop waits for attempts in flight and records them"
+
+
+def test_an_attempt_ends_at_its_deadline_even_when_the_receiver_trickles(
+    store: Store, dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    """A receiver sending one byte every 0.2 s never trips a per-read timeout; the attempt's deadline does."""
+    trickle = TrickleReceiver(every=0.2, lasts=30)
+    try:
+        (event,) = place(store, "trickled")
+        dispatchers(store, config(trickle.url, timeout=1, max_attempts=2))
+        ended = wait_until(lambda: trickle.held, 20, "the first trickled attempt to be cut off")
+        assert ended[0] < 1 + 3, f"the attempt was held {ended[0]:.1f} s with timeout 1 s"
+        record = wait_until(lambda: (r := by_event(store).get(event)) and r.attempts >= 1 and r, 10,
+                            "the attempt recorded")
+        assert "timeout" in (record.last_error or "") or record.status == "dead"
+    finally:
+        trickle.close()
+
+
+def test_a_hanging_receiver_does_not_starve_the_others(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    gate = threading.Event()
+    lock = threading.Lock()
+    running = [0, 0]  # now, most at once
+
+    def hang(path: str, headers: dict[str, str], body: bytes, nth: int) -> int:
+        with lock:
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+        gate.wait(30)
+        with lock:
+            running[0] -= 1
+        return 204
+
+    hanging, fast = receivers(hang), receivers()
+    place(store, *[f"h{i}" for i in range(30)])
+    dispatchers(store, config(hanging.url(), fast.url(), concurrency=4, per_destination=2, timeout=20,
+                              max_attempts=3))
+    try:
+        # Four senders, and every one of them would be stuck on the hanging receiver without the limit.
+        wait_until(lambda: len(fast.ok_hits()) == 30, 15, "every delivery to the fast receiver")
+        assert hanging.ok_hits() == [], "the hanging receiver really hung throughout"
+        assert running[1] <= 2, f"{running[1]} attempts at once to one destination (limit 2)"
+    finally:
+        gate.set()
+    wait_until(lambda: all_delivered(store, 60), 60, "the hanging receiver's deliveries, once it answers")
+    assert running[1] <= 2
+
+
+def test_a_payload_that_is_not_strict_json_is_dead_and_never_sent(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    rx = receivers()
+    bad, good = place(store, "nan", "fine")
+    with store.engine.begin() as conn:  # written elsewhere: the dispatcher is the last line of defence
+        conn.execute(update(outbox).where(outbox.c.event_id == bad)
+                     .values(payload='{"id": "x", "task": {"attempts": NaN, "score": Infinity}}'))
+    d = dispatchers(store, config(rx.url()))
+    wait_until(lambda: {r.status for r in rows(store)} == {"dead", "delivered"}, 15, "both to end")
+    record = by_event(store)[bad]
+    assert record.status == "dead" and record.attempts == 0
+    assert (record.last_error or "").startswith("invalid payload: not strict JSON")
+    assert [h.delivery for h in rx.snapshot()] == [good]
+    assert d.stats().invalid == 1 and d.running, "a bad payload is an outcome, not a crash"
+
+
+def test_during_a_secret_rotation_each_delivery_verifies_with_either_secret(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    rx = receivers()
+    place(store, "r1", "r2")
+    dispatchers(store, config(rx.url(), secrets=[SECRET, OTHER_SECRET]))
+    wait_until(lambda: all_delivered(store, 2), 15, "2 deliveries")
+    for hit in rx.snapshot():
+        assert len(hit.headers["webhook-signature"].split(" ")) == 2
+        verify(SECRET, hit.headers, hit.body)
+        verify(OTHER_SECRET, hit.headers, hit.body)
+        with pytest.raises(WebhookVerificationError):
+            verify(new_secret(), hit.headers, hit.body)
+
+
+def test_unsigned_delivery_only_when_allowed_and_with_a_warning(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    rx = receivers()
+    with pytest.raises(ValueError, match="allow_unsigned"):
+        WebhookDispatcher(store, config(rx.url(), secrets=[]), lambda: True)
+    place(store, "u1")
+    dispatchers(store, config(rx.url(), secrets=[], allow_unsigned=True))
+    wait_until(lambda: all_delivered(store, 1), 15, "the delivery")
+    (hit,) = rx.snapshot()
+    assert "webhook-signature" not in hit.headers and hit.headers["webhook-id"] == hit.event["id"]
+    assert "sent WITHOUT webhook-signature" in "".join(capfd.readouterr())
+
+
+@dataclass
+class TrickleReceiver:
+    """A raw TCP receiver that answers ``HTTP/1.1 200 OK`` and then one header byte every ``every`` s.
+
+    ``held`` lists, per connection, how long it was held from the first
+    answer byte until the client closed it.
+    """
+
+    every: float
+    lasts: float
+    held: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        import socket
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._closed = threading.Event()
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/hook"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: Any) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            started = time.monotonic()
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                while time.monotonic() - started < self.lasts and not self._closed.is_set():
+                    time.sleep(self.every)
+                    conn.sendall(b"a")
+            except OSError:  # the client hung up: that is what is measured
+                self.held.append(time.monotonic() - started)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._sock.close()
 
 
 # ------------------------------------------------------------------ helpers

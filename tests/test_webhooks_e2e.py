@@ -16,10 +16,9 @@ import pytest
 
 from scheduler.models import TaskStatus
 from scheduler.producer.publisher import Outgoing
-from scheduler.webhooks import verify
-from scheduler.webhooks.deliveries import DeliveryStore
+from scheduler.store.deliveries import DeliveryStore
 from tests.harness import Deployment, make_nodes, make_requests, wait_until
-from tests.test_webhooks_dispatcher import SECRET, Receiver
+from tests.test_webhooks_dispatcher import OTHER_SECRET, SECRET, Receiver, verify
 
 
 @pytest.fixture
@@ -43,7 +42,9 @@ def _deployment(db_url: str, amqp_url: str, names: dict[str, str], workdir: Path
 def test_every_terminal_task_is_delivered_signed(
     db_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path, receiver: Receiver
 ) -> None:
-    dep = _deployment(db_url, amqp_url, amqp_names, tmp_path, receiver.url())
+    # Mid-rotation, as an operator configures it: both secrets in WEBHOOK_SECRET, new first.
+    dep = _deployment(db_url, amqp_url, amqp_names, tmp_path, receiver.url(),
+                      WEBHOOK_SECRET=f"{OTHER_SECRET},{SECRET}")
     try:
         dep.store.import_nodes(make_nodes(3, cpu=8, memory=16384))
         dep.start_worker()
@@ -55,7 +56,8 @@ def test_every_terminal_task_is_delivered_signed(
         by_task = {h.event["task"]["task_id"]: h for h in receiver.ok_hits()}
         assert set(by_task) == set(ids)
         for task_id, hit in by_task.items():
-            verify(SECRET, hit.headers, hit.body)
+            verify(SECRET, hit.headers, hit.body)  # a receiver still on the old secret
+            verify(OTHER_SECRET, hit.headers, hit.body)  # one already on the new
             assert hit.event["type"] == f"task.{states[task_id].value}"
     finally:
         dep.close()

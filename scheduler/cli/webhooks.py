@@ -15,7 +15,7 @@ import click
 
 from scheduler.cli.common import CliError, cli, emit_json
 from scheduler.cli.db import store_session
-from scheduler.webhooks.deliveries import DEAD, DELIVERED, STATUSES, DeliveryRecord, DeliveryStore
+from scheduler.store.deliveries import DEAD, DELIVERED, STATUSES, DeliveryRecord, DeliveryStore
 from scheduler.webhooks.policy import display_url
 
 
@@ -45,7 +45,7 @@ def list_cmd(failed: bool, status: str | None, limit: int, as_json: bool) -> Non
         counts = deliveries.counts() if not as_json else {}
     if as_json:
         for record in records:
-            emit_json(record.to_json())
+            emit_json(record.to_json(display_url))
         return
     if not records:
         click.echo("no failed deliveries" if failed else "no deliveries")
@@ -91,7 +91,7 @@ def retry_cmd(delivery: str | None, all_failed: bool) -> None:
     """Send a dead delivery again: back to pending, attempts reset, due now.
 
     DELIVERY is a delivery id (from `scheduler webhooks list`) or an event id
-    (the X-Scheduler-Delivery header a receiver saw: every target of that
+    (the webhook-id header a receiver saw: every target of that
     event that is not delivered yet is retried).
     """
     if (delivery is None) == (not all_failed):
@@ -124,3 +124,17 @@ def _selected(deliveries: DeliveryStore, ref: str) -> list[int]:
     if not ids:
         raise CliError(f"every delivery of event {ref} was delivered; nothing to retry")
     return ids
+
+
+@webhooks_group.command("new-secret")
+def new_secret_cmd() -> None:
+    """Print a fresh random signing secret (whsec_ + base64 of 32 bytes) for webhooks.secrets.
+
+    Give it to the scheduler (WEBHOOK_SECRET) and to every receiver. To
+    rotate, configure the new one next to the old one (comma separated):
+    each delivery is then signed with both, receivers switch at their pace,
+    and the old one is removed last.
+    """
+    from scheduler.webhooks.signing import new_secret
+
+    click.echo(new_secret())

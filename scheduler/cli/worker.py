@@ -29,12 +29,64 @@ if TYPE_CHECKING:
 def worker_cmd(no_migrate: bool) -> None:
     """Run the daemon: campaign for leadership, consume, decide, commit, ack."""
     from scheduler.logging import configure_logging
+    from scheduler.webhooks.signing import unsigned_refusal
 
     settings = settings_or_exit()
+    refusal = unsigned_refusal(settings.webhooks)
+    if refusal is not None:
+        raise CliError(refusal, exit_code=2)
     configure_logging(settings.logging)
-    with store_session(settings, migrate=settings.database.migrate_on_start and not no_migrate) as store:
+    migrate = settings.database.migrate_on_start and not no_migrate
+    wait_for_database(settings, migrate=migrate)
+    with store_session(settings, migrate=migrate) as store:
         code = run_worker(settings, store)
     sys.exit(code)
+
+
+def wait_for_database(settings: Settings, *, migrate: bool) -> None:
+    """Wait (up to ``worker.startup_timeout``) for the database to answer, then return.
+
+    A database that is still starting (a pod scheduled before PostgreSQL is
+    up) is waited for with capped backoff; one that never answers ends the
+    command with one line naming the URL, password hidden. Problems that
+    waiting cannot fix (a malformed URL, a schema too new) are left to
+    :func:`store_session`, which reports them at once.
+    """
+    import random
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    from scheduler.store import DatabaseUnavailable, Store
+
+    log = structlog.get_logger("scheduler.worker")
+    deadline = time.monotonic() + settings.worker.startup_timeout
+    delay = settings.worker.reconnect_initial_backoff
+    while True:
+        try:
+            store = Store.from_url(settings.database.url)
+        except ValueError:
+            return
+        try:
+            store.fence_epoch() if not migrate else store.upgrade()
+            return
+        except (DatabaseUnavailable, OperationalError) as exc:
+            from scheduler.store.errors import unavailable_message
+
+            error = (
+                str(exc) if isinstance(exc, DatabaseUnavailable) else unavailable_message(store.engine, exc)
+            )
+            if time.monotonic() + delay > deadline:
+                raise CliError(
+                    f"database unreachable for {settings.worker.startup_timeout:g}s at start-up: {error}"
+                ) from None
+            log.warning("database unreachable; waiting", error=error, retry_in=round(delay, 2))
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, settings.worker.reconnect_max_backoff)
+        except Exception:
+            return  # not a matter of waiting: store_session reports it
+        finally:
+            store.close()
 
 
 def build_leadership(settings: Settings, store: Store) -> LeaderElector:
@@ -58,7 +110,7 @@ def run_worker(settings: Settings, store: Store) -> int:
     from scheduler.http import start_http
     from scheduler.metrics import install_metrics
     from scheduler.webhooks.dispatcher import WebhookDispatcher
-    from scheduler.worker.daemon import Worker
+    from scheduler.worker.daemon import StartupFailed, Worker
 
     log = structlog.get_logger("scheduler.worker")
     leadership = build_leadership(settings, store)
@@ -92,6 +144,8 @@ def run_worker(settings: Settings, store: Store) -> int:
     )
     try:
         return worker.run()
+    except StartupFailed as exc:
+        raise CliError(str(exc)) from None
     finally:
         dispatcher.stop()
         if server is not None:

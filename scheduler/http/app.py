@@ -356,6 +356,7 @@ def _readiness(store: Store, state: Callable[[], WorkerState] | None) -> JSONRes
     current = state() if state is not None else None
     if current is not None:
         checks["broker"] = "ok" if current.broker_connected else "not connected"
+        checks.update(current.readiness_checks())
     reasons = [f"{name}: {verdict}" for name, verdict in checks.items() if verdict != "ok"]
     body = Readiness(ready=not reasons, role=role_of(current), checks=checks, reasons=reasons)
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.ready else 503)

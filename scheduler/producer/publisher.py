@@ -75,7 +75,9 @@ class PublishReport:
 class Publisher:
     """Publishes batches to the scheduler exchange; one connection per :meth:`publish` call."""
 
-    def __init__(self, url: str, topology: Topology, *, window: int = 1000, heartbeat: int = 30) -> None:
+    def __init__(
+        self, url: str, topology: Topology, *, window: int = 1000, heartbeat: int | None = 30
+    ) -> None:
         self.url = url
         self.topology = topology
         self.window = window

@@ -5,7 +5,18 @@ Kept apart from the SQL so the rules read in one place and in batch order:
 * a Placement, Failure or Waiting for a task that is already terminal
   (``scheduled``, ``failed``, ``released``) is a duplicate: nothing changes,
   which is what makes redelivered messages harmless (DESIGN.md invariant 2);
-* a Release applies only to a ``scheduled`` task; anything else is ignored;
+* a Release of a ``scheduled`` task ends its allocation; a Release of a
+  task not placed yet (``queued``, ``waiting``, or not arrived: no row) is a
+  cancel: the task ends ``released`` with reason ``cancelled``, and any
+  request for it that arrives later is a duplicate, never placed; a Release
+  of a ``failed`` or ``released`` task is ignored;
+* a request (Placement, Waiting, Failure) for a task whose stored request
+  differs is a conflict: the row stays as it is and the newcomer gets a
+  ``task.failed`` event with reason ``conflict`` (to its own callback); the
+  same request again is a duplicate as above;
+* everything stored is strict JSON and printable text (see
+  :mod:`scheduler.safetext`), so one hostile message cannot make a batch
+  unstorable on either database;
 * items apply in order, so a batch holding a placement and then the release
   of the same task ends ``released`` with two events, and a release followed
   by a placement of the same task leaves the placement a duplicate;
@@ -26,8 +37,9 @@ from datetime import datetime
 from json.encoder import encode_basestring as _enc
 from typing import Any
 
+from scheduler import safetext
 from scheduler.fleet import Allocation
-from scheduler.models import MAX_PRIORITY, SchedulingRequest, TaskStatus
+from scheduler.models import MAX_PRIORITY, Reason, SchedulingRequest, TaskStatus
 from scheduler.store.records import CommitItem, CommitResult, Failure, Placement, Release, Waiting
 
 TERMINAL = frozenset({TaskStatus.SCHEDULED, TaskStatus.FAILED, TaskStatus.RELEASED})
@@ -52,8 +64,13 @@ EVENT_TYPES = {
 }
 
 
+MESSAGE_MAX = 4000
+"""Longest human message stored (the column is TEXT; this only keeps rows and webhooks small)."""
+
+
 def compact_json(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    """Compact strict JSON (no NaN, no lone surrogates) of an already-clean value."""
+    return safetext.dumps(safetext.clean(obj))
 
 
 @dataclass(slots=True)
@@ -82,8 +99,8 @@ class TaskState:
         """The request's ``callback_url``, parsed from the stored JSON only when first needed."""
         if not self.callback_known:
             try:
-                parsed = json.loads(self.request_text)
-            except ValueError:
+                parsed = safetext.loads(self.request_text)
+            except (ValueError, RecursionError):
                 parsed = None
             value = parsed.get("callback_url") if isinstance(parsed, dict) else None
             self.callback_url = value if isinstance(value, str) else None
@@ -138,26 +155,52 @@ def plan_batch(
     release_in_db: list[str] = []
     outbox_rows: list[tuple[Any, ...]] = []
     event_ids: list[str] = []
+    cancelled: list[str] = []
+    conflicts: list[str] = []
     created_at = now.isoformat().replace("+00:00", "Z")
 
     for item in items:
         tid = item.task_id
         state = states.get(tid)
         if isinstance(item, Release):
-            if state is None or state.status is not TaskStatus.SCHEDULED:
+            if state is None or state.status in (TaskStatus.QUEUED, TaskStatus.WAITING):
+                # A cancel: the task ends here and no request for it is ever placed.
+                before = "not arrived" if state is None else (state.status or TaskStatus.QUEUED).value
+                if state is None:
+                    state = states[tid] = TaskState(status=None, request_text="null")
+                state.status = TaskStatus.RELEASED
+                state.node = state.node_ip = None
+                state.reason = Reason.CANCELLED.value
+                state.message = f"cancelled before it was placed (was {before})"
+                cancelled.append(tid)
+                callback = state.callback()
+            elif state.status is not TaskStatus.SCHEDULED:
                 ignored.append(tid)
                 continue
-            pending = new_allocs.get(tid)
-            if pending is not None and pending[8] is None:  # placed earlier in this batch
-                pending[8] = stamp
-                released.append(allocation_from_row(pending))
-            elif tid in active:
-                release_in_db.append(tid)
-                released.append(active.pop(tid))
-            state.status = TaskStatus.RELEASED
-            state.reason = None
-            state.message = "released"
-            callback = state.callback()
+            else:
+                pending = new_allocs.get(tid)
+                if pending is not None and pending[8] is None:  # placed earlier in this batch
+                    pending[8] = stamp
+                    released.append(allocation_from_row(pending))
+                elif tid in active:
+                    release_in_db.append(tid)
+                    released.append(active.pop(tid))
+                state.status = TaskStatus.RELEASED
+                state.reason = None
+                state.message = "released"
+                callback = state.callback()
+        elif state is not None and state.status is TaskStatus.RELEASED and state.reason == Reason.CANCELLED:
+            duplicates.append(tid)  # cancelled before it arrived: never placed, whatever the body
+            continue
+        elif state is not None and (conflict := _conflicting(state, item)) is not None:
+            conflicts.append(tid)
+            event_id = new_event_id()
+            payload = _payload(event_id, EVENT_TYPES[TaskStatus.FAILED], created_at, tid, conflict)
+            outbox_rows.append(
+                (event_id, EVENT_TYPES[TaskStatus.FAILED], tid, payload, conflict.callback(), False, stamp)
+            )
+            event_ids.append(event_id)
+            continue
         elif state is not None and state.status in TERMINAL:
             duplicates.append(tid)
             continue
@@ -169,7 +212,7 @@ def plan_batch(
             state.node = item.node
             state.node_ip = item.node_ip
             state.reason = None
-            state.message = item.message
+            state.message = safetext.printable(item.message, MESSAGE_MAX)
             state.attempts = item.attempts
             state.strategy = item.strategy
             new_allocs[tid] = [
@@ -183,7 +226,7 @@ def plan_batch(
             state.callback_url, state.callback_known = req.callback_url, True
             state.status = TaskStatus.WAITING
             state.node = state.node_ip = state.reason = None
-            state.message = item.message
+            state.message = safetext.printable(item.message, MESSAGE_MAX)
             state.attempts = item.attempts
             state.strategy = item.strategy
             callback = None
@@ -192,10 +235,10 @@ def plan_batch(
             state.status = TaskStatus.FAILED
             state.node = state.node_ip = None
             state.reason = item.reason.value
-            state.message = item.message
+            state.message = safetext.printable(item.message, MESSAGE_MAX)
             state.attempts = item.attempts
             # Whatever arrived, it must fit the column, or the whole batch would fail.
-            state.strategy = item.strategy[:STRATEGY_MAX] if item.strategy else None
+            state.strategy = safetext.printable(item.strategy)[:STRATEGY_MAX] if item.strategy else None
             callback = item.callback_url
         state.dirty = True
         applied[tid] = None
@@ -227,6 +270,8 @@ def plan_batch(
             ignored=tuple(ignored),
             released=tuple(released),
             event_ids=tuple(event_ids),
+            cancelled=tuple(cancelled),
+            conflicts=tuple(conflicts),
         ),
     )
 
@@ -260,6 +305,45 @@ def make_allocation(
     return Allocation(task_id, node, cpu, memory, disk, group, devices, spread_group, mode == "soft")
 
 
+def _request_text(item: CommitItem) -> str | None:
+    """The request an item carries, as it would be stored; None when it carries none."""
+    if isinstance(item, Placement | Waiting):
+        return item.request.model_dump_json()
+    if isinstance(item, Failure) and item.request_json is not None:
+        text = safetext.strict_json_text(item.request_json)
+        return text if text is not None else compact_json(item.request_json)
+    return None
+
+
+def _same_request(stored: str, incoming: str) -> bool:
+    if stored == incoming:
+        return True
+    try:
+        return bool(safetext.loads(stored) == safetext.loads(incoming))
+    except (ValueError, RecursionError):
+        return False
+
+
+def _conflicting(state: TaskState, item: CommitItem) -> TaskState | None:
+    """The newcomer's failed state when ``item`` carries a request unlike the stored one, else None.
+
+    A row that holds no request (``null``: a failure with an unreadable body)
+    conflicts with nothing.
+    """
+    incoming = _request_text(item)
+    if incoming is None or state.request_text in ("null", "") or _same_request(state.request_text, incoming):
+        return None
+    attempts = getattr(item, "attempts", 1)
+    was = state.status.value if state.status else "new in this batch"
+    return TaskState(
+        status=TaskStatus.FAILED,
+        request_text=incoming,
+        reason=Reason.CONFLICT.value,
+        message=f"task id already exists with a different request (status {was}); the original is unchanged",
+        attempts=int(attempts),
+    )
+
+
 def _payload(event_id: str, event_type: str, created_at: str, tid: str, state: TaskState) -> str:
     """The webhook body of DESIGN.md as compact JSON, assembled from pre-encoded parts.
 
@@ -272,7 +356,7 @@ def _payload(event_id: str, event_type: str, created_at: str, tid: str, state: T
     """
     node = "null" if state.node is None else f'{{"name":{_enc(state.node)},"ip":{_enc(state.node_ip or "")}}}'
     reason = "null" if state.reason is None else _enc(state.reason)
-    message = "null" if state.message is None else _enc(state.message)
+    message = "null" if state.message is None else _enc(safetext.scrub(state.message))
     status = state.status.value if state.status else "null"
     return (
         f'{{"id":"{event_id}","type":"{event_type}","created_at":"{created_at}","task":{{'
@@ -314,8 +398,8 @@ def _with_failure(
     callback: str | None = None
     if item.request_json is not None:
         try:
-            parsed = json.loads(item.request_json)
-        except ValueError:
+            parsed = safetext.loads(item.request_json)
+        except (ValueError, RecursionError):
             parsed = None
         if isinstance(parsed, dict):
             text = compact_json(parsed)
@@ -323,9 +407,10 @@ def _with_failure(
             valid = isinstance(prio, int) and not isinstance(prio, bool) and abs(prio) <= MAX_PRIORITY
             priority = prio if valid else None
             cb = parsed.get("callback_url")
-            callback = cb if isinstance(cb, str) else None
+            callback = cb if isinstance(cb, str) and cb.isascii() and cb.isprintable() else None
         else:
-            text = compact_json(item.request_json)
+            # Not an object (or not JSON): kept as one JSON string, scrubbed, bounded.
+            text = compact_json(safetext.scrub(item.request_json[:MESSAGE_MAX]))
     if state is None:
         state = states[tid] = TaskState(status=None, request_text=text or "null")
     elif text is not None:

@@ -24,6 +24,15 @@ from sqlalchemy.pool import QueuePool
 from scheduler.config import redact_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 4_000
+"""PostgreSQL ends a session that sits idle inside a transaction this long.
+
+Why: a process frozen mid-transaction (SIGSTOP, a paused VM) keeps its TCP
+connection, so its row locks (the fence row, the lease row) would stay held
+and a new leader could never commit. No transaction of this service waits
+between its statements: the server only sees one idle that long when its
+client has stopped, and ending that session releases the locks.
+"""
 READ_ONLY_OPTION = "scheduler_read_only"
 """Execution option: on SQLite, begin with a deferred ``BEGIN`` instead of ``BEGIN IMMEDIATE``."""
 
@@ -48,7 +57,7 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, echo=echo)
-    return create_engine(
+    engine = create_engine(
         parsed,
         echo=echo,
         pool_size=pool_size,
@@ -57,6 +66,14 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
         pool_recycle=1800,
         connect_args={"connect_timeout": 5, "application_name": "virtflow-scheduler"},
     )
+
+    @event.listens_for(engine, "connect")
+    def _on_pg_connect(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_TIMEOUT_MS}")
+        dbapi_conn.commit()
+
+    return engine
 
 
 def _sqlite_engine(url: URL, *, echo: bool) -> Engine:

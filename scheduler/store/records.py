@@ -86,7 +86,11 @@ class CommitResult:
     changed (redeliveries). ``ignored``: releases of tasks that were not
     ``scheduled``. ``released``: the allocations that ended, so the caller
     can give the capacity back in its in-memory fleet. ``event_ids``: the
-    outbox events written.
+    outbox events written. ``cancelled``: releases that ended a task before
+    it was placed (queued, waiting or not arrived yet: ``released`` with
+    reason ``cancelled``). ``conflicts``: requests refused because their task
+    id already holds a different request (the original is untouched; the
+    newcomer gets a ``task.failed`` event with reason ``conflict``).
     """
 
     applied: tuple[str, ...] = ()
@@ -94,6 +98,14 @@ class CommitResult:
     ignored: tuple[str, ...] = ()
     released: tuple[Allocation, ...] = ()
     event_ids: tuple[str, ...] = ()
+    cancelled: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
+
+    def merged(self, other: CommitResult) -> CommitResult:
+        """This result followed by ``other`` (a batch committed in several parts)."""
+        return CommitResult(
+            *(getattr(self, name) + getattr(other, name) for name in self.__slots__)
+        )
 
 
 # --------------------------------------------------------------------- queries

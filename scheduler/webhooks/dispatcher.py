@@ -9,6 +9,19 @@ requests. Why it is built the way it is:
   never waits on a receiver, so a slow or dead receiver cannot slow
   scheduling; the only shared resource is the database, and every
   dispatcher transaction is a few short statements.
+* **One deadline per attempt.** Resolving, connecting, sending and reading
+  together end within ``webhooks.timeout`` (:func:`~scheduler.webhooks.
+  transport.deadline`): a receiver trickling its answer cannot hold a sender.
+* **Fair between destinations.** At most ``webhooks.per_destination``
+  attempts run at once to one ``scheme://host:port``, and a freed sender
+  goes to the destinations in turn (:meth:`WebhookDispatcher._pump`), so one
+  slow or hanging receiver holds at most that many senders and the others
+  keep flowing. Claims are sized per destination too (about half a second
+  of work at its own pace): a slow destination's backlog stays in the
+  database (the claim query skips it) instead of filling the claim slots.
+* **Strict JSON only.** The stored payload is parsed strictly before every
+  attempt (no ``NaN``/``Infinity``, no lone surrogate); one that is not
+  strict JSON is never sent: its delivery is dead with the reason.
 * **State in the database, not in memory.** Each cycle (a) expands new
   outbox events into one delivery row per target and marks them dispatched,
   (b) claims due deliveries by writing a lease into ``next_attempt_at``, and
@@ -16,7 +29,7 @@ requests. Why it is built the way it is:
   A new leader, or the same one after a restart, continues from the rows:
   a delivery whose sender died becomes due again when its lease runs out.
   Delivery is therefore at least once; receivers de-duplicate on
-  ``X-Scheduler-Delivery`` (the event id).
+  ``webhook-id`` (the event id).
 * **Order per task and URL.** A task's later event (``task.released``) is
   not sent to a URL while an earlier one (``task.scheduled``) is still
   pending there; it is deferred until that one is delivered or dead. Other
@@ -41,10 +54,13 @@ attempt one round trip. Waiting on a slow receiver costs no CPU at all.
 
 from __future__ import annotations
 
+import json
 import queue
 import random
+import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -58,9 +74,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from scheduler.config import WebhooksConfig
-from scheduler.store.engine import DatabaseUnavailable
-from scheduler.webhooks.backoff import backoff_delay
-from scheduler.webhooks.deliveries import (
+from scheduler.store.deliveries import (
     DEAD,
     DELIVERED,
     PENDING,
@@ -72,9 +86,18 @@ from scheduler.webhooks.deliveries import (
     PendingRef,
     Result,
 )
-from scheduler.webhooks.policy import callback_refusal, display_url
-from scheduler.webhooks.signing import signed_headers
-from scheduler.webhooks.transport import make_client, refused_address
+from scheduler.store.engine import DatabaseUnavailable
+from scheduler.webhooks.backoff import backoff_delay
+from scheduler.webhooks.policy import (
+    callback_refusal,
+    display_url,
+    exact_hosts,
+    parse_patterns,
+    scrub,
+    scrub_text,
+)
+from scheduler.webhooks.signing import signed_headers, signing_keys, unsigned_refusal
+from scheduler.webhooks.transport import deadline, make_client, refused_address
 
 log = structlog.get_logger(__name__)
 
@@ -109,6 +132,7 @@ class DispatcherStats:
     retried: int = 0
     dead: int = 0
     refused: int = 0
+    invalid: int = 0
     handed_back: int = 0
     in_flight: int = 0
     db_errors: int = 0
@@ -124,6 +148,7 @@ class Attempt:
     status_code: int | None = None
     error: str | None = None
     refusal: str | None = None
+    invalid: str | None = None
     retry_after: float | None = None
     seconds: float = 0.0
 
@@ -160,7 +185,14 @@ class WebhookDispatcher:
         name: str = "webhook-dispatcher",
     ) -> None:
         engine = db if isinstance(db, Engine) else db.engine
+        refusal = unsigned_refusal(config)
+        if refusal is not None:
+            raise ValueError(refusal)
         self.config = config
+        self._keys = signing_keys(config)
+        self._patterns = parse_patterns(list(config.allow))
+        self._per_destination = min(config.per_destination, config.concurrency)
+        self._origins: dict[str, tuple[str, str]] = {}
         self.store = DeliveryStore(engine)
         self._is_leader = is_leader
         self._clock = clock
@@ -168,7 +200,7 @@ class WebhookDispatcher:
         self._poll = poll_interval
         self._batch = batch_size
         # A claimed delivery waits in the senders' queue about QUEUE_SECONDS, then takes at most
-        # three timeouts (connect, write, read): the lease outlasts both.
+        # one timeout (the attempt's deadline): the lease outlasts both by far.
         self._lease = timedelta(seconds=claim_lease if claim_lease is not None else 6 * config.timeout + 5)
         self._name = name
         self._urls = list(dict.fromkeys(str(u) for u in config.urls))
@@ -179,8 +211,15 @@ class WebhookDispatcher:
         self._events_hint = threading.Event()
         self._next_events_check = 0.0
         self._unfinished = 0
+        self._send_lock = threading.Lock()
+        self._waiting: dict[str, deque[Due]] = {}  # claimed, not started, by destination (insertion = turn)
+        self._running: dict[str, int] = {}
+        self._running_total = 0
+        self._origin_seconds: dict[str, float] = {}  # moving average of one attempt, per destination
+        self._started_at: dict[int, tuple[str, float]] = {}  # running attempts: destination, start
+        self._oldest_running: dict[str, float] = {}  # per destination, the start of its oldest one
+        self._quiet: tuple[list[str], float] | None = None  # (skipped prefixes, until): see _nothing_new_due
         self._attempt_seconds = 0.05  # moving average of one attempt, to size the queue
-        self._unfinished_lock = threading.Lock()
         self._stopping = threading.Event()
         self._outcomes: queue.SimpleQueue[tuple[Due, Attempt]] = queue.SimpleQueue()
         self._unrecorded: list[Result] = []
@@ -190,6 +229,7 @@ class WebhookDispatcher:
         self._thread: threading.Thread | None = None
         self._senders: ThreadPoolExecutor | None = None
         self._clients: dict[bool, httpx.Client] = {}
+        self._resolver: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -198,10 +238,14 @@ class WebhookDispatcher:
             raise RuntimeError("webhook dispatcher already started")
         cfg = self.config
         self._stopping.clear()
+        self._resolver = ThreadPoolExecutor(4, thread_name_prefix=f"{self._name}-dns")
+        internal_ok = exact_hosts(self._patterns)
         self._clients = {
-            False: make_client(timeout=cfg.timeout, concurrency=cfg.concurrency, guarded=False),
-            True: make_client(timeout=cfg.timeout, concurrency=cfg.concurrency, guarded=True),
-        }
+            False: make_client(timeout=cfg.timeout, concurrency=cfg.concurrency, guarded=False,
+                               resolver=self._resolver),
+            True: make_client(timeout=cfg.timeout, concurrency=cfg.concurrency, guarded=True,
+                              internal_ok=internal_ok, resolver=self._resolver),
+        }  # fmt: skip
         self._senders = ThreadPoolExecutor(cfg.concurrency, thread_name_prefix=f"{self._name}-send")
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
@@ -210,17 +254,21 @@ class WebhookDispatcher:
             urls=[display_url(u) for u in self._urls],
             callback_patterns=len(cfg.allow),
             concurrency=cfg.concurrency,
+            per_destination=self._per_destination,
             max_attempts=cfg.max_attempts,
             timeout=cfg.timeout,
-            signed=bool(cfg.secret),
+            signing_secrets=len(self._keys),
         )
-        if not cfg.secret:
-            log.warning("webhooks.secret is empty: deliveries are sent without X-Scheduler-Signature")
+        if not self._keys and (self._urls or cfg.allow):
+            log.warning(
+                "webhooks.allow_unsigned is true and no secret is set: deliveries are sent WITHOUT "
+                "webhook-signature, and receivers cannot tell them from forgeries"
+            )
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop claiming, let attempts in flight finish and record them, close the clients (idempotent).
 
-        Waits at most ``timeout`` seconds (default: three request timeouts
+        Waits at most ``timeout`` seconds (default: one attempt's deadline
         plus a margin). Anything not recorded by then is not lost: its lease
         runs out and the next leader sends it again.
         """
@@ -229,7 +277,7 @@ class WebhookDispatcher:
             return
         self._stopping.set()
         self._wake.set()
-        thread.join(timeout if timeout is not None else 3 * self.config.timeout + 5)
+        thread.join(timeout if timeout is not None else self.config.timeout + 5)
         if thread.is_alive():
             log.warning(
                 "webhook dispatcher did not stop in time; unrecorded attempts will be retried",
@@ -264,13 +312,15 @@ class WebhookDispatcher:
                 self._count(db_errors=1)
                 log.error(
                     "webhook dispatcher: database error; will retry",
-                    error=_short(exc),
+                    error=scrub_text(_short(exc)),
                     retry_in=wait,
                     unrecorded=len(self._unrecorded),
                 )
-            except Exception:
+            except Exception as exc:
                 wait = 1.0
-                log.exception("webhook dispatcher: unexpected error; continuing")
+                # No traceback: frames and messages may hold receivers' URLs with their credentials.
+                error = scrub_text(f"{type(exc).__name__}: {_short(exc)}")
+                log.error("webhook dispatcher: unexpected error; continuing", error=error)
             if wait > 0:
                 self._wake.wait(wait)
             self._wake.clear()
@@ -279,6 +329,7 @@ class WebhookDispatcher:
     def _cycle(self) -> float:
         """One round of bookkeeping; returns how long to sleep (0: there is more to do now)."""
         now = self._now()
+        self._trim()
         self._collect(now)
         leader = self._is_leader()
         with self._stats_lock:
@@ -294,8 +345,13 @@ class WebhookDispatcher:
                     self._events_hint.clear()
                     self._next_events_check = time.monotonic() + self._poll
                     batch = self.store.undispatched(conn, self._batch)
-                if free > 0:
-                    due = self.store.due(conn, now, 2 * free + 8, exclude=list(self._in_flight))
+                skip = self._saturated()
+                if free > 0 and not self._nothing_new_due(skip, batch):
+                    due = self.store.due(
+                        conn, now, 2 * free + 8, exclude=list(self._in_flight), skip_prefixes=skip,
+                    )  # fmt: skip
+                    # Only saturated destinations have due work: do not scan for it again at once.
+                    self._quiet = (skip, time.monotonic() + self._poll) if skip and not due else None
                     if due:
                         pending = self.store.pending_of_tasks(conn, [d.task_id for d in due])
                         plan = self._plan(due, pending, now, free)
@@ -328,7 +384,7 @@ class WebhookDispatcher:
             self._events_hint.set()  # more events are waiting to be expanded
             return 0.0
         free = self._capacity() - len(self._in_flight)
-        if free > 0 and (batch or claimed or results or wake):
+        if free > 0 and (batch or claimed or results or wake or plan.defer):
             return 0.0  # more may be due already
         if not leader or free <= 0:
             return self._poll  # senders running low, or leadership, wake us sooner
@@ -340,6 +396,25 @@ class WebhookDispatcher:
 
     def _now(self) -> datetime:
         return self._clock().astimezone(UTC)
+
+    def _nothing_new_due(self, skip: list[str], batch: OutboxBatch | None) -> bool:
+        """True when the last claim query found nothing outside the saturated destinations and
+        nothing since can have changed that (no slot freed, no new target): skip the query.
+
+        Why: with a slow receiver's backlog of thousands of due rows, the query
+        walks all of them to find none it may take; during a burst of commits
+        the dispatcher wakes for every group, and re-walking them each time
+        took CPU from scheduling. A freed slot, a new kind of target or half a
+        second ends the quiet.
+        """
+        quiet = self._quiet
+        # A finished attempt frees its slot only once its outcome is written (it leaves _in_flight
+        # then): until that, ``skip`` is unchanged and the query would find nothing new.
+        if quiet is None or quiet[0] != skip or time.monotonic() >= quiet[1]:
+            return False
+        if batch is None:
+            return True
+        return not batch.callbacks and all(self._origin(u)[1] in skip for u in self._urls)
 
     # ------------------------------------------------------------------ planning
     def _callbacks(self, events: list[OutboxEvent]) -> list[NewDelivery]:
@@ -382,7 +457,14 @@ class WebhookDispatcher:
             if current is None or ref.seq < current.seq:
                 head[key] = ref
         plan = _Plan()
+        busy = self._destination_load()
         for candidate in due:
+            origin = self._origin(candidate.url)
+            if busy.get(origin[0], 0) >= self._claim_cap(origin[0]):
+                # Its destination is at its limit (a spelling of the URL the claim query did not
+                # skip): not now, and out of the way of other destinations' deliveries.
+                plan.defer[candidate.id] = now + timedelta(seconds=self._poll)
+                continue
             first = head.get(candidate.key)
             if first is not None and first.id != candidate.id:
                 # Not before the earlier event: wait for it (woken early when its outcome is written here).
@@ -393,7 +475,86 @@ class WebhookDispatcher:
             if len(plan.claim) >= free:
                 break
             plan.claim.append(candidate)
+            busy[origin[0]] = busy.get(origin[0], 0) + 1
         return plan
+
+    # ------------------------------------------------------------------ destinations
+    def _origin(self, url: str) -> tuple[str, str]:
+        """(the destination ``scheme://host:port``, the URL's own ``scheme://netloc`` text).
+
+        The first is what the limit counts (case, default port and trailing
+        dot do not make a different destination); the second is the prefix
+        the claim query can skip without parsing URLs in SQL.
+        """
+        found = self._origins.get(url)
+        if found is not None:
+            return found
+        try:
+            parsed = httpx.URL(url)
+            host = parsed.raw_host.decode("ascii").lower().rstrip(".")
+            port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme, 0)
+            key = f"{parsed.scheme}://{host}:{port}"
+        except Exception:
+            key = url
+        prefix = url.split("://", 1)
+        text = f"{prefix[0]}://{prefix[1].split('/', 1)[0]}" if len(prefix) == 2 else url
+        if len(self._origins) > 10_000:
+            self._origins.clear()
+        self._origins[url] = found = (key, text)
+        return found
+
+    def _destination_load(self) -> dict[str, int]:
+        """Attempts in flight (claimed, queued or running) per destination."""
+        load: dict[str, int] = {}
+        for due in self._in_flight.values():
+            key = self._origin(due.url)[0]
+            load[key] = load.get(key, 0) + 1
+        return load
+
+    def _claim_cap(self, origin: str) -> int:
+        """How many deliveries to one destination may be claimed at once (running or waiting).
+
+        About ``QUEUE_SECONDS`` of work at that destination's own pace, and
+        never fewer than its running limit: hundreds to a fast receiver (SQL
+        in batches), ``per_destination`` to a slow or hanging one, so its
+        backlog neither fills the claim slots nor waits past its lease. The
+        pace is the slower of its moving average and its oldest running
+        attempt, so a receiver that starts hanging counts as slow within a
+        second, not only when its first attempts time out, and the claims it
+        no longer deserves are handed back (:meth:`_trim`) for the others.
+        """
+        seconds = self._origin_seconds.get(origin, self._attempt_seconds)
+        started = self._oldest_running.get(origin)
+        if started is not None:
+            seconds = max(seconds, time.monotonic() - started)
+        ahead = int(self._per_destination * QUEUE_SECONDS / max(seconds, 0.001))
+        return max(self._per_destination, min(ahead, self._capacity()))
+
+    def _trim(self) -> None:
+        """Hand back claims waiting (not running) beyond their destination's current cap.
+
+        They become due again at once in the database, where the claim query
+        skips a saturated destination, so the slots go to other destinations.
+        """
+        dropped: list[Due] = []
+        with self._send_lock:
+            for origin, waiting in self._waiting.items():
+                excess = len(waiting) + self._running.get(origin, 0) - self._claim_cap(origin)
+                while excess > 0 and waiting:
+                    dropped.append(waiting.pop())
+                    excess -= 1
+            for origin in [o for o, w in self._waiting.items() if not w]:
+                del self._waiting[origin]
+            self._unfinished -= len(dropped)
+        for due in dropped:
+            self._outcomes.put((due, Attempt(sent=False)))
+
+    def _saturated(self) -> list[str]:
+        """The ``scheme://netloc`` spellings of destinations at their limit: the claim query skips them."""
+        load = self._destination_load()
+        full = {key for key, n in load.items() if n >= self._claim_cap(key)}
+        origins = [self._origin(d.url) for d in self._in_flight.values()]
+        return sorted({text for key, text in origins if key in full})
 
     def _successors_of(self, results: list[Result], now: datetime) -> dict[int, datetime]:
         """Deliveries deferred behind ones whose outcome is being written: due now."""
@@ -420,78 +581,141 @@ class WebhookDispatcher:
         return senders + max(senders, min(int(pace * QUEUE_SECONDS), MAX_QUEUE))
 
     def _submit(self, due: Due) -> None:
-        senders = self._senders
-        assert senders is not None
+        """Queue a claimed delivery behind its destination; start it when a sender and its slot are free."""
         self._in_flight[due.id] = due
-        with self._unfinished_lock:
+        origin = self._origin(due.url)[0]
+        with self._send_lock:
+            self._waiting.setdefault(origin, deque()).append(due)
             self._unfinished += 1
-        senders.submit(self._send, due).add_done_callback(self._finished)
+        self._pump()
 
-    def _finished(self, _future: object) -> None:
-        """Wake the bookkeeping when the senders are about to run dry or a batch of outcomes is ready.
+    def _pump(self) -> None:
+        """Start waiting attempts on free senders, round-robin over destinations below ``per_destination``.
+
+        Why not hand everything to the executor's queue: it is first in,
+        first out, so a hanging receiver's backlog would take every sender
+        in turn. Here no destination runs more than its limit at once, and
+        a sender freed by one destination goes to the next one in turn.
+        """
+        senders = self._senders
+        if senders is None:
+            return
+        start: list[tuple[Due, str]] = []
+        with self._send_lock:
+            progress = True
+            while progress and self._running_total < self.config.concurrency and self._waiting:
+                progress = False
+                for origin in list(self._waiting):
+                    if self._running_total >= self.config.concurrency:
+                        break
+                    if self._running.get(origin, 0) >= self._per_destination:
+                        continue
+                    waiting = self._waiting.pop(origin)
+                    start.append((waiting.popleft(), origin))
+                    if waiting:
+                        self._waiting[origin] = waiting  # to the back: the next destination goes first
+                    self._running[origin] = self._running.get(origin, 0) + 1
+                    self._running_total += 1
+                    progress = True
+        for due, origin in start:
+            try:
+                senders.submit(self._send, due, origin)
+            except RuntimeError:  # shut down under us at stop: hand it back, unsent
+                self._done(due, origin, Attempt(sent=False))
+
+    def _send(self, due: Due, origin: str) -> None:
+        """One attempt, on a sender thread; the outcome goes back to the dispatcher thread by queue."""
+        with self._send_lock:
+            self._started_at[due.id] = (origin, time.monotonic())
+            self._oldest_running.setdefault(origin, self._started_at[due.id][1])
+        try:
+            attempt = self._attempt(due)
+        except Exception as exc:  # a bug must not leave the delivery claimed until its lease runs out
+            # No traceback: its frames and messages may hold the URL's credentials; this line does not.
+            error = scrub(f"internal error: {type(exc).__name__}: {exc}", due.url)
+            log.error("webhook attempt crashed", delivery_id=due.id, event_id=due.event_id, error=error)
+            attempt = Attempt(error=error)
+        self._done(due, origin, attempt)
+        self._pump()
+
+    def _done(self, due: Due, origin: str, attempt: Attempt) -> None:
+        """Hand the outcome over; wake the bookkeeping when senders run dry or a batch of outcomes is ready.
 
         Not after every single request: at hundreds of deliveries a second,
         a cycle per outcome would spend the time on SQL round trips; waking
         when half the claimed work is done keeps the senders busy and writes
         the outcomes ``concurrency`` at a time.
         """
-        with self._unfinished_lock:
+        self._outcomes.put((due, attempt))
+        with self._send_lock:
+            if self._started_at.pop(due.id, None) is not None:
+                starts = [t for o, t in self._started_at.values() if o == origin]
+                if starts:
+                    self._oldest_running[origin] = min(starts)
+                else:
+                    self._oldest_running.pop(origin, None)
+            left = self._running.get(origin, 1) - 1
+            if left > 0:
+                self._running[origin] = left
+            else:
+                self._running.pop(origin, None)
+            self._running_total -= 1
             self._unfinished -= 1
             unfinished = self._unfinished
         senders = self.config.concurrency
-        if unfinished <= senders or self._outcomes.qsize() >= max(senders, self._capacity() // 2):
+        finished = self._outcomes.qsize()
+        # Half of what is claimed, not half the capacity: claims are capped per destination, and
+        # waiting for more outcomes than there are claims would let the senders run dry.
+        if unfinished <= senders or finished >= max(senders, (unfinished + finished) // 2):
             self._wake.set()
-
-    def _send(self, due: Due) -> None:
-        """One attempt, on a sender thread; the outcome goes back to the dispatcher thread by queue."""
-        try:
-            attempt = self._attempt(due)
-        except Exception as exc:  # a bug must not leave the delivery claimed until its lease runs out
-            log.exception("webhook attempt crashed", delivery_id=due.id, event_id=due.event_id)
-            attempt = Attempt(error=f"internal error: {type(exc).__name__}: {exc}")
-        self._outcomes.put((due, attempt))
 
     def _attempt(self, due: Due) -> Attempt:
         if self._stopping.is_set() or not self._is_leader():
             return Attempt(sent=False)
         callback = due.url not in self._configured
         if callback:
-            refusal = callback_refusal(due.url, list(self.config.allow))
+            refusal = callback_refusal(due.url, self._patterns)
             if refusal is not None:
                 return Attempt(sent=False, refusal=refusal)
+        invalid = strict_json_problem(due.payload)
+        if invalid is not None:
+            return Attempt(sent=False, invalid=invalid)
         body = due.payload.encode("utf-8")
         timestamp = int(self._now().timestamp())
         headers = signed_headers(
-            self.config.secret,
-            event_type=due.event_type,
-            delivery_id=due.event_id,
-            body=body,
-            timestamp=timestamp,
+            self._keys, event_type=due.event_type, event_id=due.event_id, body=body, timestamp=timestamp
         )
+        timeout = self.config.timeout
         started = time.perf_counter()
         try:
-            with self._clients[callback].stream("POST", due.url, content=body, headers=headers) as response:
+            with (
+                deadline(timeout),
+                self._clients[callback].stream("POST", due.url, content=body, headers=headers) as response,
+            ):
+                code = response.status_code
+                retry_after = _retry_after(response)
+                location = response.headers.get("location")
                 snippet = _read_some(response)
         except httpx.HTTPError as exc:
             seconds = time.perf_counter() - started
             refused = refused_address(exc)
             if refused is not None:
-                return Attempt(sent=False, refusal=refused, seconds=seconds)
-            return Attempt(error=_describe(exc, self.config.timeout), seconds=seconds)
+                return Attempt(sent=False, refusal=scrub(refused, due.url), seconds=seconds)
+            return Attempt(error=scrub(_describe(exc, timeout), due.url), seconds=seconds)
         except (httpx.InvalidURL, ValueError) as exc:
-            return Attempt(sent=False, refusal=f"invalid URL: {exc}", seconds=time.perf_counter() - started)
+            refusal = scrub(f"invalid URL: {exc}", due.url)
+            return Attempt(sent=False, refusal=refusal, seconds=time.perf_counter() - started)
         seconds = time.perf_counter() - started
-        code = response.status_code
         if 200 <= code < 300:
             return Attempt(delivered=True, status_code=code, seconds=seconds)
         error = f"HTTP {code}"
         if 300 <= code < 400:
-            location = response.headers.get("location")
             target = f" to {display_url(location)}" if location else ""
             error += f": redirect{target} not followed"
         elif snippet:
             error += f": {snippet}"
-        return Attempt(status_code=code, error=error, retry_after=_retry_after(response), seconds=seconds)
+        error = scrub(error, due.url)
+        return Attempt(status_code=code, error=error, retry_after=retry_after, seconds=seconds)
 
     # ------------------------------------------------------------------ outcomes
     def _collect(self, now: datetime) -> None:
@@ -504,9 +728,10 @@ class WebhookDispatcher:
             try:
                 result = self._result_of(due, attempt, now)
             except Exception as exc:  # never lose track of a claimed delivery: retry it later
-                log.exception("webhook outcome could not be processed", delivery_id=due.id)
+                error = scrub(f"internal error: {type(exc).__name__}: {_short(exc)}", due.url)
+                log.error("webhook outcome could not be processed", delivery_id=due.id, error=error)
                 retry_at = now + timedelta(seconds=self.config.initial_backoff)
-                result = Result(due.id, PENDING, attempt.sent, retry_at, error=f"internal error: {exc!r}")
+                result = Result(due.id, PENDING, attempt.sent, retry_at, error=error)
             self._unrecorded.append(result)
 
     def _result_of(self, due: Due, attempt: Attempt, now: datetime) -> Result:
@@ -521,11 +746,21 @@ class WebhookDispatcher:
         }
         if attempt.sent:
             self._attempt_seconds = 0.8 * self._attempt_seconds + 0.2 * attempt.seconds
+            origin = self._origin(due.url)[0]
+            if len(self._origin_seconds) > 10_000:
+                self._origin_seconds.clear()
+            before = self._origin_seconds.get(origin, attempt.seconds)
+            self._origin_seconds[origin] = 0.8 * before + 0.2 * attempt.seconds
         if attempt.delivered:
             self._count(attempts=1, delivered=1)
             ms = round(attempt.seconds * 1000, 1)
             log.debug("webhook delivered", attempt=due.attempts + 1, ms=ms, **ctx)
             return Result(due.id, DELIVERED, True, now, status_code=attempt.status_code, delivered_at=now)
+        if attempt.invalid is not None:
+            self._count(dead=1, invalid=1)
+            log.error("webhook payload is not strict JSON; delivery dead, nothing sent",
+                      problem=attempt.invalid, **ctx)
+            return Result(due.id, DEAD, False, now, error=f"invalid payload: {attempt.invalid}")
         if attempt.refusal is not None:
             self._count(refused=1, dead=1)
             log.warning("webhook callback refused; delivery dead", reason=attempt.refusal, **ctx)
@@ -589,9 +824,9 @@ class WebhookDispatcher:
 
     def _drain(self) -> None:
         """At stop: wait for attempts in flight (bounded), write every outcome, release the clients."""
-        # Queued attempts hand themselves back at once when stopping; running ones end within 3 timeouts.
-        deadline = time.monotonic() + 3 * self.config.timeout + 1
-        while self._in_flight and time.monotonic() < deadline:
+        # Queued attempts hand themselves back at once when stopping; running ones end within a timeout.
+        until = time.monotonic() + self.config.timeout + 1
+        while self._in_flight and time.monotonic() < until:
             self._collect(self._now())
             if len(self._unrecorded) >= len(self._in_flight):
                 break
@@ -613,6 +848,8 @@ class WebhookDispatcher:
             self._senders.shutdown(wait=False, cancel_futures=True)
         for client in self._clients.values():
             client.close()
+        if self._resolver is not None:
+            self._resolver.shutdown(wait=False, cancel_futures=True)
         log.info("webhook dispatcher stopped", **{k: v for k, v in vars(self.stats()).items() if v})
 
     def _count(self, **deltas: int) -> None:
@@ -622,16 +859,52 @@ class WebhookDispatcher:
 
 
 def _read_some(response: httpx.Response) -> str:
-    """The start of the body, as one short line; reads a little more so the connection can be reused."""
+    """The start of the body, as one short line; reads a little more so the connection can be reused.
+
+    The status is already in: a body that stops, breaks or outlasts the
+    deadline only ends the reading (the connection is then dropped), it
+    does not turn a 2xx into a failure.
+    """
     kept = bytearray()
     total = 0
-    for chunk in response.iter_bytes():
-        if len(kept) < SNIPPET_BYTES:
-            kept += chunk[: SNIPPET_BYTES - len(kept)]
-        total += len(chunk)
-        if total > DRAIN_BYTES:
-            break
+    try:
+        for chunk in response.iter_bytes():
+            if len(kept) < SNIPPET_BYTES:
+                kept += chunk[: SNIPPET_BYTES - len(kept)]
+            total += len(chunk)
+            if total > DRAIN_BYTES:
+                break
+    except httpx.HTTPError:
+        pass
     return " ".join(kept.decode("utf-8", "replace").split())[:200]
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json_problem(payload: str) -> str | None:
+    """None when ``payload`` is strict JSON (RFC 8259, UTF-8 encodable); otherwise what is wrong.
+
+    Python's ``json`` accepts ``NaN``, ``Infinity`` and ``-Infinity`` and
+    lone surrogates (raw or escaped); receivers in other languages reject
+    them, or worse, read them differently. The payload is written
+    elsewhere; this is the last check before it leaves the process.
+    """
+    try:
+        value = json.loads(payload, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        return f"not strict JSON: {str(exc)[:200]}"
+    try:
+        payload.encode("utf-8")
+        if _SURROGATE_ESCAPE.search(payload):  # rare: only then pay for a second encoding
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return "not strict JSON: a lone surrogate (not a Unicode character)"
+    return None
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -667,4 +940,4 @@ def _short(exc: BaseException) -> str:
     return text[:300]
 
 
-__all__ = ["Attempt", "DispatcherStats", "WebhookDispatcher"]
+__all__ = ["Attempt", "DispatcherStats", "WebhookDispatcher", "strict_json_problem"]

@@ -18,9 +18,17 @@ runs in its own thread and is only *asked* whether we lead. The loop:
 5. On SIGTERM/SIGINT: stop consuming, finish and commit the group in flight,
    ack, release the lease, close, exit 0.
 
-A database error undoes the group's in-memory reservations, requeues its
-messages and backs off; the fleet is then reloaded from the database because
-a failed COMMIT may still have been applied.
+The commit itself is :class:`~scheduler.worker.pipeline.CommitPipeline`,
+which answers with an explicit outcome: committed (one bad message in the
+group is isolated by bisection and becomes a failed task or a dead letter,
+the rest commits), fenced (stop leading), or database down. A database that
+is down undoes the group's in-memory reservations, requeues its messages and
+stops consuming until the database answers again; the fleet is then
+reloaded, because a failed COMMIT may still have been applied.
+
+The broker connection is retried for ever with capped, jittered backoff that
+resets after a healthy session; only at start-up is the wait bounded
+(``worker.startup_timeout``), ending in :class:`StartupFailed`.
 """
 
 from __future__ import annotations
@@ -29,13 +37,11 @@ import collections
 import contextlib
 import hashlib
 import os
-import queue
 import random
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
@@ -45,25 +51,33 @@ from pika.adapters.blocking_connection import BlockingChannel
 from sqlalchemy.exc import SQLAlchemyError
 
 from scheduler.broker import (
-    HEADER_ATTEMPT,
-    HEADER_DEATH_REASON,
+    BrokerUnavailable,
     Topology,
     connect,
-    message_properties,
 )
 from scheduler.config import Settings, config_path, load_settings
 from scheduler.elector import LeaderElector
 from scheduler.fleet import FleetView
 from scheduler.models import Heartbeat
+from scheduler.safetext import printable
 from scheduler.store import CommitResult, FencedOut, Release, Store
 from scheduler.store.engine import DatabaseUnavailable
 from scheduler.strategies import Placer, UnknownStrategy
+from scheduler.worker.committer import Committer, InFlight
 from scheduler.worker.group import GroupPlan, Incoming, RetryPolicy, plan_group
+from scheduler.worker.outbound import Outbound
+from scheduler.worker.pipeline import CommitPipeline, Committed, DatabaseDown, Fenced
+from scheduler.worker.redelivery import RedeliveryCounter
+from scheduler.worker.state import WorkerState
 
 log = structlog.get_logger(__name__)
 
-AMQP_ERRORS = (pika.exceptions.AMQPError, OSError)
+AMQP_ERRORS = (pika.exceptions.AMQPError, OSError, BrokerUnavailable)
 DB_ERRORS = (SQLAlchemyError, DatabaseUnavailable)
+
+
+class StartupFailed(Exception):
+    """The broker was not reached within ``worker.startup_timeout``; the message says why, in one line."""
 
 
 class WorkerHooks(Protocol):
@@ -73,72 +87,14 @@ class WorkerHooks(Protocol):
     def leadership_changed(self, leader: bool, epoch: int) -> None: ...
 
 
-@dataclass
-class WorkerState:
-    """What the HTTP face and tests may read about a running worker (snapshot, not live)."""
-
-    leader: bool = False
-    epoch: int = 0
-    strategy: str = ""
-    broker_connected: bool = False
-    committed: int = 0
-    groups: int = 0
-    last_commit_at: float | None = None
-    fleet: FleetView | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 IN_FLIGHT_POLL = 0.002
 """Seconds between looks at a commit in flight (it cannot wake the broker poll)."""
 
+PUMP_INTERVAL = 0.05
+"""While waiting for a commit, how often the broker connection is serviced (AMQP heartbeats)."""
+
 MAX_IN_FLIGHT = 1
 """Groups committing while the next is planned; one is enough to hide the database round trip."""
-
-
-@dataclass
-class _InFlight:
-    """A planned group handed to the committer thread, and what became of it."""
-
-    plan: GroupPlan
-    group: list[Incoming]
-    epoch: int
-    started: float
-    releases: bool = False
-    done: threading.Event = field(default_factory=threading.Event)
-    result: CommitResult | None = None
-    error: BaseException | None = None
-
-
-class _Committer:
-    """One thread that runs ``store.commit`` for one group at a time, in submission order.
-
-    It touches nothing but the store and the job: pika and the fleet stay on
-    the worker's thread.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._jobs: queue.SimpleQueue[_InFlight | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
-        self._thread.start()
-
-    def submit(self, job: _InFlight) -> None:
-        self._jobs.put(job)
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                job.result = (
-                    self._store.commit(job.plan.items, job.epoch) if job.plan.items else CommitResult()
-                )
-            except BaseException as exc:  # handed to the worker thread, which decides what it means
-                job.error = exc
-            finally:
-                job.done.set()
 
 
 class Worker:
@@ -172,14 +128,27 @@ class Worker:
             settings.retry.max_attempts, settings.retry.initial_backoff, settings.retry.max_backoff
         )
         self.rng = random.Random(settings.random_seed)
-        self.state = WorkerState(strategy=self.placer.default)
+        self.jitter = random.Random()
+        self.state = WorkerState(
+            strategy=self.placer.default,
+            max_group_retries=settings.worker.max_group_retries,
+            commit_stuck_after=settings.worker.commit_stuck_after,
+        )
         self.stopping = threading.Event()
+        self.pipeline = CommitPipeline(store)
+        self.redeliveries = RedeliveryCounter(broker_counts=settings.amqp.queue_type == "quorum")
+        self._conn: pika.BlockingConnection | None = None
+        self._resume_at = 0.0
+        self._db_backoff = settings.worker.reconnect_initial_backoff
+        self._connected_at: float | None = None
+        self._ever_connected = False
+        self._stop_signal: str | None = None
         self._fleet: FleetView | None = None
         self._epoch = 0
         self._inventory_rev: int | None = None
         self._buffer: list[Incoming] = []
-        self._inflight: collections.deque[_InFlight] = collections.deque()
-        self._committer = _Committer(store)
+        self._inflight: collections.deque[InFlight] = collections.deque()
+        self._committer = Committer(self.pipeline)
         self._consume_channel: BlockingChannel | None = None
         self._consumer_tags: list[str] = []
         self._next_inventory_check = 0.0
@@ -189,32 +158,55 @@ class Worker:
     # ------------------------------------------------------------------ run
     def install_signal_handlers(self) -> None:
         def _graceful(signum: int, _frame: FrameType | None) -> None:
-            log.info("stopping", signal=signal.Signals(signum).name)
+            # Nothing here may take a lock: the handler runs on the main thread between two
+            # bytecodes, possibly while that thread holds the log writer's lock (a deadlock).
+            self._stop_signal = signal.Signals(signum).name
             self.stopping.set()
 
         signal.signal(signal.SIGTERM, _graceful)
         signal.signal(signal.SIGINT, _graceful)
 
     def run(self) -> int:
-        """Serve until stopped; returns the process exit code."""
+        """Serve until stopped; returns the process exit code.
+
+        Raises :class:`StartupFailed` when the broker never answered within
+        ``worker.startup_timeout``; after a first good connection, every
+        outage is waited out, however long.
+        """
+        if self.settings.heartbeat_lowered():
+            log.warning(
+                "amqp.heartbeat lowered to a third of the lease so a frozen leader cannot hold the queue",
+                configured=self.settings.amqp.heartbeat,
+                used=self.settings.broker_heartbeat(),
+                lease_duration=self.settings.election.lease_duration,
+            )
         self.leadership.start()
-        backoff = 0.5
+        cfg = self.settings.worker
+        backoff = cfg.reconnect_initial_backoff
+        began = self.clock()
         try:
             while not self.stopping.is_set():
                 try:
                     self._session()
-                    backoff = 0.5
+                    backoff = cfg.reconnect_initial_backoff
                 except AMQP_ERRORS as exc:
                     self._drop_leadership("broker connection lost")
                     self.state.broker_connected = False
-                    log.warning(
-                        "broker connection lost; reconnecting",
-                        error=str(exc) or type(exc).__name__,
-                        retry_in=round(backoff, 2),
-                    )
-                    self.stopping.wait(backoff)
-                    backoff = min(backoff * 2, self.settings.worker.reconnect_max_backoff)
+                    self.state.not_consuming_why = "broker connection lost"
+                    connected_at, self._connected_at = self._connected_at, None
+                    if connected_at is not None and self.clock() - connected_at >= cfg.healthy_session:
+                        backoff = cfg.reconnect_initial_backoff  # a healthy session: start small again
+                    error = printable(str(exc) or type(exc).__name__, 300)
+                    if not self._ever_connected and self.clock() - began >= cfg.startup_timeout:
+                        raise StartupFailed(
+                            f"broker unreachable for {cfg.startup_timeout:g}s at start-up: {error}"
+                        ) from None
+                    delay = backoff * self.jitter.uniform(0.5, 1.0)
+                    log.warning("broker connection lost; reconnecting", error=error, retry_in=round(delay, 2))
+                    self.stopping.wait(delay)
+                    backoff = min(backoff * 2, cfg.reconnect_max_backoff)
         finally:
+            log.info("stopping", signal=self._stop_signal)
             self._committer.close()
             self.leadership.stop()
             log.info("worker stopped", committed=self.state.committed)
@@ -224,18 +216,22 @@ class Worker:
         """One broker connection's lifetime."""
         conn = connect(
             str(self.settings.amqp.url),
-            heartbeat=self.settings.amqp.heartbeat,
+            heartbeat=self.settings.broker_heartbeat(),
             name=f"virtflow-scheduler worker {self.settings.identity}",
         )
+        self._conn = conn
         try:
             control = conn.channel()
             self.topology.declare(control)
             publisher = conn.channel()
             publisher.confirm_delivery()
             self.state.broker_connected = True
+            self._connected_at = self.clock()
+            self._ever_connected = True
             log.info("broker connected", exchange=self.topology.exchange, queue=self.topology.queue)
             while not self.stopping.is_set():
                 self._tick(conn, publisher)
+            log.info("stop requested; finishing the group in flight", signal=self._stop_signal)
             # Graceful stop: commit what we hold, then let go of the queue.
             if self._consume_channel is not None:
                 self._cancel_consumers()
@@ -245,15 +241,18 @@ class Worker:
                 self._close_consume_channel()
         finally:
             self.state.broker_connected = False
+            self._conn = None
             if conn.is_open:
                 with contextlib.suppress(*AMQP_ERRORS):
                     conn.close()
 
     def _tick(self, conn: pika.BlockingConnection, publisher: BlockingChannel) -> None:
         leader = self.leadership.is_leader()
+        self.state.lease_held = leader
         if leader and self._consume_channel is None:
-            self._become_leader(conn)
-        elif not leader and self._consume_channel is not None:
+            if self.clock() >= self._resume_at:
+                self._become_leader(conn)
+        elif not leader and (self._consume_channel is not None or self._fleet is not None):
             self._drop_leadership("lost the lease")
         elif leader and (self.leadership.epoch or 0) != self._epoch:
             self._drop_leadership("lease changed hands and came back")
@@ -307,12 +306,19 @@ class Worker:
             rev = self.store.inventory_revision()
         except FencedOut as exc:
             log.warning("not leading: a newer leader holds the fence", error=str(exc))
-            self.stopping.wait(self.settings.election.retry_period)
+            self.state.not_consuming_why = "a newer leader holds the fence"
+            self._resume_at = self.clock() + self.settings.election.retry_period
             return
         except DB_ERRORS as exc:
-            log.error("database unavailable while taking leadership", error=_short(exc))
-            self.stopping.wait(self.settings.election.retry_period)
+            delay = self._db_backoff * self.jitter.uniform(0.5, 1.0)
+            log.error(
+                "database unavailable while taking leadership", error=_short(exc), retry_in=round(delay, 2)
+            )
+            self.state.not_consuming_why = f"database unavailable: {_short(exc)}"
+            self._resume_at = self.clock() + delay
+            self._db_backoff = min(self._db_backoff * 2, self.settings.worker.reconnect_max_backoff)
             return
+        self._db_backoff = self.settings.worker.reconnect_initial_backoff
         self._fleet, self._epoch, self._inventory_rev = fleet, epoch, rev
         channel = conn.channel()
         channel.basic_qos(prefetch_count=self.settings.amqp.prefetch)
@@ -322,6 +328,8 @@ class Worker:
             channel.basic_consume(self.topology.heartbeat_queue, self._on_heartbeat, auto_ack=True),
         ]
         self.state.leader, self.state.epoch, self.state.fleet = True, epoch, fleet
+        self.state.consuming, self.state.not_consuming_why = True, ""
+        self._hook("consumer_active", True)
         log.info(
             "leading: consuming",
             epoch=epoch,
@@ -340,9 +348,12 @@ class Worker:
         for job in self._inflight:
             job.done.wait()
         self._inflight.clear()
+        self.state.commit_started = None
         self._close_consume_channel()
         self._fleet = None
         self.state.leader, self.state.fleet = False, None
+        self.state.consuming, self.state.not_consuming_why = False, why
+        self._hook("consumer_active", False)
         log.warning("stopped leading", reason=why, epoch=self._epoch)
         if self.hooks:
             self.hooks.leadership_changed(False, self._epoch)
@@ -367,8 +378,9 @@ class Worker:
 
     # ------------------------------------------------------------ consuming
     def _on_request(self, ch: BlockingChannel, method: Any, props: pika.BasicProperties, body: bytes) -> None:
+        headers = props.headers if isinstance(props.headers, dict) else {}
         self._buffer.append(
-            Incoming(method.delivery_tag, body, dict(props.headers or {}), method.redelivered, self.clock())
+            Incoming(method.delivery_tag, body, dict(headers), method.redelivered, self.clock())
         )
 
     def _on_heartbeat(
@@ -402,6 +414,7 @@ class Worker:
             return  # the fleet was reloaded or leadership lost while waiting
         self._buffer = []
         started = time.perf_counter()
+        group, worn = self._split_worn_out(group)
         plan = plan_group(
             group,
             fleet,
@@ -415,28 +428,43 @@ class Worker:
             ok = self._complete(publisher)
             if not ok or self._fleet is not fleet or self._consume_channel is not channel:
                 # This plan was made on a fleet that no longer stands: hand the group back.
-                self._requeue(channel, group)
+                self._requeue(channel, group + [m for m, _ in worn])
                 return
+        for msg, why in worn:
+            self._dead_letter(publisher, msg, why, kind="redelivered")
         for dead in plan.dead:
-            self._publish_confirmed(
-                publisher,
-                "",
-                self.topology.dead_queue,
-                dead.message.body,
-                headers={**dead.message.headers, HEADER_DEATH_REASON: dead.reason[:1000]},
-                message_id=None,
-            )
-            log.warning("dead-lettered", reason=dead.reason[:300])
+            self._dead_letter(publisher, dead.message, dead.reason, kind="invalid")
         releases = any(isinstance(item, Release) for item in plan.items)
-        job = _InFlight(plan, group, self._epoch, started, releases=releases)
+        job = InFlight(plan, group + [m for m, _ in worn], self._epoch, started, releases=releases)
         self._inflight.append(job)
+        self.state.commit_started = self.clock()
         self._committer.submit(job)
+
+    def _split_worn_out(self, group: list[Incoming]) -> tuple[list[Incoming], list[tuple[Incoming, str]]]:
+        """Messages delivered more than ``worker.max_redeliveries`` times, apart from the rest."""
+        limit = self.settings.worker.max_redeliveries
+        keep: list[Incoming] = []
+        worn: list[tuple[Incoming, str]] = []
+        for msg in group:
+            n = self.redeliveries.deliveries(msg.body, msg.headers, msg.redelivered)
+            if n > limit:
+                worn.append((msg, f"delivered {n} times (worker.max_redeliveries is {limit})"))
+            else:
+                keep.append(msg)
+        return keep, worn
+
+    def _dead_letter(self, publisher: BlockingChannel, msg: Incoming, reason: str, *, kind: str) -> None:
+        Outbound(publisher, self.topology, self.settings.amqp.dead_letter_max_body).dead_letter(
+            msg, reason, kind=kind
+        )
+        if kind != "invalid":  # invalid ones are counted with their group (GroupPlan.dead)
+            self._hook("dead_lettered", kind)
 
     def _requeue(self, channel: BlockingChannel, group: list[Incoming]) -> None:
         """Hand an uncommitted group back to the queue, if its channel is still ours and open."""
         ours = self._consume_channel
-        if ours is not None and ours is channel and ours.is_open:
-            ours.basic_nack(delivery_tag=group[-1].delivery_tag, multiple=True, requeue=True)
+        if group and ours is not None and ours is channel and ours.is_open:
+            ours.basic_nack(delivery_tag=max(m.delivery_tag for m in group), multiple=True, requeue=True)
 
     def _reap(self, publisher: BlockingChannel) -> None:
         """Finish every group whose commit is done, in order, without waiting."""
@@ -448,40 +476,69 @@ class Worker:
         while self._inflight:
             self._complete(publisher)
 
+    def _await(self, job: InFlight) -> None:
+        """Wait for a commit, servicing the broker connection meanwhile so its heartbeats go out."""
+        while not job.done.wait(PUMP_INTERVAL):
+            conn = self._conn
+            if conn is not None and conn.is_open:
+                conn.process_data_events(time_limit=0)
+
     def _complete(self, publisher: BlockingChannel | None) -> bool:
-        """Wait for the oldest group's commit and act on it; False when leadership was lost."""
-        job = self._inflight.popleft()
-        job.done.wait()
+        """Wait for the oldest group's commit and act on its outcome; False when consuming stopped.
+
+        Every outcome is handled here, once, without calling back into the
+        loop: committed (ack, retries, dead letters), fenced (stop leading),
+        database down (requeue, stop consuming until it answers).
+        """
+        job = self._inflight[0]
+        self._await(job)
+        self._inflight.popleft()
+        if not self._inflight:
+            self.state.commit_started = None
         fleet, channel, plan, group = self._fleet, self._consume_channel, job.plan, job.group
         if fleet is None or channel is None or publisher is None:
             return False  # channel already closed: its messages went back to the queue
-        if isinstance(job.error, FencedOut):
+        outcome = job.outcome
+        if isinstance(outcome, Fenced):
             plan.undo(fleet)
-            log.error("commit refused by the fence: another replica leads", error=str(job.error))
+            log.error("commit refused by the fence: another replica leads", error=str(outcome.error))
             self._drop_leadership("fenced out")
             return False
-        if job.error is not None:
+        if not isinstance(outcome, Committed):
+            error = outcome.error if isinstance(outcome, DatabaseDown) else "no outcome"
             plan.undo(fleet)
-            channel.basic_nack(delivery_tag=group[-1].delivery_tag, multiple=True, requeue=True)
-            log.error("database error; group requeued", error=_short(job.error), messages=len(group))
-            self._drain(publisher)
-            self._reload_after_db_error()
-            return self._fleet is not None
-        result = job.result or CommitResult()
+            self._requeue(channel, group)
+            self.state.group_retries += 1
+            self.state.last_retry_error = error
+            self._hook("group_retried")
+            log.error("database error; group requeued", error=error, messages=len(group))
+            # Stop consuming: the fleet is reloaded when leadership is taken up again, once
+            # the database answers (a failed COMMIT may have landed).
+            self._resume_at = self.clock() + self._db_backoff * self.jitter.uniform(0.5, 1.0)
+            self._drop_leadership(f"database unavailable: {error}")
+            return False
+        self.state.group_retries = 0
+        result = outcome.result
+        poisoned_ids = {plan.items[p.index].task_id for p in outcome.poisoned}
         plan.forget(fleet, [t for t in result.duplicates if t in plan.placed])
-        duplicates = set(result.duplicates)
+        duplicates = set(result.duplicates) | set(result.conflicts) | poisoned_ids
+        for poison in outcome.poisoned:
+            source = plan.sources[poison.index]
+            item = plan.items[poison.index]
+            if poison.stored_as_failure:
+                log.warning(
+                    "message could not be stored; task failed", task_id=item.task_id, error=poison.error
+                )
+            else:
+                self._dead_letter(
+                    publisher, source, f"could not be stored: {poison.error}", kind="unstorable"
+                )
+        if outcome.poisoned:
+            self._hook("poisoned", len(outcome.poisoned))
+        outbound = Outbound(publisher, self.topology, self.settings.amqp.dead_letter_max_body)
         for retry in plan.retries:
-            if retry.request.task_id in duplicates:
-                continue
-            self._publish_confirmed(
-                publisher,
-                "",
-                self.topology.retry_queue,
-                retry.message.body,
-                headers={**retry.message.headers, HEADER_ATTEMPT: retry.attempt},
-                message_id=retry.request.task_id,
-                expiration_ms=retry.delay_ms,
-            )
+            if retry.request.task_id not in duplicates:
+                outbound.retry(retry)
         deferred = {msg.delivery_tag for msg in plan.deferred}
         for tag in sorted(deferred):
             channel.basic_nack(delivery_tag=tag, requeue=True)
@@ -501,30 +558,44 @@ class Worker:
                 reason=str(decision.reason) if decision.reason else None,
                 rejections=decision.rejections,
             )
+        self._log_releases(plan, result)
+        for tid in result.conflicts:
+            log.warning("task id reused with a different request; the newcomer failed", task_id=tid)
         if self.hooks:
             self.hooks.group_committed(plan, result, seconds)
+        if outcome.poisoned:
+            # The fleet held reservations and releases of items that did not commit as planned.
+            self._reload_fleet("a message could not be stored")
         return True
 
-    def _publish_confirmed(
-        self,
-        publisher: BlockingChannel,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        *,
-        headers: dict[str, Any],
-        message_id: str | None,
-        expiration_ms: int | None = None,
-    ) -> None:
-        props = message_properties(message_id or "", headers=headers, expiration_ms=expiration_ms)
-        if message_id is None:
-            props.message_id = None
-        # Raises on nack or a lost connection, before anything of the group is acked.
-        publisher.basic_publish(exchange, routing_key, body, properties=props, mandatory=True)
+    def _log_releases(self, plan: GroupPlan, result: CommitResult) -> None:
+        """One line and one count per release: it ended an allocation, cancelled a task, or was ignored."""
+        ended = {a.task_id for a in result.released}
+        cancelled = set(result.cancelled)
+        ignored = set(result.ignored)
+        for item in plan.items:
+            if not isinstance(item, Release):
+                continue
+            tid = item.task_id
+            outcome = (
+                "released" if tid in ended else "cancelled" if tid in cancelled
+                else "ignored" if tid in ignored else "released"
+            )  # fmt: skip
+            log.info("release", task_id=tid, outcome=outcome)
+            self._hook("release_recorded", outcome)
 
-    def _reload_after_db_error(self) -> None:
-        """Back off, then rebuild the fleet from the database (a failed COMMIT may have landed)."""
-        self.stopping.wait(1.0)
+    def _hook(self, name: str, *args: Any) -> None:
+        """Call an optional observability hook; hooks must never break the loop."""
+        method = getattr(self.hooks, name, None) if self.hooks is not None else None
+        if method is None:
+            return
+        try:
+            method(*args)
+        except Exception:
+            log.exception("worker hook failed", hook=name)
+
+    def _reload_fleet(self, why: str) -> None:
+        """Rebuild the fleet from the database; on failure stop consuming until it answers."""
         try:
             self._fleet = self.store.load_fleet(
                 suspicious_after=self.settings.nodes.suspicious_after,
@@ -532,8 +603,9 @@ class Worker:
                 defaults=self.settings.capacity_defaults(),
             )
             self.state.fleet = self._fleet
+            log.info("fleet reloaded", reason=why, nodes=self._fleet.size)
         except DB_ERRORS as exc:
-            log.error("database still unavailable; standing down until it returns", error=_short(exc))
+            log.error("database unavailable; standing down until it returns", error=_short(exc))
             self._drop_leadership("database unavailable")
 
     # ----------------------------------------------------- periodic checks
@@ -604,7 +676,7 @@ class Worker:
 
 def _short(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:300]
+    return printable(text, 300)
 
 
-__all__ = ["Worker", "WorkerHooks", "WorkerState"]
+__all__ = ["StartupFailed", "Worker", "WorkerHooks", "WorkerState"]

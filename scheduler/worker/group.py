@@ -11,13 +11,13 @@ daemon acks only after the commit (DESIGN.md invariant 3).
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from scheduler import safetext
 from scheduler.broker import HEADER_ATTEMPT, HEADER_PUBLISHED_AT
 from scheduler.fleet import Allocation, FleetView
 from scheduler.models import (
@@ -76,7 +76,13 @@ class GroupPlan:
     published_at: dict[str, int] = field(default_factory=dict)
     duplicates: list[str] = field(default_factory=list)
     placed: dict[str, SchedulingRequest] = field(default_factory=dict)
+    sources: list[Incoming] = field(default_factory=list)
+    """The message each item came from (``sources[i]`` for ``items[i]``), to dead-letter a poisoned one."""
     _undo: list[Callable[[], None]] = field(default_factory=list)
+
+    def add(self, item: CommitItem, source: Incoming) -> None:
+        self.items.append(item)
+        self.sources.append(source)
 
     def undo(self, fleet: FleetView) -> None:
         """Put the fleet back as it was before :func:`plan_group` (most recent change first)."""
@@ -129,7 +135,7 @@ def plan_group(
             if bad.task_id is None:
                 plan.dead.append(DeadLetter(msg, f"{bad.reason}: {bad.message}"))
             else:
-                plan.items.append(
+                plan.add(
                     Failure(
                         task_id=bad.task_id,
                         request_json=_stored_body(msg.body),
@@ -138,7 +144,8 @@ def plan_group(
                         strategy=None,
                         attempts=attempt_of(msg.headers),
                         callback_url=None,
-                    )
+                    ),
+                    msg,
                 )
             continue
         if isinstance(parsed, ReleaseRequest):
@@ -156,15 +163,32 @@ def plan_group(
         alloc = fleet.release(rel.release)
         if alloc is not None:
             plan._undo.append(_restore(fleet, alloc))
-        plan.items.append(Release(task_id=rel.release))
+        plan.add(Release(task_id=rel.release), msg)
 
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     # Higher priority first; the sort is stable, so arrival order breaks ties.
     for req, msg in sorted(requests, key=lambda pair: -pair[0].priority):
         if req.task_id in seen or fleet.allocation(req.task_id) is not None:
-            plan.duplicates.append(req.task_id)
+            body = req.model_dump_json()
+            if seen.get(req.task_id, body) == body and req.task_id in seen:
+                plan.duplicates.append(req.task_id)  # the same request twice in one group
+            else:
+                # Placed already, or twice here with different bodies: the store compares
+                # with what it holds, and reports a duplicate or a conflict.
+                plan.add(
+                    Failure(
+                        task_id=req.task_id,
+                        request_json=body,
+                        reason=Reason.CONFLICT,
+                        message="task id already exists with a different request",
+                        strategy=req.strategy,
+                        attempts=attempt_of(msg.headers),
+                        callback_url=req.callback_url,
+                    ),
+                    msg,
+                )
             continue
-        seen.add(req.task_id)
+        seen[req.task_id] = req.model_dump_json()
         attempt = attempt_of(msg.headers)
         published = msg.headers.get(HEADER_PUBLISHED_AT)
         if isinstance(published, int) and not isinstance(published, bool):
@@ -172,7 +196,7 @@ def plan_group(
         if req.callback_url is not None:
             refusal = callback_refusal(req.callback_url, callback_allow)
             if refusal is not None:
-                plan.items.append(
+                plan.add(
                     Failure(
                         task_id=req.task_id,
                         request_json=req.model_dump_json(),
@@ -181,7 +205,8 @@ def plan_group(
                         strategy=req.strategy,
                         attempts=attempt,
                         callback_url=None,
-                    )
+                    ),
+                    msg,
                 )
                 continue
         started = time.perf_counter()
@@ -192,7 +217,7 @@ def plan_group(
             fleet.reserve(decision.node_index, req)
             plan.placed[req.task_id] = req
             plan._undo.append(_unreserve(fleet, req.task_id))
-            plan.items.append(
+            plan.add(
                 Placement(
                     request=req,
                     node=decision.node or "",
@@ -200,18 +225,20 @@ def plan_group(
                     strategy=decision.strategy,
                     message=decision.message,
                     attempts=attempt,
-                )
+                ),
+                msg,
             )
         elif decision.reason in RETRYABLE and attempt < retry.max_attempts:
             delay = retry.delay_ms(attempt, rng)
-            plan.items.append(
+            plan.add(
                 Waiting(
                     request=req,
                     message=f"attempt {attempt}/{retry.max_attempts}, retrying in "
                     f"{delay / 1000:.1f}s: {decision.message}",
                     attempts=attempt,
                     strategy=decision.strategy,
-                )
+                ),
+                msg,
             )
             plan.retries.append(RetryLater(msg, req, attempt + 1, delay))
         else:
@@ -219,7 +246,7 @@ def plan_group(
             message = decision.message
             if decision.reason in RETRYABLE:
                 message = f"gave up after {attempt} attempts: {message}"
-            plan.items.append(
+            plan.add(
                 Failure(
                     task_id=req.task_id,
                     request_json=req.model_dump_json(),
@@ -228,7 +255,8 @@ def plan_group(
                     strategy=decision.strategy,
                     attempts=attempt,
                     callback_url=req.callback_url,
-                )
+                ),
+                msg,
             )
     return plan
 
@@ -245,10 +273,7 @@ def _unreserve(fleet: FleetView, task_id: str) -> Callable[[], None]:
 
 
 def _stored_body(body: bytes) -> str:
-    """What to keep of an invalid body for the task record: JSON text, bounded in size."""
+    """What to keep of an invalid body for the task record: strict JSON text, bounded in size."""
     text = body[:MAX_STORED_BODY].decode("utf-8", errors="replace")
-    try:
-        json.loads(text)
-        return text
-    except ValueError:
-        return json.dumps({"invalid_body": text})
+    strict = safetext.strict_json_text(text)
+    return strict if strict is not None else safetext.dumps({"invalid_body": safetext.scrub(text)})

@@ -1,4 +1,8 @@
-"""The delivery state machine in SQL: outbox events -> delivery rows -> delivered | dead.
+"""The webhook delivery state machine in SQL: outbox events -> delivery rows -> delivered | dead.
+
+The store is the one home of SQL; the webhook dispatcher
+(:mod:`scheduler.webhooks.dispatcher`) and ``scheduler webhooks`` call these
+statements and hold no SQL of their own.
 
 A delivery row is one event for one target URL (``deliveries``, unique on
 ``(event_id, url)``). States::
@@ -26,7 +30,7 @@ are exact.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,7 +43,6 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from scheduler.store.engine import READ_ONLY_OPTION
 from scheduler.store.errors import connect
 from scheduler.store.schema import deliveries, outbox
-from scheduler.webhooks.policy import display_url
 
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -131,7 +134,7 @@ class Result:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryRecord:
-    """One delivery as ``scheduler webhooks list`` shows it (``url`` with credentials hidden)."""
+    """One delivery as stored (``url`` exactly as configured: show it only through a display function)."""
 
     id: int
     event_id: str
@@ -146,14 +149,14 @@ class DeliveryRecord:
     delivered_at: datetime | None
     created_at: datetime
 
-    def to_json(self) -> dict[str, Any]:
-        """The ``--json`` line (the URL with credentials hidden)."""
+    def to_json(self, display: Callable[[str], str]) -> dict[str, Any]:
+        """The ``--json`` line; ``display`` hides the URL's credentials (the store does not know how)."""
         return {
             "id": self.id,
             "event_id": self.event_id,
             "type": self.event_type,
             "task_id": self.task_id,
-            "url": display_url(self.url),
+            "url": display(self.url),
             "status": self.status,
             "attempts": self.attempts,
             "last_status_code": self.last_status_code,
@@ -218,8 +221,21 @@ class DeliveryStore:
         events = [OutboxEvent(int(r.seq), r.event_id, r.task_id, r.callback_url) for r in callbacks]
         return OutboxBatch(int(count), int(last), events)
 
-    def due(self, conn: Connection, now: datetime, limit: int, exclude: Sequence[int] = ()) -> list[Due]:
-        """Pending deliveries due at ``now``, the longest-waiting first (``exclude``: ids in flight here)."""
+    def due(
+        self,
+        conn: Connection,
+        now: datetime,
+        limit: int,
+        exclude: Sequence[int] = (),
+        skip_prefixes: Sequence[str] = (),
+    ) -> list[Due]:
+        """Pending deliveries due at ``now``, the longest-waiting first.
+
+        ``exclude``: ids in flight here; ``skip_prefixes``: ``scheme://netloc``
+        texts of destinations at their concurrency limit, whose URLs (that
+        text followed by ``/``, ``?`` or nothing) are left for later, so the
+        ``limit`` rows are other destinations' work.
+        """
         stmt = (
             select(
                 deliveries.c.id, deliveries.c.event_id, outbox.c.type, deliveries.c.task_id, deliveries.c.url,
@@ -233,6 +249,12 @@ class DeliveryStore:
         )  # fmt: skip
         if exclude:
             stmt = stmt.where(deliveries.c.id.not_in(list(exclude)))
+        for prefix in skip_prefixes:
+            stmt = stmt.where(
+                deliveries.c.url != prefix,
+                deliveries.c.url.not_like(_like_escape(prefix) + "/%", escape="\\"),
+                deliveries.c.url.not_like(_like_escape(prefix) + "?%", escape="\\"),
+            )
         return [
             Due(int(r.id), r.event_id, r.type, r.task_id, r.url, int(r.attempts), int(r.seq), r.payload)
             for r in conn.execute(stmt)
@@ -466,6 +488,11 @@ def _record_select() -> Any:
         deliveries.c.delivered_at,
         deliveries.c.created_at,
     ).select_from(deliveries.outerjoin(outbox, outbox.c.event_id == deliveries.c.event_id))
+
+
+def _like_escape(text: str) -> str:
+    """``text`` as a literal inside a LIKE pattern (escape character: backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _clip(text: str) -> str:

@@ -1,0 +1,421 @@
+"""Outages and frozen processes: real workers, real RabbitMQ and PostgreSQL, faults from tests/fault_proxy.py.
+
+Every test checks the result from the database afterwards (every task
+terminal, no node overcommitted, no task allocated twice, one outbox event
+per task) and that the workers are still running; none asserts how long
+anything took (deadlines come from the configured timings, with slack for
+a shared machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from sqlalchemy import func, select
+
+from scheduler.models import TaskStatus
+from scheduler.producer.publisher import Outgoing
+from scheduler.store.schema import allocations, tasks
+from tests.fault_proxy import FaultProxy
+from tests.harness import Deployment, make_nodes, make_requests, wait_until
+
+SHRUNK = {
+    "SCHEDULER_ELECTION__LEASE_DURATION": "1.5",
+    "SCHEDULER_ELECTION__RENEW_DEADLINE": "1.0",
+    "SCHEDULER_ELECTION__RETRY_PERIOD": "0.25",
+}
+QUICK_RECONNECT = {"SCHEDULER_WORKER__RECONNECT_MAX_BACKOFF": "2"}
+
+
+def _via(url: str, proxy: FaultProxy) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{proxy.port}")
+    if parts.port is None:
+        netloc = netloc.replace(str(parts.hostname), f"127.0.0.1:{proxy.port}")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _target(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+def _settle(dep: Deployment, ids: list[str], timeout: float = 120) -> None:
+    states = dep.wait_terminal(ids, timeout=timeout)
+    assert all(s is TaskStatus.SCHEDULED for s in states.values()), "the fleet has room for every request"
+    dep.check_invariants()
+    assert len(dep.store.active_allocations()) == len(ids)
+    events = dep.outbox_counts()
+    assert len(events) == len(ids) and set(events.values()) == {1}
+
+
+def _burst_through(dep: Deployment, proxy: FaultProxy, mode: str, seconds: float, *, seed: int) -> list[str]:
+    """A burst that runs into the fault: half published before it starts, half while it lasts."""
+    requests = make_requests(1600, seed=seed)
+    ids = dep.publish(Outgoing.request(r) for r in requests[:800])
+    wait_until(lambda: sum(dep.store.task_counts().values()) >= 100, 60, "progress before the fault")
+    proxy.fault(mode)
+    started = time.monotonic()
+    try:
+        ids += dep.publish(
+            Outgoing.request(r) for r in requests[800:]
+        )  # the harness reaches the broker directly
+        time.sleep(
+            max(0.0, seconds - (time.monotonic() - started))
+        )  # the fault's length, not a wait for a result
+    finally:
+        proxy.heal()
+    return ids
+
+
+# ------------------------------------------------------------------ broker faults
+
+
+@pytest.fixture
+def broker_proxy(amqp_url: str) -> Iterator[FaultProxy]:
+    with FaultProxy(*_target(amqp_url, 5672)) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def pair(
+    pg_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path, broker_proxy: FaultProxy
+) -> Iterator[Deployment]:
+    """Two workers electing through PostgreSQL, both reaching RabbitMQ only through the proxy."""
+    dep = Deployment(
+        pg_url,
+        amqp_url,
+        amqp_names["exchange"],
+        amqp_names["queue"],
+        tmp_path,
+        election="database",
+        extra_env={**SHRUNK, **QUICK_RECONNECT, "AMQP_URL": _via(amqp_url, broker_proxy)},
+    )
+    dep.declare()
+    try:
+        yield dep
+    finally:
+        dep.close()
+
+
+BROKER_FAULTS = [
+    pytest.param("refuse", 0.5, id="refuse-0.5s"),
+    pytest.param("reset", 0.5, id="reset-0.5s"),
+    pytest.param("refuse", 5, id="refuse-5s"),
+    pytest.param("blackhole", 5, id="blackhole-5s"),
+    pytest.param("stall", 5, id="stall-5s"),
+    pytest.param("refuse", 30, id="refuse-30s", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize(("mode", "seconds"), BROKER_FAULTS)
+def test_broker_fault_during_a_burst(
+    pair: Deployment, broker_proxy: FaultProxy, mode: str, seconds: float
+) -> None:
+    dep = pair
+    dep.store.import_nodes(make_nodes(100))
+    procs = [dep.start_worker(name) for name in ("w0", "w1")]
+    wait_until(lambda: dep.store.fence_holder()[1] in ("w0", "w1"), 30, "a leader")
+    ids = _burst_through(dep, broker_proxy, mode, seconds, seed=11)
+    _settle(dep, ids)
+    assert all(p.poll() is None for p in procs), "a broker outage must not end any replica"
+
+
+# ---------------------------------------------------------------- database faults
+
+
+@pytest.fixture
+def db_proxy(postgres_base_url: str) -> Iterator[FaultProxy]:
+    with FaultProxy(*_target(postgres_base_url, 5432)) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def lone(
+    pg_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path, db_proxy: FaultProxy
+) -> Iterator[Deployment]:
+    """One worker whose every database connection goes through the proxy."""
+    dep = Deployment(
+        pg_url,
+        amqp_url,
+        amqp_names["exchange"],
+        amqp_names["queue"],
+        tmp_path,
+        extra_env={**QUICK_RECONNECT, "DATABASE_URL": _via(pg_url, db_proxy)},
+    )
+    dep.declare()
+    try:
+        yield dep
+    finally:
+        dep.close()
+
+
+DB_FAULTS = [
+    pytest.param("refuse", 0.5, id="refuse-0.5s"),
+    pytest.param("reset", 0.5, id="reset-0.5s"),
+    pytest.param("refuse", 5, id="refuse-5s"),
+    pytest.param("blackhole", 5, id="blackhole-5s"),
+    pytest.param("stall", 5, id="stall-5s"),
+    pytest.param("blackhole", 30, id="blackhole-30s", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize(("mode", "seconds"), DB_FAULTS)
+def test_database_fault_during_a_burst(
+    lone: Deployment, db_proxy: FaultProxy, mode: str, seconds: float
+) -> None:
+    dep = lone
+    dep.store.import_nodes(make_nodes(100))
+    proc = dep.start_worker("w0")
+    dep.wait_leading("w0")
+    ids = _burst_through(dep, db_proxy, mode, seconds, seed=12)
+    _settle(dep, ids)
+    assert proc.poll() is None, "a database outage must not end the worker"
+
+
+# ---------------------------------------------------------------- start-up
+
+
+def _run_worker(dep: Deployment, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    dep.write_config()
+    full = {**dep.env("starter"), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "scheduler", "worker"],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=dep.workdir,
+    )
+
+
+@pytest.fixture
+def lite(sqlite_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path) -> Iterator[Deployment]:
+    dep = Deployment(sqlite_url, amqp_url, amqp_names["exchange"], amqp_names["queue"], tmp_path)
+    try:
+        yield dep
+    finally:
+        dep.close()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_startup_without_a_broker_waits_then_ends_with_one_line(lite: Deployment) -> None:
+    port = _closed_port()
+    done = _run_worker(
+        lite,
+        {"AMQP_URL": f"amqp://user:s3cr3t-pw@127.0.0.1:{port}/%2F", "SCHEDULER_WORKER__STARTUP_TIMEOUT": "2"},
+        timeout=60,
+    )
+    assert done.returncode != 0
+    err = done.stderr.strip().splitlines()
+    assert err and err[-1].startswith("error: broker unreachable for 2s at start-up"), done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "s3cr3t-pw" not in done.stderr + done.stdout
+    # It waited and retried rather than giving up on the first refusal.
+    assert sum("reconnecting" in line for line in (done.stdout + done.stderr).splitlines()) >= 2
+
+
+def test_startup_without_a_database_waits_then_ends_with_one_line(lite: Deployment) -> None:
+    port = _closed_port()
+    done = _run_worker(
+        lite,
+        {
+            "DATABASE_URL": f"postgresql://user:s3cr3t-pw@127.0.0.1:{port}/db",
+            "SCHEDULER_WORKER__STARTUP_TIMEOUT": "2",
+        },
+        timeout=60,
+    )
+    assert done.returncode != 0
+    err = done.stderr.strip().splitlines()
+    assert err and err[-1].startswith("error: database unreachable for 2s at start-up"), done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "s3cr3t-pw" not in done.stderr + done.stdout
+
+
+def test_startup_waits_for_a_broker_that_comes_up(lite: Deployment, amqp_url: str) -> None:
+    """The broker refuses at first (through the proxy), then answers: the worker starts and serves."""
+    with FaultProxy(*_target(amqp_url, 5672)) as proxy:
+        proxy.fault("refuse")
+        lite.extra_env.update({"AMQP_URL": _via(amqp_url, proxy), "SCHEDULER_WORKER__STARTUP_TIMEOUT": "60"})
+        lite.store.import_nodes(make_nodes(3))
+        lite.declare()
+        proc = lite.start_worker("w0")
+        wait_until(lambda: proxy.connections >= 2, 30, "connection attempts while refused")
+        assert proc.poll() is None
+        proxy.heal()
+        ids = lite.publish(Outgoing.request(r) for r in make_requests(5))
+        lite.wait_terminal(ids, timeout=60)
+        lite.stop_all()
+
+
+# ---------------------------------------------------------------- frozen leader
+
+
+def _commits_by_epoch(dep: Deployment, epoch: int) -> tuple[int, int]:
+    with dep.store.engine.connect() as conn:
+        t = conn.execute(select(func.count()).select_from(tasks).where(tasks.c.epoch == epoch)).scalar_one()
+        a = conn.execute(
+            select(func.count()).select_from(allocations).where(allocations.c.epoch == epoch)
+        ).scalar_one()
+    return int(t), int(a)
+
+
+def frozen_leader_takeover(dep: Deployment, lease: float) -> float:
+    """SIGSTOP the leader; seconds to the new leader's first commit. The woken one must commit nothing."""
+    dep.store.import_nodes(make_nodes(50))
+    procs = {name: dep.start_worker(name) for name in ("w0", "w1")}
+    wait_until(lambda: dep.store.fence_holder()[1] in procs, 60, "a first leader")
+    warm = dep.publish(Outgoing.request(r) for r in make_requests(20, prefix="warm"))
+    dep.wait_terminal(warm, timeout=60)
+    old_epoch, victim = dep.store.fence_holder()
+    assert victim is not None
+    os.kill(procs[victim].pid, signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    try:
+        ids = dep.publish(Outgoing.request(r) for r in make_requests(200, prefix="after", seed=5))
+        before = _commits_by_epoch(dep, old_epoch)
+        # The goal is lease + 5 s; the deadline leaves room for a loaded machine.
+        first = wait_until(
+            lambda: dep.store.task_states(ids) and time.monotonic(),
+            lease + 5 + 20,
+            "the new leader's first commit",
+        )
+        took = float(first - frozen_at)
+        dep.wait_terminal(ids, timeout=60)
+    finally:
+        os.kill(procs[victim].pid, signal.SIGCONT)
+    # The woken process finds itself deposed: it must commit nothing more (the fence).
+    wait_until(lambda: "stopped leading" in dep.log_of(victim) or procs[victim].poll() is not None, 60,
+               "the woken leader to notice")  # fmt: skip
+    late = dep.publish(Outgoing.request(r) for r in make_requests(50, prefix="late", seed=6))
+    dep.wait_terminal(late, timeout=60)
+    assert _commits_by_epoch(dep, old_epoch) == before, "the deposed leader committed after waking"
+    assert dep.store.fence_holder()[0] > old_epoch
+    dep.check_invariants()
+    return took
+
+
+@pytest.fixture
+def electing(pg_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path) -> Iterator[Deployment]:
+    dep = Deployment(
+        pg_url, amqp_url, amqp_names["exchange"], amqp_names["queue"], tmp_path, election="database",
+        extra_env=dict(SHRUNK),
+    )  # fmt: skip
+    dep.declare()
+    try:
+        yield dep
+    finally:
+        dep.close()
+
+
+def test_frozen_leader_is_replaced_and_commits_nothing_after_waking(electing: Deployment) -> None:
+    took = frozen_leader_takeover(electing, lease=1.5)
+    print(f"frozen leader (lease 1.5 s): first commit by the new leader {took:.1f}s after SIGSTOP")
+
+
+@pytest.mark.slow
+def test_frozen_leader_with_default_timings(electing: Deployment) -> None:
+    for key in SHRUNK:
+        electing.extra_env.pop(key)
+    took = frozen_leader_takeover(electing, lease=15)
+    print(f"frozen leader (lease 15 s): first commit by the new leader {took:.1f}s after SIGSTOP")
+
+
+# ---------------------------------------------------------------- readiness and cancels
+
+
+def test_readyz_is_false_with_the_reason_while_the_leader_cannot_consume(
+    lone: Deployment, db_proxy: FaultProxy
+) -> None:
+    import httpx
+
+    dep = lone
+    dep.http = True
+    dep.store.import_nodes(make_nodes(3))
+    dep.start_worker("w0")
+    dep.wait_leading("w0")
+    url = dep.http_url("w0")
+    wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 30, "ready before the outage")
+    db_proxy.fault("refuse")
+    try:
+        dep.publish(Outgoing.request(r) for r in make_requests(3, prefix="during"))
+
+        def reasons() -> list[str] | None:
+            response = httpx.get(f"{url}/readyz", timeout=10)
+            got: list[str] = response.json()["reasons"]
+            return (
+                got if response.status_code == 503 and any(r.startswith("consumer:") for r in got) else None
+            )
+
+        found = wait_until(reasons, 60, "readyz to report the consumer down")
+        assert any("leader not consuming: database unavailable" in r for r in found), found
+    finally:
+        db_proxy.heal()
+    wait_until(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200, 60, "ready again")
+    dep.wait_terminal([f"during-{i}" for i in range(3)], timeout=60)
+
+
+def test_a_release_before_its_request_cancels_it_for_good(lite: Deployment) -> None:
+    dep = lite
+    dep.store.import_nodes(make_nodes(3))
+    dep.start_worker("w0")
+    dep.wait_leading("w0")
+    dep.publish([Outgoing.release("early")])
+    wait_until(lambda: dep.statuses(["early"]).get("early") is TaskStatus.RELEASED, 30, "the cancel")
+    late = make_requests(1, prefix="x")[0].model_copy(update={"task_id": "early"})
+    dep.publish([Outgoing.request(late)])
+    # Published after it on the same queue: once this one is decided, the late request was too.
+    dep.publish(Outgoing.request(r) for r in make_requests(1, prefix="early-req"))
+    dep.wait_terminal(["early-req-0"], timeout=30)
+    record = dep.store.get_task("early")
+    assert record is not None and record.status is TaskStatus.RELEASED and record.reason is not None
+    assert record.reason.value == "cancelled"
+    assert [a.task_id for a in dep.store.active_allocations()] == ["early-req-0"]
+    assert "cancelled" in dep.log_of("w0")
+
+
+def test_a_session_frozen_inside_a_transaction_does_not_hold_the_fence_for_ever(pg_url: str) -> None:
+    """A leader frozen mid-commit keeps its connection and its row lock on the fence; PostgreSQL
+    ends such a session (idle in transaction), so the next leader can claim the fence."""
+    import threading
+
+    from scheduler.store import Store
+    from scheduler.store.schema import fence
+
+    frozen, fresh = Store.from_url(pg_url), Store.from_url(pg_url)
+    frozen.upgrade()
+    frozen.claim_fence(1, "frozen")
+    conn = frozen.engine.connect()
+    try:
+        conn.begin()
+        conn.execute(select(fence.c.epoch).with_for_update()).all()  # then nothing: the client "freezes"
+        claimed = threading.Event()
+
+        def claim() -> None:
+            fresh.claim_fence(2, "next")
+            claimed.set()
+
+        threading.Thread(target=claim, daemon=True).start()
+        wait_until(claimed.is_set, 60, "the next leader to claim the fence")
+        assert fresh.fence_holder() == (2, "next")
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+        frozen.close()
+        fresh.close()

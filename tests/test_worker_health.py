@@ -1,0 +1,81 @@
+"""Readiness verdicts from the worker's state, and the redelivery count (pure, no services)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scheduler.broker import HEADER_DELIVERY_COUNT
+from scheduler.worker.redelivery import RedeliveryCounter
+from scheduler.worker.state import WorkerState
+
+
+def _not_ok(checks: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in checks.items() if v != "ok"}
+
+
+def test_a_consuming_leader_and_a_standby_are_ready() -> None:
+    leader = WorkerState(leader=True, lease_held=True, consuming=True, broker_connected=True)
+    standby = WorkerState(broker_connected=True)
+    assert _not_ok(leader.readiness_checks(now=100)) == {}
+    assert _not_ok(standby.readiness_checks(now=100)) == {}
+
+
+def test_a_leader_that_does_not_consume_is_not_ready_and_says_why() -> None:
+    state = WorkerState(lease_held=True, broker_connected=True, not_consuming_why="database unavailable: x")
+    assert _not_ok(state.readiness_checks(now=0)) == {
+        "consumer": "leader not consuming: database unavailable: x"
+    }
+
+
+def test_a_group_retried_too_often_is_not_ready() -> None:
+    state = WorkerState(broker_connected=True, max_group_retries=2, group_retries=2, last_retry_error="boom")
+    assert _not_ok(state.readiness_checks(now=0)) == {}
+    state.group_retries = 3
+    assert "requeued 3 times" in _not_ok(state.readiness_checks(now=0))["commits"]
+
+
+def test_a_stuck_commit_is_not_ready() -> None:
+    state = WorkerState(broker_connected=True, commit_stuck_after=30, commit_started=100.0)
+    assert _not_ok(state.readiness_checks(now=120)) == {}
+    assert _not_ok(state.readiness_checks(now=131)) == {"commit": "a commit has been running for 31s"}
+
+
+def test_redeliveries_are_counted_per_body_on_classic_queues() -> None:
+    counter = RedeliveryCounter(broker_counts=False)
+    assert counter.deliveries(b"a", {}, redelivered=False) == 1
+    assert [counter.deliveries(b"a", {}, redelivered=True) for _ in range(3)] == [2, 3, 4]
+    assert counter.deliveries(b"b", {}, redelivered=True) == 2
+    # A header a publisher set is not the broker's count on a classic queue.
+    assert counter.deliveries(b"c", {HEADER_DELIVERY_COUNT: 99}, redelivered=False) == 1
+
+
+def test_quorum_queues_use_the_brokers_count() -> None:
+    counter = RedeliveryCounter(broker_counts=True)
+    assert counter.deliveries(b"a", {HEADER_DELIVERY_COUNT: 4}, redelivered=True) == 5
+
+
+def test_the_count_is_bounded_in_memory() -> None:
+    counter = RedeliveryCounter(broker_counts=False, capacity=2)
+    for body in (b"1", b"2", b"3"):
+        counter.deliveries(body, {}, redelivered=True)
+    assert counter.deliveries(b"1", {}, redelivered=True) == 2  # forgotten, counted afresh
+
+
+def test_the_amqp_heartbeat_stays_below_a_third_of_the_lease(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from scheduler.config import load_settings
+
+    monkeypatch.chdir(tmp_path)  # no config file, no environment: the built-in defaults
+    for name in ("SCHEDULER_CONFIG", "AMQP_URL", "SCHEDULER_AMQP__HEARTBEAT"):
+        monkeypatch.delenv(name, raising=False)
+    default = load_settings()
+    assert default.broker_heartbeat() == 5 and not default.heartbeat_lowered()
+    shrunk = load_settings(election={"lease_duration": 1.5, "renew_deadline": 1.0, "retry_period": 0.25})
+    assert shrunk.broker_heartbeat() == 1
+    slow = load_settings(amqp={"heartbeat": 30})
+    assert slow.broker_heartbeat() == 5 and slow.heartbeat_lowered()
+    fast = load_settings(amqp={"heartbeat": 2})
+    assert fast.broker_heartbeat() == 2 and not fast.heartbeat_lowered()
