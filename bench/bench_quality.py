@@ -1,172 +1,264 @@
-"""Placement quality: how full can a pool get before fragmentation rejects a VM?
+"""Placement quality over trace families: how full does a pool get before fragmentation refuses a VM?
 
-Run from the repository root: ``python bench/bench_quality.py [--seeds 5] [--nodes 200] [--steps 6000]``.
+Run from the repository root: ``python bench/bench_quality.py [--seeds 5] [--family NAME ...]``.
 
-A seeded trace over-subscribes one pool of identical nodes (64 vCPU / 256 GiB)
-with a mix of cpu-heavy, balanced and memory-heavy VMs of 1-32 vCPUs, and
-deletes some VMs along the way. Each strategy places the same trace. A
-*fragmentation rejection* is a request that no single node can take although
-the pool's aggregate free cpu AND memory would hold it: capacity that exists
-but is stranded in pieces too small or of the wrong shape. The figure that
-matters for consolidation is the pool's CPU utilization at the first such
-rejection (how full the pool got before packing failed); the utilization at
-the end of the trace says how well the strategy keeps packing under churn.
+Each family of :mod:`quality_traces` (mixed node shapes, skewed VM mixes,
+churn, anti-affinity and spread, dedicated and tagged pools, shared GPU
+nodes) is generated for several seeds, and every registered strategy and
+the reference heuristics below replay the same fleet and trace through the
+service's own simulator (:func:`scheduler.simulate.simulate`: same filters,
+same reservations). Per family, the table shows the mean over seeds ± the
+standard deviation of:
 
-Besides the eight registered strategies, two textbook baselines run the same
-trace through the same filters: single-resource best fit (least free vCPUs
-left, the classic bin-packing rule) and plain L2 best fit (least Euclidean
-norm of the free cpu/memory fractions left).
+* ``util@frag``: utilization of the ``default`` pool's scarcer resource
+  (the larger of its cpu and memory utilization) at its first
+  *fragmentation rejection*, a request for no device refused although the
+  nodes allowed to take it held enough free cpu and memory in aggregate
+  (utilization at the end of the trace for a run that never fragmented);
+  ``cpu@frag`` is the cpu utilization then. The scarcer resource, because
+  on memory-heavy traces memory runs out first and cpu utilization says
+  little about packing;
+* ``VMs`` and ``vCPUs`` placed over the whole trace;
+* ``strand cpu`` / ``strand mem``: at the end, free vCPUs on nodes without
+  memory left for the smallest VM (and the reverse), as a fraction of the
+  pool;
+* ``dev@frag``: GPU utilization at the first GPU request refused while the
+  pool had enough GPUs free in aggregate (GPU family only).
+
+The reference heuristics (written here, not registered: nobody should run
+them in production):
+
+* ``ref_best_fit``: textbook best fit, the node left with the fewest free vCPUs;
+* ``ref_first_fit``: the first node in name order that fits;
+* ``ref_l2``: Panigrahy et al.'s L2-norm rule, least sum of squared free
+  fractions left (cpu, memory) after placement;
+* ``ref_dot``: Panigrahy et al.'s dot-product rule, largest dot product of
+  the request's and the node's free fractions (alignment, as in Tetris);
+* ``ref_drf_best_fit``: dominant-resource best fit, least largest free
+  fraction left after placement.
+
+The closing lines compare ``best_fit`` with the best reference per family
+(the paired difference over seeds ± its standard error) and with textbook
+best fit.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
-from typing import ClassVar
 
-import common
 import numpy as np
+from quality_traces import FAMILIES, Family
 
 from scheduler.fleet import FleetView, FloatArray
 from scheduler.models import SchedulingRequest
-from scheduler.strategies.base import ScoringStrategy, Strategy, utilization_after
-from scheduler.strategies.filters import feasible_nodes
+from scheduler.simulate import simulate
+from scheduler.strategies.base import ScoringStrategy, Strategy
+from scheduler.strategies.placer import Placer
 from scheduler.strategies.registry import STRATEGY_NAMES, get_strategy
 
 
-class TextbookBestFit(ScoringStrategy):
-    """Classic one-dimensional best fit: the node left with the fewest free vCPUs."""
+class RefBestFit(ScoringStrategy):
+    """Textbook best fit on cpu: the node left with the fewest free vCPUs."""
 
-    name: ClassVar[str] = "textbook_best_fit"
-    description: ClassVar[str] = "baseline: least free cpu after placement"
+    avoid_devices = False
 
     def score(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
-        result: FloatArray = (fleet.free_cpu[start:stop] - req.requested_cpu).astype(np.float64)
+        return np.subtract(fleet.free_cpu[start:stop], req.requested_cpu, dtype=np.float64)
+
+
+class RefFirstFit(ScoringStrategy):
+    """First fit: the first feasible node in name order."""
+
+    avoid_devices = False
+
+    def score(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
+        return np.zeros(stop - start)
+
+
+def _free_after(
+    fleet: FleetView, start: int, stop: int, req: SchedulingRequest
+) -> tuple[FloatArray, FloatArray]:
+    sl = slice(start, stop)
+    return (
+        (fleet.free_cpu[sl] - req.requested_cpu) * fleet.inv_cpu[sl],
+        (fleet.free_mem[sl] - req.requested_memory) * fleet.inv_mem[sl],
+    )
+
+
+class RefL2(ScoringStrategy):
+    """Panigrahy et al. L2 norm: least sum of squared free fractions left after placement."""
+
+    avoid_devices = False
+
+    def score(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
+        c, m = _free_after(fleet, start, stop, req)
+        result: FloatArray = c * c + m * m
         return result
 
 
-class L2BestFit(ScoringStrategy):
-    """Plain vector best fit: least L2 norm of the free cpu and memory fractions after placement."""
+class RefDot(ScoringStrategy):
+    """Panigrahy et al. dot product: largest request . free, both as fractions of the node."""
 
-    name: ClassVar[str] = "l2_best_fit"
-    description: ClassVar[str] = "baseline: least L2 norm of free fractions after placement"
+    avoid_devices = False
 
     def score(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
-        cpu, mem, _disk = utilization_after(fleet, start, stop, req)
-        result: FloatArray = np.hypot(1.0 - cpu, 1.0 - mem)
+        sl = slice(start, stop)
+        inv_c, inv_m = fleet.inv_cpu[sl], fleet.inv_mem[sl]
+        dot = (req.requested_cpu * inv_c) * (fleet.free_cpu[sl] * inv_c)
+        dot += (req.requested_memory * inv_m) * (fleet.free_mem[sl] * inv_m)
+        result: FloatArray = -dot
         return result
 
 
-BASELINES: dict[str, Callable[[], Strategy]] = {
-    TextbookBestFit.name: TextbookBestFit,
-    L2BestFit.name: L2BestFit,
+class RefDrfBestFit(ScoringStrategy):
+    """Dominant-resource best fit: least largest free fraction left after placement."""
+
+    avoid_devices = False
+
+    def score(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
+        c, m = _free_after(fleet, start, stop, req)
+        result: FloatArray = np.maximum(c, m)
+        return result
+
+
+REFERENCES: dict[str, Callable[[], Strategy]] = {
+    "ref_best_fit": RefBestFit,
+    "ref_first_fit": RefFirstFit,
+    "ref_l2": RefL2,
+    "ref_dot": RefDot,
+    "ref_drf_best_fit": RefDrfBestFit,
 }
 
 
 @dataclass
 class Run:
-    """What one strategy did on one trace."""
+    """The figures of one strategy on one seed of one family."""
 
-    first_cpu: float | None = None  # pool utilization at the first fragmentation rejection
-    first_memory: float | None = None
-    end_cpu: float = 0.0
-    end_memory: float = 0.0
-    placed: int = 0
-    fragmentation_rejections: int = 0
+    util: float
+    cpu: float
+    fragmented: bool
+    vms: int
+    vcpus: int
+    strand_cpu: float
+    strand_mem: float
+    device: float | None
+    decisions: int
+    seconds: float
 
 
-def replay(strategy: Strategy, steps: list[common.Step], nodes: int) -> Run:
-    """Place ``steps`` on a fresh pool with ``strategy``, through the service's own filters and reserve."""
-    fleet = FleetView.build(common.make_nodes(nodes))
-    run = Run()
-    cap_cpu = int(fleet.cap_cpu.sum())
-    cap_mem = int(fleet.cap_mem.sum())
-    for step in steps:
-        if step.release:
-            fleet.release(step.task_id)
-            continue
-        req = SchedulingRequest(task_id=step.task_id, requested_cpu=step.cpu, requested_memory=step.memory)
-        feas = feasible_nodes(fleet, req, now=0.0)
-        if feas.count:
-            fleet.reserve(strategy.choose(fleet, feas.start, feas.stop, feas.feasible_mask(), req), req)
-            run.placed += 1
-            continue
-        free_cpu = int(fleet.free_cpu.sum())
-        free_mem = int(fleet.free_mem.sum())
-        if free_cpu >= step.cpu and free_mem >= step.memory:
-            run.fragmentation_rejections += 1
-            if run.first_cpu is None:
-                run.first_cpu = 1.0 - free_cpu / cap_cpu
-                run.first_memory = 1.0 - free_mem / cap_mem
-    run.end_cpu = 1.0 - int(fleet.free_cpu.sum()) / cap_cpu
-    run.end_memory = 1.0 - int(fleet.free_mem.sum()) / cap_mem
-    return run
+def replay(family: Family, built: tuple[list, list], name: str, strategy: Strategy) -> Run:
+    nodes, trace = built
+    fleet = FleetView.build(nodes)
+    placer = Placer(name if name in STRATEGY_NAMES else "least_loaded", extra={name: strategy})
+    placer.default = name
+    result = simulate(fleet, trace, placer, keep_lines=False)
+    summary = result.summary()
+    frag = summary["first_fragmentation"].get("default")
+    at = frag if frag else summary["utilization"]["default"]
+    util, cpu = max(at["cpu"], at["memory"]), at["cpu"]
+    dev = summary["first_device_fragmentation"].get("gpu")
+    strand = summary["stranded"]["default"]
+    # A run whose GPUs never fragmented: their utilization at the end.
+    device = dev["device"] if dev else summary["utilization"]["default"].get("gpu")
+    return Run(
+        util, cpu, frag is not None, result.placed, result.vcpus_placed, strand["cpu"], strand["memory"],
+        device if family.devices else None, len(result.decision_ns), result.wall_seconds,
+    )  # fmt: skip
 
 
 def contenders() -> dict[str, Callable[[], Strategy]]:
-    """Every registered strategy, then the baselines; built anew per run (round_robin, random keep state)."""
-    out: dict[str, Callable[[], Strategy]] = {name: partial(get_strategy, name) for name in STRATEGY_NAMES}
-    out.update(BASELINES)
+    """Every registered strategy, then the references; built anew per run (some keep state)."""
+    out: dict[str, Callable[[], Strategy]] = {
+        name: (lambda n=name: get_strategy(n)) for name in STRATEGY_NAMES
+    }
+    out.update(REFERENCES)
     return out
 
 
-def _mean_sd(values: list[float]) -> str:
+def _ms(values: list[float], digits: int = 3) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+    return f"{statistics.fmean(values):.{digits}f}±{sd:.{digits}f}"
+
+
+def _paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    diff = [x - y for x, y in zip(a, b, strict=True)]
+    se = statistics.stdev(diff) / len(diff) ** 0.5 if len(diff) > 1 else 0.0
+    return statistics.fmean(diff), se
+
+
+def run_family(
+    family: Family, seeds: int, strategies: dict[str, Callable[[], Strategy]]
+) -> dict[str, list[Run]]:
+    builds = [family.build(seed) for seed in range(seeds)]
+    return {name: [replay(family, b, name, make()) for b in builds] for name, make in strategies.items()}
+
+
+def print_family(family: Family, runs: dict[str, list[Run]], builds_info: str) -> None:
+    print(f"\n== {family.name}: {family.description} ({builds_info})")
+    head = (
+        f"{'strategy':<17} {'util@frag':>13} {'cpu@frag':>13} {'VMs':>11} {'vCPUs':>13} {'strand cpu':>13} "
+        f"{'strand mem':>13}" + (f" {'dev@frag':>13}" if family.devices else "")
+    )
+    print(head)
+    print("-" * len(head))
+    order = sorted(runs, key=lambda n: -statistics.fmean(r.util for r in runs[n]))
+    for name in order:
+        rs = runs[name]
+        line = (
+            f"{name:<17} {_ms([r.util for r in rs]):>13} {_ms([r.cpu for r in rs]):>13} "
+            f"{_ms([r.vms for r in rs], 0):>11} "
+            f"{_ms([r.vcpus for r in rs], 0):>13} {_ms([r.strand_cpu for r in rs]):>13} "
+            f"{_ms([r.strand_mem for r in rs]):>13}"
+        )
+        if family.devices:
+            line += f" {_ms([r.device if r.device is not None else 1.0 for r in rs]):>13}"
+        print(line)
+    never = sum(not r.fragmented for rs in runs.values() for r in rs)
+    if never:
+        print(f"({never} runs never fragmented: utilization at the end of the trace)")
+    if "best_fit" in runs:
+        bf = [r.util for r in runs["best_fit"]]
+        refs = [n for n in runs if n in REFERENCES]
+        if refs:
+            best = max(refs, key=lambda n: statistics.fmean(r.util for r in runs[n]))
+            d, se = _paired(bf, [r.util for r in runs[best]])
+            print(f"best_fit - best reference ({best}): {d:+.4f} ± {se:.4f} (paired, se over seeds)")
+        if "ref_best_fit" in runs:
+            d, se = _paired(bf, [r.util for r in runs["ref_best_fit"]])
+            print(f"best_fit - textbook best fit: {d:+.4f} ± {se:.4f}")
+        if family.devices and refs:
+            dev = lambda n: [r.device if r.device is not None else 1.0 for r in runs[n]]  # noqa: E731
+            best = max(refs, key=lambda n: statistics.fmean(dev(n)))
+            d, se = _paired(dev("best_fit"), dev(best))
+            print(
+                f"best_fit - best reference ({best}) on GPU utilization at the first GPU fragmentation: "
+                f"{d:+.4f} ± {se:.4f}"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=8, help="traces to average over (seeds 0..N-1)")
-    parser.add_argument("--nodes", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=6000, help="requests per trace")
-    parser.add_argument("--release", type=float, default=0.2, help="chance of a deletion after each request")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--family", action="append", help="only these families (repeatable)")
+    parser.add_argument("--strategy", action="append", help="only these contenders (repeatable)")
     args = parser.parse_args()
-
-    traces = [
-        common.churn_trace(np.random.default_rng(seed), args.steps, args.release)
-        for seed in range(args.seeds)
-    ]
-    demand = sum(s.cpu for s in traces[0] if not s.release) / (args.nodes * common.NODE_CPU)
-    print(
-        f"fleet: {args.nodes} nodes x {common.NODE_CPU} vCPU / {common.NODE_MEMORY // common.GIB} GiB, "
-        "one pool; "
-        f"trace: {args.steps} requests, release p={args.release}, {args.seeds} seeds; "
-        f"requested cpu = {demand:.1f}x the pool"
-    )
-    results: dict[str, list[Run]] = {}
-    for name, factory in contenders().items():
-        results[name] = [replay(factory(), trace, args.nodes) for trace in traces]
-
-    header = (
-        f"{'strategy':<18} {'cpu @ 1st frag':>15} {'mem @ 1st frag':>15} {'cpu @ end':>15} "
-        f"{'mem @ end':>15} {'frag rej':>8} {'placed':>7}"
-    )
-    print(header)
-    print("-" * len(header))
-
-    def first_cpu(runs: list[Run]) -> float:
-        # A trace that never fragmented counts as fully used: it did as well as it could.
-        return statistics.fmean(1.0 if r.first_cpu is None else r.first_cpu for r in runs)
-
-    for name, runs in sorted(results.items(), key=lambda kv: -first_cpu(kv[1])):
-        print(
-            f"{name:<18} {_mean_sd([r.first_cpu or 1.0 for r in runs]):>15} "
-            f"{_mean_sd([r.first_memory or 1.0 for r in runs]):>15} "
-            f"{_mean_sd([r.end_cpu for r in runs]):>15} {_mean_sd([r.end_memory for r in runs]):>15} "
-            f"{statistics.fmean(r.fragmentation_rejections for r in runs):>8.1f} "
-            f"{statistics.fmean(r.placed for r in runs):>7.0f}"
-        )
-    never = sum(r.first_cpu is None for runs in results.values() for r in runs)
-    print(
-        "(pool utilization, mean ± sd over seeds; 'frag rej' = requests rejected while the pool had room "
-        f"in aggregate; {never} runs never fragmented and count as 1.0)"
-    )
-    gain = first_cpu(results["best_fit"]) - first_cpu(results[TextbookBestFit.name])
-    print(f"best_fit vs textbook best fit: {gain:+.3f} cpu utilization at the first fragmentation rejection")
+    families = [f for f in FAMILIES if not args.family or f.name in args.family]
+    strategies = {n: m for n, m in contenders().items() if not args.strategy or n in args.strategy}
+    started = time.perf_counter()
+    decisions = 0
+    for family in families:
+        runs = run_family(family, args.seeds, strategies)
+        nodes, trace = family.build(0)
+        print_family(family, runs, f"{len(nodes)} nodes, {len(trace)} lines for seed 0, {args.seeds} seeds")
+        decisions += sum(r.decisions for rs in runs.values() for r in rs)
+        sys.stdout.flush()
+    took = time.perf_counter() - started
+    print(f"\n{decisions} decisions in {took:.0f} s")
 
 
 if __name__ == "__main__":

@@ -172,6 +172,16 @@ def test_malformed_bodies_get_422(lite_client: TestClient, raw: bytes) -> None:
     assert response.json()["detail"]
 
 
+def test_a_refused_callback_url_is_not_echoed_with_its_credentials(
+    lite_client: TestClient, lite: Deployment
+) -> None:
+    body = {"requested_cpu": 1, "requested_memory": 1024, "callback_url": "https://u:Pa55-word@evil.example.org/x"}
+    response = lite_client.post("/schedule", json=body)
+    assert response.status_code == 422, response.text
+    assert "Pa55-word" not in response.text
+    assert drain(lite) == []
+
+
 def test_allowed_callback_url_is_accepted(lite_client: TestClient, lite: Deployment) -> None:
     body = {"requested_cpu": 1, "requested_memory": 512, "callback_url": "https://hooks.example.com/vm"}
     assert lite_client.post("/schedule", json=body).status_code == 202

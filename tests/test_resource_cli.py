@@ -126,9 +126,11 @@ def test_simulate_reads_new_fields_and_explains_with_new_labels(run: Run, tmp_pa
             {"task_id": "f", "requested_cpu": 40, "requested_memory": 1},
         ]
     )  # fmt: skip
+    # A spreading strategy: best_fit packs devices and would give a gpu-2's four GPUs exactly, leaving
+    # b no node but gpu-1 before the zone spread is even asked.
     result = run(
         "simulate", "--nodes", write(tmp_path, "f.yaml", FLEET),
-        "--requests", write(tmp_path, "r.jsonl", trace), "--json", "--strategy", "best_fit",
+        "--requests", write(tmp_path, "r.jsonl", trace), "--json", "--strategy", "least_loaded",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     out = [json.loads(x) for x in result.output.splitlines()]

@@ -139,16 +139,57 @@ def test_best_fit_weighs_disk_only_when_asked_for() -> None:
 
 
 def test_best_fit_scores_match_the_documented_formula() -> None:
-    """room + STRANDING * spread, on the numbers of the stranding case above."""
+    """max(c, m) + STRANDING * (|c - m| - |c0 - m0|), leftovers in pool-mean-node units (here one node's).
+
+    On the stranding case above, before -> after placement of 16 cpu / 16 GiB:
+      a-tight: c .375 -> .125, m .8125 -> .75:  .75   + 8 * (.625 - .4375) =  2.25
+      b-match: c .875 -> .625, m .625 -> .5625: .625  + 8 * (.0625 - .25)  = -.875
+      c-empty: c 1 -> .75,     m 1 -> .9375:    .9375 + 8 * (.1875 - 0)    =  2.4375
+    """
     from scheduler.strategies.best_fit import STRANDING, BestFit
 
     allocations = used("a-tight", 40, 48 * GIB) + used("b-match", 8, 96 * GIB)
     fleet = FleetView.build(
         [node("a-tight", **BIG), node("b-match", **BIG), node("c-empty", **BIG)], allocations
     )
+    assert STRANDING == 8.0
     scores = BestFit().score(fleet, 0, 3, req(16, 16 * GIB))
-    expected = [0.875 + STRANDING * 0.625, 1.1875 + STRANDING * 0.0625, 1.6875 + STRANDING * 0.1875]
-    np.testing.assert_allclose(scores, expected, rtol=1e-12)
+    np.testing.assert_allclose(scores, [2.25, -0.875, 2.4375], rtol=1e-12)
+    # The tight-fit term alone (no stranding), as the mean of the leftovers: (.125 + .75) / 2 ...
+    np.testing.assert_allclose(
+        BestFit(stranding=0.0, dominance=0.0).score(fleet, 0, 3, req(16, 16 * GIB)),
+        [0.4375, 0.59375, 0.84375],
+        rtol=1e-12,
+    )
+
+
+def test_best_fit_compares_absolute_leftovers_across_node_sizes() -> None:
+    """A 32-vCPU node with 6 free and a 128-vCPU node with 10 free, both 4 GiB per vCPU, request 4 / 16 GiB.
+
+    As fractions of each node the big one looks fuller (6/128 = .047 left against 2/32 = .0625);
+    in absolute terms it keeps more (6 vCPUs against 2): best_fit fills the small one, as
+    textbook best fit would, keeping the big node's room for a bigger VM.
+    """
+    fleet = FleetView.build(
+        [node("a-big", cpu=128, memory=512 * GIB), node("b-small", cpu=32, memory=128 * GIB)],
+        used("a-big", 118, 472 * GIB) + used("b-small", 26, 104 * GIB),
+    )
+    assert choose("best_fit", fleet, req(4, 16 * GIB)) == "b-small"
+
+
+def test_best_fit_keeps_filling_an_uneven_node_rather_than_opening_an_empty_one() -> None:
+    """Memory-rich nodes (64 vCPU / 512 GiB), a cpu-heavy VM (8 / 16 GiB).
+
+    a-used already runs cpu-heavy VMs (48 vCPU / 96 GiB): it is uneven whatever comes next. A
+    stranding term on the *level* of unevenness sends the VM to the empty node (the most even
+    one), and small VMs then spread over every node; measured as a *change* it costs the same on
+    both nodes, and the tight fit decides: a-used.
+    """
+    fleet = FleetView.build(
+        [node("a-used", cpu=64, memory=512 * GIB), node("b-empty", cpu=64, memory=512 * GIB)],
+        used("a-used", 48, 96 * GIB),
+    )
+    assert choose("best_fit", fleet, req(8, 16 * GIB)) == "a-used"
 
 
 # ------------------------------------------------------------- cpu, memory, hybrid

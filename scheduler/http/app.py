@@ -38,7 +38,7 @@ from scheduler.plan_service import PlanService
 from scheduler.producer.publisher import Outgoing, Publisher
 from scheduler.store import DatabaseUnavailable, Store, TaskRecord
 from scheduler.store.views import nodes_with_usage
-from scheduler.webhooks.policy import callback_refusal
+from scheduler.webhooks.policy import callback_refusal, display_url
 from scheduler.worker.daemon import WorkerState
 
 from .auth import Gatekeeper, SubmissionLimiter, TokenTable, required_role
@@ -175,7 +175,7 @@ def create_app(
                             "type": "callback_refused",
                             "loc": ("body", "callback_url"),
                             "msg": refusal,
-                            "input": request.callback_url,
+                            "input": display_url(request.callback_url),  # credentials hidden
                         }
                     ]
                 )

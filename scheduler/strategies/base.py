@@ -32,6 +32,9 @@ class Strategy(ABC):
 
     name: str = ""
     description: str = ""
+    avoid_devices: bool = True
+    """Keep requests that ask for no device off nodes holding devices while other nodes fit
+    (see :func:`avoid_device_nodes`)."""
 
     @classmethod
     def build(cls, options: StrategyOptions) -> Strategy:
@@ -55,9 +58,81 @@ class ScoringStrategy(Strategy):
     def choose(
         self, fleet: FleetView, start: int, stop: int, feasible: BoolArray, req: SchedulingRequest
     ) -> int:
+        if self.avoid_devices:
+            feasible = avoid_device_nodes(fleet, start, stop, feasible, req)
         scores = self.score(fleet, start, stop, req)
         masked = np.where(feasible, scores, np.inf)
-        return start + int(np.argmin(masked))
+        return start + int(masked.argmin())  # the method: no Python wrapper on the hot path
+
+
+def avoid_device_nodes(
+    fleet: FleetView, start: int, stop: int, feasible: BoolArray, req: SchedulingRequest
+) -> BoolArray:
+    """``feasible`` without the nodes that have a free device, when ``req`` asks for none and others fit.
+
+    The fragmentation gradient of Weng et al. (USENIX ATC'23) in its
+    simplest form: a VM that needs no GPU but lands on a GPU node takes the
+    cpu and memory a later GPU request needs there, and the GPUs are
+    stranded (a GPU request refused while the GPU nodes are half used in
+    aggregate). So a request without devices goes to a node without free
+    devices whenever one fits; only when none does (the pool is all device
+    nodes, or they alone have room) does it take a device node. Nodes whose
+    devices are all taken are fair game: nothing is left there to strand.
+    Costs nothing in a pool without device nodes.
+    """
+    if req.requested_resources or not fleet.dev_names:
+        return feasible
+    pool = req.requested_pool
+    if not any(per.get(pool, 0) for per in fleet.dev_nodes_per_pool):
+        return feasible
+    free = fleet.free_dev[:, start:stop]
+    with_devices = (free[0] > 0) if len(free) == 1 else (free > 0).any(axis=0)
+    keep = feasible & ~with_devices
+    return keep if keep.any() else feasible
+
+
+class WeightedUtilization:
+    """``sum(w * (cap - free + requested) / cap)`` over cpu, memory and disk, for each node of a pool slice.
+
+    The weighted utilization after placement that ``least_loaded`` and
+    ``hybrid`` rank by, computed as ``base + sum((requested - free) * w / cap)``
+    with ``w / cap`` and ``base = sum(w * cap / cap)`` kept per fleet view:
+    nine vectorised passes instead of fourteen, which at 1,000 nodes is a
+    fifth of a decision. The same value up to rounding in the last bit.
+    The cache follows the view's capacity arrays (a rebuilt or copied view
+    has new ones, and the cache is rebuilt on first use).
+    """
+
+    __slots__ = ("_base", "_for", "_wc", "_wd", "_wm", "weights")
+
+    def __init__(self, weights: tuple[float, float, float]) -> None:
+        self.weights = weights
+        self._for: FloatArray | None = None
+        self._wc = self._wm = self._wd = self._base = np.zeros(0)
+
+    def _refresh(self, fleet: FleetView) -> None:
+        wc, wm, wd = self.weights
+        self._wc = np.multiply(fleet.inv_cpu, wc)
+        self._wm = np.multiply(fleet.inv_mem, wm)
+        self._wd = np.multiply(fleet.inv_disk, wd)
+        self._base = self._wc * fleet.cap_cpu + self._wm * fleet.cap_mem + self._wd * fleet.cap_disk
+        self._for = fleet.inv_cpu
+
+    def __call__(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
+        if self._for is not fleet.inv_cpu:
+            self._refresh(fleet)
+        sl = slice(start, stop)
+        left = np.subtract(req.requested_cpu, fleet.free_cpu[sl])
+        out: FloatArray = np.multiply(left, self._wc[sl])
+        np.subtract(req.requested_memory, fleet.free_mem[sl], out=left)
+        part = np.multiply(left, self._wm[sl])
+        out += part
+        if self.weights[2]:
+            np.subtract(req.requested_disk, fleet.free_disk[sl], out=left)
+            np.multiply(left, self._wd[sl], out=part)
+            out += part
+        out += self._base[sl]
+        return out
 
 
 def utilization_after(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from scheduler.fleet import FleetView, FloatArray
 from scheduler.models import SchedulingRequest
-from scheduler.strategies.base import ScoringStrategy, utilization_after
+from scheduler.strategies.base import ScoringStrategy, WeightedUtilization
 from scheduler.strategies.registry import StrategyOptions
 
 
@@ -21,14 +21,7 @@ class LeastLoaded(ScoringStrategy):
 
     def __init__(self, cpu: float = 0.4, memory: float = 0.4, disk: float = 0.2) -> None:
         self.weights = (cpu, memory, disk)
+        self._score = WeightedUtilization(self.weights)
 
     def score(self, fleet: FleetView, start: int, stop: int, req: SchedulingRequest) -> FloatArray:
-        cpu, mem, disk = utilization_after(fleet, start, stop, req)
-        wc, wm, wd = self.weights
-        # wc * cpu + wm * mem + wd * disk, accumulated in place (same order, same result, no temporaries).
-        cpu *= wc
-        mem *= wm
-        cpu += mem
-        disk *= wd
-        cpu += disk
-        return cpu
+        return self._score(fleet, start, stop, req)

@@ -9,6 +9,7 @@ and the configured default, which can be switched at run time
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from scheduler.fleet import FleetView
 from scheduler.models import Decision, Reason, SchedulingRequest
@@ -28,12 +29,15 @@ class Placer:
         seed: int = 0,
         dedicated_exclusive: bool = True,
         spread_max_skew: int = 1,
+        extra: Mapping[str, Strategy] | None = None,
     ) -> None:
+        """``extra``: strategy instances by name beside the registered ones (benchmarks compare
+        reference heuristics through the same filters this way)."""
         self.weights = weights
         self.seed = seed
         self.dedicated_exclusive = dedicated_exclusive
         self.spread_max_skew = spread_max_skew
-        self._instances: dict[str, Strategy] = {}
+        self._instances: dict[str, Strategy] = dict(extra or {})
         self.default = default
         self.strategy(default)  # fail now, at start-up, on an unknown name
 

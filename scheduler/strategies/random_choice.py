@@ -10,7 +10,7 @@ import numpy as np
 
 from scheduler.fleet import BoolArray, FleetView
 from scheduler.models import SchedulingRequest
-from scheduler.strategies.base import Strategy
+from scheduler.strategies.base import Strategy, avoid_device_nodes
 from scheduler.strategies.registry import StrategyOptions
 
 
@@ -25,5 +25,7 @@ class RandomChoice(Strategy):
     def choose(
         self, fleet: FleetView, start: int, stop: int, feasible: BoolArray, req: SchedulingRequest
     ) -> int:
+        if self.avoid_devices:
+            feasible = avoid_device_nodes(fleet, start, stop, feasible, req)
         candidates = np.flatnonzero(feasible)
         return start + int(candidates[int(self._rng.integers(len(candidates)))])

@@ -45,7 +45,7 @@ REGISTRY: tuple[StrategyEntry, ...] = (
     StrategyEntry("least_loaded", _M + "least_loaded:LeastLoaded",
                   "spread: lowest weighted utilization after placement (cpu .4, memory .4, disk .2)"),
     StrategyEntry("best_fit", _M + "best_fit:BestFit",
-                  "consolidate: least remaining capacity after placement, balanced across resources"),
+                  "consolidate: least capacity left after placement, keeping free cpu and memory even"),
     StrategyEntry("cpu", _M + "resources:MostFreeCpu", "most free vCPUs after placement"),
     StrategyEntry("memory", _M + "resources:MostFreeMemory", "most free memory after placement"),
     StrategyEntry("hybrid", _M + "resources:Hybrid",

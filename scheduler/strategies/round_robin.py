@@ -11,7 +11,7 @@ import numpy as np
 
 from scheduler.fleet import BoolArray, FleetView
 from scheduler.models import SchedulingRequest
-from scheduler.strategies.base import Strategy
+from scheduler.strategies.base import Strategy, avoid_device_nodes
 
 
 class RoundRobin(Strategy):
@@ -21,6 +21,8 @@ class RoundRobin(Strategy):
     def choose(
         self, fleet: FleetView, start: int, stop: int, feasible: BoolArray, req: SchedulingRequest
     ) -> int:
+        if self.avoid_devices:
+            feasible = avoid_device_nodes(fleet, start, stop, feasible, req)
         candidates = np.flatnonzero(feasible)
         last = self._cursor.get(req.requested_pool)
         pos = 0
