@@ -26,7 +26,7 @@ import numpy as np
 
 from scheduler.fleet import BoolArray, FleetView
 from scheduler.models import Reason, SchedulingRequest
-from scheduler.strategies.base import ScoringStrategy, Strategy
+from scheduler.strategies.base import ScoringStrategy, Strategy, avoid_device_nodes
 from scheduler.strategies.filters import (
     FILTERS,
     POOL_MISMATCH,
@@ -172,7 +172,15 @@ def _candidates(
     req: SchedulingRequest,
     top: int,
 ) -> tuple[Candidate, ...]:
-    """The pick first, then the best-scored others (by name for a strategy without scores)."""
+    """The pick first, then the best-scored others (by name for a strategy without scores).
+
+    Ranked among the nodes the strategy itself ranks: a request without
+    devices is kept off nodes with free devices while others fit
+    (:func:`~scheduler.strategies.base.avoid_device_nodes`), so those are
+    not offered as runners-up either.
+    """
+    if strategy.avoid_devices:  # the nodes the strategy ranks (its own pick among them)
+        mask = avoid_device_nodes(fleet, feas.start, feas.stop, mask, req)
     local = np.flatnonzero(mask)
     if isinstance(strategy, ScoringStrategy):
         scores = strategy.score(fleet, feas.start, feas.stop, req)

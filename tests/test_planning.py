@@ -83,12 +83,14 @@ def test_plan_agrees_with_the_decision_and_reserves_nothing(
 
 
 def _feasible(fleet: FleetView, req: SchedulingRequest, placer: Placer) -> list[str]:
+    from scheduler.strategies.base import avoid_device_nodes
     from scheduler.strategies.filters import feasible_nodes
 
     feas = feasible_nodes(
         fleet, req, now=0.0, exclusive=placer.dedicated_exclusive, max_skew=placer.spread_max_skew
     )
-    return [fleet.names[feas.start + int(k)] for k in np.flatnonzero(feas.feasible_mask())]
+    mask = avoid_device_nodes(fleet, feas.start, feas.stop, feas.feasible_mask(), req)
+    return [fleet.names[feas.start + int(k)] for k in np.flatnonzero(mask)]
 
 
 def _node(name: str, **kw: object) -> Node:
