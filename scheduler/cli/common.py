@@ -30,7 +30,10 @@ class CliError(Exception):
 COMMAND_MODULES: dict[str, str] = {
     "db": "scheduler.cli.db",
     "leader": "scheduler.cli.leader",
+    "move": "scheduler.cli.rebalance",
     "nodes": "scheduler.cli.nodes",
+    "plan": "scheduler.cli.plan",
+    "rebalance": "scheduler.cli.rebalance",
     "release": "scheduler.cli.submit",
     "simulate": "scheduler.cli.simulate",
     "status": "scheduler.cli.tasks",
@@ -48,7 +51,12 @@ COMMAND_MODULES: dict[str, str] = {
 COMMAND_HELP: dict[str, str] = {
     "db": "The database schema.",
     "leader": "Show the lease holder, the epoch (lease transitions) and the last renewal.",
-    "nodes": "The node inventory: import, list, cordon, uncordon.",
+    "move": "Publish a move of TASK_ID's allocation to NODE (the leader checks every filter on NODE).",
+    "nodes": "The node inventory: import, list, cordon, uncordon, drain.",
+    "plan": "Which node would be chosen now for a request, the runners-up, and why the others were not.",
+    "rebalance": (
+        "A migration plan from the committed state: empty whole nodes (pack) or cool the hottest (spread)."
+    ),
     "release": "Give tasks' resources back (the VMs are gone).",
     "simulate": "Replay a request trace on a fleet file and report every placement (no broker, no database).",
     "status": "The status of task TASK_ID: where it runs, or why it failed.",
@@ -134,4 +142,3 @@ def make_console(**kwargs: Any) -> Console:
 def emit_json(obj: Any) -> None:
     """One JSON object per line on stdout (the ``--json`` contract of DESIGN.md)."""
     sys.stdout.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")
-

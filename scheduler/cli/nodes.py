@@ -31,7 +31,7 @@ WIDE_COLUMNS = 140  # from this terminal width on, `nodes list` adds IPs and abs
 
 @cli.group("nodes")
 def nodes_group() -> None:
-    """The node inventory: import, list, cordon, uncordon."""
+    """The node inventory: import, list, cordon, uncordon, drain."""
 
 
 @nodes_group.command("import")
@@ -87,6 +87,17 @@ def cordon_cmd(name: str) -> None:
 def uncordon_cmd(name: str) -> None:
     """Let node NAME receive new VMs again."""
     _set_cordoned(name, False)
+
+
+@nodes_group.command("drain")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="one JSON line per move, then a summary line")
+@click.option("--apply", "apply_", is_flag=True, help="publish the moves (the leader checks each again)")
+def drain_cmd(name: str, as_json: bool, apply_: bool) -> None:
+    """Cordon node NAME and plan a move for every VM on it; lists what cannot move, and why (exit 3)."""
+    from scheduler.cli.rebalance import drain_node
+
+    drain_node(name, as_json, apply_)
 
 
 def _set_cordoned(name: str, cordoned: bool) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -33,6 +33,8 @@ from scheduler.strategies.registry import STRATEGY_NAMES
 
 if TYPE_CHECKING:
     from scheduler.store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_BAD_INPUT = 1
 EXIT_NOT_PUBLISHED = 2
@@ -123,26 +125,83 @@ def messages_from_file(path: str) -> tuple[list[Outgoing], list[str]]:
     return list(source), source.problems
 
 
-@cli.command("submit")
-@click.option("--file", "file_", help="JSON lines of requests ('-' = stdin)")
-@click.option("--cpu", type=int, help="vCPUs")
-@click.option("--memory", type=int, help="MiB")
-@click.option("--disk", type=int, default=0, show_default=True, help="GiB")
-@click.option("--pool", default="default", show_default=True)
-@click.option("--dedicated", is_flag=True)
-@click.option("--tag", "tags", multiple=True, help="required node tag (repeatable)")
-@click.option("--task-id", help="default: a new UUID")
-@click.option("--strategy", help="override the configured strategy for this request")
-@click.option("--priority", type=int, default=0, show_default=True)
-@click.option("--anti-affinity", "group", help="anti-affinity group")
-@click.option("--anti-affinity-mode", type=click.Choice(["hard", "soft"]), default="hard", show_default=True)
-@click.option(
-    "--resource", "resources", multiple=True, metavar="NAME=COUNT", help="devices, e.g. gpu=2 (repeatable)"
+REQUEST_OPTIONS = (
+    click.option("--file", "file_", help="JSON lines of requests ('-' = stdin)"),
+    click.option("--cpu", type=int, help="vCPUs"),
+    click.option("--memory", type=int, help="MiB"),
+    click.option("--disk", type=int, default=0, show_default=True, help="GiB"),
+    click.option("--pool", default="default", show_default=True),
+    click.option("--dedicated", is_flag=True),
+    click.option("--tag", "tags", multiple=True, help="required node tag (repeatable)"),
+    click.option("--task-id", help="default: a new UUID"),
+    click.option("--strategy", help="override the configured strategy for this request"),
+    click.option("--priority", type=int, default=0, show_default=True),
+    click.option("--anti-affinity", "group", help="anti-affinity group"),
+    click.option(
+        "--anti-affinity-mode", type=click.Choice(["hard", "soft"]), default="hard", show_default=True
+    ),
+    click.option(
+        "--resource", "resources", multiple=True, metavar="NAME=COUNT", help="devices, e.g. gpu=2 (repeat)"
+    ),
+    click.option("--forbid-tag", "forbidden", multiple=True, help="tag the node must not have (repeatable)"),
+    click.option("--spread-group", help="spread the VMs of this group over zones"),
+    click.option("--spread-mode", type=click.Choice(["hard", "soft"]), default="hard", show_default=True),
+    click.option("--callback-url", help="extra webhook target (must match webhooks.allow)"),
 )
-@click.option("--forbid-tag", "forbidden", multiple=True, help="tag the node must not have (repeatable)")
-@click.option("--spread-group", help="spread the VMs of this group over zones")
-@click.option("--spread-mode", type=click.Choice(["hard", "soft"]), default="hard", show_default=True)
-@click.option("--callback-url", help="extra webhook target (must match webhooks.allow)")
+"""The flags that describe a request: ``submit`` and ``plan`` share them."""
+
+
+def request_options(fn: F) -> F:
+    """Apply :data:`REQUEST_OPTIONS` to a command, in order."""
+    for option in reversed(REQUEST_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def request_fields(
+    *,
+    cpu: int,
+    memory: int,
+    disk: int,
+    pool: str,
+    dedicated: bool,
+    tags: tuple[str, ...],
+    task_id: str | None,
+    strategy: str | None,
+    priority: int,
+    group: str | None,
+    anti_affinity_mode: str,
+    resources: tuple[str, ...],
+    forbidden: tuple[str, ...],
+    spread_group: str | None,
+    spread_mode: str,
+    callback_url: str | None,
+) -> dict[str, Any]:
+    """The request fields of the flags (validated by the model afterwards)."""
+    fields: dict[str, Any] = {
+        "requested_cpu": cpu,
+        "requested_memory": memory,
+        "requested_disk": disk,
+        "requested_pool": pool,
+        "dedicated": dedicated,
+        "required_tags": list(tags),
+        "strategy": strategy,
+        "priority": priority,
+        "anti_affinity_group": group,
+        "callback_url": callback_url,
+        "requested_resources": parse_resource_flags(resources),
+        "forbidden_tags": list(forbidden),
+        "anti_affinity_mode": anti_affinity_mode,
+        "spread_group": spread_group,
+        "spread_mode": spread_mode,
+    }
+    if task_id is not None:
+        fields["task_id"] = task_id
+    return fields
+
+
+@cli.command("submit")
+@request_options
 @click.option("--wait", is_flag=True, help="wait until every task is terminal and print the results")
 @click.option("--timeout", type=float, default=120, show_default=True, help="seconds, with --wait")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
@@ -189,25 +248,12 @@ def submit_cmd(
         why = strategy_problem(strategy)
         if why is not None:
             raise CliError(f"--strategy: {why}", exit_code=EXIT_BAD_INPUT)
-        fields: dict[str, Any] = {
-            "requested_cpu": cpu,
-            "requested_memory": memory,
-            "requested_disk": disk,
-            "requested_pool": pool,
-            "dedicated": dedicated,
-            "required_tags": list(tags),
-            "strategy": strategy,
-            "priority": priority,
-            "anti_affinity_group": group,
-            "callback_url": callback_url,
-            "requested_resources": parse_resource_flags(resources),
-            "forbidden_tags": list(forbidden),
-            "anti_affinity_mode": anti_affinity_mode,
-            "spread_group": spread_group,
-            "spread_mode": spread_mode,
-        }
-        if task_id is not None:
-            fields["task_id"] = task_id
+        fields = request_fields(
+            cpu=cpu, memory=memory, disk=disk, pool=pool, dedicated=dedicated, tags=tags, task_id=task_id,
+            strategy=strategy, priority=priority, group=group, anti_affinity_mode=anti_affinity_mode,
+            resources=resources, forbidden=forbidden, spread_group=spread_group, spread_mode=spread_mode,
+            callback_url=callback_url,
+        )  # fmt: skip
         try:
             source = messages = [Outgoing.request(SchedulingRequest.model_validate(fields))]
         except ValidationError as exc:

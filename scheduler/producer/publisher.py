@@ -41,7 +41,7 @@ from scheduler.broker import (
     message_properties,
 )
 from scheduler.config import redact_url
-from scheduler.models import ReleaseRequest, SchedulingRequest
+from scheduler.models import MoveRequest, ReleaseRequest, SchedulingRequest
 
 
 class _BatchingConnection(SelectConnection):  # type: ignore[misc]  # pika is untyped
@@ -90,6 +90,11 @@ class Outgoing:
     @classmethod
     def release(cls, task_id: str) -> Outgoing:
         return cls(task_id, ROUTE_RELEASE, ReleaseRequest(release=task_id).model_dump_json().encode())
+
+    @classmethod
+    def move(cls, task_id: str, node: str) -> Outgoing:
+        """A move rides the request routing key: the worker tells the kinds apart by their bodies."""
+        return cls(task_id, ROUTE_REQUEST, MoveRequest(move=task_id, node=node).model_dump_json().encode())
 
 
 @dataclass
