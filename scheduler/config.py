@@ -57,6 +57,14 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
+# The grammar of sqlalchemy.engine.url.make_url: backend[+driver]://[user[:pw]@][host][:port][/db][?query]
+_DB_URL = re.compile(
+    r"(?P<name>[\w+]+)://(?:[^:/]*(?::[^@]*)?@)?(?:(?:\[[^/?]+\]|[^/:?]+)?(?::(?P<port>[^/?]*))?)?"
+    r"(?:/[^?]*)?(?:\?.*)?\Z",
+    re.DOTALL,
+)
+
+
 class ConfigError(Exception):
     """A configuration problem, worded for the operator: which key, what is wrong."""
 
@@ -128,15 +136,12 @@ class DatabaseConfig(_Section):
     @field_validator("url")
     @classmethod
     def _known_backend(cls, url: str) -> str:
-        from sqlalchemy.engine import make_url
-
-        try:
-            parsed = make_url(url)
-        except Exception:
-            raise ValueError(
-                "not a database URL (e.g. sqlite:///scheduler.db, postgresql://u@h/db)"
-            ) from None
-        if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        # SQLAlchemy's own URL grammar, checked without importing SQLAlchemy:
+        # every CLI command loads the settings, and most never touch a database.
+        match = _DB_URL.match(url)
+        if match is None or (match["port"] and not match["port"].isdigit()):
+            raise ValueError("not a database URL (e.g. sqlite:///scheduler.db, postgresql://u@h/db)")
+        if match["name"].split("+", 1)[0] not in ("sqlite", "postgresql"):
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")
         return url
 

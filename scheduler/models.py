@@ -297,7 +297,7 @@ def format_validation_error(exc: ValidationError) -> str:
     return printable("; ".join(parts), 2000)
 
 
-def parse_message(body: bytes) -> SchedulingRequest | ReleaseRequest:
+def parse_message(body: bytes) -> SchedulingRequest | ReleaseRequest | MoveRequest:
     """Decode one queue message; raises :class:`BadMessage` with a reason code.
 
     The order of checks matters for the "loses nothing" rule: whenever a
@@ -331,6 +331,13 @@ def parse_message(body: bytes) -> SchedulingRequest | ReleaseRequest:
             return ReleaseRequest.model_validate(data)
         except ValidationError as exc:
             raise BadMessage(format_validation_error(exc), None) from None
+    if "move" in data and "task_id" not in data:
+        # A move names no task_id field: a bad one is dead-lettered, never recorded as a failed task
+        # (the task it names may be running; a typo in a move must not touch it).
+        try:
+            return MoveRequest.model_validate(data)
+        except ValidationError as exc:
+            raise BadMessage(f"move: {format_validation_error(exc)}", None) from None
     try:
         return SchedulingRequest.model_validate(data)
     except ValidationError as exc:
@@ -373,3 +380,9 @@ class BadMessage(Exception):
         self.task_id = task_id
         self.reason = reason
 
+
+class MoveRequest(_Strict):
+    """``{"move": TASK_ID, "node": NAME}``: move a placed VM's allocation to another node (rebalancing)."""
+
+    move: TaskId
+    node: Name

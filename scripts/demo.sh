@@ -2,7 +2,10 @@
 # The first README command: the real pipeline on embedded defaults.
 # SQLite (./scheduler.db), the database lease, the local RabbitMQ; imports the
 # sample fleet, starts a worker, submits the sample requests, waits for the
-# placements, shows them, and stops the worker gracefully.
+# placements, shows them, and ends with the dashboard:
+# - on a terminal, the worker keeps running (dashboard and API up) until you press Enter;
+# - otherwise (piped, CI), or with DEMO_KEEP_RUNNING=0, the worker is stopped and the
+#   command that serves the dashboard again is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=.venv/bin/scheduler
@@ -47,12 +50,12 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 
-echo "== submitting examples/requests.jsonl and waiting for the outcomes"
+echo "== submitting examples/requests.jsonl and waiting for the outcomes (scheduler submit --wait)"
 $S submit --file examples/requests.jsonl --wait --timeout 60 || true
 
-echo "== tasks"
+echo "== every task, released ones included (scheduler tasks)"
 $S tasks
-echo "== nodes"
+echo "== nodes and pools (scheduler nodes list)"
 $S nodes list
 tasks=$(grep -c . examples/requests.jsonl)
 for _ in $(seq 1 100); do
@@ -70,4 +73,15 @@ curl -sS -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
   -d '{"requested_cpu": 2, "requested_memory": 2048}' "${API}/schedule"
 echo
 echo "without a token: HTTP $(curl -s -o /dev/null -w '%{http_code}' "${API}/nodes")"
-echo "== dashboard while it runs: ${API}/ ; metrics: http://127.0.0.1:${METRICS_PORT}/metrics (stopping the worker now)"
+DASHBOARD="${API}/"
+METRICS="http://127.0.0.1:${METRICS_PORT}/metrics"
+if [ "${DEMO_KEEP_RUNNING:-auto}" = 1 ] || { [ "${DEMO_KEEP_RUNNING:-auto}" = auto ] && [ -t 0 ] && [ -t 1 ]; }; then
+  echo "== the dashboard is up: open ${DASHBOARD} and paste the token from .demo/token; metrics: ${METRICS}"
+  echo "   the worker keeps running (log: .demo/worker.log); press Enter here to stop it"
+  read -r _ || true
+  echo "== stopping the worker"
+else
+  echo "== stopping the worker (not a terminal). To see the dashboard, start a worker on the same database:"
+  echo "   HTTP_TOKENS=\"{\\\"\$(cat .demo/token)\\\": \\\"submit\\\"}\" SCHEDULER_HTTP__HOST=127.0.0.1 HTTP_PORT=${HTTP_PORT} METRICS_PORT=${METRICS_PORT} $S worker"
+  echo "   then open ${DASHBOARD} and paste the token from .demo/token (Ctrl-C stops the worker)"
+fi

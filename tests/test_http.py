@@ -160,6 +160,16 @@ def test_malformed_bodies_get_422(lite_client: TestClient, raw: bytes) -> None:
     assert response.json()["detail"]
 
 
+def test_a_refused_callback_url_is_not_echoed_with_its_credentials(
+    lite_client: TestClient, lite: Deployment
+) -> None:
+    body = {"requested_cpu": 1, "requested_memory": 1024, "callback_url": "https://u:Pa55-word@evil.example.org/x"}
+    response = lite_client.post("/schedule", json=body)
+    assert response.status_code == 422, response.text
+    assert "Pa55-word" not in response.text
+    assert drain(lite) == []
+
+
 def test_allowed_callback_url_is_accepted(lite_client: TestClient, lite: Deployment) -> None:
     body = {"requested_cpu": 1, "requested_memory": 512, "callback_url": "https://hooks.example.com/vm"}
     assert lite_client.post("/schedule", json=body).status_code == 202
@@ -398,3 +408,22 @@ def test_the_dashboard_columns_and_the_node_listing_agree(client: TestClient, de
             assert columns[key][i] == node["utilization"][key], (name, key)
         assert columns["vms"][i] == node["allocated"]["vms"] and columns["max_vms"][i] == node["max_vms"]
     assert any(v > 0 for v in columns["vms"])
+
+
+def test_a_body_not_sent_as_json_gets_422_saying_which_header_to_send(
+    lite_client: TestClient, lite: Deployment
+) -> None:
+    """``curl -d`` without ``-H 'Content-Type: application/json'`` sends a form content type."""
+    body = b'{"requested_cpu": 1, "requested_memory": 1024}'
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    response = lite_client.post("/schedule", content=body, headers=form)
+    assert response.status_code == 422, response.text
+    first = response.json()["detail"][0]
+    assert first["loc"] == ["header", "content-type"]
+    assert "Content-Type: application/json" in first["msg"] and "x-www-form-urlencoded" in first["msg"]
+    assert drain(lite) == []
+    as_json = {"content-type": "application/json; charset=utf-8"}
+    sent = lite_client.post("/schedule", content=body, headers=as_json)
+    assert sent.status_code == 202, sent.text
+    invalid = lite_client.post("/schedule", json={"requested_cpu": 0, "requested_memory": 1024})
+    assert [e["loc"] for e in invalid.json()["detail"]] == [["body", "requested_cpu"]]

@@ -50,9 +50,11 @@ ROUTES: dict[tuple[str, str], tuple[str | None, str, int]] = {
     ("GET", "/docs/assets"): (None, "/docs/assets/swagger-ui-bundle.js", 200),
     ("GET", "/openapi.json"): (None, "/openapi.json", 200),
     ("POST", "/schedule"): ("submit", "/schedule", 202),
+    ("POST", "/plan"): ("submit", "/plan", 200),
     ("GET", "/result/{task_id}"): ("read", "/result/vm-1", 200),
     ("GET", "/tasks/{task_id}"): ("read", "/tasks/vm-1", 200),
     ("GET", "/tasks"): ("read", "/tasks", 200),
+    ("GET", "/tasks/{task_id}/plan"): ("read", "/tasks/vm-1/plan", 200),
     ("GET", "/nodes"): ("read", "/nodes", 200),
     ("GET", "/api/summary"): ("read", "/api/summary", 200),
 }

@@ -419,3 +419,73 @@ def test_a_session_frozen_inside_a_transaction_does_not_hold_the_fence_for_ever(
             conn.close()
         frozen.close()
         fresh.close()
+
+
+# ------------------------------------------------------------ revoked credentials
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "--quiet", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def broker_user(amqp_url: str) -> Iterator[tuple[str, str]]:
+    """A RabbitMQ user of this test's own, on the local broker, managed with ``rabbitmqctl``."""
+    parts = urlsplit(amqp_url)
+    if parts.hostname not in ("127.0.0.1", "localhost") or os.geteuid() != 0:
+        pytest.skip("revoking credentials needs rabbitmqctl on the local broker (as root)")
+    try:
+        _rabbitmqctl("status")
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("rabbitmqctl cannot reach the local broker")
+    user, password = f"vf-revoke-{os.getpid()}-{time.monotonic_ns()}", "first-Secret-9f3a"
+    _rabbitmqctl("add_user", user, password)
+    try:
+        _rabbitmqctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        yield user, password
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            _rabbitmqctl("delete_user", user)
+
+
+def test_credentials_revoked_for_seconds_then_restored(
+    sqlite_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path, broker_user: tuple[str, str]
+) -> None:
+    """The worker's password stops working and its connection is closed; it keeps retrying (not
+    dying), and once the password works again it finishes every task. The password never
+    appears in its log."""
+    user, password = broker_user
+    parts = urlsplit(amqp_url)
+    worker_url = parts._replace(netloc=f"{user}:{password}@{parts.hostname}:{parts.port or 5672}").geturl()
+    dep = Deployment(
+        sqlite_url,
+        amqp_url,
+        amqp_names["exchange"],
+        amqp_names["queue"],
+        tmp_path,
+        extra_env={**QUICK_RECONNECT, "AMQP_URL": worker_url},
+    )
+    dep.declare()
+    try:
+        dep.store.import_nodes(make_nodes(100))
+        proc = dep.start_worker("w0")
+        dep.wait_leading("w0")
+        requests = make_requests(800, seed=13)
+        ids = dep.publish(Outgoing.request(r) for r in requests[:400])
+        wait_until(lambda: sum(dep.store.task_counts().values()) >= 50, 60, "progress before the revocation")
+        _rabbitmqctl("change_password", user, "revoked-Secret-0000")
+        _rabbitmqctl("close_all_user_connections", user, "credentials revoked by the test")
+        ids += dep.publish(Outgoing.request(r) for r in requests[400:])
+        wait_until(
+            lambda: dep.log_of("w0").count("ACCESS_REFUSED - Login was refused") >= 3
+            and "reconnecting" in dep.log_of("w0"),
+            60,
+            "the worker to be refused by the broker, and keep trying",
+        )
+        assert proc.poll() is None, "refused credentials must not end the worker"
+        _rabbitmqctl("change_password", user, password)
+        _settle(dep, ids)
+        assert proc.poll() is None
+        assert password not in dep.log_of("w0")
+    finally:
+        dep.close()

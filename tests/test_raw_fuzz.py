@@ -206,7 +206,7 @@ def test_an_unstorable_placement_is_isolated_and_the_rest_of_its_group_commits(f
         ]
     )
     # Let the worker see both nodes, then remove one under it without telling it.
-    wait_until(lambda: "inventory reloaded" in dep.log_of("worker-0"), 30, "the worker to load the new nodes")
+    wait_until(lambda: "inventory reloaded" in dep.log_of("worker-0"), 90, "the worker to load the new nodes")
     with dep.store.engine.begin() as conn:
         conn.execute(delete(nodes).where(nodes.c.name == "gone"))
     doomed = make_requests(5, prefix="doomed", requested_pool="doomed", requested_cpu=1, requested_memory=1)

@@ -28,7 +28,8 @@ def leader_cmd(as_json: bool) -> None:
         info = read_leader(settings, environ=os.environ, now=now)
     except LockError as exc:
         message = str(exc)
-        if "no such table" in message or "does not exist" in message:
+        missing = "no such table" in message or "does not exist" in message
+        if missing and "scheduler db upgrade" not in message:
             message += " (run `scheduler db upgrade`)"
         raise CliError(message) from None
     if as_json:
@@ -59,6 +60,9 @@ def _when(value: datetime | None, now: datetime) -> str:
         return "-"
     ago = (now - value).total_seconds()
     stamp = value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if ago < 0:
+        # The holder's clock runs ahead of this machine's: the renewal cannot be in the future.
+        return f"{stamp} (just now; the holder's clock is {-ago:.1f} s ahead of this machine's)"
     return f"{stamp} ({ago:.1f} s ago)"
 
 

@@ -15,11 +15,10 @@ from typing import Any
 
 import click
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from scheduler.cli.common import CliError, cli, emit_json, settings_or_exit
+from scheduler.cli.common import CliError, cli, emit_json, make_console, settings_or_exit
 from scheduler.cli.db import store_session
 from scheduler.fleet import CapacityDefaults, NodeCapacity, node_capacity
 from scheduler.models import Node
@@ -32,7 +31,7 @@ WIDE_COLUMNS = 140  # from this terminal width on, `nodes list` adds IPs and abs
 
 @cli.group("nodes")
 def nodes_group() -> None:
-    """The node inventory: import, list, cordon, uncordon."""
+    """The node inventory: import, list, cordon, uncordon, drain."""
 
 
 @nodes_group.command("import")
@@ -65,7 +64,7 @@ def list_cmd(as_json: bool, pool: str | None) -> None:
         for node in nodes:
             emit_json(node_json(node, usage.get(node.name, NodeUsage()), defaults))
         return
-    console = Console(highlight=False)
+    console = make_console(highlight=False)
     if not nodes:
         console.print(
             f"no nodes in pool {pool!r}" if pool else "no nodes: import some with `scheduler nodes import`"
@@ -88,6 +87,17 @@ def cordon_cmd(name: str) -> None:
 def uncordon_cmd(name: str) -> None:
     """Let node NAME receive new VMs again."""
     _set_cordoned(name, False)
+
+
+@nodes_group.command("drain")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="one JSON line per move, then a summary line")
+@click.option("--apply", "apply_", is_flag=True, help="publish the moves (the leader checks each again)")
+def drain_cmd(name: str, as_json: bool, apply_: bool) -> None:
+    """Cordon node NAME and plan a move for every VM on it; lists what cannot move, and why (exit 3)."""
+    from scheduler.cli.rebalance import drain_node
+
+    drain_node(name, as_json, apply_)
 
 
 def _set_cordoned(name: str, cordoned: bool) -> None:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from scheduler.cli.common import CliError, cli, emit_json, settings_or_exit
+from scheduler.cli.common import CliError, cli, emit_json, make_console, settings_or_exit
 from scheduler.strategies.registry import STRATEGIES, STRATEGY_NAMES
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def strategies_cmd(as_json: bool) -> None:
     table = Table("strategy", "what it does", title="placement strategies (SCHEDULING_STRATEGY)")
     for name, text in STRATEGIES.items():
         table.add_row(name, text)
-    Console().print(table)
+    make_console().print(table)
 
 
 def _strategy_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:

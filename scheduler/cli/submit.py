@@ -10,28 +10,31 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 
 from scheduler.broker import ROUTE_REQUEST, BrokerUnavailable, Topology
+from scheduler.cli import columns
 from scheduler.cli.common import CliError, cli, emit_json, settings_or_exit
 from scheduler.config import Settings
 from scheduler.models import (
     MAX_BODY_BYTES,
+    ReleaseRequest,
     SchedulingRequest,
     TaskStatus,
     format_validation_error,
     parse_json_line,
 )
 from scheduler.producer.publisher import Outgoing, Publisher, PublishReport
+from scheduler.strategies.registry import STRATEGY_NAMES
 
 if TYPE_CHECKING:
     from scheduler.store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_BAD_INPUT = 1
 EXIT_NOT_PUBLISHED = 2
@@ -45,66 +48,160 @@ def _publisher(settings: Settings) -> Publisher:
     )
 
 
+def strategy_problem(name: str | None) -> str | None:
+    """Why ``name`` cannot be a request's strategy here, or None.
+
+    The message schema accepts any well-formed name (the worker answers an
+    unknown one with ``unknown_strategy``); the CLI knows the registry it
+    ships with, so it refuses a name the worker would refuse, before
+    anything is published.
+    """
+    if name is None or name in STRATEGY_NAMES:
+        return None
+    return f"unknown strategy {name!r}; valid: {', '.join(STRATEGY_NAMES)} (see `scheduler strategies`)"
+
+
 def _read_lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
     for lineno, line in enumerate(stream, start=1):
         if line.strip():
             yield lineno, line
 
 
-def messages_from_file(path: str) -> tuple[list[Outgoing], list[str]]:
-    """Valid requests and releases, and one problem per bad input line (``line N: field: rule``).
+class FileMessages:
+    """The requests and releases of a JSON-lines file, parsed as they are iterated.
 
+    Iterated by the publisher, a line is parsed and validated while earlier
+    messages wait for the broker's confirms, so a large file costs little
+    more than publishing it. Bad lines land in :attr:`problems` (``line N:
+    field: rule``) and are skipped; :attr:`messages` holds what was yielded.
     ``{"release": ID}`` lines are accepted too, so a trace written for
-    ``scheduler simulate`` can be replayed against the real service.
+    ``scheduler simulate`` can be replayed against the real service. The
+    file is opened here, so a missing file fails before anything is sent.
     """
-    good: list[Outgoing] = []
-    problems: list[str] = []
-    try:
-        stream: IO[str] = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
-    except OSError as exc:
-        raise CliError(f"{path}: {exc.strerror or exc}") from None
-    try:
-        for lineno, line in _read_lines(stream):
-            if len(line.encode()) > MAX_BODY_BYTES:
-                problems.append(f"line {lineno}: longer than {MAX_BODY_BYTES} bytes")
-                continue
-            try:
-                item = parse_json_line(line)
-            except ValueError as exc:
-                problems.append(f"line {lineno}: {exc}")
-                continue
-            if isinstance(item, SchedulingRequest):
-                good.append(Outgoing.request(item))
-            else:
-                good.append(Outgoing.release(item.release))
-    except UnicodeDecodeError:
-        problems.append(f"{path}: not UTF-8 text")
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
-    return good, problems
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.problems: list[str] = []
+        self.messages: list[Outgoing] = []
+        try:
+            self.stream: IO[str] = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise CliError(f"{path}: {exc.strerror or exc}") from None
+
+    def __iter__(self) -> Iterator[Outgoing]:
+        try:
+            for lineno, line in _read_lines(self.stream):
+                message = self._parse(lineno, line)
+                if message is not None:
+                    self.messages.append(message)
+                    yield message
+        except UnicodeDecodeError:
+            self.problems.append(f"{self.path}: not UTF-8 text")
+        finally:
+            if self.stream is not sys.stdin:
+                self.stream.close()
+
+    def _parse(self, lineno: int, line: str) -> Outgoing | None:
+        if len(line.encode()) > MAX_BODY_BYTES:
+            self.problems.append(f"line {lineno}: longer than {MAX_BODY_BYTES} bytes")
+            return None
+        try:
+            item = parse_json_line(line)
+        except ValueError as exc:
+            self.problems.append(f"line {lineno}: {exc}")
+            return None
+        if isinstance(item, ReleaseRequest):
+            return Outgoing.release(item.release)
+        why = strategy_problem(item.strategy)
+        if why is not None:
+            self.problems.append(f"line {lineno}: strategy: {why}")
+            return None
+        return Outgoing.request(item)
+
+
+def messages_from_file(path: str) -> tuple[list[Outgoing], list[str]]:
+    """Valid requests and releases, and one problem per bad input line (``line N: field: rule``)."""
+    source = FileMessages(path)
+    return list(source), source.problems
+
+
+REQUEST_OPTIONS = (
+    click.option("--file", "file_", help="JSON lines of requests ('-' = stdin)"),
+    click.option("--cpu", type=int, help="vCPUs"),
+    click.option("--memory", type=int, help="MiB"),
+    click.option("--disk", type=int, default=0, show_default=True, help="GiB"),
+    click.option("--pool", default="default", show_default=True),
+    click.option("--dedicated", is_flag=True),
+    click.option("--tag", "tags", multiple=True, help="required node tag (repeatable)"),
+    click.option("--task-id", help="default: a new UUID"),
+    click.option("--strategy", help="override the configured strategy for this request"),
+    click.option("--priority", type=int, default=0, show_default=True),
+    click.option("--anti-affinity", "group", help="anti-affinity group"),
+    click.option(
+        "--anti-affinity-mode", type=click.Choice(["hard", "soft"]), default="hard", show_default=True
+    ),
+    click.option(
+        "--resource", "resources", multiple=True, metavar="NAME=COUNT", help="devices, e.g. gpu=2 (repeat)"
+    ),
+    click.option("--forbid-tag", "forbidden", multiple=True, help="tag the node must not have (repeatable)"),
+    click.option("--spread-group", help="spread the VMs of this group over zones"),
+    click.option("--spread-mode", type=click.Choice(["hard", "soft"]), default="hard", show_default=True),
+    click.option("--callback-url", help="extra webhook target (must match webhooks.allow)"),
+)
+"""The flags that describe a request: ``submit`` and ``plan`` share them."""
+
+
+def request_options(fn: F) -> F:
+    """Apply :data:`REQUEST_OPTIONS` to a command, in order."""
+    for option in reversed(REQUEST_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def request_fields(
+    *,
+    cpu: int,
+    memory: int,
+    disk: int,
+    pool: str,
+    dedicated: bool,
+    tags: tuple[str, ...],
+    task_id: str | None,
+    strategy: str | None,
+    priority: int,
+    group: str | None,
+    anti_affinity_mode: str,
+    resources: tuple[str, ...],
+    forbidden: tuple[str, ...],
+    spread_group: str | None,
+    spread_mode: str,
+    callback_url: str | None,
+) -> dict[str, Any]:
+    """The request fields of the flags (validated by the model afterwards)."""
+    fields: dict[str, Any] = {
+        "requested_cpu": cpu,
+        "requested_memory": memory,
+        "requested_disk": disk,
+        "requested_pool": pool,
+        "dedicated": dedicated,
+        "required_tags": list(tags),
+        "strategy": strategy,
+        "priority": priority,
+        "anti_affinity_group": group,
+        "callback_url": callback_url,
+        "requested_resources": parse_resource_flags(resources),
+        "forbidden_tags": list(forbidden),
+        "anti_affinity_mode": anti_affinity_mode,
+        "spread_group": spread_group,
+        "spread_mode": spread_mode,
+    }
+    if task_id is not None:
+        fields["task_id"] = task_id
+    return fields
 
 
 @cli.command("submit")
-@click.option("--file", "file_", help="JSON lines of requests ('-' = stdin)")
-@click.option("--cpu", type=int, help="vCPUs")
-@click.option("--memory", type=int, help="MiB")
-@click.option("--disk", type=int, default=0, show_default=True, help="GiB")
-@click.option("--pool", default="default", show_default=True)
-@click.option("--dedicated", is_flag=True)
-@click.option("--tag", "tags", multiple=True, help="required node tag (repeatable)")
-@click.option("--task-id", help="default: a new UUID")
-@click.option("--strategy", help="override the configured strategy for this request")
-@click.option("--priority", type=int, default=0, show_default=True)
-@click.option("--anti-affinity", "group", help="anti-affinity group")
-@click.option("--anti-affinity-mode", type=click.Choice(["hard", "soft"]), default="hard", show_default=True)
-@click.option(
-    "--resource", "resources", multiple=True, metavar="NAME=COUNT", help="devices, e.g. gpu=2 (repeatable)"
-)
-@click.option("--forbid-tag", "forbidden", multiple=True, help="tag the node must not have (repeatable)")
-@click.option("--spread-group", help="spread the VMs of this group over zones")
-@click.option("--spread-mode", type=click.Choice(["hard", "soft"]), default="hard", show_default=True)
-@click.option("--callback-url", help="extra webhook target (must match webhooks.allow)")
+@request_options
 @click.option("--wait", is_flag=True, help="wait until every task is terminal and print the results")
 @click.option("--timeout", type=float, default=120, show_default=True, help="seconds, with --wait")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
@@ -133,58 +230,70 @@ def submit_cmd(
     """Publish scheduling requests (publisher confirms; prints the task ids)."""
     settings = settings_or_exit()
     problems: list[str] = []
+    source: Iterable[Outgoing]
     if file_ is not None:
         if cpu is not None or memory is not None or task_id is not None:
             raise CliError("give either --file or the request flags, not both", exit_code=EXIT_BAD_INPUT)
-        messages, problems = messages_from_file(file_)
+        stream = FileMessages(file_)
+        if file_ == "-" or sys.stderr.isatty():
+            # Read it all first: stdin may block the publisher's I/O loop, and a progress bar needs a total.
+            source = messages = list(stream)
+            problems = stream.problems
+            _report_problems(problems)
+        else:
+            source, messages, problems = stream, stream.messages, stream.problems
     else:
         if cpu is None or memory is None:
             raise CliError("--cpu and --memory are required (or --file)", exit_code=EXIT_BAD_INPUT)
-        fields: dict[str, Any] = {
-            "requested_cpu": cpu,
-            "requested_memory": memory,
-            "requested_disk": disk,
-            "requested_pool": pool,
-            "dedicated": dedicated,
-            "required_tags": list(tags),
-            "strategy": strategy,
-            "priority": priority,
-            "anti_affinity_group": group,
-            "callback_url": callback_url,
-            "requested_resources": parse_resource_flags(resources),
-            "forbidden_tags": list(forbidden),
-            "anti_affinity_mode": anti_affinity_mode,
-            "spread_group": spread_group,
-            "spread_mode": spread_mode,
-        }
-        if task_id is not None:
-            fields["task_id"] = task_id
+        why = strategy_problem(strategy)
+        if why is not None:
+            raise CliError(f"--strategy: {why}", exit_code=EXIT_BAD_INPUT)
+        fields = request_fields(
+            cpu=cpu, memory=memory, disk=disk, pool=pool, dedicated=dedicated, tags=tags, task_id=task_id,
+            strategy=strategy, priority=priority, group=group, anti_affinity_mode=anti_affinity_mode,
+            resources=resources, forbidden=forbidden, spread_group=spread_group, spread_mode=spread_mode,
+            callback_url=callback_url,
+        )  # fmt: skip
         try:
-            messages = [Outgoing.request(SchedulingRequest.model_validate(fields))]
+            source = messages = [Outgoing.request(SchedulingRequest.model_validate(fields))]
         except ValidationError as exc:
             raise CliError(format_validation_error(exc), exit_code=EXIT_BAD_INPUT) from None
-    for problem in problems:
-        click.echo(f"skipped: {problem}", err=True)
-    report = _publish(settings, messages)
-    releases = {m.message_id for m in messages if m.routing_key != ROUTE_REQUEST}
-    for tid in report.confirmed:
-        if as_json:
+    report = _publish(settings, source)
+    if source is not messages:  # parsed while publishing: its bad lines are known now
+        _report_problems(problems)
+    requested = {m.message_id for m in messages if m.routing_key == ROUTE_REQUEST}
+    released = {m.message_id for m in messages if m.routing_key != ROUTE_REQUEST}
+    if as_json:
+        for tid in report.confirmed:
             emit_json({"task_id": tid, "published": True})
-        else:
-            click.echo(tid)
+    elif not wait and report.confirmed:
+        click.echo("\n".join(report.confirmed))  # one write for a batch, not one per id
     for tid, why in report.failed.items():
         if as_json:
             emit_json({"task_id": tid, "published": False, "error": why})
         click.echo(f"not published: {tid}: {why}", err=True)
-    waitable = [t for t in report.confirmed if t not in releases]
+    # A task requested and released in the same batch is waited for until it is released.
+    confirmed = set(report.confirmed)
+    waitable = sorted(t for t in requested if t in confirmed)
+    until_released = {t for t in waitable if t in released and t in confirmed}
+    if wait and not as_json:
+        click.echo(
+            f"published {len(report.confirmed)} of {len(messages)} messages "
+            f"({len(released & confirmed)} releases); waiting for {len(waitable)} tasks"
+        )
     if wait and waitable:
-        code = _wait_for(settings, waitable, timeout, as_json)
+        code = _wait_for(settings, waitable, until_released, timeout, as_json)
         if code:
             sys.exit(code)
     if report.failed:
         sys.exit(EXIT_NOT_PUBLISHED)
     if problems:
         sys.exit(EXIT_BAD_INPUT)
+
+
+def _report_problems(problems: list[str]) -> None:
+    for problem in problems:
+        click.echo(f"skipped: {problem}", err=True)
 
 
 def parse_resource_flags(values: tuple[str, ...]) -> dict[str, Any]:
@@ -207,13 +316,17 @@ def parse_resource_flags(values: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _publish(settings: Settings, messages: list[Outgoing]) -> PublishReport:
+def _publish(settings: Settings, messages: Iterable[Outgoing]) -> PublishReport:
     publisher = _publisher(settings)
     try:
         publisher.declare()
-        show = len(messages) > 1 and sys.stderr.isatty()
-        if not show:
+        show = isinstance(messages, list) and len(messages) > 1 and sys.stderr.isatty()
+        if not show or not isinstance(messages, list):
             return publisher.publish(messages)
+        # rich only for the progress bar on a terminal: a piped or single submit starts faster.
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
+
         with Progress(
             TextColumn("publishing"),
             BarColumn(),
@@ -228,22 +341,43 @@ def _publish(settings: Settings, messages: list[Outgoing]) -> PublishReport:
         raise CliError(str(exc), exit_code=EXIT_NOT_PUBLISHED) from None
 
 
-def _wait_for(settings: Settings, task_ids: list[str], timeout: float, as_json: bool) -> int:
+def _wait_for(
+    settings: Settings, task_ids: list[str], until_released: set[str], timeout: float, as_json: bool
+) -> int:
     """Poll the database until every task is terminal; print each result once."""
     from scheduler.cli.db import store_session
 
     with store_session(settings, migrate=False) as store:
-        return _poll_results(store, task_ids, timeout, as_json)
+        return _poll_results(store, task_ids, until_released, timeout, as_json)
 
 
-def _poll_results(store: Store, task_ids: list[str], timeout: float, as_json: bool) -> int:
+WAIT_COLUMNS = (columns.Column("task"), columns.Column("status"), columns.Column("node or reason"))
+
+
+def _done(status: TaskStatus, wants_release: bool) -> bool:
+    if wants_release:
+        return status in (TaskStatus.RELEASED, TaskStatus.FAILED)
+    return status.terminal
+
+
+def _poll_results(
+    store: Store, task_ids: list[str], until_released: set[str], timeout: float, as_json: bool
+) -> int:
+    """Print each task's outcome as it lands, in columns sized for every id up front (no tabs)."""
     pending = set(task_ids)
     deadline = time.monotonic() + timeout
     failed = 0
     delay = 0.05
+    sizes = [
+        max([len(WAIT_COLUMNS[0].header), *map(len, task_ids)]),
+        max(len(s.value) for s in TaskStatus),
+        0,
+    ]
+    if not as_json and task_ids:
+        click.echo(columns.format_row(WAIT_COLUMNS, sizes, [c.header for c in WAIT_COLUMNS]))
     while pending:
         states = store.task_states(sorted(pending))
-        done = [t for t, s in states.items() if TaskStatus(s).terminal]
+        done = [t for t, s in states.items() if _done(TaskStatus(s), t in until_released)]
         for record in (store.get_task(t) for t in sorted(done)):
             if record is None:
                 continue
@@ -253,7 +387,8 @@ def _poll_results(store: Store, task_ids: list[str], timeout: float, as_json: bo
                 emit_json(record.to_json())
             else:
                 where = record.node or f"{record.reason}: {record.message}"
-                click.echo(f"{record.task_id}\t{record.status}\t{where}")
+                cells = [record.task_id, record.status.value, where]
+                click.echo(columns.format_row(WAIT_COLUMNS, sizes, cells))
         if not pending:
             break
         if time.monotonic() >= deadline:

@@ -10,21 +10,23 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from scheduler.cli.common import CliError, cli, emit_json
+from scheduler.cli import columns
+from scheduler.cli.common import CliError, cli, emit_json, terminal_width
 from scheduler.cli.db import store_session
 from scheduler.models import TaskStatus
 from scheduler.store import TaskRecord
 
-STATUS_STYLES = {
-    TaskStatus.QUEUED: "cyan",
-    TaskStatus.WAITING: "yellow",
-    TaskStatus.SCHEDULED: "green",
-    TaskStatus.FAILED: "red",
-    TaskStatus.RELEASED: "dim",
-}
+# Ids and the message give way to a narrow terminal; status, node, reason and times never do.
+TASK_COLUMNS = (
+    columns.Column("task", floor=8),
+    columns.Column("status"),
+    columns.Column("node"),
+    columns.Column("reason"),
+    columns.Column("attempts", align_right=True),
+    columns.Column("updated"),
+    columns.Column("message", floor=12),
+)
 
 
 @cli.command("status")
@@ -52,33 +54,38 @@ def status_cmd(task_id: str, as_json: bool) -> None:
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="at most N tasks (most recent first)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per task")
-def tasks_cmd(status: str | None, limit: int | None, as_json: bool) -> None:
-    """Tasks, most recently updated first."""
+@click.option("--wide", is_flag=True, help="never shorten a field, even to fit the terminal")
+def tasks_cmd(status: str | None, limit: int | None, as_json: bool, wide: bool) -> None:
+    """Tasks, most recently updated first.
+
+    Every status is listed, ``released`` included. On a terminal, long ids
+    and messages are shortened to fit its width (``--wide``: never); piped
+    or redirected, every row is whole.
+    """
     with store_session(migrate=False) as store:
         records = store.list_tasks(TaskStatus(status) if status else None, limit)
     if as_json:
         for record in records:
             emit_json(record.to_json())
         return
-    console = Console(highlight=False)
     if not records:
-        console.print("no tasks" + (f" with status {status}" if status else ""))
+        click.echo("no tasks" + (f" with status {status}" if status else ""))
         return
-    table = Table(header_style="bold")
-    for col in ("task", "status", "node", "reason", "attempts", "updated", "message"):
-        table.add_column(col, no_wrap=col != "message", overflow="fold" if col == "message" else "ellipsis")
     now = datetime.now(UTC)
-    for r in records:
-        table.add_row(
+    rows = [
+        [
             r.task_id,
-            f"[{STATUS_STYLES[r.status]}]{r.status.value}[/]",
+            r.status.value,
             r.node or "-",
             r.reason.value if r.reason else "-",
             str(r.attempts),
             _ago(r.updated_at, now),
             r.message or "",
-        )
-    console.print(table)
+        ]
+        for r in records
+    ]
+    for line in columns.render(TASK_COLUMNS, rows, None if wide else terminal_width()):
+        click.echo(line)
 
 
 def render_status(r: TaskRecord) -> str:

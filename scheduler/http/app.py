@@ -18,25 +18,28 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 import structlog
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from scheduler.broker import BrokerUnavailable
 from scheduler.config import Settings
-from scheduler.models import MAX_BODY_BYTES, SchedulingRequest, TaskStatus
+from scheduler.models import MAX_BODY_BYTES, SchedulingRequest, TaskStatus, format_validation_error
+from scheduler.plan_service import PlanService
 from scheduler.producer.publisher import Outgoing, Publisher
 from scheduler.store import DatabaseUnavailable, Store, TaskRecord
 from scheduler.store.views import nodes_with_usage
-from scheduler.webhooks.policy import callback_refusal
+from scheduler.webhooks.policy import callback_refusal, display_url
 from scheduler.worker.daemon import WorkerState
 
 from .auth import Gatekeeper, SubmissionLimiter, TokenTable, required_role
@@ -47,6 +50,7 @@ from .schemas import (
     Health,
     NodeOut,
     NodeRef,
+    PlanOut,
     Readiness,
     Result,
     Summary,
@@ -55,6 +59,7 @@ from .schemas import (
 from .summary import SummaryBuilder, role_of
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -100,6 +105,7 @@ def create_app(
         redoc_url=None,
     )
     summary = SummaryBuilder(store, settings, state)
+    planner = _Lazy(lambda: PlanService(store, settings))
     submit = _Submitter(publisher)
     allow = list(settings.webhooks.allow)
 
@@ -108,6 +114,10 @@ def create_app(
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database error while serving", path=request.url.path, error=_first_line(exc))
         return JSONResponse({"detail": f"database unavailable: {_first_line(exc)}"}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_response(request, exc)
 
     # ---------------------------------------------------------------- health
     @app.get("/healthz", response_model=Health, tags=["health"])
@@ -170,7 +180,7 @@ def create_app(
                             "type": "callback_refused",
                             "loc": ("body", "callback_url"),
                             "msg": refusal,
-                            "input": request.callback_url,
+                            "input": display_url(request.callback_url),  # credentials hidden
                         }
                     ]
                 )
@@ -187,6 +197,25 @@ def create_app(
                 "could not record a published task as queued", task_id=request.task_id, error=_first_line(exc)
             )
         return Accepted(task_id=request.task_id)
+
+    @app.post(
+        "/plan",
+        tags=["tasks"],
+        response_model=PlanOut,
+        responses={
+            413: {"model": ErrorBody, "description": f"body larger than {MAX_BODY_BYTES} bytes"},
+            429: {"model": ErrorBody, "description": "over the per-token rate limit; see Retry-After"},
+            **_UNAVAILABLE,
+        },
+    )
+    def plan(request: SchedulingRequest) -> JSONResponse:
+        """Where the request would be placed now, the top candidates, and why other nodes were not.
+
+        Nothing is reserved and nothing is published. Answered by any
+        replica from the committed state in the database (the fleet is
+        cached by its revision, which the answer carries).
+        """
+        return JSONResponse(planner().plan(request))
 
     # ----------------------------------------------------------------- reads
     @app.get(
@@ -209,6 +238,34 @@ def create_app(
     def task(task_id: TaskIdParam) -> TaskDetail:
         """The full task record: status, node, reason code and message, attempts, strategy, the request."""
         return TaskDetail.model_validate(_task_or_404(store, task_id).to_detail_json())
+
+    @app.get(
+        "/tasks/{task_id}/plan",
+        response_model=PlanOut,
+        tags=["tasks"],
+        responses={
+            **_NOT_FOUND,
+            **_UNAVAILABLE,
+            409: {"model": ErrorBody, "description": "no valid request is stored for this task"},
+        },
+    )
+    def task_plan(task_id: TaskIdParam) -> JSONResponse:
+        """The task's stored request planned now: where it would go and why not elsewhere ("why not").
+
+        What the dashboard links to from each failure. The plan is computed on
+        demand from the committed state, so it explains the fleet of now, which
+        may differ from the fleet the task failed on; nothing is reserved.
+        """
+        record = _task_or_404(store, task_id)
+        if record.request is None:
+            raise HTTPException(409, f"task {task_id} has no stored request (it failed before one was read)")
+        try:
+            request = SchedulingRequest.model_validate(record.request, strict=False)
+        except ValidationError as exc:
+            raise HTTPException(
+                409, f"task {task_id}'s stored request is not valid: {format_validation_error(exc)}"
+            ) from None
+        return JSONResponse(planner().plan(request))
 
     @app.get("/tasks", response_model=list[TaskDetail], tags=["tasks"], responses=_UNAVAILABLE)
     def tasks(
@@ -386,6 +443,21 @@ class _Submitter:
 # ------------------------------------------------------------------ helpers
 
 
+class _Lazy(Generic[T]):
+    """Made on first use (a planner loads NumPy and the strategies: no cost for a replica never asked)."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._value: T | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> T:
+        with self._lock:
+            if self._value is None:
+                self._value = self._make()
+            return self._value
+
+
 def _task_or_404(store: Store, task_id: str) -> TaskRecord:
     found = store.get_task(task_id)
     if found is None:
@@ -513,3 +585,33 @@ async def _too_large(send: Callable[[MutableMapping[str, Any]], Awaitable[None]]
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def _json_content_type(value: str) -> bool:
+    media = value.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _validation_response(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, with the reason first when the body was not sent as JSON.
+
+    A body sent with another content type (``curl -d`` sends
+    ``application/x-www-form-urlencoded``) is not parsed as JSON, and the
+    errors that follow from it ("Input should be a valid dictionary") do not
+    say why: the first error then names the header and the value to send.
+    """
+    errors = list(exc.errors())
+    content_type = request.headers.get("content-type")
+    has_body = request.method in ("POST", "PUT")
+    if has_body and content_type is not None and not _json_content_type(content_type):
+        errors.insert(
+            0,
+            {
+                "type": "content_type",
+                "loc": ["header", "content-type"],
+                "msg": "the body must be JSON sent with Content-Type: application/json, "
+                f"not {content_type!r}",
+                "input": content_type,
+            },
+        )
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)

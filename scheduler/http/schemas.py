@@ -228,3 +228,24 @@ class Summary(_Out):
     recent_placements: list[RecentTask]
     recent_failures: list[RecentTask]
     waiting: list[RecentTask]
+
+
+class PlanCandidate(_Out):
+    node: str
+    score: float | None = Field(description="lower wins; null for a strategy without scores")
+
+
+class PlanOut(_Out):
+    """``POST /plan``: the decision the strategy would take now, and its explanation; nothing reserved."""
+
+    task_id: str
+    node: str | None = Field(description="the node the strategy would pick, null when none fits")
+    strategy: str
+    candidates: list[PlanCandidate] = Field(description="the pick first, then the best-scored (up to 5)")
+    rejections: dict[str, int] = Field(description="filter label -> nodes it removed")
+    examples: dict[str, list[str]] = Field(description="filter label -> up to 5 nodes it removed, why")
+    reason: str | None
+    message: str
+    feasible: int
+    total: int
+    revision: str | None = Field(description="the committed state it was computed from")

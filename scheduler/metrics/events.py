@@ -64,7 +64,7 @@ PUBLISH_TO_COMMIT_BUCKETS = (
     300.0,
     900.0,
 )
-DEAD_LETTER_REASONS = ("invalid", "unstorable", "redelivered")
+DEAD_LETTER_REASONS = ("invalid", "unstorable", "redelivered", "move_refused")
 DELIVERY_STATES = ("pending", "delivered", "dead")
 
 
@@ -105,7 +105,8 @@ class SchedulerMetrics:
             f"{PREFIX}_dead_letters_total",
             "Messages sent to the dead-letter queue, by reason: invalid (no readable task id), "
             "unstorable (isolated by bisection, not even storable as a failure), redelivered "
-            "(delivered more than worker.max_redeliveries times).",
+            "(delivered more than worker.max_redeliveries times), move_refused (a move that does not fit "
+            "or names a task that is not scheduled; nothing changed).",
             ["reason"],
             registry=registry,
         )

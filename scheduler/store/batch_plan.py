@@ -40,7 +40,7 @@ from typing import Any
 from scheduler import safetext
 from scheduler.fleet import Allocation
 from scheduler.models import MAX_PRIORITY, Reason, SchedulingRequest, TaskStatus
-from scheduler.store.records import CommitItem, CommitResult, Failure, Placement, Release, Waiting
+from scheduler.store.records import CommitItem, CommitResult, Failure, Move, Placement, Release, Waiting
 
 TERMINAL = frozenset({TaskStatus.SCHEDULED, TaskStatus.FAILED, TaskStatus.RELEASED})
 
@@ -56,6 +56,9 @@ ALLOCATION_COLUMNS = (
 OUTBOX_COLUMNS = ("event_id", "type", "task_id", "payload", "callback_url", "dispatched", "created_at")
 
 STRATEGY_MAX = 64  # tasks.strategy is VARCHAR(64)
+
+MOVED = "task.moved"
+"""The event of a move: the task stays ``scheduled``, on its new node."""
 
 EVENT_TYPES = {
     TaskStatus.SCHEDULED: "task.scheduled",
@@ -123,10 +126,11 @@ class BatchPlan:
 
 
 def releasable(items: Sequence[CommitItem], states: dict[str, TaskState]) -> list[str]:
-    """Ids of releases whose task is ``scheduled`` in the database (their allocations must be read)."""
+    """Ids of releases and moves whose task is ``scheduled`` in the database (their allocations must
+    be read)."""
     out = []
     for item in items:
-        if isinstance(item, Release):
+        if isinstance(item, Release | Move):
             state = states.get(item.task_id)
             if state is not None and state.status is TaskStatus.SCHEDULED:
                 out.append(item.task_id)
@@ -159,9 +163,36 @@ def plan_batch(
     conflicts: list[str] = []
     created_at = now.isoformat().replace("+00:00", "Z")
 
+    moved: list[str] = []
     for item in items:
         tid = item.task_id
         state = states.get(tid)
+        if isinstance(item, Move):
+            held = active.get(tid)
+            if (
+                state is None
+                or state.status is not TaskStatus.SCHEDULED
+                or held is None
+                or (held.node != item.source or tid in new_allocs)
+            ):
+                ignored.append(tid)  # not scheduled on the source (any more): nothing changes
+                continue
+            release_in_db.append(tid)
+            del active[tid]
+            new_allocs[tid] = [
+                tid, item.target, held.cpu, held.memory, held.disk, held.group, epoch, stamp, None,
+                compact_json(dict(held.resources)) if held.resources else None, held.spread_group,
+                "soft" if held.soft else None,
+            ]  # fmt: skip
+            state.node, state.node_ip, state.message = item.target, item.target_ip, item.message
+            state.dirty = True
+            applied[tid] = None
+            moved.append(tid)
+            event_id = new_event_id()
+            payload = _payload(event_id, MOVED, created_at, tid, state)
+            outbox_rows.append((event_id, MOVED, tid, payload, state.callback(), False, stamp))
+            event_ids.append(event_id)
+            continue
         if isinstance(item, Release):
             if state is None or state.status in (TaskStatus.QUEUED, TaskStatus.WAITING):
                 # A cancel: the task ends here and no request for it is ever placed.
@@ -272,6 +303,7 @@ def plan_batch(
             event_ids=tuple(event_ids),
             cancelled=tuple(cancelled),
             conflicts=tuple(conflicts),
+            moved=tuple(moved),
         ),
     )
 

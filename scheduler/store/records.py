@@ -73,7 +73,23 @@ class Release:
     task_id: str
 
 
-CommitItem = Placement | Failure | Waiting | Release
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A placed VM moved to ``target``: its allocation ends on ``source`` and starts, the same, on
+    ``target``; the task stays ``scheduled``, one ``task.moved`` event.
+
+    Applied only when the task is ``scheduled`` on ``source`` in the database; otherwise it is
+    ignored (reported in ``CommitResult.ignored``) and changes nothing.
+    """
+
+    task_id: str
+    source: str
+    target: str
+    target_ip: str
+    message: str
+
+
+CommitItem = Placement | Failure | Waiting | Release | Move
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +100,8 @@ class CommitResult:
     once even if several items touched it). ``duplicates``: placements,
     failures or waits for tasks that were already terminal, so nothing
     changed (redeliveries). ``ignored``: releases of tasks that were not
-    ``scheduled``. ``released``: the allocations that ended, so the caller
+    ``scheduled`` and moves of tasks not ``scheduled`` on their source. ``released``: the
+    allocations that ended (not those of moves), so the caller
     can give the capacity back in its in-memory fleet. ``event_ids``: the
     outbox events written. ``cancelled``: releases that ended a task before
     it was placed (queued, waiting or not arrived yet: ``released`` with
@@ -100,12 +117,12 @@ class CommitResult:
     event_ids: tuple[str, ...] = ()
     cancelled: tuple[str, ...] = ()
     conflicts: tuple[str, ...] = ()
+    moved: tuple[str, ...] = ()
+    """Moves applied (their allocations now on the target)."""
 
     def merged(self, other: CommitResult) -> CommitResult:
         """This result followed by ``other`` (a batch committed in several parts)."""
-        return CommitResult(
-            *(getattr(self, name) + getattr(other, name) for name in self.__slots__)
-        )
+        return CommitResult(*(getattr(self, name) + getattr(other, name) for name in self.__slots__))
 
 
 # --------------------------------------------------------------------- queries

@@ -438,13 +438,15 @@ class Store:
             plan = plan_batch(items, states, active, epoch=epoch, now=now, stamp=stamp)
             writer.upsert(conn, tasks, TASK_COLUMNS, plan.task_rows, "task_id", TASK_UPDATE_COLUMNS)
             writer.insert_new(conn, tasks, TASK_COLUMNS, plan.new_task_rows, "task_id", TASK_UPDATE_COLUMNS)
-            writer.insert(conn, allocations, ALLOCATION_COLUMNS, plan.allocation_rows)
+            # Ended allocations first: a move ends one and starts another for the same task, and at
+            # most one allocation per task may be active at any moment (a unique index says so).
             for chunk in _chunks(plan.release_in_db):
                 conn.execute(
                     update(allocations)
                     .where(self._among(allocations.c.task_id, chunk), allocations.c.released_at.is_(None))
                     .values(released_at=now)
                 )
+            writer.insert(conn, allocations, ALLOCATION_COLUMNS, plan.allocation_rows)
             writer.insert(conn, outbox, OUTBOX_COLUMNS, plan.outbox_rows)
         return plan.result
 

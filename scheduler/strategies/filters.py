@@ -28,7 +28,7 @@ honours them alike. They add nothing to the rejection counts.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -151,6 +151,9 @@ class FilterInput:
 
 
 FilterFn = Callable[[FilterInput, Narrowing], bool]
+ExampleFn = Callable[[FilterInput, int, str], str]
+"""Why node ``i`` (an absolute index) fails a filter, with the numbers (``needs 8 vCPU, 4 free``);
+the third argument is the label it was counted under."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,13 +162,16 @@ class Filter:
 
     ``labels`` are the words of its explanation counts (``{kind}`` stands
     for a device name); ``node_state`` marks filters about the node rather
-    than the request (all nodes failing those is ``no_online_nodes``).
+    than the request (all nodes failing those is ``no_online_nodes``);
+    ``example`` says why one node failed it, with numbers, for a plan's
+    explanation (:func:`explains`).
     """
 
     name: str
     labels: tuple[str, ...]
     run: FilterFn
     node_state: bool = False
+    example: ExampleFn | None = None
 
 
 FILTERS: list[Filter] = []
@@ -187,6 +193,20 @@ def register(
         return fn
 
     return add
+
+
+def explains(name: str) -> Callable[[ExampleFn], ExampleFn]:
+    """Attach the decorated function as the example text of the registered filter ``name``."""
+
+    def attach(fn: ExampleFn) -> ExampleFn:
+        for registry in (FILTERS, PREFERENCES):
+            for k, flt in enumerate(registry):
+                if flt.name == name:
+                    registry[k] = replace(flt, example=fn)
+                    return fn
+        raise ValueError(f"no filter {name!r} to explain")
+
+    return attach
 
 
 # ------------------------------------------------------------------ node state
@@ -430,6 +450,98 @@ def _soft_zone_spread(x: FilterInput, f: Narrowing) -> bool:
     return True
 
 
+# -------------------------------------------------------------- explanations
+# Why one node failed a filter, with its numbers: what a plan shows next to the counts.
+
+
+@explains("cordoned")
+def _cordoned_example(x: FilterInput, i: int, label: str) -> str:
+    return "cordoned (no new VMs)"
+
+
+@explains("liveness")
+def _liveness_example(x: FilterInput, i: int, label: str) -> str:
+    silent = x.now - float(x.fleet.last_seen[i])
+    limit = x.fleet.liveness.offline_after if label == OFFLINE else x.fleet.liveness.suspicious_after
+    return f"silent for {silent:.0f} s ({label} after {limit:g} s)"
+
+
+@explains("dedicated")
+def _dedicated_example(x: FilterInput, i: int, label: str) -> str:
+    if x.req.dedicated:
+        return "not a dedicated node, the request is dedicated"
+    return "dedicated node, the request is not dedicated"
+
+
+@explains("required_tags")
+def _required_tags_example(x: FilterInput, i: int, label: str) -> str:
+    def has(tag: str) -> bool:
+        column = x.fleet.tags.get(tag)
+        return column is not None and bool(column[i])
+
+    missing = [e for e in x.req.required_tags if not any(has(t) for t in e.split("|"))]
+    return f"lacks {', '.join(missing)}"
+
+
+@explains("forbidden_tags")
+def _forbidden_tags_example(x: FilterInput, i: int, label: str) -> str:
+    found = [t for t in x.req.forbidden_tags if t in x.fleet.tags and x.fleet.tags[t][i]]
+    return f"has forbidden {', '.join(found)}"
+
+
+@explains("device_kinds")
+def _device_kinds_example(x: FilterInput, i: int, label: str) -> str:
+    kinds = [
+        k for k in x.req.requested_resources
+        if (j := x.fleet.dev_index.get(k)) is None or not x.fleet.cap_dev[j, i]
+    ]  # fmt: skip
+    return f"has no {', '.join(kinds)}"
+
+
+@explains("anti_affinity")
+def _anti_affinity_example(x: FilterInput, i: int, label: str) -> str:
+    group = x.req.anti_affinity_group
+    held = x.fleet.groups.get(group or "", {}).get(i, 0)
+    return f"holds {held} VM(s) of anti-affinity group {group}"
+
+
+@explains("cpu")
+def _cpu_example(x: FilterInput, i: int, label: str) -> str:
+    return f"needs {x.req.requested_cpu} vCPU, {int(x.fleet.free_cpu[i])} free"
+
+
+@explains("memory")
+def _memory_example(x: FilterInput, i: int, label: str) -> str:
+    return f"needs {x.req.requested_memory} MiB memory, {int(x.fleet.free_mem[i])} free"
+
+
+@explains("disk")
+def _disk_example(x: FilterInput, i: int, label: str) -> str:
+    return f"needs {x.req.requested_disk} GiB disk, {int(x.fleet.free_disk[i])} free"
+
+
+@explains("devices")
+def _devices_example(x: FilterInput, i: int, label: str) -> str:
+    kind = label.removeprefix("insufficient ")
+    j = x.fleet.dev_index[kind]
+    return f"needs {x.req.requested_resources.get(kind, 0)} {kind}, {int(x.fleet.free_dev[j, i])} free"
+
+
+@explains("max_vms")
+def _max_vms_example(x: FilterInput, i: int, label: str) -> str:
+    return f"holds {int(x.fleet.vms[i])} VMs, max_vms {int(x.fleet.max_vms[i])}"
+
+
+@explains("zone_spread")
+def _zone_spread_example(x: FilterInput, i: int, label: str) -> str:
+    group = x.req.spread_group or ""
+    code = int(x.fleet.zone_code[i])
+    counts = x.fleet.spread.get(group)
+    here = int(counts[code]) if counts is not None else 0
+    zone = x.fleet.zone_names[code] or "(no zone)"
+    return f"zone {zone} already holds {here} VM(s) of spread group {group} (max skew {x.max_skew})"
+
+
 NODE_STATE_LABELS: tuple[str, ...] = tuple(label for flt in FILTERS if flt.node_state for label in flt.labels)
 
 
@@ -440,8 +552,12 @@ def feasible_nodes(
     now: float,
     exclusive: bool = True,
     max_skew: int = 1,
+    narrowing: Callable[[Feasibility], Narrowing] | None = None,
 ) -> Feasibility:
-    """Filter the fleet for ``req``; ``now`` is the monotonic clock heartbeats are judged by."""
+    """Filter the fleet for ``req``; ``now`` is the monotonic clock heartbeats are judged by.
+
+    ``narrowing`` makes the :class:`Narrowing` (a plan's records which nodes each filter removed).
+    """
     total = fleet.size
     span = fleet.pools.get(req.requested_pool)
     if span is None:
@@ -453,7 +569,7 @@ def feasible_nodes(
     out = Feasibility(s, e, None, 0, total)
     if total - (e - s):
         out.rejections[POOL_MISMATCH] = total - (e - s)
-    f = Narrowing(out)
+    f = (narrowing or Narrowing)(out)
     x = FilterInput(fleet, req, s, e, now, exclusive, max_skew)
     for flt in FILTERS:
         if not flt.run(x, f):

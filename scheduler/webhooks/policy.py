@@ -60,8 +60,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Cloud metadata endpoints reachable by name from inside a VM or pod.
@@ -268,6 +266,8 @@ def parse_callback(url: str) -> CallbackUrl | str:
     if _BAD_CHARS.search(url):
         return "callback_url contains a backslash, whitespace or a control character"
     try:
+        import httpx  # here, not at the top: the configuration imports display_url at start-up
+
         parsed = httpx.URL(url)
         raw_host = parsed.raw_host.decode("ascii")
         port = parsed.port

@@ -60,9 +60,10 @@ from scheduler.broker import Topology, connect
 from scheduler.config import Settings
 from scheduler.elector import LeaderElector
 from scheduler.fleet import FleetView
-from scheduler.models import Heartbeat
+from scheduler.models import BadMessage, Heartbeat, MoveRequest, SchedulingRequest, TaskStatus, parse_message
 from scheduler.safetext import first_line, printable
-from scheduler.store import Release, Store
+from scheduler.store import Move, Release, Store
+from scheduler.store.placed import placed_requests
 from scheduler.strategies import Placer
 from scheduler.webhooks.policy import callback_checker
 from scheduler.worker.committer import Committer, InFlight
@@ -380,6 +381,12 @@ class Worker:
         self._buffer = []
         started = time.perf_counter()
         group, worn = self.redeliveries.split_worn_out(group, self.settings.worker.max_redeliveries)
+        to_move = self._move_subjects(group, publisher)
+        if to_move is None:
+            self._requeue(channel, group + [m for m, _ in worn])
+            return
+        if self._fleet is not fleet or self._consume_channel is not channel:
+            return  # lost while the groups in flight were completed
         with self.state.fleet_lock:  # the HTTP thread may be walking the fleet
             plan = plan_group(
                 group,
@@ -389,6 +396,7 @@ class Worker:
                 retry=self.retry,
                 callback_refusal=self.callback_refusal,
                 rng=self.rng,
+                to_move=to_move,
             )
         while len(self._inflight) >= MAX_IN_FLIGHT:
             ok = self._complete(publisher)
@@ -400,7 +408,9 @@ class Worker:
             self._dead_letter(publisher, msg, why, kind="redelivered")
         for dead in plan.dead:
             self._dead_letter(publisher, dead.message, dead.reason, kind="invalid")
-        releases = any(isinstance(item, Release) for item in plan.items)
+        for refused in plan.refused:
+            self._dead_letter(publisher, refused.message, refused.reason, kind="move_refused")
+        releases = any(isinstance(item, Release | Move) for item in plan.items)
         job = InFlight(plan, group + [m for m, _ in worn], self._epoch, started, releases=releases)
         self._inflight.append(job)
         self.state.commit_started = self.clock()
@@ -412,6 +422,42 @@ class Worker:
         )
         if kind != "invalid":  # invalid ones are counted with their group (GroupPlan.dead)
             self._hook("dead_lettered", kind)
+
+    def _move_subjects(
+        self, group: list[Incoming], publisher: BlockingChannel
+    ) -> dict[str, SchedulingRequest | str] | None:
+        """For the move messages of ``group``: each task's stored request, or why it cannot move.
+
+        Read from the database after every group in flight is committed, so
+        a move sees every placement and release decided before it. None when
+        the database could not answer (the group is handed back).
+        """
+        ids = []
+        for msg in group:
+            if b'"move"' in msg.body:
+                try:
+                    parsed = parse_message(msg.body)
+                except BadMessage:
+                    continue
+                if isinstance(parsed, MoveRequest):
+                    ids.append(parsed.move)
+        if not ids:
+            return {}
+        self._drain(publisher)
+        try:
+            found: dict[str, SchedulingRequest | str] = dict(placed_requests(self.store, ids))
+            states = self.store.task_states([t for t in ids if t not in found])
+        except Exception as exc:
+            log.error("database error while reading the tasks to move", error=first_line(exc))
+            return None
+        for tid in ids:
+            if tid not in found:
+                state = states.get(tid)
+                if state is TaskStatus.SCHEDULED:
+                    found[tid] = f"task {tid}'s stored request cannot be read"
+                else:
+                    found[tid] = f"task {tid} is not scheduled ({state.value if state else 'unknown task'})"
+        return found
 
     def _requeue(self, channel: BlockingChannel, group: list[Incoming]) -> None:
         self.consumer.requeue(channel, group)
@@ -472,8 +518,15 @@ class Worker:
         self.state.group_retries = 0
         result = outcome.result
         poisoned_ids = {plan.items[p.index].task_id for p in outcome.poisoned}
+        stale_moves = [t for t in result.ignored if t in plan.moved]
         with self.state.fleet_lock:
             plan.forget(fleet, [t for t in result.duplicates if t in plan.placed])
+            plan.unmove(fleet, stale_moves)
+        for tid in result.moved:
+            done = plan.moved[tid][0]
+            log.info("moved", task_id=tid, source=done.source, target=done.target)
+        for tid in stale_moves:
+            log.warning("move ignored: the task is not scheduled on its source any more", task_id=tid)
         duplicates = set(result.duplicates) | set(result.conflicts) | poisoned_ids
         for poison in outcome.poisoned:
             source = plan.sources[poison.index]
@@ -502,7 +555,7 @@ class Worker:
         self.state.committed += len(plan.items)
         self.state.groups += 1
         self.state.last_commit_at = time.time()
-        log_committed(plan, result, self._hook)
+        log_committed(plan, result, self._hook, seconds)
         if self.hooks:
             self.hooks.group_committed(plan, result, seconds)
         if outcome.poisoned:
@@ -542,3 +595,4 @@ class Worker:
 
 
 __all__ = ["StartupFailed", "Worker", "WorkerHooks", "WorkerState"]
+

@@ -1,4 +1,4 @@
-"""The log lines of a committed batch: one per decision, one per release, one per conflict.
+"""The log lines of a committed batch: decisions (at debug, with a summary at info), releases, conflicts.
 
 Why a module: these lines are the audit trail an operator greps for ("why
 did task X land on node Y"), so their fields are kept together and apart
@@ -7,6 +7,8 @@ from the loop that acks.
 
 from __future__ import annotations
 
+import collections
+import logging
 from collections.abc import Callable
 
 import structlog
@@ -17,20 +19,61 @@ from scheduler.worker.group import GroupPlan
 log = structlog.get_logger(__name__)
 
 
-def log_committed(plan: GroupPlan, result: CommitResult, hook: Callable[..., None]) -> None:
+SUMMARY_FAILED_IDS = 20
+"""At most this many failed task ids are named in a group's summary line (the rest are counted)."""
+
+
+def log_committed(plan: GroupPlan, result: CommitResult, hook: Callable[..., None], seconds: float) -> None:
     """Every decision, release and conflict of a committed batch; ``hook`` counts release outcomes."""
-    for decision in plan.decisions:
-        log.info(
-            "decision",
-            task_id=decision.task_id,
-            node=decision.node,
-            strategy=decision.strategy,
-            reason=str(decision.reason) if decision.reason else None,
-            rejections=decision.rejections,
-        )
+    log_decisions(plan, seconds)
     log_releases(plan, result, hook)
     for tid in result.conflicts:
         log.warning("task id reused with a different request; the newcomer failed", task_id=tid)
+
+
+def log_decisions(plan: GroupPlan, seconds: float) -> None:
+    """One ``decision`` line per decision at debug, and one ``group committed`` summary at info.
+
+    Why debug and not sampled: a sample drops the very line someone looks
+    for (one task's decision), while every decision's outcome and its
+    explanation are stored with the task anyway (``scheduler status ID``,
+    ``GET /tasks/ID``); at ``LOG_LEVEL=debug`` the full line is back. At info
+    a line per decision cost more than the metrics of the whole group, so
+    the info stream gets one summary per committed group: counts per
+    outcome and strategy, and the ids of the tasks not placed (failed, or
+    waiting for a retry).
+    """
+    if log.is_enabled_for(logging.DEBUG):
+        for decision in plan.decisions:
+            log.debug(
+                "decision",
+                task_id=decision.task_id,
+                node=decision.node,
+                strategy=decision.strategy,
+                reason=str(decision.reason) if decision.reason else None,
+                rejections=decision.rejections,
+            )
+    if not plan.decisions or not log.is_enabled_for(logging.INFO):
+        return
+    outcomes: collections.Counter[str] = collections.Counter()
+    strategies: collections.Counter[str] = collections.Counter()
+    failed: list[str] = []
+    for decision in plan.decisions:
+        if decision.node is not None:
+            outcomes["placed"] += 1
+        else:  # failed, or waiting for a retry: the task's row says which, and why
+            outcomes[str(decision.reason) if decision.reason else "not placed"] += 1
+            failed.append(decision.task_id)
+        strategies[decision.strategy] += 1
+    log.info(
+        "group committed",
+        decisions=len(plan.decisions),
+        outcomes=dict(outcomes),
+        strategies=dict(strategies),
+        not_placed=failed[:SUMMARY_FAILED_IDS],
+        not_placed_more=max(0, len(failed) - SUMMARY_FAILED_IDS),
+        seconds=round(seconds, 4),
+    )
 
 
 def log_releases(plan: GroupPlan, result: CommitResult, hook: Callable[..., None]) -> None:
@@ -50,4 +93,4 @@ def log_releases(plan: GroupPlan, result: CommitResult, hook: Callable[..., None
         hook("release_recorded", outcome)
 
 
-__all__ = ["log_committed", "log_releases"]
+__all__ = ["log_committed", "log_decisions", "log_releases"]

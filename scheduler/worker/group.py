@@ -23,12 +23,14 @@ from scheduler.message_headers import HEADER_ATTEMPT, HEADER_PUBLISHED_AT
 from scheduler.models import (
     BadMessage,
     Decision,
+    MoveRequest,
     Reason,
     ReleaseRequest,
     SchedulingRequest,
     parse_message,
 )
-from scheduler.store import CommitItem, Failure, Placement, Release, Waiting
+from scheduler.moves import MoveOutcome, check_move, undo_move
+from scheduler.store import CommitItem, Failure, Move, Placement, Release, Waiting
 from scheduler.strategies import Placer
 
 RETRYABLE = frozenset({Reason.INSUFFICIENT_RESOURCES, Reason.NO_ONLINE_NODES})
@@ -77,6 +79,10 @@ class GroupPlan:
     placed: dict[str, SchedulingRequest] = field(default_factory=dict)
     sources: list[Incoming] = field(default_factory=list)
     """The message each item came from (``sources[i]`` for ``items[i]``), to dead-letter a poisoned one."""
+    moved: dict[str, tuple[MoveOutcome, Allocation]] = field(default_factory=dict)
+    """Moves applied to the fleet: the outcome and the allocation the task held before."""
+    refused: list[DeadLetter] = field(default_factory=list)
+    """Move messages refused (with the reason): dead-lettered, nothing changes."""
     _undo: list[Callable[[], None]] = field(default_factory=list)
 
     def add(self, item: CommitItem, source: Incoming) -> None:
@@ -88,6 +94,13 @@ class GroupPlan:
         for step in reversed(self._undo):
             step()
         self._undo.clear()
+
+    def unmove(self, fleet: FleetView, task_ids: list[str]) -> None:
+        """Take back moves the store did not apply (the task was not scheduled on the source)."""
+        for task_id in task_ids:
+            entry = self.moved.pop(task_id, None)
+            if entry is not None:
+                undo_move(fleet, *entry)
 
     def forget(self, fleet: FleetView, task_ids: list[str]) -> None:
         """Drop reservations the store refused as duplicates (the task already had an outcome)."""
@@ -122,6 +135,7 @@ def plan_group(
     retry: RetryPolicy,
     callback_refusal: Callable[[str], str | None],
     rng: random.Random,
+    to_move: dict[str, SchedulingRequest | str] | None = None,
 ) -> GroupPlan:
     """Decide a whole group in memory; see the module docstring for what comes out.
 
@@ -129,10 +143,15 @@ def plan_group(
     or None): the URL policy parses with the HTTP client's own parser, so it is
     passed in (:func:`scheduler.webhooks.policy.callback_checker`) and the
     planning imports no HTTP library.
+
+    ``to_move`` holds, for each task a move message of the group names, its
+    stored request (the caller reads them from the database), or why it
+    cannot move (``task t is not scheduled (released)``).
     """
     plan = GroupPlan()
     releases: list[tuple[ReleaseRequest, Incoming]] = []
     requests: list[tuple[SchedulingRequest, Incoming]] = []
+    moves: list[tuple[MoveRequest, Incoming]] = []
     for msg in messages:
         try:
             parsed = parse_message(msg.body)
@@ -155,6 +174,8 @@ def plan_group(
             continue
         if isinstance(parsed, ReleaseRequest):
             releases.append((parsed, msg))
+        elif isinstance(parsed, MoveRequest):
+            moves.append((parsed, msg))
         else:
             requests.append((parsed, msg))
 
@@ -263,7 +284,52 @@ def plan_group(
                 ),
                 msg,
             )
+    touched = requested_here | {rel.release for rel, _ in releases}
+    for move, msg in moves:
+        _plan_move(plan, fleet, placer, move, msg, (to_move or {}).get(move.move), touched, now)
     return plan
+
+
+def _plan_move(
+    plan: GroupPlan,
+    fleet: FleetView,
+    placer: Placer,
+    move: MoveRequest,
+    msg: Incoming,
+    stored: SchedulingRequest | str | None,
+    touched: set[str],
+    now: float,
+) -> None:
+    """Check one move with every filter on the fleet and apply it there, or refuse it with the reason."""
+    tid = move.move
+    if tid in touched or tid in plan.moved:
+        plan.deferred.append(msg)  # its task changes in this very group: move it in the next one
+        return
+    held = fleet.allocation(tid)
+    if isinstance(stored, str) or stored is None or held is None:
+        why = stored if isinstance(stored, str) else f"task {tid} is not scheduled"
+        plan.refused.append(DeadLetter(msg, f"move refused: {why}"))
+        return
+    outcome = check_move(
+        fleet, stored, move.node, now=now, exclusive=placer.dedicated_exclusive,
+        max_skew=placer.spread_max_skew, apply=True,
+    )  # fmt: skip
+    if not outcome.ok:
+        plan.refused.append(DeadLetter(msg, f"move refused: {outcome.message}"))
+        return
+    plan.moved[tid] = (outcome, held)
+    plan._undo.append(lambda: undo_move(fleet, outcome, held))
+    target = fleet.index[move.node]
+    plan.add(
+        Move(
+            task_id=tid,
+            source=held.node,
+            target=move.node,
+            target_ip=fleet.ips[target],
+            message=f"moved from {held.node} to {move.node}",
+        ),
+        msg,
+    )
 
 
 def _restore(fleet: FleetView, alloc: Allocation) -> Callable[[], None]:

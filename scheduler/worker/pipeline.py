@@ -43,7 +43,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from scheduler.models import Reason
 from scheduler.safetext import first_line
-from scheduler.store import CommitItem, CommitResult, Failure, FencedOut, Release
+from scheduler.store import CommitItem, CommitResult, Failure, FencedOut, Move, Release
 from scheduler.store.engine import DatabaseUnavailable
 
 
@@ -162,7 +162,7 @@ class CommitPipeline:
         self, items: Sequence[CommitItem], index: int, epoch: int, error: str
     ) -> tuple[CommitResult, Poisoned] | Fenced | DatabaseDown:
         item = items[index]
-        if isinstance(item, Release):
+        if isinstance(item, Release | Move):  # a task that exists: never turned into a failure
             return CommitResult(), Poisoned(index, error, stored_as_failure=False)
         failure = Failure(
             task_id=item.task_id,

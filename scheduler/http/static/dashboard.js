@@ -205,13 +205,59 @@
     fillTable("placements", ["task", "node", "size", "strategy", "when"], rows, "No placements yet.");
   }
 
+  function whyNotLink(taskId) {
+    const link = el("a", { href: "#why-not", class: "why-not", "data-why-not": taskId, text: "why not" });
+    link.addEventListener("click", (event) => {
+      event.preventDefault();
+      showWhyNot(taskId);
+    });
+    return link;
+  }
+
+  // "Why not": the task's request planned now (GET /tasks/{id}/plan), each filter with its count
+  // and example nodes. Computed on demand from the committed state; nothing is reserved.
+  async function showWhyNot(taskId) {
+    const panel = $("why-not-panel");
+    const body = $("why-not");
+    panel.hidden = false;
+    $("why-not-task").textContent = taskId;
+    body.replaceChildren(el("p", { class: "muted", text: "planning…" }));
+    try {
+      const current = token() || entered;
+      const headers = current ? { Authorization: `Bearer ${current}` } : {};
+      const response = await fetch(`/tasks/${encodeURIComponent(taskId)}/plan`, { cache: "no-store", headers });
+      const answer = await response.json();
+      if (!response.ok) {
+        body.replaceChildren(el("p", { class: "message", text: answer.detail || `HTTP ${response.status}` }));
+        return;
+      }
+      const parts = [
+        el("p", { class: "plan-verdict", text: answer.node
+          ? `Now it would go to ${answer.node} (strategy ${answer.strategy}).`
+          : `Now it would still not be placed: ${answer.reason}.` }),
+        el("p", { class: "message", text: answer.message }),
+      ];
+      const filters = Object.entries(answer.rejections).sort((a, b) => b[1] - a[1]);
+      if (filters.length) {
+        parts.push(el("ul", { class: "plan-filters" }, ...filters.map(([label, count]) =>
+          el("li", { "data-filter": label }, el("strong", { text: `${count} ${label}` }),
+            el("ul", {}, ...(answer.examples[label] || []).map((text) => el("li", { class: "mono", text })))))));
+      }
+      parts.push(el("p", { class: "muted", text: `revision ${answer.revision}` }));
+      body.replaceChildren(...parts);
+    } catch (err) {
+      body.replaceChildren(el("p", { class: "message", text: `cannot plan: ${err.message}` }));
+    }
+  }
+
   function renderFailures(s) {
     const rows = s.recent_failures.map((t) => el("tr", { "data-task": t.task_id },
       el("td", { class: "mono", text: t.task_id }),
       el("td", {}, el("span", { class: "reason", text: t.reason || "failed" })),
       el("td", { class: "message", text: t.message || "" }),
+      el("td", {}, whyNotLink(t.task_id)),
       el("td", { class: "muted when", text: ago(t.updated_at) })));
-    fillTable("failures", ["task", "reason", "why", "when"], rows, "No failures.");
+    fillTable("failures", ["task", "reason", "why", "", "when"], rows, "No failures.");
     const waiting = s.waiting.map((t) => el("tr", { "data-task": t.task_id },
       el("td", { class: "mono", text: t.task_id }),
       el("td", { class: "message", text: t.message || "" }),

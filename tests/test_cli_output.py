@@ -1,0 +1,267 @@
+"""What a person sees: aligned columns, whole rows when piped, fits a terminal, errors at the client.
+
+The terminal case runs the real console script in a pseudo-terminal, so the
+width is the one the process discovers itself, as a user's shell gives it.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+
+import scheduler.cli.leader
+import scheduler.cli.submit
+import scheduler.cli.tasks  # noqa: F401  (registers the commands)
+from scheduler.cli import columns
+from scheduler.cli.common import CliError, cli
+from scheduler.cli.leader import render
+from scheduler.cli.submit import _poll_results
+from scheduler.elector.record import LeaderInfo
+from scheduler.models import Reason, SchedulingRequest, TaskStatus
+from scheduler.store import Failure, Placement, Release, Store
+from scheduler.store.nodesfile import load_nodes_file
+from scheduler.strategies.registry import STRATEGY_NAMES
+
+SCHEDULER = str(Path(sys.executable).with_name("scheduler"))
+EXAMPLE_FLEET = Path(__file__).resolve().parents[1] / "examples" / "fleet.yaml"
+LONG_ID = "3f2c1a9e-7b4d-4e8a-9c1f-0a2b3c4d5e6f"
+FIT_MESSAGE = "bm-001 by least_loaded; 2/2 nodes fit"
+POOL_MESSAGE = "unknown pool 'edge' (known: default)"
+
+
+def _config(tmp_path: Path) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text("{}\n")
+    return str(path)
+
+
+@pytest.fixture
+def filled(sqlite_url: str) -> str:
+    """A database with a scheduled, a released (placed, then released) and a failed task."""
+    with Store.from_url(sqlite_url) as store:
+        store.upgrade()
+        store.import_nodes(load_nodes_file(str(EXAMPLE_FLEET)))
+        req = SchedulingRequest(task_id=LONG_ID, requested_cpu=2, requested_memory=2048)
+        gone = SchedulingRequest(task_id="web-1", requested_cpu=1, requested_memory=1024)
+        store.commit(
+            [
+                Placement(req, "bm-001", "10.0.1.1", "least_loaded", FIT_MESSAGE, 1),
+                Placement(gone, "bm-002", "10.0.1.2", "least_loaded", "bm-002 by least_loaded", 1),
+                Failure("edge-1", None, Reason.UNKNOWN_POOL, POOL_MESSAGE, None, 1, None),
+            ],
+            epoch=1,
+        )
+        store.commit([Release("web-1")], epoch=1)
+    return sqlite_url
+
+
+# ------------------------------------------------------------------ columns
+
+
+def test_columns_are_aligned_with_two_spaces_and_never_tabs() -> None:
+    cols = (columns.Column("task"), columns.Column("status"), columns.Column("n", align_right=True))
+    lines = columns.render(cols, [["a", "scheduled", "1"], ["longer-id", "failed", "12"]])
+    assert lines == ["task       status      n", "a          scheduled   1", "longer-id  failed     12"]
+
+
+@given(
+    rows=st.lists(
+        st.tuples(st.text(min_size=1, max_size=40), st.sampled_from([s.value for s in TaskStatus]),
+                  st.text(max_size=60)),
+        min_size=1, max_size=8,
+    ),
+    width=st.integers(min_value=20, max_value=200),
+)  # fmt: skip
+def test_fitting_a_width_cuts_only_the_shrinkable_columns(
+    rows: list[tuple[str, str, str]], width: int
+) -> None:
+    cols = (columns.Column("task", floor=8), columns.Column("status"), columns.Column("message", floor=12))
+    whole = columns.widths(cols, [list(r) for r in rows], None)
+    sizes = columns.widths(cols, [list(r) for r in rows], width)
+    assert sizes[1] == whole[1]  # the status is never shortened
+    assert sizes[0] >= min(8, whole[0]) and sizes[2] >= min(12, whole[2])
+    fits_at_floors = min(8, whole[0]) + whole[1] + min(12, whole[2]) + 4 <= width
+    if fits_at_floors:
+        assert sum(sizes) + 4 <= width
+    else:
+        assert sizes[0] == min(8, whole[0]) and sizes[2] == min(12, whole[2])
+
+
+# ------------------------------------------------------------------- tasks
+
+
+def test_tasks_piped_prints_whole_aligned_rows_with_released_tasks(filled: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["tasks"], env={"DATABASE_URL": filled, "SCHEDULER_CONFIG": _config(tmp_path), "COLUMNS": "60"}
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "\t" not in result.output and "…" not in result.output
+    header = lines[0].split()
+    assert header == ["task", "status", "node", "reason", "attempts", "updated", "message"]
+    starts = [lines[0].index(h) for h in ("status", "node", "reason")]
+    by_id = {line.split()[0]: line for line in lines[1:]}
+    assert set(by_id) == {LONG_ID, "web-1", "edge-1"}
+    for line in by_id.values():  # each column starts under its header
+        assert all(line[s - 2 : s] == "  " and line[s] != " " for s in starts), line
+    assert by_id["web-1"].split()[1:3] == ["released", "bm-002"]
+    assert "bm-001 by least_loaded; 2/2 nodes fit" in by_id[LONG_ID]
+    assert "unknown pool 'edge' (known: default)" in by_id["edge-1"]
+    assert "updated" in lines[0] and "updat…" not in result.output
+
+
+def _in_terminal(argv: list[str], env: dict[str, str], columns_: int) -> str:
+    """Run ``argv`` with stdout on a pseudo-terminal ``columns_`` wide; its output."""
+    main, child = pty.openpty()
+    full = {**os.environ, **env, "COLUMNS": str(columns_), "TERM": "dumb"}
+    proc = subprocess.Popen(argv, stdout=child, stderr=child, stdin=subprocess.DEVNULL, env=full)
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(main)
+    return b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+def test_tasks_in_a_100_column_terminal_shortens_ids_not_status_or_node(filled: str, tmp_path: Path) -> None:
+    env = {"DATABASE_URL": filled, "SCHEDULER_CONFIG": _config(tmp_path)}
+    out = _in_terminal([SCHEDULER, "tasks"], env, 100)
+    lines = [line for line in out.splitlines() if line]
+    assert all(len(line) <= 100 for line in lines), out
+    row = next(line for line in lines if line.startswith(LONG_ID[:8]))
+    assert LONG_ID not in out and row.split()[0].endswith("…")
+    assert row.split()[1:3] == ["scheduled", "bm-001"]
+    released = next(line for line in lines if line.startswith("web-1"))
+    assert released.split()[1:3] == ["released", "bm-002"]
+    wide = _in_terminal([SCHEDULER, "tasks", "--wide"], env, 100)
+    assert LONG_ID in wide and "bm-001 by least_loaded; 2/2 nodes fit" in wide
+
+
+# ------------------------------------------------------------------ leader
+
+
+def test_leader_on_a_fresh_database_prints_its_hint_once(tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "SCHEDULER_CONFIG": _config(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.db'}",
+        "ELECTION_BACKEND": "database",
+    }
+    out = subprocess.run([SCHEDULER, "leader"], env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.count("scheduler db upgrade") == 1, out.stderr
+    assert len(out.stderr.splitlines()) == 1
+
+
+def test_leader_never_shows_a_negative_age() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    ahead = now + timedelta(milliseconds=100)  # the holder's clock is ahead of ours
+    info = LeaderInfo(
+        backend="database", lock="database lease x", holder="pod-a", epoch=1,
+        acquire_time=ahead, renew_time=ahead, lease_duration=15.0, expired=False,
+    )  # fmt: skip
+    text = render(info, now)
+    assert not re.search(r"-\d", text.replace("2026-01-01", "")), text
+    assert "0.1 s ahead" in text
+
+
+# ------------------------------------------------------------------ submit
+
+
+def test_submit_refuses_an_unknown_strategy_before_connecting(tmp_path: Path) -> None:
+    env = {"SCHEDULER_CONFIG": _config(tmp_path), "AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F"}
+    args = ["submit", "--cpu", "1", "--memory", "512", "--strategy", "fastest"]
+    result = CliRunner().invoke(cli, args, env=env)
+    assert isinstance(result.exception, CliError) and result.exit_code == 1
+    message = str(result.exception)
+    assert message.startswith("--strategy: unknown strategy 'fastest'")
+    assert all(name in message for name in STRATEGY_NAMES)
+
+
+def test_submit_file_reports_an_unknown_strategy_by_line(tmp_path: Path) -> None:
+    from scheduler.cli.submit import messages_from_file
+
+    trace = tmp_path / "reqs.jsonl"
+    trace.write_text(
+        '{"task_id": "a", "requested_cpu": 1, "requested_memory": 512, "strategy": "fastest"}\n'
+        '{"task_id": "b", "requested_cpu": 1, "requested_memory": 512, "strategy": "best_fit"}\n'
+    )
+    good, problems = messages_from_file(str(trace))
+    assert [m.message_id for m in good] == ["b"]
+    assert len(problems) == 1 and problems[0].startswith("line 1: strategy: unknown strategy 'fastest'")
+
+
+def test_waiting_prints_aligned_outcomes_including_tasks_released_in_the_batch(
+    filled: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Store.from_url(filled) as store:
+        code = _poll_results(store, [LONG_ID, "edge-1", "web-1"], {"web-1"}, timeout=10, as_json=False)
+    assert code == 3  # one task failed
+    lines = capsys.readouterr().out.splitlines()
+    assert "\t" not in "".join(lines)
+    assert lines[0].split() == ["task", "status", "node", "or", "reason"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["web-1"][1:3] == ["released", "bm-002"]
+    assert rows[LONG_ID][1:3] == ["scheduled", "bm-001"]
+    assert rows["edge-1"][1:3] == ["failed", "unknown_pool:"]
+    status_at = lines[0].index("status")
+    assert all(line[status_at - 2 : status_at] == "  " and line[status_at] != " " for line in lines[1:])
+
+
+def test_submit_file_publishes_the_good_lines_and_reports_the_bad_ones_after(
+    amqp_url: str, amqp_names: dict[str, str], tmp_path: Path
+) -> None:
+    """Piped, the file is parsed while it is published; every good line is sent, every bad one named."""
+    import pika
+
+    from scheduler.broker import Topology
+
+    trace = tmp_path / "reqs.jsonl"
+    lines = [f'{{"task_id": "f-{i}", "requested_cpu": 1, "requested_memory": 512}}' for i in range(300)]
+    lines[5] = '{"task_id": "bad", "requested_cpu": "x", "requested_memory": 512}'
+    lines[200] = "{not json"
+    trace.write_text("\n".join(lines) + "\n" + '{"release": "f-7"}\n')
+    env = {
+        "SCHEDULER_CONFIG": _config(tmp_path),
+        "AMQP_URL": amqp_url,
+        "SCHEDULER_AMQP__EXCHANGE": amqp_names["exchange"],
+        "SCHEDULER_AMQP__QUEUE": amqp_names["queue"],
+    }
+    topo = Topology(amqp_names["exchange"], amqp_names["queue"])
+    try:
+        result = CliRunner().invoke(cli, ["submit", "--file", str(trace)], env=env)
+        assert result.exit_code == 1, result.output  # bad input, the rest sent
+        expected = [f"f-{i}" for i in range(300) if i not in (5, 200)] + ["f-7"]
+        assert result.stdout.split() == expected
+        skipped = result.stderr.splitlines()
+        assert len(skipped) == 2
+        assert skipped[0].startswith("skipped: line 6: requested_cpu")
+        assert skipped[1].startswith("skipped: line 201: malformed JSON")
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        ch = conn.channel()
+        assert ch.queue_declare(topo.queue, passive=True).method.message_count == len(expected)
+        conn.close()
+    finally:
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        ch = conn.channel()
+        for queue in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
+            ch.queue_delete(queue)
+        ch.exchange_delete(topo.exchange)
+        conn.close()
