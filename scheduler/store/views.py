@@ -58,13 +58,7 @@ def nodes_with_usage(
         nodes.c.tags,
         nodes.c.zone,
         nodes.c.cordoned,
-        nodes.c.resources,
-        nodes.c.reserved_cpu,
-        nodes.c.reserved_memory,
-        nodes.c.reserved_disk,
-        nodes.c.cpu_allocation_ratio,
-        nodes.c.memory_allocation_ratio,
-        nodes.c.disk_allocation_ratio,
+        *_CAPACITY,
     ).order_by(nodes.c.name)
     usage_stmt = ACTIVE_USAGE
     if pool is not None:
@@ -72,12 +66,7 @@ def nodes_with_usage(
         usage_stmt = usage_stmt.where(
             allocations.c.node.in_(select(nodes.c.name).where(nodes.c.pool == pool))
         )
-    with store.engine.connect() as conn:
-        conn.execution_options(**{READ_ONLY_OPTION: True})
-        with conn.begin():
-            used = {row[0]: row for row in conn.execute(usage_stmt)}
-            held = device_usage(conn.execute(ACTIVE_DEVICES).all())
-            rows = conn.execute(stmt).all()
+    used, held, rows = _snapshot(store, stmt, usage_stmt)
     out = []
     for row in rows:
         (name, ip, pool_, dedicated, cpu, memory, disk, max_vms, tags, zone, cordoned, resources,
@@ -86,9 +75,9 @@ def nodes_with_usage(
         devices: dict[str, int] = json.loads(resources) if resources != "{}" else {}
         a_cpu, a_mem, a_disk, a_vms = (int(u[1]), int(u[2]), int(u[3]), int(u[4])) if u else (0, 0, 0, 0)
         a_dev = held.get(name, {})
-        e_cpu = effective_amount(cpu, _or(r_cpu, d.reserved_cpu), _or(x_cpu, d.cpu_ratio))
-        e_mem = effective_amount(memory, _or(r_mem, d.reserved_memory), _or(x_mem, d.memory_ratio))
-        e_disk = effective_amount(disk, _or(r_disk, d.reserved_disk), _or(x_disk, d.disk_ratio))
+        e_cpu = _effective(cpu, r_cpu, d.reserved_cpu, x_cpu, d.cpu_ratio)
+        e_mem = _effective(memory, r_mem, d.reserved_memory, x_mem, d.memory_ratio)
+        e_disk = _effective(disk, r_disk, d.reserved_disk, x_disk, d.disk_ratio)
         over = (a_cpu > e_cpu or a_mem > e_mem or a_disk > e_disk or a_vms > max_vms) or any(
             n > devices.get(k, 0) for k, n in a_dev.items()
         )
@@ -131,9 +120,29 @@ def nodes_with_usage(
     return out
 
 
-def _or(value: Any, default: Any) -> Any:
-    """A node's own value, or the configured default where it has none (NULL)."""
-    return default if value is None else value
+_CAPACITY = (
+    nodes.c.resources,
+    nodes.c.reserved_cpu,
+    nodes.c.reserved_memory,
+    nodes.c.reserved_disk,
+    nodes.c.cpu_allocation_ratio,
+    nodes.c.memory_allocation_ratio,
+    nodes.c.disk_allocation_ratio,
+)
+"""The columns effective capacity is computed from (after a view's own columns, in this order)."""
+
+
+def _snapshot(
+    store: Store, stmt: Any, usage_stmt: Any
+) -> tuple[dict[str, Any], dict[str, dict[str, int]], list[Any]]:
+    """Usage per node, devices held per node, and ``stmt``'s rows, from one read-only snapshot."""
+    with store.engine.connect() as conn:
+        conn.execution_options(**{READ_ONLY_OPTION: True})
+        with conn.begin():
+            used = {row[0]: row for row in conn.execute(usage_stmt)}
+            held = device_usage(conn.execute(ACTIVE_DEVICES).all())
+            rows = list(conn.execute(stmt).all())
+    return used, held, rows
 
 
 def ratio(used: int, cap: int) -> float:
@@ -160,21 +169,10 @@ def node_columns(store: Store, defaults: CapacityDefaults | None = None) -> dict
         nodes.c.max_vms,
         nodes.c.cordoned,
         nodes.c.zone,
-        nodes.c.resources,
-        nodes.c.reserved_cpu,
-        nodes.c.reserved_memory,
-        nodes.c.reserved_disk,
-        nodes.c.cpu_allocation_ratio,
-        nodes.c.memory_allocation_ratio,
-        nodes.c.disk_allocation_ratio,
+        *_CAPACITY,
     ).order_by(nodes.c.pool, nodes.c.name)
     cols: dict[str, list[Any]] = {k: [] for k in NODE_COLUMNS}
-    with store.engine.connect() as conn:
-        conn.execution_options(**{READ_ONLY_OPTION: True})
-        with conn.begin():
-            used = {row[0]: row for row in conn.execute(ACTIVE_USAGE)}
-            held = device_usage(conn.execute(ACTIVE_DEVICES).all())
-            rows = conn.execute(stmt).all()
+    used, held, rows = _snapshot(store, stmt, ACTIVE_USAGE)
     for row in rows:
         (name, ip, pool, cpu, memory, disk, max_vms, cordoned, zone, resources,
          r_cpu, r_mem, r_disk, x_cpu, x_mem, x_disk) = row  # fmt: skip
@@ -182,9 +180,9 @@ def node_columns(store: Store, defaults: CapacityDefaults | None = None) -> dict
         a_cpu, a_mem, a_disk, a_vms = (int(u[1]), int(u[2]), int(u[3]), int(u[4])) if u else (0, 0, 0, 0)
         a_dev = held.get(name, {})
         devices: dict[str, int] = json.loads(resources) if resources != "{}" else {}
-        e_cpu = effective_amount(cpu, _or(r_cpu, d.reserved_cpu), _or(x_cpu, d.cpu_ratio))
-        e_mem = effective_amount(memory, _or(r_mem, d.reserved_memory), _or(x_mem, d.memory_ratio))
-        e_disk = effective_amount(disk, _or(r_disk, d.reserved_disk), _or(x_disk, d.disk_ratio))
+        e_cpu = _effective(cpu, r_cpu, d.reserved_cpu, x_cpu, d.cpu_ratio)
+        e_mem = _effective(memory, r_mem, d.reserved_memory, x_mem, d.memory_ratio)
+        e_disk = _effective(disk, r_disk, d.reserved_disk, x_disk, d.disk_ratio)
         cols["name"].append(name)
         cols["ip"].append(ip)
         cols["pool"].append(pool)
@@ -315,5 +313,3 @@ def read_database_figures(store: Store, defaults: CapacityDefaults | None = None
 def _effective(capacity: Any, reserved: Any, default_reserve: int, ratio: Any, default_ratio: float) -> int:
     kept = default_reserve if reserved is None else int(reserved)
     return effective_amount(int(capacity), kept, default_ratio if ratio is None else float(ratio))
-
-
