@@ -203,6 +203,7 @@ def create_app(
         tags=["tasks"],
         response_model=PlanOut,
         responses={
+            400: {"model": ErrorBody, "description": "the body cannot be read (not UTF-8)"},
             413: {"model": ErrorBody, "description": f"body larger than {MAX_BODY_BYTES} bytes"},
             429: {"model": ErrorBody, "description": "over the per-token rate limit; see Retry-After"},
             **_UNAVAILABLE,
