@@ -774,3 +774,84 @@ def _cli() -> Any:
     from scheduler.cli import cli
 
     return cli
+
+
+# ------------------------------------------------------------------ yielding to placements
+
+
+def test_the_pacer_spends_a_share_of_a_core_only_while_the_worker_is_busy() -> None:
+    from scheduler.webhooks.dispatcher import BUSY_WINDOW, _Pacer
+
+    now = [100.0]
+    committed = [0]
+    pacer = _Pacer(lambda: committed[0], share=0.05, max_yield=10.0, clock=lambda: now[0])
+    assert pacer.hold_back() == 0.0 and pacer.limited, "a worker that just started counts as busy"
+    assert pacer.claims() == int(0.05 / 0.002), "claims are sized to the allowance at the assumed cost"
+    pacer.spent(0.2)  # four seconds' worth of budget
+    committed[0] += 10
+    now[0] += 0.1
+    wait = pacer.hold_back()
+    assert 0 < wait <= BUSY_WINDOW and pacer.claims() == 0
+    # The budget refills with time while the worker keeps committing.
+    for _ in range(5):
+        committed[0] += 10
+        now[0] += 0.9
+        pacer.hold_back()
+    assert pacer.hold_back() == 0.0 and pacer.claims() > 0
+    # The worker goes quiet: no limit at all.
+    pacer.spent(5.0)
+    now[0] += BUSY_WINDOW + 0.1
+    assert pacer.hold_back() == 0.0 and not pacer.limited and pacer.claims() >= 1 << 30
+    # A burst longer than max_yield: limited at first, then shares the machine again.
+    committed[0] += 1
+    now[0] += 0.1
+    pacer.hold_back()
+    pacer.spent(1.0)
+    committed[0] += 1
+    now[0] += 0.1
+    assert pacer.hold_back() > 0
+    for _ in range(12):
+        committed[0] += 1
+        now[0] += 0.9
+        pacer.spent(1.0)
+        pacer.hold_back()
+    assert not pacer.limited and pacer.hold_back() == 0.0
+
+
+def test_the_pacer_ignores_an_activity_figure_that_fails() -> None:
+    from scheduler.webhooks.dispatcher import _Pacer
+
+    def broken() -> int:
+        raise RuntimeError("no figure")
+
+    now = [0.0]
+    pacer = _Pacer(broken, share=0.05, max_yield=10.0, clock=lambda: now[0])
+    now[0] += 5
+    assert pacer.hold_back() == 0.0 and not pacer.limited
+
+
+def test_deliveries_yield_while_placements_flow_and_all_go_out_after(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    rx = receivers()
+    events = place(store, *(f"p{i}" for i in range(60)))
+    committed = [0]
+    flowing = threading.Event()
+    flowing.set()
+
+    def placements() -> None:  # the worker's committed counter, moving while the burst lasts
+        while flowing.is_set():
+            committed[0] += 1
+            time.sleep(0.01)
+
+    mover = threading.Thread(target=placements, daemon=True)
+    mover.start()
+    try:
+        d = dispatchers(store, config(rx.url()), activity=lambda: committed[0], busy_share=0.001)
+        wait_until(lambda: d.stats().yielded >= 2, 15, "the dispatcher to yield")
+        assert d.stats().delivered < len(events), "a budget of 1 ms a second cannot pay for every delivery"
+    finally:
+        flowing.clear()
+        mover.join()
+    wait_until(lambda: all_delivered(store, len(events)), 20, "every delivery once placements stopped")
+    assert sorted(h.delivery for h in rx.snapshot()) == sorted(events)

@@ -133,7 +133,10 @@ def run_worker(settings: Settings, store: Store) -> int:
         raise CliError(f"{ports}: {exc.strerror or exc}", exit_code=2) from None
     # Deliveries run on their own threads and only while this replica leads:
     # a slow receiver never slows scheduling, and the outbox survives failovers.
-    dispatcher = WebhookDispatcher(store, settings.webhooks, leadership.is_leader)
+    # They yield to placements while groups are being committed (the activity counter).
+    dispatcher = WebhookDispatcher(
+        store, settings.webhooks, leadership.is_leader, activity=lambda: worker.state.committed
+    )
     dispatcher.start()
     log.info(
         "worker starting",

@@ -43,6 +43,20 @@ requests. Why it is built the way it is:
   :mod:`scheduler.webhooks.transport`; a refusal makes the delivery dead
   with the reason, and no request is sent.
 
+* **Placements first.** Given the worker's activity (a counter that moves
+  with every committed group), the dispatcher yields while placements are
+  flowing: its threads (bookkeeping and senders together) spend at most
+  ``busy_share`` of one core (5%) of CPU time, measured with
+  ``time.thread_time``, claiming only what that budget pays for and
+  skipping its cycles while the budget is spent. A burst of placements
+  therefore runs at its own pace and the deliveries follow at full speed
+  once it ends; a burst longer than ``max_yield`` seconds (10) shares the
+  machine again, so a sustained load never starves deliveries for long.
+  Why pace instead of a process of its own: on a machine whose cores the
+  broker, the database and the worker already fill, another process takes
+  the same CPU; only not spending it during the burst helps. Nothing is
+  held in memory meanwhile: the events wait in the outbox as before.
+
 Cost, since the dispatcher shares the worker's interpreter: new events are
 expanded by ``INSERT ... SELECT`` inside the database (no Python work per
 event unless it names a callback); the dispatcher claims about half a
@@ -108,6 +122,12 @@ DRAIN_BYTES = 64 * 1024  # read at most this much of any response (more: drop th
 QUEUE_SECONDS = 0.5  # claim about this much work ahead of the senders
 LOG_EVERY = 10.0  # seconds between failure lines for one URL (the rest are counted)
 MAX_QUEUE = 512
+BUSY_SHARE = 0.05
+"""While placements flow: the share of one core the dispatcher's threads may spend (see the docstring)."""
+MAX_YIELD = 10.0
+"""Seconds of continuous placement activity after which the dispatcher stops yielding."""
+BUSY_WINDOW = 1.0
+"""The worker counts as busy while its activity counter moved within this many seconds."""
 
 
 class HasEngine(Protocol):
@@ -137,6 +157,8 @@ class DispatcherStats:
     handed_back: int = 0
     in_flight: int = 0
     db_errors: int = 0
+    yielded: int = 0
+    """Cycles skipped because placements were flowing and the dispatcher's CPU budget was spent."""
     leader: bool = False
 
 
@@ -184,6 +206,9 @@ class WebhookDispatcher:
         batch_size: int = 500,
         claim_lease: float | None = None,
         name: str = "webhook-dispatcher",
+        activity: Callable[[], int] | None = None,
+        busy_share: float = BUSY_SHARE,
+        max_yield: float = MAX_YIELD,
     ) -> None:
         engine = db if isinstance(db, Engine) else db.engine
         refusal = unsigned_refusal(config)
@@ -231,6 +256,7 @@ class WebhookDispatcher:
         self._senders: ThreadPoolExecutor | None = None
         self._clients: dict[bool, httpx.Client] = {}
         self._resolver: ThreadPoolExecutor | None = None
+        self._pacer = _Pacer(activity, busy_share, max_yield) if activity is not None else None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -303,8 +329,17 @@ class WebhookDispatcher:
     # ------------------------------------------------------------------ the loop
     def _run(self) -> None:
         failures = 0
+        pacer = self._pacer
         while not self._stopping.is_set():
+            started = time.thread_time()
             try:
+                hold = pacer.hold_back() if pacer is not None else 0.0
+                if hold > 0:
+                    # Placements are flowing and this second's budget is spent: do nothing now.
+                    self._count(yielded=1)
+                    self._wake.wait(hold)
+                    self._wake.clear()
+                    continue
                 wait = self._cycle()
                 failures = 0
             except DB_ERRORS as exc:
@@ -322,6 +357,9 @@ class WebhookDispatcher:
                 # No traceback: frames and messages may hold receivers' URLs with their credentials.
                 error = scrub_text(f"{type(exc).__name__}: {first_line(exc)}")
                 log.error("webhook dispatcher: unexpected error; continuing", error=error)
+            finally:
+                if pacer is not None:
+                    pacer.spent(time.thread_time() - started)
             if wait > 0:
                 self._wake.wait(wait)
             self._wake.clear()
@@ -337,6 +375,8 @@ class WebhookDispatcher:
             self._stats.cycles += 1
             self._stats.leader = leader
         free = self._capacity() - len(self._in_flight)
+        if self._pacer is not None:
+            free = min(free, self._pacer.claims())
         batch: OutboxBatch | None = None
         plan = _Plan()
         check_events = self._events_hint.is_set() or time.monotonic() >= self._next_events_check
@@ -626,6 +666,14 @@ class WebhookDispatcher:
 
     def _send(self, due: Due, origin: str) -> None:
         """One attempt, on a sender thread; the outcome goes back to the dispatcher thread by queue."""
+        started = time.thread_time()
+        try:
+            self._send_one(due, origin)
+        finally:
+            if self._pacer is not None:
+                self._pacer.spent(time.thread_time() - started, attempts=1)
+
+    def _send_one(self, due: Due, origin: str) -> None:
         with self._send_lock:
             self._started_at[due.id] = (origin, time.monotonic())
             self._oldest_running.setdefault(origin, self._started_at[due.id][1])
@@ -857,6 +905,92 @@ class WebhookDispatcher:
         with self._stats_lock:
             for name, delta in deltas.items():
                 setattr(self._stats, name, getattr(self._stats, name) + delta)
+
+
+class _Pacer:
+    """How much the dispatcher may do while the worker places: a CPU-time budget, refilled with time.
+
+    ``activity()`` is a counter that moves whenever the worker commits a
+    group; while it moved within :data:`BUSY_WINDOW`, the dispatcher's
+    threads may spend ``share`` of one core: the allowance grows by
+    ``share`` CPU-seconds per second (up to one window's worth), every
+    thread's CPU time (``time.thread_time``) is taken from it, and a cycle
+    waits while it is negative. Claims are sized to what the allowance
+    pays for, at the measured CPU cost of one delivery. Idle worker, or
+    ``max_yield`` seconds of continuous activity: no limit. A worker that
+    has just started counts as busy (it may take up a backlog at once).
+    """
+
+    def __init__(
+        self,
+        activity: Callable[[], int],
+        share: float,
+        max_yield: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._activity = activity
+        self._share = max(share, 0.001)
+        self._max_yield = max_yield
+        self._lock = threading.Lock()
+        self._unpaid = 0.0  # CPU seconds spent since the last look, by every thread
+        self._seen: int | None = None
+        self._at = clock()
+        self._active_at = self._at
+        self._busy_since: float | None = None
+        self._allowance = self._share * BUSY_WINDOW
+        self._cost = 0.002  # moving average of the CPU seconds of one attempt, bookkeeping included
+        self._attempt_cpu = 0.0
+        self._attempts = 0
+        self.limited = False
+
+    def spent(self, seconds: float, attempts: int = 0) -> None:
+        """Account CPU time spent by one of the dispatcher's threads (and attempts made with it)."""
+        with self._lock:
+            self._unpaid += seconds
+            self._attempt_cpu += seconds
+            self._attempts += attempts
+
+    def _update(self) -> None:
+        now = self._clock()
+        count: int | None
+        try:
+            count = self._activity()
+        except Exception:  # a figure that cannot be read never stops deliveries
+            count = self._seen
+        if count != self._seen:
+            if self._seen is not None:
+                self._active_at = now
+            self._seen = count
+        with self._lock:
+            unpaid, self._unpaid = self._unpaid, 0.0
+            if self._attempts >= 8:
+                self._cost = 0.7 * self._cost + 0.3 * self._attempt_cpu / self._attempts
+                self._attempt_cpu, self._attempts = 0.0, 0
+        busy = now - self._active_at < BUSY_WINDOW
+        if busy and self._busy_since is None:
+            self._busy_since = now
+        elif not busy:
+            self._busy_since = None
+        cap = self._share * BUSY_WINDOW
+        self._allowance = min(self._allowance + (now - self._at) * self._share, cap) - unpaid
+        self._at = now
+        self.limited = busy and self._busy_since is not None and now - self._busy_since < self._max_yield
+        if not self.limited:
+            self._allowance = cap
+
+    def hold_back(self) -> float:
+        """Seconds to wait before the next cycle: 0 unless the worker is busy and the budget is spent."""
+        self._update()
+        if not self.limited or self._allowance >= 0:
+            return 0.0
+        return min(-self._allowance / self._share, BUSY_WINDOW)
+
+    def claims(self) -> int:
+        """How many deliveries the budget pays for now (no limit when not yielding)."""
+        if not self.limited:
+            return 1 << 30
+        return max(0, int(self._allowance / self._cost))
 
 
 def _read_some(response: httpx.Response) -> str:
