@@ -85,63 +85,85 @@ class Topology:
     def heartbeat_queue(self) -> str:
         return f"{self.queue}.heartbeats"
 
-    def declare(self, channel: BlockingChannel) -> None:
-        """Declare the whole topology; safe to call from every process, every start."""
-        durable_type = {"x-queue-type": self.queue_type}
-        channel.exchange_declare(self.exchange, exchange_type="direct", durable=True)
-        channel.queue_declare(
-            self.queue, durable=True, arguments={**durable_type, "x-single-active-consumer": True}
-        )
-        channel.queue_bind(self.queue, self.exchange, routing_key=ROUTE_REQUEST)
-        channel.queue_bind(self.queue, self.exchange, routing_key=ROUTE_RELEASE)
-        channel.queue_declare(
-            self.retry_queue,
-            durable=True,
-            arguments={
-                **durable_type,
-                "x-dead-letter-exchange": self.exchange,
-                "x-dead-letter-routing-key": ROUTE_REQUEST,
-            },
-        )
-        self._declare_dead_queue(channel, durable_type)
-        channel.queue_declare(
-            self.heartbeat_queue,
-            durable=True,
-            arguments={
-                "x-single-active-consumer": True,
-                "x-message-ttl": HEARTBEAT_TTL_MS,
-                "x-max-length": HEARTBEAT_MAX_LENGTH,
-            },
-        )
-        channel.queue_bind(self.heartbeat_queue, self.exchange, routing_key=ROUTE_HEARTBEAT)
+    def declarations(self) -> list[Declaration]:
+        """Everything :meth:`declare` declares, in order, as data (the asynchronous publisher declares
+        the same list on its own connection).
 
-    def _declare_dead_queue(self, channel: BlockingChannel, durable_type: dict[str, str]) -> None:
-        """Declare the bounded dead-letter queue on a channel of its own.
-
-        On its own channel because a queue that already exists with other
-        arguments makes the broker close the declaring channel (406
-        PRECONDITION_FAILED); the existing queue is then kept as it is.
+        The dead-letter queue is declared on a channel of its own
+        (``own_channel``): a queue that already exists with other arguments
+        makes the broker close the declaring channel (406
+        PRECONDITION_FAILED), and the existing queue is then kept as it is.
         """
-        arguments = {
+        durable_type = {"x-queue-type": self.queue_type}
+        retry = {
+            **durable_type,
+            "x-dead-letter-exchange": self.exchange,
+            "x-dead-letter-routing-key": ROUTE_REQUEST,
+        }
+        dead = {
             **durable_type,
             "x-max-length": self.dead_max_length,
             "x-max-length-bytes": self.dead_max_bytes,
             "x-overflow": "drop-head",
         }
-        own = channel.connection.channel()
-        try:
-            own.queue_declare(self.dead_queue, durable=True, arguments=arguments)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code != 406:
-                raise
-            log.warning(
-                "dead-letter queue exists with other arguments; keeping them",
-                queue=self.dead_queue,
-                wanted=arguments,
-                error=exc.reply_text,
-            )
-            return
-        own.close()
+        beats = {
+            "x-single-active-consumer": True,
+            "x-message-ttl": HEARTBEAT_TTL_MS,
+            "x-max-length": HEARTBEAT_MAX_LENGTH,
+        }
+        return [
+            Declaration("exchange", self.exchange),
+            Declaration("queue", self.queue, {**durable_type, "x-single-active-consumer": True}),
+            Declaration("bind", self.queue, routing_key=ROUTE_REQUEST),
+            Declaration("bind", self.queue, routing_key=ROUTE_RELEASE),
+            Declaration("queue", self.retry_queue, retry),
+            Declaration("queue", self.dead_queue, dead, own_channel=True),
+            Declaration("queue", self.heartbeat_queue, beats),
+            Declaration("bind", self.heartbeat_queue, routing_key=ROUTE_HEARTBEAT),
+        ]
+
+    def declare(self, channel: BlockingChannel) -> None:
+        """Declare the whole topology; safe to call from every process, every start."""
+        for item in self.declarations():
+            if item.kind == "exchange":
+                channel.exchange_declare(item.name, exchange_type="direct", durable=True)
+            elif item.kind == "bind":
+                channel.queue_bind(item.name, self.exchange, routing_key=item.routing_key)
+            elif item.own_channel:
+                own = channel.connection.channel()
+                try:
+                    own.queue_declare(item.name, durable=True, arguments=item.arguments)
+                except pika.exceptions.ChannelClosedByBroker as exc:
+                    if exc.reply_code != 406:
+                        raise
+                    item.kept_as_is(exc.reply_text)
+                    continue
+                own.close()
+            else:
+                channel.queue_declare(item.name, durable=True, arguments=item.arguments)
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """One step of declaring the topology: a direct durable exchange, a durable queue, or a binding
+    of a queue to the topology's exchange."""
+
+    kind: str
+    """``exchange``, ``queue`` or ``bind``."""
+    name: str
+    arguments: dict[str, Any] | None = None
+    routing_key: str = ""
+    own_channel: bool = False
+    """Declared on a channel of its own; a 406 (exists with other arguments) keeps the queue as it is."""
+
+    def kept_as_is(self, error: str) -> None:
+        """Say that the queue exists with other arguments and is kept as it is (a 406 on its channel)."""
+        log.warning(
+            "dead-letter queue exists with other arguments; keeping them",
+            queue=self.name,
+            wanted=self.arguments,
+            error=error,
+        )
 
 
 def connection_parameters(

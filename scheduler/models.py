@@ -373,7 +373,19 @@ def parse_json_line(line: str) -> SchedulingRequest | ReleaseRequest:
     """One line of a JSON-lines file (``submit --file``, ``simulate --requests``).
 
     Raises ValueError with ``field: rule`` text; the caller adds the line number.
+    A plain request line is validated by pydantic's JSON parser at once (as in
+    :func:`parse_message`); anything else, and every error, is the careful
+    path's.
     """
+    if '"release"' not in line:
+        try:
+            return SchedulingRequest.model_validate_json(line)
+        except ValidationError:
+            pass  # the careful path decides, and says why
+    return _parse_json_line_careful(line)
+
+
+def _parse_json_line_careful(line: str) -> SchedulingRequest | ReleaseRequest:
     import json
 
     try:

@@ -24,7 +24,14 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.models import BadMessage, SchedulingRequest, parse_careful, parse_message
+from scheduler.models import (
+    BadMessage,
+    SchedulingRequest,
+    _parse_json_line_careful,
+    parse_careful,
+    parse_json_line,
+    parse_message,
+)
 
 FIXED_ID = uuid.UUID("12345678-1234-4678-9234-567812345678")
 
@@ -111,6 +118,23 @@ def _outcome(parse: Callable[[bytes], Any], body: bytes) -> tuple[Any, ...]:
 @given(_bodies)
 def test_fast_and_careful_paths_agree(body: bytes) -> None:
     assert _outcome(parse_message, body) == _outcome(parse_careful, body)
+
+
+def _line_outcome(parse: Callable[[str], Any], line: str) -> tuple[Any, ...]:
+    with _fixed_uuid():
+        try:
+            parsed = parse(line)
+        except ValueError as exc:
+            return ("error", str(exc))
+    return ("ok", type(parsed).__name__, parsed.model_dump())
+
+
+@settings(max_examples=800, deadline=None)
+@given(_bodies)
+def test_a_file_line_is_read_alike_on_both_paths(body: bytes) -> None:
+    """``submit --file`` lines: the same request or the same ``field: rule`` text."""
+    line = body.decode("utf-8", "replace")
+    assert _line_outcome(parse_json_line, line) == _line_outcome(_parse_json_line_careful, line)
 
 
 def test_the_fast_path_is_taken_for_a_plain_request() -> None:

@@ -8,11 +8,13 @@ order or lost would show.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
 
-from scheduler.broker import ROUTE_REQUEST, Topology
+from scheduler.broker import ROUTE_REQUEST, BrokerUnavailable, Topology
 from scheduler.producer.publisher import Outgoing, Publisher
 
 
@@ -69,3 +71,70 @@ def test_unroutable_messages_are_reported_failed_not_confirmed(amqp_url: str, to
     assert report.confirmed == []
     assert sorted(report.failed) == sorted(m.message_id for m in messages)
     assert all(why.startswith("unroutable") for why in report.failed.values())
+
+
+def test_submit_declares_the_topology_on_the_publishing_connection(
+    amqp_url: str, amqp_names: dict[str, str], topology: Topology, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``submit --file`` opens one connection: the topology is declared on it, then the batch is sent."""
+    from click.testing import CliRunner
+
+    from scheduler.cli import cli
+    from scheduler.producer import publisher
+
+    opened: list[str] = []
+    blocking, batching = pika.BlockingConnection, publisher._BatchingConnection.__init__
+
+    def count_blocking(*args: Any, **kwargs: Any) -> Any:
+        opened.append("blocking")
+        return blocking(*args, **kwargs)
+
+    def count_batching(self: Any, *args: Any, **kwargs: Any) -> None:
+        opened.append("publishing")
+        batching(self, *args, **kwargs)
+
+    monkeypatch.setattr(pika, "BlockingConnection", count_blocking)
+    monkeypatch.setattr(publisher._BatchingConnection, "__init__", count_batching)
+    trace = tmp_path / "reqs.jsonl"
+    trace.write_text("".join(f'{{"task_id": "d-{i}", "requested_cpu": 1, "requested_memory": 1}}\n'
+                             for i in range(300)))  # fmt: skip
+    (tmp_path / "config.yaml").write_text("strategy: least_loaded\n")
+    env = {
+        "SCHEDULER_CONFIG": str(tmp_path / "config.yaml"),
+        "AMQP_URL": amqp_url,
+        "SCHEDULER_AMQP__EXCHANGE": amqp_names["exchange"],
+        "SCHEDULER_AMQP__QUEUE": amqp_names["queue"],
+    }
+    result = CliRunner().invoke(cli, ["submit", "--file", str(trace)], env=env)
+    assert result.exit_code == 0, result.output
+    assert opened == ["publishing"]
+    monkeypatch.setattr(pika, "BlockingConnection", blocking)
+    assert [mid for mid, _ in _drain(amqp_url, topology.queue)] == [f"d-{i}" for i in range(300)]
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:  # declared as Topology.declare would: the same arguments are accepted again
+        ch = conn.channel()
+        for queue in (topology.retry_queue, topology.dead_queue, topology.heartbeat_queue):
+            ch.queue_declare(queue, passive=True)
+        topology.declare(ch)
+    finally:
+        conn.close()
+
+
+def test_publish_keeps_a_dead_letter_queue_declared_with_other_arguments(
+    amqp_url: str, topology: Topology
+) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    conn.channel().queue_declare(topology.dead_queue, durable=True)  # no bounds: an older deployment
+    conn.close()
+    report = Publisher(amqp_url, topology).publish([Outgoing("k-1", ROUTE_REQUEST, b"{}")], declare=True)
+    assert report.ok, report.failed
+    assert _drain(amqp_url, topology.queue) == [("k-1", b"{}")]
+
+
+def test_publish_reports_a_topology_the_broker_refuses(amqp_url: str, topology: Topology) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    conn.channel().exchange_declare(topology.exchange, "fanout", durable=True)  # another type: 406
+    conn.close()
+    with pytest.raises(BrokerUnavailable, match="declaring the topology failed"):
+        Publisher(amqp_url, topology).publish([Outgoing("r-1", ROUTE_REQUEST, b"{}")], declare=True)

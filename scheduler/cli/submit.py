@@ -319,10 +319,10 @@ def parse_resource_flags(values: tuple[str, ...]) -> dict[str, Any]:
 def _publish(settings: Settings, messages: Iterable[Outgoing]) -> PublishReport:
     publisher = _publisher(settings)
     try:
-        publisher.declare()
+        # The topology is declared on the publishing connection: one connection for the command.
         show = isinstance(messages, list) and len(messages) > 1 and sys.stderr.isatty()
         if not show or not isinstance(messages, list):
-            return publisher.publish(messages)
+            return publisher.publish(messages, declare=True)
         # rich only for the progress bar on a terminal: a piped or single submit starts faster.
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
@@ -336,7 +336,7 @@ def _publish(settings: Settings, messages: Iterable[Outgoing]) -> PublishReport:
             transient=True,
         ) as bar:
             task = bar.add_task("publish", total=len(messages))
-            return publisher.publish(messages, on_confirm=lambda n: bar.advance(task, n))
+            return publisher.publish(messages, on_confirm=lambda n: bar.advance(task, n), declare=True)
     except BrokerUnavailable as exc:
         raise CliError(str(exc), exit_code=EXIT_NOT_PUBLISHED) from None
 
