@@ -21,6 +21,7 @@ CORE = [
     "scheduler.strategies.filters",
     "scheduler.worker.group",
     "scheduler.worker.redelivery",
+    "scheduler.worker.memory_source",
     "scheduler.store.records",
     "scheduler.message_headers",
     "scheduler.safetext",

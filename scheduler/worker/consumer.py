@@ -32,7 +32,10 @@ class Consumer:
         self.channel: BlockingChannel | None = None
         self._tags: list[str] = []
 
-    def open(self, conn: pika.BlockingConnection, on_request: OnMessage, on_heartbeat: OnMessage) -> None:
+    def open(
+        self, conn: pika.BlockingConnection, on_request: OnMessage, on_heartbeat: OnMessage
+    ) -> BlockingChannel:
+        """Open the channel and consume requests (acked by the worker) and heartbeats (auto-acked)."""
         channel = conn.channel()
         channel.basic_qos(prefetch_count=self.prefetch)
         self.channel = channel
@@ -40,6 +43,7 @@ class Consumer:
             channel.basic_consume(self.topology.queue, on_request),
             channel.basic_consume(self.topology.heartbeat_queue, on_heartbeat, auto_ack=True),
         ]
+        return channel
 
     def cancel(self) -> None:
         """Stop deliveries (graceful stop) while keeping the channel open for the acks still due."""
