@@ -182,7 +182,7 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def deployment(db: str, workdir: Path) -> tuple[Deployment, str | None]:
+def deployment(db: str, workdir: Path, env: dict[str, str] | None = None) -> tuple[Deployment, str | None]:
     suffix = uuid.uuid4().hex[:8]
     schema = None
     if db == "postgresql":
@@ -196,7 +196,7 @@ def deployment(db: str, workdir: Path) -> tuple[Deployment, str | None]:
         url = f"{PG}?options={quote(f'-csearch_path={schema}')}"
     else:
         url = f"sqlite:///{workdir / 'bench.db'}"
-    dep = Deployment(url, AMQP, f"bench.x.{suffix}", f"bench.q.{suffix}", workdir)
+    dep = Deployment(url, AMQP, f"bench.x.{suffix}", f"bench.q.{suffix}", workdir, extra_env=env or {})
     return dep, schema
 
 
@@ -213,7 +213,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller bursts")
     parser.add_argument("--burst", type=int, default=0)
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE",
+        help="worker setting for a tuning run, e.g. SCHEDULER_AMQP__PREFETCH=1024 (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--skip-once", action="store_true", help="leave out submit --file and the RSS")
     args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
     burst = args.burst or (3000 if args.quick else 10000)
     print(
         f"pipeline benchmark: {burst} requests per burst, 1,000 nodes, {os.cpu_count()} cores, "
@@ -221,11 +227,11 @@ def main() -> None:
     )
     print(
         f"{'backend':<11} {'raw broker/s':>13} {'end-to-end/s':>13} {'ratio':>6} "
-        f"{'p50 ms @1k/s':>13} {'p99 ms @1k/s':>13}"
+        f"{'p50 ms @1k/s':>13} {'p99 ms @1k/s':>13}  goals (ratio >= 0.6, p99 <= 30 ms)"
     )
     for db in ("sqlite", "postgresql"):
         with tempfile.TemporaryDirectory() as tmp:
-            dep, schema = deployment(db, Path(tmp))
+            dep, schema = deployment(db, Path(tmp), env)
             try:
                 dep.store.import_nodes(make_nodes(1000))
                 dep.start_worker("bench")
@@ -233,16 +239,28 @@ def main() -> None:
                 raw = raw_round_trip(burst)
                 e2e = end_to_end(dep, burst, f"e2e-{db}")
                 p50, p99 = latency_at_rate(dep, 1000, 5 if not args.quick else 3, f"lat-{db}")
-                print(f"{db:<11} {raw:>13,.0f} {e2e:>13,.0f} {e2e / raw:>6.2f} {p50:>13.1f} {p99:>13.1f}")
+                ratio_ok = "met" if e2e / raw >= 0.6 else "NOT met"
+                p99_ok = "met" if p99 <= 30 else "NOT met"
+                print(
+                    f"{db:<11} {raw:>13,.0f} {e2e:>13,.0f} {e2e / raw:>6.2f} {p50:>13.1f} {p99:>13.1f}  "
+                    f"ratio {ratio_ok}, p99 {p99_ok}"
+                )
             finally:
                 dep.close()
                 drop_schema(schema)
-    print("goals: end-to-end >= 3,000/s and >= 0.5x raw; p99 <= 50 ms at 1,000/s offered")
+    print(
+        "goals: end-to-end >= 0.6x the raw broker round trip of the same run, on both backends; "
+        "publish-to-commit p99 <= 30 ms at 1,000/s offered"
+    )
+    if env:
+        print(f"worker settings: {json.dumps(env)}")
+    if args.skip_once:
+        return
     rate, secs = submit_file_rate(10000)
     print(
         f"submit --file 10,000 requests: {rate:,.0f} messages/s "
         f"({secs:.2f} s, whole command incl. start-up); "
-        "goal >= 5,000/s"
+        "its goal, >= 0.8x a raw publish with confirms, is measured by bench/bench_cli.py"
     )
     with tempfile.TemporaryDirectory() as tmp:
         dep, schema = deployment("sqlite", Path(tmp))

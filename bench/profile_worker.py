@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,9 +37,9 @@ PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 # (concern, substrings of "function (file)" frames), innermost match wins; first listed wins on a tie.
 CONCERNS: list[tuple[str, tuple[str, ...]]] = [
     ("logging", ("scheduler/logging.py", "structlog/", "/logging/__init__.py")),
-    ("metrics", ("scheduler/metrics.py", "prometheus_client/")),
+    ("metrics", ("scheduler/metrics/", "prometheus_client/")),
     ("webhooks", ("scheduler/webhooks/", "scheduler/store/deliveries.py", "httpx/", "httpcore/")),
-    ("parse (json + pydantic)", ("parse_message", "parse_body", "json/decoder.py", "pydantic/")),
+    ("parse (json + pydantic)", ("parse_message", "parse_careful", "json/decoder.py", "pydantic/")),
     ("plan (fleet + strategies)", ("scheduler/strategies/", "scheduler/fleet.py", "worker/group.py")),
     ("commit (store + SQL)", ("scheduler/store/", "sqlalchemy/", "psycopg/", "sqlite3")),
     ("broker (pika)", ("pika/", "scheduler/broker.py")),
@@ -63,11 +64,18 @@ def idle(stack: list[str]) -> bool:
     return any(w in leaf for w in IDLE_LEAVES)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--burst", type=int, default=10000)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples/s")
+    parser.add_argument("--gil", action="store_true", help="only samples holding the GIL (CPU, not waits)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         dep, schema = deployment(args.db, Path(tmp))
@@ -78,11 +86,12 @@ def main() -> None:
             dep.wait_leading("prof")
             spy = subprocess.Popen(
                 [PY_SPY, "record", "--pid", str(proc.pid), "--format", "raw", "--rate", str(args.rate),
-                 "--threads", "--output", str(raw_path), "--nonblocking"],
+                 "--threads", "--output", str(raw_path), "--nonblocking", *(["--gil"] if args.gil else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )  # fmt: skip
             time.sleep(1.0)  # py-spy attaches
             reqs = make_requests(args.burst, prefix="prof", seed=3)
+            cpu_before = cpu_seconds(proc.pid)
             start = time.perf_counter()
             dep.publish(Outgoing.request(r) for r in reqs)
 
@@ -93,6 +102,7 @@ def main() -> None:
 
             wait_until(finished, 600, "burst", interval=0.25)
             elapsed = time.perf_counter() - start
+            worker_cpu = cpu_seconds(proc.pid) - cpu_before
             spy.send_signal(2)  # SIGINT: py-spy writes what it has
             _, err = spy.communicate(timeout=60)
         finally:
@@ -114,6 +124,10 @@ def main() -> None:
             if stack:
                 leaves[stack[-1]] += n
     print(f"{args.burst:,} requests on {args.db}, 1,000 nodes: {args.burst / elapsed:,.0f}/s end to end")
+    print(
+        f"worker process CPU during the burst: {worker_cpu:.2f} s = {1e6 * worker_cpu / args.burst:,.0f} µs "
+        "per request (every thread; py-spy's own sampling included)"
+    )
     for thread, counts in sorted(per_thread.items(), key=lambda kv: -sum(kv[1].values())):
         total = sum(counts.values())
         busy = total - counts["(idle: waiting)"]
