@@ -389,7 +389,7 @@ class HttpConfig(_Section):
 
 class WorkerConfig(_Section):
     commit_batch: int = Field(default=256, ge=1, le=10000, description="max messages per commit group")
-    commit_interval_ms: float = Field(default=5, ge=0, le=10000, description="max wait to fill a group")
+    commit_interval_ms: float = Field(default=2, ge=0, le=10000, description="max wait to fill a group")
     inventory_poll_interval: float = Field(default=2, gt=0, le=3600)
     config_watch_interval: float = Field(default=2, gt=0, le=3600)
     reconnect_max_backoff: float = Field(default=5, gt=0, le=3600)
