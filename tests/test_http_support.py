@@ -27,6 +27,7 @@ from scheduler.worker.leadership_term import LeadershipTerms, Term
 from scheduler.worker.memory_source import MemorySource
 from scheduler.worker.state import WorkerState
 from tests.harness import Deployment
+from tests.store_checks import overcommitted_nodes
 
 LEADER = "leader-0"
 EPOCH = 3
@@ -185,5 +186,5 @@ def test_standard_workload_lands_as_described(sqlite_url: str) -> None:
     } == (work.failed)
     assert [k for k, t in states.items() if t.status.value == "waiting"] == work.waiting
     assert states["vm-5"].status.value == "released"
-    assert store.overcommitted_nodes() == {}
+    assert overcommitted_nodes(store) == {}
     store.close()
