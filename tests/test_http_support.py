@@ -21,8 +21,8 @@ from scheduler.config import Settings
 from scheduler.models import Node
 from scheduler.store import CommitResult, Store
 from scheduler.strategies import Placer
+from scheduler.worker.batch import BatchPlan
 from scheduler.worker.flow import Flow
-from scheduler.worker.group import GroupPlan
 from scheduler.worker.leadership_term import LeadershipTerms, Term
 from scheduler.worker.memory_source import MemorySource
 from scheduler.worker.state import WorkerState
@@ -72,9 +72,9 @@ class CommittedGroups:
 
     def __init__(self, hooks: Any = None) -> None:
         self.hooks = hooks
-        self.groups: list[tuple[GroupPlan, CommitResult]] = []
+        self.groups: list[tuple[BatchPlan, CommitResult]] = []
 
-    def group_committed(self, plan: GroupPlan, result: CommitResult, seconds: float) -> None:
+    def group_committed(self, plan: BatchPlan, result: CommitResult, seconds: float) -> None:
         self.groups.append((plan, result))
         if self.hooks is not None:
             self.hooks.group_committed(plan, result, seconds)
@@ -108,7 +108,7 @@ def run_group(
     *,
     hooks: Any = None,
     placer: Placer | None = None,
-) -> tuple[GroupPlan, CommitResult]:
+) -> tuple[BatchPlan, CommitResult]:
     """Decide ``bodies`` (dicts as JSON, or raw bytes) as one worker group on the store's fleet, commit
     it, and report it to ``hooks``."""
     settings = settings_for(retry={"max_attempts": 3, "initial_backoff": 1, "max_backoff": 8}, random_seed=7)
@@ -136,7 +136,7 @@ class Workload:
     failed: dict[str, str]  # task id -> reason code
     waiting: list[str]
     released: list[str]
-    plans: list[tuple[GroupPlan, CommitResult]]
+    plans: list[tuple[BatchPlan, CommitResult]]
 
 
 def standard_workload(store: Store, hooks: Any = None) -> Workload:

@@ -23,7 +23,7 @@ from scheduler.store import CommitItem, Placement, Release, Store
 from scheduler.store.schema import outbox
 from scheduler.strategies import Placer
 from scheduler.webhooks.policy import callback_checker
-from scheduler.worker.group import Incoming, RetryPolicy, plan_group
+from scheduler.worker.batch import Incoming, RetryPolicy, decide_batch
 from scheduler.worker.pipeline import CommitPipeline, Committed, Fenced
 from tests.store_checks import duplicate_active_allocations, overcommitted_nodes
 
@@ -57,7 +57,7 @@ def _strict(text: str) -> Any:
 def _plan(store: Store, bodies: list[bytes]) -> Any:
     fleet = store.load_fleet()
     messages = [Incoming(i + 1, b, {}) for i, b in enumerate(bodies)]
-    return plan_group(
+    return decide_batch(
         messages,
         fleet,
         Placer(),

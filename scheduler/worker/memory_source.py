@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.worker.group import Incoming, RetryLater
+from scheduler.worker.batch import Incoming, RetryLater
 
 
 @dataclass(frozen=True)
