@@ -22,7 +22,7 @@ from scheduler.broker import HEADER_SCHEMA, Topology
 from scheduler.http import HttpServer, create_app, create_metrics_app
 from scheduler.producer.publisher import Publisher
 from scheduler.store import Store
-from scheduler.worker.daemon import WorkerState
+from scheduler.worker.state import WorkerState
 from tests.harness import Deployment
 from tests.test_http_support import EPOCH, LEADER, settings_for, standard_workload
 

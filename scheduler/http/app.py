@@ -37,10 +37,11 @@ from scheduler.config import Settings
 from scheduler.models import MAX_BODY_BYTES, SchedulingRequest, TaskStatus, format_validation_error
 from scheduler.plan_service import PlanService
 from scheduler.producer.publisher import Outgoing, Publisher
+from scheduler.safetext import first_line
 from scheduler.store import DatabaseUnavailable, Store, TaskRecord
 from scheduler.store.views import nodes_with_usage
 from scheduler.webhooks.policy import callback_refusal, display_url
-from scheduler.worker.daemon import WorkerState
+from scheduler.worker.state import WorkerState
 
 from .auth import Gatekeeper, SubmissionLimiter, TokenTable, required_role
 from .schemas import (
@@ -112,8 +113,8 @@ def create_app(
     @app.exception_handler(DatabaseUnavailable)
     @app.exception_handler(SQLAlchemyError)
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("database error while serving", path=request.url.path, error=_first_line(exc))
-        return JSONResponse({"detail": f"database unavailable: {_first_line(exc)}"}, status_code=503)
+        log.warning("database error while serving", path=request.url.path, error=first_line(exc))
+        return JSONResponse({"detail": f"database unavailable: {first_line(exc)}"}, status_code=503)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -194,7 +195,7 @@ def create_app(
         except Exception as exc:
             # The message is confirmed and will be processed; the task shows up when the worker commits it.
             log.warning(
-                "could not record a published task as queued", task_id=request.task_id, error=_first_line(exc)
+                "could not record a published task as queued", task_id=request.task_id, error=first_line(exc)
             )
         return Accepted(task_id=request.task_id)
 
@@ -358,7 +359,7 @@ def _readiness(store: Store, state: Callable[[], WorkerState] | None) -> JSONRes
         store.fence_epoch()
         checks["database"] = "ok"
     except Exception as exc:
-        checks["database"] = f"unreachable: {_first_line(exc)}"
+        checks["database"] = f"unreachable: {first_line(exc)}"
     current = state() if state is not None else None
     if current is not None:
         checks["broker"] = "ok" if current.broker_connected else "not connected"
@@ -473,11 +474,6 @@ def _result(task: TaskRecord) -> Result:
         error = task.message or (task.reason.value if task.reason else "failed")
         return Result(status="failed", error=error)
     return Result(status="processing")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _mount_docs(app: FastAPI) -> None:
