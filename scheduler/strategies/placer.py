@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from scheduler.fleet import FleetView
 from scheduler.models import Decision, Reason, SchedulingRequest
 from scheduler.strategies.base import Strategy
-from scheduler.strategies.filters import feasible_nodes
+from scheduler.strategies.filters import explain_counts, feasible_nodes
 from scheduler.strategies.registry import STRATEGY_NAMES, UnknownStrategy, get_strategy
 
 
@@ -53,8 +53,17 @@ class Placer:
         self.strategy(name)
         self.default = name
 
-    def decide(self, fleet: FleetView, req: SchedulingRequest, *, now: float | None = None) -> Decision:
-        """Where ``req`` should go on ``fleet`` now (nothing is reserved: see :meth:`place`)."""
+    def decide(
+        self, fleet: FleetView, req: SchedulingRequest, *, now: float | None = None, explain: bool = True
+    ) -> Decision:
+        """Where ``req`` should go on ``fleet`` now (nothing is reserved: see :meth:`place`).
+
+        ``explain=False`` leaves ``message`` empty when it can be made later
+        from the decision's own figures (:func:`explanation`, the same text):
+        a replay of thousands of decisions reads few of them, and the text
+        was a tenth of a decision. The rare messages that need more (an
+        unknown pool or strategy) are always made.
+        """
         name = req.strategy or self.default
         try:
             strategy = self.strategy(name)
@@ -75,7 +84,7 @@ class Placer:
         )
         if feas.count == 0:
             reason = feas.failure_reason()
-            message = feas.explain()
+            message = feas.explain() if explain or reason is Reason.UNKNOWN_POOL else ""
             if reason is Reason.UNKNOWN_POOL:
                 known = ", ".join(sorted(fleet.pools)) or "none"
                 message = f"unknown pool {req.requested_pool!r} (known: {known}); {message}"
@@ -93,18 +102,32 @@ class Placer:
             strategy=name,
             node=fleet.names[index],
             node_index=index,
-            message=f"{fleet.names[index]} by {name}; {feas.explain()}",
+            message=f"{fleet.names[index]} by {name}; {feas.explain()}" if explain else "",
             rejections=feas.rejections,
             candidates=feas.count,
             total=feas.total,
         )
 
-    def place(self, fleet: FleetView, req: SchedulingRequest, *, now: float | None = None) -> Decision:
-        """Decide and, when a node was found, reserve it in ``fleet``."""
-        decision = self.decide(fleet, req, now=now)
+    def place(
+        self, fleet: FleetView, req: SchedulingRequest, *, now: float | None = None, explain: bool = True
+    ) -> Decision:
+        """Decide and, when a node was found, reserve it in ``fleet`` (``explain``: see :meth:`decide`)."""
+        decision = self.decide(fleet, req, now=now, explain=explain)
         if decision.node_index is not None:
             fleet.reserve(decision.node_index, req)
         return decision
 
 
-__all__ = ["STRATEGY_NAMES", "Placer", "UnknownStrategy"]
+def explanation(decision: Decision) -> str:
+    """The decision's message, made now if it was decided with ``explain=False``.
+
+    The same text :meth:`Placer.decide` makes: ``NODE by STRATEGY; counts``
+    for a placement, the counts alone for a refusal.
+    """
+    if decision.message:
+        return decision.message
+    counts = explain_counts(decision.candidates, decision.total, decision.rejections)
+    return counts if decision.node is None else f"{decision.node} by {decision.strategy}; {counts}"
+
+
+__all__ = ["STRATEGY_NAMES", "Placer", "UnknownStrategy", "explanation"]
