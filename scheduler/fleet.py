@@ -16,16 +16,20 @@ overcommit a node (docs/contracts.md invariant 1).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from scheduler.models import Node, SchedulingRequest
+
+T = TypeVar("T")
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -744,9 +748,40 @@ class FleetView:
         return sum(a.nbytes for a in arrays)
 
 
+def frozen_maker(cls: type[T]) -> Callable[..., T]:
+    """A constructor for the frozen, slotted dataclass ``cls``: every field, positionally, in order.
+
+    Why: a frozen dataclass's generated ``__init__`` sets each field through
+    ``object.__setattr__`` (to get past its own refusal of assignments),
+    about 0.2 µs a field, and a decision builds two such objects (its
+    :class:`~scheduler.models.Decision` and, when placed, the
+    :class:`Allocation`): a tenth of a decision at 1,000 nodes. Setting the
+    slots through their descriptors makes the same object (same class,
+    equal, hashable, still frozen) in half the time. Generated like
+    ``dataclasses`` generates ``__init__``, so a field added to ``cls``
+    is a parameter here too; a class with ``__post_init__`` or without
+    slots is refused, since its ``__init__`` does more than set fields.
+    """
+    if not dataclasses.is_dataclass(cls) or "__slots__" not in cls.__dict__ or hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__} is not a slotted dataclass without __post_init__")
+    names = [f.name for f in dataclasses.fields(cls)]
+    scope: dict[str, object] = {"_new": object.__new__, "_cls": cls}
+    scope.update({f"_set_{n}": cls.__dict__[n].__set__ for n in names})
+    lines = [f"def make({', '.join(names)}):", "    self = _new(_cls)"]
+    lines += [f"    _set_{n}(self, {n})" for n in names]
+    lines.append("    return self")
+    exec("\n".join(lines), scope)
+    make: Callable[..., T] = scope["make"]  # type: ignore[assignment]
+    make.__qualname__ = make.__name__ = f"make_{cls.__name__}"
+    return make
+
+
+_allocation = frozen_maker(Allocation)
+
+
 def allocation_for(req: SchedulingRequest, node: str) -> Allocation:
     """What ``req`` holds once placed on ``node``."""
-    return Allocation(
+    return _allocation(
         req.task_id,
         node,
         req.requested_cpu,
