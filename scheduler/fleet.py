@@ -551,7 +551,8 @@ class FleetView:
         self._took_vm(i)
         alloc = allocation_for(req, self.names[i])
         self.allocations[req.task_id] = (i, alloc)
-        self._count_extras(i, alloc, 1)
+        if alloc.resources or alloc.group is not None or alloc.spread_group is not None:
+            self._count_extras(i, alloc, 1)
         return alloc
 
     def release(self, task_id: str) -> Allocation | None:

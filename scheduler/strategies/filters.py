@@ -120,9 +120,10 @@ class Narrowing:
         return count > 0
 
     def drop(self, label: str, local: list[int]) -> bool:
-        """Remove the nodes at slice positions ``local`` (anti-affinity: a few known nodes)."""
+        """Remove the nodes at slice positions ``local`` (anti-affinity: a few known nodes, each once)."""
         mask = self.current()
-        removed = int(np.count_nonzero(mask[local]))
+        # Nothing narrowed yet: every one of them is still there, no need to look.
+        removed = len(local) if self.mask is None else int(np.count_nonzero(mask[local]))
         mask[local] = False
         if removed:
             self.out.rejections[label] = self.out.rejections.get(label, 0) + removed
