@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -9,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
-from scheduler.safetext import first_line
+from scheduler.safetext import first_line, printable
 from scheduler.store import DatabaseUnavailable
 
 log = structlog.get_logger(__name__)
@@ -50,7 +52,19 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
                 "input": content_type,
             },
         )
-    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+    return JSONResponse({"detail": jsonable_encoder([_printable_input(e) for e in errors])}, status_code=422)
+
+
+def _printable_input(error: Any) -> Any:
+    """The error with a ``bytes`` input decoded with replacement characters.
+
+    A body that is not JSON reaches the errors as raw bytes; the encoder would
+    decode them strictly and fail (a 500) on bytes that are not UTF-8.
+    """
+    value = error.get("input") if isinstance(error, dict) else None
+    if isinstance(value, bytes | bytearray):
+        return {**error, "input": printable(bytes(value).decode("utf-8", errors="replace"))}
+    return error
 
 
 def _json_content_type(value: str) -> bool:
