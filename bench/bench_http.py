@@ -49,8 +49,8 @@ from scheduler.producer.publisher import Publisher  # noqa: E402
 from scheduler.store import Store  # noqa: E402
 from scheduler.strategies import Placer  # noqa: E402
 from scheduler.webhooks.policy import callback_checker  # noqa: E402
+from scheduler.worker.batch import Incoming, RetryPolicy, decide_batch  # noqa: E402
 from scheduler.worker.daemon import WorkerState  # noqa: E402
-from scheduler.worker.group import Incoming, RetryPolicy, plan_group  # noqa: E402
 
 AMQP = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 POOLS = ("default", "ai", "storage", "edge")
@@ -127,7 +127,7 @@ def populate(store: Store, nodes: int, per_node: int) -> tuple[list[float], list
             for k in range(min(GROUP, total - start))
         ]
         t0 = time.perf_counter()
-        plan = plan_group(
+        plan = decide_batch(
             messages,
             fleet,
             placer,

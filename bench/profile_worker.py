@@ -40,7 +40,7 @@ CONCERNS: list[tuple[str, tuple[str, ...]]] = [
     ("metrics", ("scheduler/metrics/", "prometheus_client/")),
     ("webhooks", ("scheduler/webhooks/", "scheduler/store/deliveries.py", "httpx/", "httpcore/")),
     ("parse (json + pydantic)", ("parse_message", "parse_careful", "json/decoder.py", "pydantic/")),
-    ("plan (fleet + strategies)", ("scheduler/strategies/", "scheduler/fleet.py", "worker/group.py")),
+    ("plan (fleet + strategies)", ("scheduler/strategies/", "scheduler/fleet.py", "worker/batch.py")),
     ("commit (store + SQL)", ("scheduler/store/", "sqlalchemy/", "psycopg/", "sqlite3")),
     ("broker (pika)", ("pika/", "scheduler/broker.py")),
     ("election", ("scheduler/elector/",)),

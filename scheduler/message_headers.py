@@ -1,6 +1,6 @@
 """The AMQP header names the service writes and reads, apart from any AMQP client.
 
-Why a module of its own: the planning (:mod:`scheduler.worker.group`) and the
+Why a module of its own: the planning (:mod:`scheduler.worker.batch`) and the
 redelivery count read these headers, and they must stay importable without
 pika (the planning core does no I/O); :mod:`scheduler.broker` re-exports them.
 """

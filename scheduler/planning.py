@@ -66,7 +66,7 @@ class Plan:
     total: int = 0
 
     def to_json(self, revision: str | None = None) -> dict[str, Any]:
-        """The ``plan --json`` / ``POST /plan`` body of DESIGN.md."""
+        """The ``plan --json`` / ``POST /plan`` body of docs/contracts.md (CLI)."""
         return {
             "task_id": self.task_id,
             "node": self.node,

@@ -99,7 +99,7 @@ class MigrationPlan:
     emptied: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        """The last ``rebalance --json`` line: DESIGN.md's keys and the figures in full."""
+        """The last ``rebalance --json`` line: the keys of docs/contracts.md (CLI) and the figures in full."""
         return {
             "goal": self.goal,
             "moves": len(self.moves),

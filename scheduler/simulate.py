@@ -9,10 +9,12 @@ for a given seed.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from scheduler.fleet import BoolArray, FleetView
-from scheduler.models import ReleaseRequest, SchedulingRequest, parse_json_line
+from scheduler.models import Decision, ReleaseRequest, SchedulingRequest, parse_json_line
 from scheduler.strategies import Placer
 from scheduler.strategies.filters import FILTERS, Feasibility, FilterInput, Narrowing
+from scheduler.strategies.placer import explanation
 
 TraceItem = SchedulingRequest | ReleaseRequest
 
@@ -109,11 +112,30 @@ class Fragmentation:
         return out
 
 
+def _line(entry: dict[str, Any] | Decision) -> dict[str, Any]:
+    """One output line: releases and duplicates are kept as lines, decisions as decided."""
+    if isinstance(entry, dict):
+        return entry
+    return {
+        "task_id": entry.task_id,
+        "node": entry.node,
+        "reason": str(entry.reason) if entry.reason else None,
+        "message": explanation(entry),
+    }
+
+
 @dataclass
 class SimulationResult:
-    """Per-line outcomes and the summary of one run."""
+    """Per-line outcomes and the summary of one run.
 
-    lines: list[dict[str, Any]] = field(default_factory=list)
+    ``entries`` holds each line as it was recorded: a decision stays the
+    :class:`~scheduler.models.Decision` (decided without its message) until
+    :attr:`lines` is read, because a replay of 20,000 lines spent a tenth of
+    its time writing explanations that ``--compare``, the benchmarks and the
+    summary never read; the text is the same when it is made.
+    """
+
+    entries: list[dict[str, Any] | Decision] = field(default_factory=list, repr=False)
     placed: int = 0
     rejected: int = 0
     released: int = 0
@@ -132,6 +154,15 @@ class SimulationResult:
     min_memory: int = 0
     timeline: list[tuple[int, float, float]] = field(default_factory=list)
     """(line, cpu utilization, memory utilization) of the whole fleet, sampled along the trace."""
+    _lines: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    @property
+    def lines(self) -> list[dict[str, Any]]:
+        """One outcome per trace item, in order: ``task_id``, ``node``, ``reason``, ``message``."""
+        made = self._lines
+        if len(made) < len(self.entries):
+            made.extend(_line(entry) for entry in self.entries[len(made) :])
+        return made
 
     def summary(self) -> dict[str, Any]:
         ns = np.asarray(self.decision_ns, dtype=np.float64) if self.decision_ns else np.zeros(1)
@@ -231,6 +262,28 @@ def _note_rejection(result: SimulationResult, fleet: FleetView, req: SchedulingR
             result.first_device_fragmentation[kind] = Fragmentation(line, cpu_used, mem_used, device)
 
 
+@contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for the replay, and put it back as it was.
+
+    Why: a replay allocates a decision, an allocation and a line per trace
+    item and keeps most of them, so the collector keeps running, and each
+    full collection re-scans everything alive (the 20,000 parsed requests,
+    the fleet's allocations, earlier results): one took a sixth of a
+    20,000-line replay at 1,000 nodes, landing inside whichever decision
+    happened to trigger it. The loop makes no reference cycles (plain
+    dataclasses, dicts and arrays, freed by reference counting as usual),
+    so nothing is left for the collector but scanning.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def simulate(
     fleet: FleetView,
     trace: list[TraceItem],
@@ -244,8 +297,19 @@ def simulate(
     ``keep_lines=False`` keeps the summary figures only (benchmarks replay
     many traces and never print the lines).
     """
+    with _without_cycle_collection():
+        return _replay(fleet, trace, placer, progress, keep_lines)
+
+
+def _replay(
+    fleet: FleetView,
+    trace: list[TraceItem],
+    placer: Placer,
+    progress: Callable[[int], None] | None,
+    keep_lines: bool,
+) -> SimulationResult:
     result = SimulationResult(fleet=fleet)
-    lines = result.lines
+    lines = result.entries
     clock = time.perf_counter_ns
     started = clock()
     total_cpu = max(1, int(fleet.cap_cpu.sum()))
@@ -298,7 +362,7 @@ def simulate(
                 if not min_mem or mem < min_mem:
                     min_mem = mem
                 t0 = clock()
-                decision = placer.place(fleet, item, now=0.0)
+                decision = placer.place(fleet, item, now=0.0, explain=False)
                 decision_ns.append(clock() - t0)
                 index = decision.node_index
                 if index is not None:
@@ -315,14 +379,7 @@ def simulate(
                     result.rejected_by_reason[str(decision.reason)] += 1
                     _note_rejection(result, fleet, item, n)
                 if keep_lines:
-                    lines.append(
-                        {
-                            "task_id": item.task_id,
-                            "node": decision.node,
-                            "reason": str(decision.reason) if decision.reason else None,
-                            "message": decision.message,
-                        }
-                    )
+                    lines.append(decision)  # made into a line when read (SimulationResult.lines)
         if n % every == 0:
             timeline.append((n, used_cpu / total_cpu, used_mem / total_mem))
         if progress is not None and n % 1000 == 0:

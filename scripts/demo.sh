@@ -58,7 +58,8 @@ $S tasks
 echo "== nodes and pools (scheduler nodes list)"
 $S nodes list
 tasks=$(grep -c . examples/requests.jsonl)
-for _ in $(seq 1 100); do
+# Up to 30 s: a delivery that failed once waits for its retry backoff before it arrives.
+for _ in $(seq 1 300); do
   if [ "$(grep -c . .demo/webhooks.log)" -ge "$tasks" ]; then break; fi
   sleep 0.1
 done

@@ -27,6 +27,7 @@ from scheduler.broker import Topology
 from scheduler.models import Node, SchedulingRequest, TaskStatus
 from scheduler.producer.publisher import Outgoing, Publisher
 from scheduler.store import Store
+from tests.store_checks import duplicate_active_allocations, overcommitted_nodes
 
 TERMINAL = {TaskStatus.SCHEDULED, TaskStatus.FAILED, TaskStatus.RELEASED}
 
@@ -252,8 +253,8 @@ class Deployment:
         return {r[0]: int(r[1]) for r in rows}
 
     def check_invariants(self) -> None:
-        assert self.store.overcommitted_nodes() == {}
-        assert self.store.duplicate_active_allocations() == {}
+        assert overcommitted_nodes(self.store) == {}
+        assert duplicate_active_allocations(self.store) == {}
 
     def stop_all(self) -> None:
         for proc in self.procs:

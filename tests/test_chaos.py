@@ -19,6 +19,7 @@ import pytest
 from scheduler.models import TaskStatus
 from scheduler.producer.publisher import Outgoing
 from tests.harness import Deployment, make_nodes, make_requests, wait_until
+from tests.store_checks import active_allocations
 
 SHRUNK = {
     "SCHEDULER_ELECTION__LEASE_DURATION": "1.5",
@@ -78,7 +79,7 @@ def test_three_workers_leader_killed_twice_invariants_hold(cluster: Deployment) 
     states = dep.wait_terminal(ids, timeout=120)
     assert all(s is TaskStatus.SCHEDULED for s in states.values()), "the fleet has room for every request"
     dep.check_invariants()
-    assert len(dep.store.active_allocations()) == len(ids)
+    assert len(active_allocations(dep.store)) == len(ids)
     events = dep.outbox_counts()
     assert len(events) == len(ids) and set(events.values()) == {1}
     assert epochs == sorted(epochs) and len(set(epochs)) == 3, f"epochs must grow on each takeover: {epochs}"

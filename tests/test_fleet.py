@@ -262,3 +262,30 @@ def test_pool_utilization_and_memory_footprint() -> None:
     # Per node: 8 int64 arrays, 4 float64 (last_seen, 3 reciprocals), 2 bool, an int32 zone code,
     # no tag column and no device row.
     assert fleet.nbytes() == 3 * (8 * 12 + 2 + 4)
+
+
+def test_frozen_maker_makes_the_same_frozen_objects_as_the_constructor() -> None:
+    """The hot path's constructors (allocation, decision) build what ``__init__`` builds."""
+    import dataclasses
+
+    from scheduler.fleet import frozen_maker
+    from scheduler.models import Decision, Reason
+
+    alloc = frozen_maker(Allocation)("t", "n", 1, 2, 3, "g", (("gpu", 1),), "s", True)
+    assert alloc == Allocation("t", "n", 1, 2, 3, "g", (("gpu", 1),), "s", True)
+    assert hash(alloc) == hash(Allocation("t", "n", 1, 2, 3, "g", (("gpu", 1),), "s", True))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        alloc.cpu = 4  # type: ignore[misc]
+    made = frozen_maker(Decision)(
+        "t", "best_fit", None, None, Reason.INSUFFICIENT_RESOURCES, "m", {"x": 1}, 0, 3
+    )
+    assert made == Decision(
+        task_id="t",
+        strategy="best_fit",
+        reason=Reason.INSUFFICIENT_RESOURCES,
+        message="m",
+        rejections={"x": 1},
+        total=3,
+    )
+    with pytest.raises(TypeError):
+        frozen_maker(FleetView)

@@ -22,7 +22,7 @@ from scheduler.broker import HEADER_SCHEMA, Topology
 from scheduler.http import HttpServer, create_app, create_metrics_app
 from scheduler.producer.publisher import Publisher
 from scheduler.store import Store
-from scheduler.worker.daemon import WorkerState
+from scheduler.worker.state import WorkerState
 from tests.harness import Deployment
 from tests.test_http_support import EPOCH, LEADER, settings_for, standard_workload
 
@@ -427,3 +427,17 @@ def test_a_body_not_sent_as_json_gets_422_saying_which_header_to_send(
     assert sent.status_code == 202, sent.text
     invalid = lite_client.post("/schedule", json={"requested_cpu": 0, "requested_memory": 1024})
     assert [e["loc"] for e in invalid.json()["detail"]] == [["body", "requested_cpu"]]
+
+
+@pytest.mark.parametrize("path", ["/schedule", "/plan"])
+def test_a_body_that_is_not_utf8_and_not_json_gets_422_not_500(
+    lite_client: TestClient, lite: Deployment, path: str
+) -> None:
+    """The raw bytes of such a body reach the 422's ``input``: decoded with replacement, never a 500."""
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    response = lite_client.post(path, content=b"\xff\xfe{\x00", headers=form)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail[0]["loc"] == ["header", "content-type"]
+    assert "\ufffd" in json.dumps(detail, ensure_ascii=False)
+    assert drain(lite) == []

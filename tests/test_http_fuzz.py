@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from scheduler.http import create_app
 from scheduler.metrics import install_metrics
 from scheduler.producer.publisher import Publisher
-from scheduler.worker.daemon import WorkerState
+from scheduler.worker.state import WorkerState
 from tests.harness import Deployment
 from tests.test_http_support import settings_for, standard_workload
 

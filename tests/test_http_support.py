@@ -1,9 +1,10 @@
 """Shared pieces of the HTTP, metrics and dashboard tests: a small fleet and a real workload.
 
-The workload goes through the worker's own core steps (:func:`plan_group` on a
-fleet loaded from the store, then :class:`CommitPipeline` under the fence), so
-the API, the metrics and the dashboard are checked against data written
-exactly as the worker writes it, not against hand-made rows.
+The workload goes through the worker's own flow (:class:`~scheduler.worker.flow.Flow`
+over the in-process :class:`~scheduler.worker.memory_source.MemorySource`: plan on
+a fleet loaded from the store, commit under the fence, settle), so the API, the
+metrics and the dashboard are checked against data written exactly as the
+worker writes it, not against hand-made rows.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from scheduler.config import Settings
 from scheduler.models import Node
 from scheduler.store import CommitResult, Store
 from scheduler.strategies import Placer
-from scheduler.webhooks.policy import callback_checker
-from scheduler.worker.group import GroupPlan, Incoming, RetryPolicy, plan_group
-from scheduler.worker.pipeline import CommitPipeline, Committed
+from scheduler.worker.batch import BatchPlan
+from scheduler.worker.flow import Flow
+from scheduler.worker.leadership_term import LeadershipTerms, Term
+from scheduler.worker.memory_source import MemorySource
+from scheduler.worker.state import WorkerState
 from tests.harness import Deployment
+from tests.store_checks import overcommitted_nodes
 
 LEADER = "leader-0"
 EPOCH = 3
@@ -63,23 +67,65 @@ def settings_for(deployment: Deployment | None = None, **overrides: Any) -> Sett
     return Settings(**values)
 
 
+class CommittedGroups:
+    """Hooks that keep each committed group (plan and result) and pass every call on to ``hooks``."""
+
+    def __init__(self, hooks: Any = None) -> None:
+        self.hooks = hooks
+        self.groups: list[tuple[BatchPlan, CommitResult]] = []
+
+    def group_committed(self, plan: BatchPlan, result: CommitResult, seconds: float) -> None:
+        self.groups.append((plan, result))
+        if self.hooks is not None:
+            self.hooks.group_committed(plan, result, seconds)
+
+    def leadership_changed(self, leader: bool, epoch: int) -> None:
+        if self.hooks is not None:
+            self.hooks.leadership_changed(leader, epoch)
+
+    def __getattr__(self, name: str) -> Any:  # the optional hooks (dead_lettered, ...)
+        return getattr(self.__dict__["hooks"], name)
+
+
+def flow_for(
+    store: Store, settings: Settings, *, hooks: Any = None, placer: Placer | None = None
+) -> tuple[Flow, MemorySource]:
+    """The worker's flow on the store's fleet, leading at :data:`EPOCH`, settling through a memory source.
+
+    The caller closes the flow (its committer thread) when done.
+    """
+    state = WorkerState(strategy=(placer or Placer("least_loaded")).default)
+    terms = LeadershipTerms(store, settings, random.Random(7))
+    flow = Flow(settings, store, placer or Placer("least_loaded"), state, terms, hooks=hooks)
+    source = MemorySource()
+    flow.begin(Term(EPOCH, store.load_fleet(), store.inventory_revision()), source)
+    return flow, source
+
+
 def run_group(
-    store: Store, bodies: list[dict[str, Any]], *, hooks: Any = None, placer: Placer | None = None
-) -> tuple[GroupPlan, CommitResult]:
-    """Decide ``bodies`` as one worker group on the store's fleet, commit it, and report it to ``hooks``."""
-    fleet = store.load_fleet()
-    messages = [Incoming(i + 1, json.dumps(b).encode(), {}) for i, b in enumerate(bodies)]
-    started = time.perf_counter()
-    plan = plan_group(
-        messages, fleet, placer or Placer("least_loaded"), now=time.monotonic(), retry=RetryPolicy(3, 1, 8),
-        callback_refusal=callback_checker(ALLOW), rng=random.Random(7),
-    )  # fmt: skip
-    outcome = CommitPipeline(store).commit(plan.items, EPOCH)  # the worker's own commit step
-    assert isinstance(outcome, Committed), outcome
-    result = outcome.result
-    if hooks is not None:
-        hooks.group_committed(plan, result, time.perf_counter() - started)
-    return plan, result
+    store: Store,
+    bodies: list[dict[str, Any]] | list[bytes],
+    *,
+    hooks: Any = None,
+    placer: Placer | None = None,
+) -> tuple[BatchPlan, CommitResult]:
+    """Decide ``bodies`` (dicts as JSON, or raw bytes) as one worker group on the store's fleet, commit
+    it, and report it to ``hooks``."""
+    settings = settings_for(retry={"max_attempts": 3, "initial_backoff": 1, "max_backoff": 8}, random_seed=7)
+    committed = CommittedGroups(hooks)
+    flow, source = flow_for(store, settings, hooks=committed, placer=placer)
+    try:
+        for body in bodies:
+            raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+            flow.receive(source.deliver(raw, at=time.monotonic()))
+        stop = flow.flush()
+        if stop is None:
+            stop = flow.drain()
+    finally:
+        flow.close()
+    assert stop is None, stop
+    assert len(committed.groups) == 1 and source.unsettled == [], (committed.groups, source)
+    return committed.groups[0]
 
 
 @dataclass
@@ -90,7 +136,7 @@ class Workload:
     failed: dict[str, str]  # task id -> reason code
     waiting: list[str]
     released: list[str]
-    plans: list[tuple[GroupPlan, CommitResult]]
+    plans: list[tuple[BatchPlan, CommitResult]]
 
 
 def standard_workload(store: Store, hooks: Any = None) -> Workload:
@@ -140,5 +186,5 @@ def test_standard_workload_lands_as_described(sqlite_url: str) -> None:
     } == (work.failed)
     assert [k for k, t in states.items() if t.status.value == "waiting"] == work.waiting
     assert states["vm-5"].status.value == "released"
-    assert store.overcommitted_nodes() == {}
+    assert overcommitted_nodes(store) == {}
     store.close()

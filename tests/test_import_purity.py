@@ -19,7 +19,7 @@ CORE = [
     "scheduler.fleet",
     "scheduler.strategies",
     "scheduler.strategies.filters",
-    "scheduler.worker.group",
+    "scheduler.worker.batch",
     "scheduler.worker.redelivery",
     "scheduler.worker.memory_source",
     "scheduler.store.records",

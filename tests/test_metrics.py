@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from datetime import UTC, datetime
 
@@ -14,10 +13,7 @@ from sqlalchemy import insert
 from scheduler.metrics import SchedulerMetrics, StateCollector, install_metrics
 from scheduler.producer.publisher import Outgoing, Publisher
 from scheduler.store.schema import deliveries
-from scheduler.strategies import Placer
-from scheduler.webhooks.policy import callback_checker
-from scheduler.worker.daemon import WorkerState
-from scheduler.worker.group import Incoming, RetryPolicy, plan_group
+from scheduler.worker.state import WorkerState
 from tests.harness import Deployment, make_requests
 from tests.test_http_support import EPOCH, LEADER, run_group, settings_for, standard_workload
 
@@ -168,10 +164,7 @@ def test_duplicates_and_dead_letters_are_counted(lite: Deployment) -> None:
     body = {"task_id": "dup", "requested_cpu": 1, "requested_memory": 1}
     run_group(lite.store, [body, body], hooks=hooks)  # a duplicate within the group
     run_group(lite.store, [body], hooks=hooks)  # a redelivery after the commit
-    fleet = lite.store.load_fleet()
-    plan = plan_group([Incoming(1, b"\xff not json", {})], fleet, Placer(), now=0.0, retry=RetryPolicy(),
-                      callback_refusal=callback_checker([]), rng=random.Random(0))  # fmt: skip
-    hooks.group_committed(plan, lite.store.commit(plan.items, EPOCH), 0.001)
+    run_group(lite.store, [b"\xff not json"], hooks=hooks)  # dead-lettered as invalid
     s = scrape(registry)
     assert value(s, "scheduler_duplicates_total") == 2
     assert value(s, "scheduler_dead_letters_total", reason="invalid") == 1

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, inspect, select, text
 
 from scheduler.store import NotMigrated, Store, make_engine, migrate
 from scheduler.store.schema import FENCE_ROW, INVENTORY_REVISION, fence, metadata, revisions
+from tests.store_checks import active_allocations, overcommitted_nodes
 
 
 @pytest.fixture
@@ -220,7 +221,7 @@ def test_upgrade_from_0001_keeps_nodes_tasks_and_allocations(engine: Engine) -> 
     assert old_fields["tags"] == ["gpu"] and old_fields["zone"] == "az1" and old_fields["resources"] == {}
     assert (old_fields["reserved"], old_fields["cpu_allocation_ratio"]) == (None, None)
     assert listed[2].dedicated and listed[3].cordoned
-    assert store.active_allocations() == [Allocation("t-old", "bm-1", 4, 8192, 0, "db")]
+    assert active_allocations(store) == [Allocation("t-old", "bm-1", 4, 8192, 0, "db")]
     fleet = store.load_fleet()
     assert fleet.allocation("t-old") == Allocation("t-old", "bm-1", 4, 8192, 0, "db")
     assert fleet.hard_groups == {"db": {fleet.index["bm-1"]: 1}}  # an old group is a hard one
@@ -234,7 +235,7 @@ def test_upgrade_from_0001_keeps_nodes_tasks_and_allocations(engine: Engine) -> 
     )
     store.commit([Placement(gpu, "bm-0", "10.0.0.0", "least_loaded", "placed", 1)], epoch=3)
     assert store.node_usage()["bm-0"].devices == {"gpu": 2}
-    assert store.overcommitted_nodes() == {}
+    assert overcommitted_nodes(store) == {}
 
 
 NEW_FIELDS = {"requested_resources", "forbidden_tags", "anti_affinity_mode", "spread_group", "spread_mode"}

@@ -25,6 +25,7 @@ from scheduler.producer.publisher import Outgoing
 from scheduler.store import FencedOut, Move, Release
 from scheduler.store.schema import outbox
 from tests.harness import Deployment, wait_until
+from tests.store_checks import active_allocations
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def _release(dep: Deployment, tid: str) -> None:
 
 
 def _nodes(dep: Deployment) -> dict[str, str]:
-    return {a.task_id: a.node for a in dep.store.active_allocations()}
+    return {a.task_id: a.node for a in active_allocations(dep.store)}
 
 
 def _events(dep: Deployment, kind: str) -> list[dict[str, Any]]:

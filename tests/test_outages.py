@@ -27,6 +27,7 @@ from scheduler.producer.publisher import Outgoing
 from scheduler.store.schema import allocations, tasks
 from tests.fault_proxy import FaultProxy
 from tests.harness import Deployment, make_nodes, make_requests, wait_until
+from tests.store_checks import active_allocations
 
 SHRUNK = {
     "SCHEDULER_ELECTION__LEASE_DURATION": "1.5",
@@ -53,7 +54,7 @@ def _settle(dep: Deployment, ids: list[str], timeout: float = 120) -> None:
     states = dep.wait_terminal(ids, timeout=timeout)
     assert all(s is TaskStatus.SCHEDULED for s in states.values()), "the fleet has room for every request"
     dep.check_invariants()
-    assert len(dep.store.active_allocations()) == len(ids)
+    assert len(active_allocations(dep.store)) == len(ids)
     events = dep.outbox_counts()
     assert len(events) == len(ids) and set(events.values()) == {1}
 
@@ -386,7 +387,7 @@ def test_a_release_before_its_request_cancels_it_for_good(lite: Deployment) -> N
     record = dep.store.get_task("early")
     assert record is not None and record.status is TaskStatus.RELEASED and record.reason is not None
     assert record.reason.value == "cancelled"
-    assert [a.task_id for a in dep.store.active_allocations()] == ["early-req-0"]
+    assert [a.task_id for a in active_allocations(dep.store)] == ["early-req-0"]
     assert "cancelled" in dep.log_of("w0")
 
 

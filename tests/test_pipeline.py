@@ -16,6 +16,7 @@ from scheduler.broker import HEADER_DEATH_REASON, HEADER_ORIGINAL_SIZE
 from scheduler.models import Reason, TaskStatus
 from scheduler.producer.publisher import Outgoing
 from tests.harness import Deployment, decode_lines, make_nodes, make_requests, wait_until
+from tests.store_checks import active_allocations
 
 
 @pytest.fixture
@@ -108,7 +109,7 @@ def test_sigkill_mid_burst_loses_nothing_and_allocates_once(deployment: Deployme
     states = dep.wait_terminal(ids, timeout=90)
     assert all(s is TaskStatus.SCHEDULED for s in states.values())
     dep.check_invariants()
-    assert len(dep.store.active_allocations()) == 2000
+    assert len(active_allocations(dep.store)) == 2000
     events = dep.outbox_counts()
     assert sorted(set(events.values())) == [1] and len(events) == 2000
 
@@ -157,7 +158,7 @@ def test_duplicate_submissions_allocate_once(deployment: Deployment) -> None:
     # The duplicates are processed after the originals; wait until the queue is empty.
     wait_until(lambda: dep.queue_depth(dep.queue) == 0, 10, "queue drained")
     dep.check_invariants()
-    assert len(dep.store.active_allocations()) == 50
+    assert len(active_allocations(dep.store)) == 50
     assert sorted(set(dep.outbox_counts().values())) == [1]
 
 

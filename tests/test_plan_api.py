@@ -25,6 +25,7 @@ from scheduler.models import SchedulingRequest
 from scheduler.plan_service import PlanService, placer_for
 from scheduler.store.revision import CommittedFleet, committed_revision
 from tests.harness import Deployment
+from tests.store_checks import active_allocations
 from tests.test_http_support import EPOCH, LEADER, make_deployment, run_group, settings_for, standard_workload
 
 with warnings.catch_warnings():  # starlette's TestClient warns about httpx on import; it works as it is
@@ -47,7 +48,7 @@ def _client(dep: Deployment) -> TestClient:
 
 
 def _allocations(dep: Deployment) -> list[tuple[str, str]]:
-    return [(a.task_id, a.node) for a in dep.store.active_allocations()]
+    return [(a.task_id, a.node) for a in active_allocations(dep.store)]
 
 
 def test_plan_answers_what_the_leader_would_decide_and_reserves_nothing(deployment: Deployment) -> None:
@@ -87,7 +88,7 @@ def test_a_commit_moves_the_revision_and_the_plan_follows(deployment: Deployment
     ])  # fmt: skip
     after = service.plan(ask)
     assert after["revision"] != first["revision"] and service.fleet.loads == 2
-    held = {a.node for a in store.active_allocations()}
+    held = {a.node for a in active_allocations(store)}
     assert after["node"] is not None and after["node"] not in held
     assert after["rejections"]["insufficient cpu"] == 3
     run_group(store, [{"release": "fill-0"}])
@@ -129,7 +130,7 @@ def test_cli_plan_human_and_json(deployment: Deployment, tmp_path: Path) -> None
 def test_committed_fleet_is_the_stored_one(deployment: Deployment) -> None:
     standard_workload(deployment.store)
     fleet, revision = CommittedFleet(deployment.store).get()
-    assert revision.active == len(deployment.store.active_allocations())
+    assert revision.active == len(active_allocations(deployment.store))
     assert sorted(t for t in fleet.allocations) == sorted(a for a, _ in _allocations(deployment))
 
 

@@ -23,8 +23,9 @@ from scheduler.store import CommitItem, Placement, Release, Store
 from scheduler.store.schema import outbox
 from scheduler.strategies import Placer
 from scheduler.webhooks.policy import callback_checker
-from scheduler.worker.group import Incoming, RetryPolicy, plan_group
+from scheduler.worker.batch import Incoming, RetryPolicy, decide_batch
 from scheduler.worker.pipeline import CommitPipeline, Committed, Fenced
+from tests.store_checks import duplicate_active_allocations, overcommitted_nodes
 
 ISSUE_BODIES = [
     b'{"task_id":"t-sur","requested_cpu":1,"requested_memory":1,"requested_pool":"\\ud800"}',
@@ -56,7 +57,7 @@ def _strict(text: str) -> Any:
 def _plan(store: Store, bodies: list[bytes]) -> Any:
     fleet = store.load_fleet()
     messages = [Incoming(i + 1, b, {}) for i, b in enumerate(bodies)]
-    return plan_group(
+    return decide_batch(
         messages,
         fleet,
         Placer(),
@@ -111,7 +112,7 @@ def test_a_commit_that_fails_on_one_item_isolates_it_and_commits_the_rest(store:
     assert states == {"ok-0": TaskStatus.RELEASED, **{f"ok-{i}": TaskStatus.SCHEDULED for i in range(1, 5)}}
     bad = store.get_task("bad")
     assert bad is not None and bad.message and bad.message.startswith("the request could not be stored")
-    assert store.duplicate_active_allocations() == {} and store.overcommitted_nodes() == {}
+    assert duplicate_active_allocations(store) == {} and overcommitted_nodes(store) == {}
     # Committing the same group again is harmless: duplicates, nothing new.
     again = CommitPipeline(store).commit([i for i in items if i.task_id != "bad"], 1)
     assert isinstance(again, Committed) and not again.poisoned and not again.result.applied

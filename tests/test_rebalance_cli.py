@@ -21,6 +21,7 @@ import scheduler.cli.rebalance  # noqa: F401  (registers the commands)
 from scheduler.cli.common import cli
 from scheduler.models import Node
 from tests.harness import Deployment
+from tests.store_checks import active_allocations
 from tests.test_http_support import EPOCH, LEADER, run_group
 
 
@@ -65,7 +66,7 @@ def _lines(result: Result) -> list[dict[str, Any]]:
 
 
 def _placements(dep: Deployment) -> dict[str, str]:
-    return {a.task_id: a.node for a in dep.store.active_allocations()}
+    return {a.task_id: a.node for a in active_allocations(dep.store)}
 
 
 def test_rebalance_pack_plans_from_the_committed_state_and_writes_nothing(dep: Deployment) -> None:

@@ -19,6 +19,7 @@ from scheduler.fleet import CapacityDefaults
 from scheduler.models import Node, SchedulingRequest, TaskStatus
 from scheduler.producer.publisher import Outgoing
 from tests.harness import Deployment, wait_until
+from tests.store_checks import overcommitted_nodes
 
 CONFIG = "strategy: least_loaded\nallocation_ratios: {cpu: 2.0}\nreserved: {memory: 1024}\n"
 DEFAULTS = CapacityDefaults(cpu_ratio=2.0, reserved_memory=1024)
@@ -81,7 +82,7 @@ def test_worker_places_by_devices_effective_capacity_and_zone_spread(deployment:
     # Effective memory is 9216 - 1024 (the configured reserve) = 8192; 2048 in use on each node.
     mem = req("mem", requested_memory=6145)
     assert dep.wait_terminal(dep.publish([Outgoing.request(mem)]))["mem"] is TaskStatus.FAILED
-    assert dep.store.overcommitted_nodes(DEFAULTS) == {}
+    assert overcommitted_nodes(dep.store, DEFAULTS) == {}
 
 
 def test_a_ratio_lowered_under_running_vms_closes_the_node(deployment: Deployment) -> None:
@@ -100,7 +101,7 @@ def test_a_ratio_lowered_under_running_vms_closes_the_node(deployment: Deploymen
         n.model_copy(update={"cpu_allocation_ratio": 0.5}) for n in gpu_nodes() if n.name == host
     ])  # fmt: skip
     assert dep.store.inventory_revision() > revision
-    assert set(dep.store.overcommitted_nodes(DEFAULTS)) == {host}
+    assert set(overcommitted_nodes(dep.store, DEFAULTS)) == {host}
     wait_until(lambda: "inventory reloaded" in dep.log_of("worker-0"), 20, "the worker reloads its inventory")
     later = [req(f"b{i}") for i in range(20)]
     states = dep.wait_terminal(dep.publish(Outgoing.request(r) for r in later))

@@ -26,6 +26,7 @@ from scheduler.models import Node
 from scheduler.store import Store
 from scheduler.store.records import Placement, Release
 from scheduler.strategies import STRATEGY_NAMES, Placer
+from tests.store_checks import active_allocations, overcommitted_nodes
 from tests.test_resource_properties import (
     DEFAULTS,
     KINDS,
@@ -57,7 +58,7 @@ def _reset(store: Store) -> None:
 
 
 def _check_database(store: Store, model: Model) -> None:
-    over = store.overcommitted_nodes(DEFAULTS)
+    over = overcommitted_nodes(store, DEFAULTS)
     assert set(over) == {name for name in model.nodes if model.over(name)}, over
     usage = store.node_usage()
     for name in model.nodes:
@@ -66,7 +67,7 @@ def _check_database(store: Store, model: Model) -> None:
         figures = (got.cpu, got.memory, got.disk, got.vms) if got else (0, 0, 0, 0)
         assert figures == (want["cpu"], want["memory"], want["disk"], want["vms"]), name
         assert (got.devices if got else {}) == {k: want[k] for k in KINDS if want[k]}, name
-    active = store.active_allocations()
+    active = active_allocations(store)
     assert {a.task_id for a in active} == set(model.active)
     for a in active:
         if a.group is not None and not a.soft:

@@ -26,6 +26,7 @@ from scheduler.store import (
     load_nodes_file,
 )
 from scheduler.store.schema import allocations, nodes, tasks
+from tests.store_checks import active_allocations, duplicate_active_allocations, overcommitted_nodes
 
 EXAMPLE_FLEET = Path(__file__).resolve().parents[1] / "examples" / "fleet.yaml"
 
@@ -280,13 +281,13 @@ def test_node_usage_and_invariant_checks(store: Store) -> None:
     usage = store.node_usage()
     assert usage["a"].to_json() == {"cpu": 4, "memory": 4196, "disk": 0, "vms": 2}
     assert "b" not in usage
-    assert store.overcommitted_nodes() == {}
-    assert store.duplicate_active_allocations() == {}
-    assert [a.task_id for a in store.active_allocations("a")] == ["t1", "t2"]
+    assert overcommitted_nodes(store) == {}
+    assert duplicate_active_allocations(store) == {}
+    assert [a.task_id for a in active_allocations(store, "a")] == ["t1", "t2"]
 
     # The checks must be able to fail: shrink the node under its allocations.
     store.import_nodes([node("a", cpu=2, max_vms=1)])
-    assert store.overcommitted_nodes() == {"a": ["cpu 4/2", "vms 2/1"]}
+    assert overcommitted_nodes(store) == {"a": ["cpu 4/2", "vms 2/1"]}
 
 
 def test_at_most_one_active_allocation_is_enforced_by_the_schema(store: Store) -> None:
@@ -299,7 +300,7 @@ def test_at_most_one_active_allocation_is_enforced_by_the_schema(store: Store) -
     # A released allocation does not count: the same task may hold a new one after.
     with store.engine.begin() as conn:
         conn.execute(insert(allocations).values(**row, released_at=now))
-    assert store.duplicate_active_allocations() == {}
+    assert duplicate_active_allocations(store) == {}
 
 
 # ------------------------------------------------------------------ tasks

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from scheduler.models import Node, Reason, SchedulingRequest, TaskStatus
 from scheduler.store import CommitItem, Failure, FencedOut, Placement, Release, Store, Waiting
 from scheduler.store.schema import allocations, outbox, tasks
+from tests.store_checks import active_allocations, duplicate_active_allocations
 
 
 @pytest.fixture
@@ -142,8 +143,8 @@ def test_duplicate_decisions_change_nothing(store: Store) -> None:
     # Within one batch too: the second decision for a task is the duplicate.
     within = store.commit([place("t2"), place("t2", "bm-2")], epoch=1)
     assert within.applied == ("t2",) and within.duplicates == ("t2",)
-    assert [a.node for a in store.active_allocations() if a.task_id == "t2"] == ["bm-1"]
-    assert store.duplicate_active_allocations() == {}
+    assert [a.node for a in active_allocations(store) if a.task_id == "t2"] == ["bm-1"]
+    assert duplicate_active_allocations(store) == {}
 
 
 def test_failed_then_placed_with_another_body_is_a_conflict(store: Store) -> None:
@@ -215,7 +216,7 @@ def test_release_of_a_task_not_placed_yet_is_a_cancel(store: Store) -> None:
     # The request arriving after its cancel is never placed, whatever its body.
     late = store.commit([place("unknown"), place("w")], epoch=1)
     assert late.duplicates == ("unknown", "w") and late.applied == ()
-    assert store.active_allocations() == []
+    assert active_allocations(store) == []
 
 
 def test_place_and_release_in_one_batch(store: Store) -> None:
@@ -339,7 +340,7 @@ def test_concurrent_writers_same_tasks_one_allocation_each(db_url: str, store: S
     duplicates = [t for r in results for t in r.duplicates]
     assert sorted(applied) == sorted(ids) and sorted(duplicates) == sorted(ids)
     assert counts(store) == (120, 120, 120, 120)
-    assert store.duplicate_active_allocations() == {}
+    assert duplicate_active_allocations(store) == {}
 
 
 def test_a_batch_the_database_refuses_lands_nothing_and_the_next_one_works(db_url: str, store: Store) -> None:

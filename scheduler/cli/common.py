@@ -140,5 +140,5 @@ def make_console(**kwargs: Any) -> Console:
 
 
 def emit_json(obj: Any) -> None:
-    """One JSON object per line on stdout (the ``--json`` contract of DESIGN.md)."""
+    """One JSON object per line on stdout (the ``--json`` contract of docs/contracts.md, CLI)."""
     sys.stdout.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")

@@ -114,9 +114,9 @@ def _set_cordoned(name: str, cordoned: bool) -> None:
 
 
 def node_json(node: Node, used: NodeUsage, defaults: CapacityDefaults | None = None) -> dict[str, Any]:
-    """The ``nodes list --json`` line of DESIGN.md: the node's fields (raw capacity, ``resources``,
-    its own ``reserved`` and ratios, None where the configured default applies) plus ``allocated``,
-    ``effective`` (capacity after reserves and ratios) and ``overcommitted``."""
+    """The ``nodes list --json`` line of docs/contracts.md (CLI): the node's fields (raw capacity,
+    ``resources``, its own ``reserved`` and ratios, None where the configured default applies) plus
+    ``allocated``, ``effective`` (capacity after reserves and ratios) and ``overcommitted``."""
     out = node.model_dump(mode="json")
     out["allocated"] = used.to_json()
     cap = node_capacity(node, defaults or CapacityDefaults())

@@ -1,7 +1,7 @@
 """``scheduler submit`` and ``scheduler release``: the producer side.
 
-The producer writes nothing to the database (DESIGN.md); a request exists
-once RabbitMQ has confirmed it. Each line of a batch is validated first:
+The producer writes nothing to the database (docs/contracts.md, Task
+lifecycle); a request exists once RabbitMQ has confirmed it. Each line of a batch is validated first:
 bad lines are reported by line number and field and skipped, the good ones
 are still sent, and the exit code says that something was wrong.
 """

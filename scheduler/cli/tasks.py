@@ -1,8 +1,8 @@
 """``scheduler status ID`` and ``scheduler tasks``: task status, read from the database.
 
 Both only read, and never migrate: on an uninitialised database they say
-which command to run. ``--json`` prints the DESIGN.md line shape (one object
-per line) for scripts and tests.
+which command to run. ``--json`` prints the line shape of docs/contracts.md
+(CLI), one object per line, for scripts and tests.
 """
 
 from __future__ import annotations

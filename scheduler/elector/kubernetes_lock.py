@@ -39,6 +39,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from scheduler.elector.record import LeaderElectionRecord, LockConflict, LockError, utc
+from scheduler.safetext import first_line
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 DEFAULT_KUBECONFIG = "~/.kube/config"
@@ -193,7 +194,7 @@ class KubernetesLeaseLock:
         if isinstance(exc, ApiException):
             reason = _status_message(exc)
             return f"cannot {action} {self.describe()} at {host}: HTTP {exc.status} {reason}"
-        return f"cannot {action} {self.describe()} at {host}: {_first_line(exc)}"
+        return f"cannot {action} {self.describe()} at {host}: {first_line(exc)}"
 
 
 class _MicroTime(datetime):
@@ -257,8 +258,3 @@ def _status_message(exc: ApiException) -> str:
     except (TypeError, ValueError):
         pass
     return str(exc.reason or "")
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

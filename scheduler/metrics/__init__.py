@@ -24,8 +24,8 @@ workers in one process (the end-to-end tests) never clash.
 
 Figures that need something from the worker which it does not hand over yet
 are documented in ``docs/observability.md``: per-decision latency reads
-``GroupPlan.decision_seconds`` and publish-to-commit latency reads
-``GroupPlan.published_at`` when those attributes exist; lease renewals are read
+``BatchPlan.decision_seconds`` and publish-to-commit latency reads
+``BatchPlan.published_at`` when those attributes exist; lease renewals are read
 from the elector's ``renewals`` / ``renewal_failures`` counters when it has them.
 """
 

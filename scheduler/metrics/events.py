@@ -22,7 +22,7 @@ from scheduler.store.records import Failure, Placement, Release, Waiting
 
 if TYPE_CHECKING:
     from scheduler.store import CommitResult
-    from scheduler.worker.group import GroupPlan
+    from scheduler.worker.batch import BatchPlan
 
 log = structlog.get_logger(__name__)
 
@@ -189,7 +189,7 @@ class SchedulerMetrics:
         self.consumer_gauge.set(1 if active else 0)
 
     # ------------------------------------------------------------ WorkerHooks
-    def group_committed(self, plan: GroupPlan, result: CommitResult, seconds: float) -> None:
+    def group_committed(self, plan: BatchPlan, result: CommitResult, seconds: float) -> None:
         """Count one committed group: decisions, outcomes, size, latencies."""
         try:
             self._group_committed(plan, result, seconds)
@@ -204,7 +204,7 @@ class SchedulerMetrics:
         except Exception:
             log.exception("metrics hook failed", hook="leadership_changed")
 
-    def _group_committed(self, plan: GroupPlan, result: CommitResult, seconds: float) -> None:
+    def _group_committed(self, plan: BatchPlan, result: CommitResult, seconds: float) -> None:
         results: Tally[tuple[str, str]] = Tally(
             (d.strategy, d.reason.value if d.reason is not None else "placed") for d in plan.decisions
         )

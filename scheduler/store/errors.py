@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
+from scheduler.safetext import first_line
 from scheduler.store.engine import DatabaseUnavailable, describe_url
 
 
@@ -43,8 +44,7 @@ def unavailable_message(engine: Engine, exc: BaseException) -> str:
     # Named as the operator wrote it (postgresql://), not as the driver sees it (postgresql+psycopg://).
     url = engine.url.set(drivername=engine.url.get_backend_name()).render_as_string(hide_password=False)
     orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip()
-    reason = text.splitlines()[0] if text else type(orig).__name__
+    reason = first_line(orig, 1000)
     password = engine.url.password
     if password:
         reason = reason.replace(str(password), "***")

@@ -37,7 +37,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
 
-from scheduler.fleet import Allocation, CapacityDefaults, FleetView, node_capacity
+from scheduler.fleet import Allocation, CapacityDefaults, FleetView
 from scheduler.models import Node, Reason, Reserve, SchedulingRequest, TaskStatus
 from scheduler.store import migrate
 from scheduler.store.batch_plan import (
@@ -548,68 +548,6 @@ class Store:
         with self._read() as conn:
             rows = conn.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status)).all()
         return {TaskStatus(s): int(n) for s, n in rows}
-
-    # ------------------------------------------------------------ invariants
-    def overcommitted_nodes(self, defaults: CapacityDefaults | None = None) -> dict[str, list[str]]:
-        """Nodes whose active allocations exceed an effective capacity, with what is over
-        (docs/contracts.md invariants 1 and 8): cpu, memory and disk under ``defaults`` (the configured
-        ratios and reserves), max_vms, and every device count.
-
-        Empty when all is well, so ``assert not store.overcommitted_nodes()``
-        reads naturally in tests and prints the culprits when it fails. A
-        node whose ratio was lowered under its running VMs is listed too:
-        that is accepted, and it takes nothing more until it fits again.
-        """
-        out: dict[str, list[str]] = {}
-        with self._read(snapshot=True) as conn:
-            usage = self._usage(conn)
-            node_list = [_node_from_row(row) for row in conn.execute(select(*_NODE_COLUMNS))]
-        d = defaults or CapacityDefaults()
-        for node in node_list:
-            used = usage.get(node.name)
-            if used is None:
-                continue
-            cap = node_capacity(node, d)
-            over = [
-                f"{label} {have}/{limit}"
-                for label, have, limit in (
-                    ("cpu", used.cpu, cap.effective_cpu),
-                    ("memory", used.memory, cap.effective_memory),
-                    ("disk", used.disk, cap.effective_disk),
-                    ("vms", used.vms, node.max_vms),
-                    *((k, n, node.resources.get(k, 0)) for k, n in sorted(used.devices.items())),
-                )
-                if have > limit
-            ]
-            if over:
-                out[node.name] = over
-        return out
-
-    def duplicate_active_allocations(self) -> dict[str, int]:
-        """Task ids holding more than one active allocation, with the count (contracts invariant 2).
-
-        See docs/contracts.md, Invariants.
-        """
-        stmt = (
-            select(allocations.c.task_id, func.count())
-            .where(allocations.c.released_at.is_(None))
-            .group_by(allocations.c.task_id)
-            .having(func.count() > 1)
-        )
-        with self._read() as conn:
-            return {tid: int(n) for tid, n in conn.execute(stmt)}
-
-    def active_allocations(self, node: str | None = None) -> list[Allocation]:
-        """Active allocations (of ``node``), by task id."""
-        stmt = (
-            select(*_ALLOCATION_SELECT)
-            .where(allocations.c.released_at.is_(None))
-            .order_by(allocations.c.task_id)
-        )
-        if node is not None:
-            stmt = stmt.where(allocations.c.node == node)
-        with self._read() as conn:
-            return [make_allocation(*row) for row in conn.execute(stmt)]
 
 
 # ------------------------------------------------------------------ row helpers

@@ -83,11 +83,21 @@ class Feasibility:
         return Reason.INSUFFICIENT_RESOURCES
 
     def explain(self) -> str:
-        parts = ", ".join(
-            f"{n} {label}" for label, n in sorted(self.rejections.items(), key=lambda kv: -kv[1])
-        )
-        head = f"{self.count}/{self.total} nodes fit"
-        return f"{head}: {parts}" if parts else head
+        return explain_counts(self.count, self.total, self.rejections)
+
+
+def explain_counts(count: int, total: int, rejections: dict[str, int]) -> str:
+    """``3/120 nodes fit: 80 insufficient memory, 30 pool mismatch, ...``: the counts, most first.
+
+    A function of the figures a :class:`~scheduler.models.Decision` keeps
+    (candidates, total, rejections), so that the text can be made when it
+    is read rather than for every decision (:func:`scheduler.strategies.placer.explanation`).
+    """
+    head = f"{count}/{total} nodes fit"
+    if not rejections:
+        return head
+    parts = ", ".join(f"{n} {label}" for label, n in sorted(rejections.items(), key=lambda kv: -kv[1]))
+    return f"{head}: {parts}"
 
 
 class Narrowing:
@@ -110,9 +120,10 @@ class Narrowing:
         return count > 0
 
     def drop(self, label: str, local: list[int]) -> bool:
-        """Remove the nodes at slice positions ``local`` (anti-affinity: a few known nodes)."""
+        """Remove the nodes at slice positions ``local`` (anti-affinity: a few known nodes, each once)."""
         mask = self.current()
-        removed = int(np.count_nonzero(mask[local]))
+        # Nothing narrowed yet: every one of them is still there, no need to look.
+        removed = len(local) if self.mask is None else int(np.count_nonzero(mask[local]))
         mask[local] = False
         if removed:
             self.out.rejections[label] = self.out.rejections.get(label, 0) + removed
@@ -135,7 +146,11 @@ class Narrowing:
 
 @dataclass(slots=True)
 class FilterInput:
-    """What a filter looks at: the fleet, the request, the pool slice and the decision's settings."""
+    """What a filter looks at: the fleet, the request, the pool slice and the decision's settings.
+
+    ``sl`` is the pool slice, made once per decision (a property made a new
+    slice object on each of the dozen uses).
+    """
 
     fleet: FleetView
     req: SchedulingRequest
@@ -144,10 +159,10 @@ class FilterInput:
     now: float
     exclusive: bool
     max_skew: int
+    sl: slice = field(init=False)
 
-    @property
-    def sl(self) -> slice:
-        return slice(self.start, self.stop)
+    def __post_init__(self) -> None:
+        self.sl = slice(self.start, self.stop)
 
 
 FilterFn = Callable[[FilterInput, Narrowing], bool]
@@ -243,6 +258,9 @@ def _required_tags(x: FilterInput, f: Narrowing) -> bool:
     if not x.req.required_tags:
         return True
     tags, sl = x.fleet.tags, x.sl
+    if len(x.req.required_tags) == 1 and "|" not in x.req.required_tags[0]:  # the common case: one tag
+        column = tags.get(x.req.required_tags[0])
+        return f.keep(TAGS, column[sl] if column is not None else np.zeros(x.stop - x.start, np.bool_))
     has_all = np.ones(x.stop - x.start, dtype=np.bool_)
     for entry in x.req.required_tags:
         if "|" in entry:
@@ -263,6 +281,8 @@ def _required_tags(x: FilterInput, f: Narrowing) -> bool:
 
 @register("forbidden_tags", FORBIDDEN_TAGS)
 def _forbidden_tags(x: FilterInput, f: Narrowing) -> bool:
+    if not x.req.forbidden_tags:
+        return True  # the common case, before building anything
     columns = [x.fleet.tags[t][x.sl] for t in x.req.forbidden_tags if t in x.fleet.tags]
     if not columns:
         return True
@@ -327,6 +347,8 @@ def _devices(x: FilterInput, f: Narrowing) -> bool:
     """Free devices of each kind asked for; a node over a device count (its inventory shrank under
     running VMs) takes nothing at all until enough is released."""
     fleet, pool = x.fleet, x.req.requested_pool
+    if not x.req.requested_resources and not fleet.dev_over:
+        return True  # the common case, before building anything
     rows = [
         (kind, fleet.free_dev[j, x.sl] >= count)
         for kind, count in x.req.requested_resources.items()
@@ -354,6 +376,10 @@ def _devices(x: FilterInput, f: Narrowing) -> bool:
 
 @register("max_vms", MAX_VMS)
 def _max_vms(x: FilterInput, f: Narrowing) -> bool:
+    """Skipped when no node of the pool is at its ``max_vms`` (:meth:`FleetView.vm_room`): the limit
+    defaults to 100,000, so most fleets never reach it and the filter costs a dictionary lookup."""
+    if x.fleet.vm_room(x.req.requested_pool):
+        return True
     return f.keep(MAX_VMS, x.fleet.vms[x.sl] < x.fleet.max_vms[x.sl])
 
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from scheduler.fleet import FleetView
+from scheduler.fleet import FleetView, frozen_maker
 from scheduler.models import Decision, Reason, SchedulingRequest
 from scheduler.strategies.base import Strategy
-from scheduler.strategies.filters import feasible_nodes
+from scheduler.strategies.filters import explain_counts, feasible_nodes
 from scheduler.strategies.registry import STRATEGY_NAMES, UnknownStrategy, get_strategy
+
+_decision = frozen_maker(Decision)
+"""``Decision(task_id, strategy, node, node_index, reason, message, rejections, candidates, total)``, made
+at half the cost of its ``__init__`` (see :func:`~scheduler.fleet.frozen_maker`): one per decision."""
 
 
 class Placer:
@@ -53,8 +57,17 @@ class Placer:
         self.strategy(name)
         self.default = name
 
-    def decide(self, fleet: FleetView, req: SchedulingRequest, *, now: float | None = None) -> Decision:
-        """Where ``req`` should go on ``fleet`` now (nothing is reserved: see :meth:`place`)."""
+    def decide(
+        self, fleet: FleetView, req: SchedulingRequest, *, now: float | None = None, explain: bool = True
+    ) -> Decision:
+        """Where ``req`` should go on ``fleet`` now (nothing is reserved: see :meth:`place`).
+
+        ``explain=False`` leaves ``message`` empty when it can be made later
+        from the decision's own figures (:func:`explanation`, the same text):
+        a replay of thousands of decisions reads few of them, and the text
+        was a tenth of a decision. The rare messages that need more (an
+        unknown pool or strategy) are always made.
+        """
         name = req.strategy or self.default
         try:
             strategy = self.strategy(name)
@@ -75,36 +88,38 @@ class Placer:
         )
         if feas.count == 0:
             reason = feas.failure_reason()
-            message = feas.explain()
+            message = feas.explain() if explain or reason is Reason.UNKNOWN_POOL else ""
             if reason is Reason.UNKNOWN_POOL:
                 known = ", ".join(sorted(fleet.pools)) or "none"
                 message = f"unknown pool {req.requested_pool!r} (known: {known}); {message}"
-            return Decision(
-                task_id=req.task_id,
-                strategy=name,
-                reason=reason,
-                message=message,
-                rejections=feas.rejections,
-                total=feas.total,
-            )
+            return _decision(req.task_id, name, None, None, reason, message, feas.rejections, 0, feas.total)
         index = strategy.choose(fleet, feas.start, feas.stop, feas.feasible_mask(), req)
-        return Decision(
-            task_id=req.task_id,
-            strategy=name,
-            node=fleet.names[index],
-            node_index=index,
-            message=f"{fleet.names[index]} by {name}; {feas.explain()}",
-            rejections=feas.rejections,
-            candidates=feas.count,
-            total=feas.total,
+        node = fleet.names[index]
+        message = f"{node} by {name}; {feas.explain()}" if explain else ""
+        return _decision(
+            req.task_id, name, node, index, None, message, feas.rejections, feas.count, feas.total
         )
 
-    def place(self, fleet: FleetView, req: SchedulingRequest, *, now: float | None = None) -> Decision:
-        """Decide and, when a node was found, reserve it in ``fleet``."""
-        decision = self.decide(fleet, req, now=now)
+    def place(
+        self, fleet: FleetView, req: SchedulingRequest, *, now: float | None = None, explain: bool = True
+    ) -> Decision:
+        """Decide and, when a node was found, reserve it in ``fleet`` (``explain``: see :meth:`decide`)."""
+        decision = self.decide(fleet, req, now=now, explain=explain)
         if decision.node_index is not None:
             fleet.reserve(decision.node_index, req)
         return decision
 
 
-__all__ = ["STRATEGY_NAMES", "Placer", "UnknownStrategy"]
+def explanation(decision: Decision) -> str:
+    """The decision's message, made now if it was decided with ``explain=False``.
+
+    The same text :meth:`Placer.decide` makes: ``NODE by STRATEGY; counts``
+    for a placement, the counts alone for a refusal.
+    """
+    if decision.message:
+        return decision.message
+    counts = explain_counts(decision.candidates, decision.total, decision.rejections)
+    return counts if decision.node is None else f"{decision.node} by {decision.strategy}; {counts}"
+
+
+__all__ = ["STRATEGY_NAMES", "Placer", "UnknownStrategy", "explanation"]

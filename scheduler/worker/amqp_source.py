@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
+from scheduler.worker.batch import Incoming, RetryLater
 from scheduler.worker.consumer import Consumer
-from scheduler.worker.group import Incoming, RetryLater
 from scheduler.worker.outbound import Outbound
 
 

@@ -1,6 +1,6 @@
-"""The committer thread: runs the commit pipeline for one planned group at a time, in order.
+"""The committer thread: runs the commit pipeline for one planned batch at a time, in order.
 
-Why a thread: the database round trip of one group overlaps the planning
+Why a thread: the database round trip of one batch overlaps the planning
 and consuming of the next (the worker's thread owns pika and the fleet,
 which are not thread-safe; this thread touches only the store, through
 :class:`~scheduler.worker.pipeline.CommitPipeline`, and the job it was
@@ -14,16 +14,16 @@ import threading
 from dataclasses import dataclass, field
 
 from scheduler.safetext import printable
-from scheduler.worker.group import GroupPlan, Incoming
+from scheduler.worker.batch import BatchPlan, Incoming
 from scheduler.worker.pipeline import CommitPipeline, DatabaseDown, Outcome
 
 
 @dataclass
 class InFlight:
-    """A planned group handed to the committer thread, and what became of it."""
+    """A planned batch handed to the committer thread, and what became of it."""
 
-    plan: GroupPlan
-    group: list[Incoming]
+    plan: BatchPlan
+    batch: list[Incoming]
     epoch: int
     started: float
     releases: bool = False
@@ -32,7 +32,7 @@ class InFlight:
 
 
 class Committer:
-    """One thread that runs the commit pipeline for one group at a time, in submission order.
+    """One thread that runs the commit pipeline for one batch at a time, in submission order.
 
     It touches nothing but the store and the job: pika and the fleet stay on
     the worker's thread.

@@ -1,4 +1,4 @@
-"""The leader's consuming channel: open it, cancel its consumers, close it, requeue a group.
+"""The leader's consuming channel: open it, cancel its consumers, close it, requeue a batch.
 
 Why a module: closing this channel is how the worker hands every unacked
 message back to the queue at once (on losing leadership, a fence refusal or
@@ -16,7 +16,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from scheduler.broker import BrokerUnavailable, Topology
-from scheduler.worker.group import Incoming
+from scheduler.worker.batch import Incoming
 
 AMQP_ERRORS = (pika.exceptions.AMQPError, OSError, BrokerUnavailable)
 
@@ -63,11 +63,11 @@ class Consumer:
             with contextlib.suppress(*AMQP_ERRORS):
                 ch.close()
 
-    def requeue(self, channel: BlockingChannel, group: list[Incoming]) -> None:
-        """Hand an uncommitted group back to the queue, if its channel is still ours and open."""
+    def requeue(self, channel: BlockingChannel, batch: list[Incoming]) -> None:
+        """Hand an uncommitted batch back to the queue, if its channel is still ours and open."""
         ours = self.channel
-        if group and ours is not None and ours is channel and ours.is_open:
-            ours.basic_nack(delivery_tag=max(m.delivery_tag for m in group), multiple=True, requeue=True)
+        if batch and ours is not None and ours is channel and ours.is_open:
+            ours.basic_nack(delivery_tag=max(m.delivery_tag for m in batch), multiple=True, requeue=True)
 
 
 __all__ = ["AMQP_ERRORS", "Consumer"]

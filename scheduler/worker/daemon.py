@@ -8,7 +8,7 @@ Each part has one job and its own module:
 * :mod:`~scheduler.worker.leadership_term`: taking up a term (claim the
   fence, load the fleet), with explicit outcomes;
 * :mod:`~scheduler.worker.flow`: the requests of a term, buffered, planned
-  (:mod:`~scheduler.worker.group`, pure), committed
+  (:mod:`~scheduler.worker.batch`, pure), committed
   (:mod:`~scheduler.worker.pipeline` on the :mod:`~scheduler.worker.committer`
   thread) and settled (acks, retries, dead letters) through a message source
   (:mod:`~scheduler.worker.amqp_source` here,
@@ -21,7 +21,7 @@ Each part has one job and its own module:
   read.
 
 This module builds them from the settings and runs the sessions; on
-SIGTERM/SIGINT the sessions finish the group in flight, the lease is
+SIGTERM/SIGINT the sessions finish the batch in flight, the lease is
 released and :meth:`Worker.run` returns 0.
 """
 

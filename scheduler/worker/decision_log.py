@@ -14,16 +14,16 @@ from collections.abc import Callable
 import structlog
 
 from scheduler.store.records import CommitResult, Release
-from scheduler.worker.group import GroupPlan
+from scheduler.worker.batch import BatchPlan
 
 log = structlog.get_logger(__name__)
 
 
 SUMMARY_FAILED_IDS = 20
-"""At most this many failed task ids are named in a group's summary line (the rest are counted)."""
+"""At most this many failed task ids are named in a batch's summary line (the rest are counted)."""
 
 
-def log_committed(plan: GroupPlan, result: CommitResult, hook: Callable[..., None], seconds: float) -> None:
+def log_committed(plan: BatchPlan, result: CommitResult, hook: Callable[..., None], seconds: float) -> None:
     """Every decision, release and conflict of a committed batch; ``hook`` counts release outcomes."""
     log_decisions(plan, seconds)
     log_releases(plan, result, hook)
@@ -31,15 +31,15 @@ def log_committed(plan: GroupPlan, result: CommitResult, hook: Callable[..., Non
         log.warning("task id reused with a different request; the newcomer failed", task_id=tid)
 
 
-def log_decisions(plan: GroupPlan, seconds: float) -> None:
+def log_decisions(plan: BatchPlan, seconds: float) -> None:
     """One ``decision`` line per decision at debug, and one ``group committed`` summary at info.
 
     Why debug and not sampled: a sample drops the very line someone looks
     for (one task's decision), while every decision's outcome and its
     explanation are stored with the task anyway (``scheduler status ID``,
     ``GET /tasks/ID``); at ``LOG_LEVEL=debug`` the full line is back. At info
-    a line per decision cost more than the metrics of the whole group, so
-    the info stream gets one summary per committed group: counts per
+    a line per decision cost more than the metrics of the whole batch, so
+    the info stream gets one summary per committed batch: counts per
     outcome and strategy, and the ids of the tasks not placed (failed, or
     waiting for a retry).
     """
@@ -76,7 +76,7 @@ def log_decisions(plan: GroupPlan, seconds: float) -> None:
     )
 
 
-def log_releases(plan: GroupPlan, result: CommitResult, hook: Callable[..., None]) -> None:
+def log_releases(plan: BatchPlan, result: CommitResult, hook: Callable[..., None]) -> None:
     """One line and one count per release: it ended an allocation, cancelled a task, or was ignored."""
     ended = {a.task_id for a in result.released}
     cancelled = set(result.cancelled)

@@ -15,7 +15,7 @@ The steps, each a method:
   when the buffer is a full batch or old enough (``worker.commit_batch``,
   ``worker.commit_interval_ms``).
 * :meth:`Flow.flush` plans the buffered batch in memory
-  (:func:`~scheduler.worker.group.plan_group`), dead-letters what can never
+  (:func:`~scheduler.worker.batch.decide_batch`), dead-letters what can never
   be processed, and hands the plan to the
   :class:`~scheduler.worker.committer.Committer` thread; at most
   :data:`MAX_IN_FLIGHT` batches commit while the next is planned.
@@ -48,9 +48,9 @@ from scheduler.store import Move, Release, Store
 from scheduler.store.placed import placed_requests
 from scheduler.strategies import Placer
 from scheduler.webhooks.policy import callback_checker
+from scheduler.worker.batch import Incoming, RetryLater, RetryPolicy, decide_batch
 from scheduler.worker.committer import Committer, InFlight
 from scheduler.worker.decision_log import log_committed
-from scheduler.worker.group import Incoming, RetryLater, RetryPolicy, plan_group
 from scheduler.worker.hooks import WorkerHooks, call_hook
 from scheduler.worker.leadership_term import DB_ERRORS, LeadershipTerms, Term
 from scheduler.worker.pipeline import CommitPipeline, Committed, DatabaseDown, Fenced
@@ -66,7 +66,7 @@ PUMP_INTERVAL = 0.05
 """While waiting for a commit, how often the broker connection is serviced (AMQP heartbeats)."""
 
 MAX_IN_FLIGHT = 1
-"""Groups committing while the next is planned; one is enough to hide the database round trip."""
+"""Batches committing while the next is planned; one is enough to hide the database round trip."""
 
 
 class MessageSource(Protocol):
@@ -205,7 +205,7 @@ class Flow:
     def wait_budget(self) -> float:
         """How long to wait for broker events before the loop must act again.
 
-        Never zero unless a full group is waiting: spinning would hold the
+        Never zero unless a full batch is waiting: spinning would hold the
         GIL and starve the committer thread it is waiting for.
         """
         if len(self._buffer) >= self.settings.worker.commit_batch:
@@ -219,15 +219,15 @@ class Flow:
 
     # ------------------------------------------------------------ planning
     def flush(self) -> StopLeading | None:
-        """Plan the buffered group and hand it to the committer; it is settled in :meth:`_complete`.
+        """Plan the buffered batch and hand it to the committer; it is settled in :meth:`_complete`.
 
-        At most one group is committing while the next one is planned: the
-        database round trip overlaps deciding and consuming. A group that
-        released capacity is committed before the next group is planned, so
+        At most one batch is committing while the next one is planned: the
+        database round trip overlaps deciding and consuming. A batch that
+        released capacity is committed before the next batch is planned, so
         no decision ever relies on a release that might still fail.
         """
-        fleet, source, group = self.fleet, self.source, self._buffer
-        if not group or fleet is None or source is None:
+        fleet, source, batch = self.fleet, self.source, self._buffer
+        if not batch or fleet is None or source is None:
             return None
         while self._inflight and self._inflight[-1].releases:
             stop = self._complete()
@@ -237,17 +237,17 @@ class Flow:
             return None  # reloaded while waiting: the buffer is planned on the new fleet next time
         self._buffer = []
         started = time.perf_counter()
-        group, worn = self.redeliveries.split_worn_out(group, self.settings.worker.max_redeliveries)
-        handed = group + [m for m, _ in worn]
-        to_move = self._move_subjects(group)
+        batch, worn = self.redeliveries.split_worn_out(batch, self.settings.worker.max_redeliveries)
+        handed = batch + [m for m, _ in worn]
+        to_move = self._move_subjects(batch)
         if isinstance(to_move, StopLeading):
             return to_move
         if to_move is None or self.fleet is not fleet:
             source.requeue(handed)  # no answer from the database, or the fleet was reloaded meanwhile
             return None
         with self.state.fleet_lock:  # the HTTP thread may be walking the fleet
-            plan = plan_group(
-                group,
+            plan = decide_batch(
+                batch,
                 fleet,
                 self.placer,
                 now=self.clock(),
@@ -259,9 +259,9 @@ class Flow:
         while len(self._inflight) >= MAX_IN_FLIGHT:
             stop = self._complete()
             if stop is not None:
-                return stop  # the channel closes: the group goes back to the queue with it
+                return stop  # the channel closes: the batch goes back to the queue with it
             if self.fleet is not fleet:
-                # This plan was made on a fleet that no longer stands: hand the group back.
+                # This plan was made on a fleet that no longer stands: hand the batch back.
                 source.requeue(handed)
                 return None
         for msg, why in worn:
@@ -279,20 +279,20 @@ class Flow:
 
     def _dead_letter(self, source: MessageSource, msg: Incoming, reason: str, *, kind: str) -> None:
         source.dead_letter(msg, reason, kind=kind)
-        if kind != "invalid":  # invalid ones are counted with their group (GroupPlan.dead)
+        if kind != "invalid":  # invalid ones are counted with their batch (BatchPlan.dead)
             self._hook("dead_lettered", kind)
 
     def _move_subjects(
-        self, group: list[Incoming]
+        self, batch: list[Incoming]
     ) -> dict[str, SchedulingRequest | str] | StopLeading | None:
-        """For the move messages of ``group``: each task's stored request, or why it cannot move.
+        """For the move messages of ``batch``: each task's stored request, or why it cannot move.
 
-        Read from the database after every group in flight is committed, so
+        Read from the database after every batch in flight is committed, so
         a move sees every placement and release decided before it. None when
-        the database could not answer (the group is handed back).
+        the database could not answer (the batch is handed back).
         """
         ids = []
-        for msg in group:
+        for msg in batch:
             if b'"move"' in msg.body:
                 try:
                     parsed = parse_message(msg.body)
@@ -322,7 +322,7 @@ class Flow:
 
     # ------------------------------------------------------------ settling
     def reap(self) -> StopLeading | None:
-        """Settle every group whose commit is done, in order, without waiting."""
+        """Settle every batch whose commit is done, in order, without waiting."""
         while self._inflight and self._inflight[0].done.is_set():
             stop = self._complete()
             if stop is not None:
@@ -330,7 +330,7 @@ class Flow:
         return None
 
     def drain(self) -> StopLeading | None:
-        """Settle every group in flight, waiting (before the fleet is replaced or the channel closed)."""
+        """Settle every batch in flight, waiting (before the fleet is replaced or the channel closed)."""
         while self._inflight:
             stop = self._complete()
             if stop is not None:
@@ -343,10 +343,10 @@ class Flow:
             source.service()
 
     def _complete(self) -> StopLeading | None:
-        """Wait for the oldest group's commit and act on its outcome, once.
+        """Wait for the oldest batch's commit and act on its outcome, once.
 
         Committed: publish retries and dead letters, then ack. Fenced: stop
-        leading. Database down: requeue the group and stop leading until the
+        leading. Database down: requeue the batch and stop leading until the
         database answers (a failed COMMIT may have landed, so the fleet is
         reloaded with the next term).
         """
@@ -358,7 +358,7 @@ class Flow:
         self._inflight.popleft()
         if not self._inflight:
             self.state.commit_started = None
-        plan, group, outcome = job.plan, job.group, job.outcome
+        plan, batch, outcome = job.plan, job.batch, job.outcome
         if isinstance(outcome, Fenced):
             with self.state.fleet_lock:
                 plan.undo(fleet)
@@ -368,11 +368,11 @@ class Flow:
             error = outcome.error if isinstance(outcome, DatabaseDown) else "no outcome"
             with self.state.fleet_lock:
                 plan.undo(fleet)
-            source.requeue(group)
+            source.requeue(batch)
             self.state.group_retries += 1
             self.state.last_retry_error = error
             self._hook("group_retried")
-            log.error("database error; group requeued", error=error, messages=len(group))
+            log.error("database error; group requeued", error=error, messages=len(batch))
             return self._stop(f"database unavailable: {error}", database_down=True)
         self.state.group_retries = 0
         result = outcome.result
@@ -408,7 +408,7 @@ class Flow:
         deferred = {msg.delivery_tag for msg in plan.deferred}
         for tag in sorted(deferred):
             source.nack_requeue(tag)
-        ack_tag = max((m.delivery_tag for m in group if m.delivery_tag not in deferred), default=None)
+        ack_tag = max((m.delivery_tag for m in batch if m.delivery_tag not in deferred), default=None)
         if ack_tag is not None:
             source.ack(ack_tag, multiple=True)
         seconds = time.perf_counter() - job.started
@@ -439,9 +439,9 @@ class Flow:
     def refresh_inventory(self) -> StopLeading | None:
         """Pick up node changes made through the CLI or API (the inventory revision moved).
 
-        The fleet object is replaced, so every group in flight is settled
+        The fleet object is replaced, so every batch in flight is settled
         first: none may keep undo steps on the old one. The revision is
-        read before that: when it has not moved (nearly always), the groups
+        read before that: when it has not moved (nearly always), the batches
         in flight are not waited for, so the periodic check does not stall
         the pipeline (a wait here was a step in the latency's tail). A
         change made after the read is seen at the next check, as before.

@@ -13,7 +13,7 @@ import structlog
 
 if TYPE_CHECKING:
     from scheduler.store import CommitResult
-    from scheduler.worker.group import GroupPlan
+    from scheduler.worker.batch import BatchPlan
 
 log = structlog.get_logger(__name__)
 
@@ -21,7 +21,7 @@ log = structlog.get_logger(__name__)
 class WorkerHooks(Protocol):
     """Observability callbacks (metrics); every method must be quick and never raise."""
 
-    def group_committed(self, plan: GroupPlan, result: CommitResult, seconds: float) -> None: ...
+    def group_committed(self, plan: BatchPlan, result: CommitResult, seconds: float) -> None: ...
     def leadership_changed(self, leader: bool, epoch: int) -> None: ...
 
 

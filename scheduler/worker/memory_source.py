@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.worker.group import Incoming, RetryLater
+from scheduler.worker.batch import Incoming, RetryLater
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class MemorySource:
     """Delivery tags handed back to the queue, in order."""
     dead_letters: list[DeadLettered] = field(default_factory=list)
     retries: list[RetryLater] = field(default_factory=list)
+    history: list[tuple[str, int]] = field(default_factory=list)
+    """Everything in the order it happened: ``("ack" | "requeue" | "dead" | "retry", delivery tag)``."""
     _unsettled: dict[int, Incoming] = field(default_factory=dict)
 
     def deliver(
@@ -60,28 +62,31 @@ class MemorySource:
         """Tags neither acked nor requeued yet."""
         return sorted(self._unsettled)
 
-    def _settle(self, tag: int, multiple: bool, into: list[int]) -> None:
+    def _settle(self, tag: int, multiple: bool, what: str, into: list[int]) -> None:
         tags = [t for t in sorted(self._unsettled) if t <= tag] if multiple else [tag]
         for t in tags:
             if self._unsettled.pop(t, None) is None:
                 raise ValueError(f"delivery tag {t} is not unsettled (a channel error in AMQP)")
             into.append(t)
+            self.history.append((what, t))
 
     def ack(self, tag: int, *, multiple: bool = False) -> None:
-        self._settle(tag, multiple, self.acked)
+        self._settle(tag, multiple, "ack", self.acked)
 
     def nack_requeue(self, tag: int) -> None:
-        self._settle(tag, False, self.requeued)
+        self._settle(tag, False, "requeue", self.requeued)
 
     def requeue(self, batch: Sequence[Incoming]) -> None:
         if batch:
-            self._settle(max(m.delivery_tag for m in batch), True, self.requeued)
+            self._settle(max(m.delivery_tag for m in batch), True, "requeue", self.requeued)
 
     def dead_letter(self, msg: Incoming, reason: str, *, kind: str) -> None:
         self.dead_letters.append(DeadLettered(msg, reason, kind))
+        self.history.append(("dead", msg.delivery_tag))
 
     def retry(self, retry: RetryLater) -> None:
         self.retries.append(retry)
+        self.history.append(("retry", retry.message.delivery_tag))
 
     def service(self) -> None:
         """Nothing to keep alive in process."""

@@ -3,7 +3,7 @@
 Why a module: the rules for writing a message back are the same for every
 path that does it. Publishes are confirmed (the publishing channel is in
 confirm mode, ``mandatory`` set), so a nack or a lost connection raises
-before anything of the group is acknowledged. A dead letter carries
+before anything of the batch is acknowledged. A dead letter carries
 ``x-death-reason`` (printable, bounded); a body beyond
 ``amqp.dead_letter_max_body`` is cut, with its size in ``x-original-size``;
 headers that cannot be written back (hostile or exotic field types) are
@@ -26,7 +26,7 @@ from scheduler.broker import (
     message_properties,
 )
 from scheduler.safetext import printable
-from scheduler.worker.group import Incoming, RetryLater
+from scheduler.worker.batch import Incoming, RetryLater
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +74,7 @@ class Outbound:
         props = message_properties(message_id or "", headers=headers, expiration_ms=expiration_ms)
         if message_id is None:
             props.message_id = None
-        # Raises on nack or a lost connection, before anything of the group is acked.
+        # Raises on nack or a lost connection, before anything of the batch is acked.
         self.channel.basic_publish("", routing_key, body, properties=props, mandatory=True)
 
 

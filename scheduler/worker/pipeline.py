@@ -1,9 +1,9 @@
-"""Committing one planned group, with poison isolation: from commit items to an explicit outcome.
+"""Committing one planned batch, with poison isolation: from commit items to an explicit outcome.
 
 Why a separate object: the daemon must treat "the database is gone", "a
-newer leader holds the fence" and "one message in this group can never be
+newer leader holds the fence" and "one message in this batch can never be
 stored" in three different ways, and the last must never look like the first
-(a group requeued forever behind one bad message stalls everything). So the
+(a batch requeued forever behind one bad message stalls everything). So the
 commit returns one of:
 
 * :class:`Committed`: everything that could be stored is stored; the
@@ -12,7 +12,7 @@ commit returns one of:
 * :class:`Fenced`: a newer leader holds the fence; nothing was written by
   the refused part;
 * :class:`DatabaseDown`: the connection was lost or refused (or the
-  database failed in a way no single message explains); the group must be
+  database failed in a way no single message explains); the batch must be
   requeued. Parts of it may already be committed, which is harmless: every
   commit is idempotent (a redelivered request is a duplicate, a repeated
   release is ignored).
@@ -55,7 +55,7 @@ class Committer(Protocol):
 
 @dataclass(frozen=True)
 class Poisoned:
-    """An item that could not be stored with the rest; ``index`` into the group's items."""
+    """An item that could not be stored with the rest; ``index`` into the batch's items."""
 
     index: int
     error: str
@@ -103,11 +103,11 @@ def describe(exc: BaseException) -> str:
 
 @dataclass
 class CommitPipeline:
-    """Commits a group's items under the fence, isolating poison; see the module docstring."""
+    """Commits a batch's items under the fence, isolating poison; see the module docstring."""
 
     store: Committer
     max_commits: int = 4096
-    """Upper bound on transactions for one group (a bisection needs about 2 log2 n per bad item)."""
+    """Upper bound on transactions for one batch (a bisection needs about 2 log2 n per bad item)."""
 
     def commit(self, items: Sequence[CommitItem], epoch: int) -> Outcome:
         try:

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from typing import Any
 
 from scheduler.message_headers import HEADER_DELIVERY_COUNT
-from scheduler.worker.group import Incoming
+from scheduler.worker.batch import Incoming
 
 
 class RedeliveryCounter:
@@ -46,12 +46,12 @@ class RedeliveryCounter:
         return seen
 
     def split_worn_out(
-        self, group: list[Incoming], limit: int
+        self, batch: list[Incoming], limit: int
     ) -> tuple[list[Incoming], list[tuple[Incoming, str]]]:
         """Messages delivered more than ``limit`` (``worker.max_redeliveries``) times, apart from the rest."""
         keep: list[Incoming] = []
         worn: list[tuple[Incoming, str]] = []
-        for msg in group:
+        for msg in batch:
             n = self.deliveries(msg.body, msg.headers, msg.redelivered)
             if n > limit:
                 worn.append((msg, f"delivered {n} times (worker.max_redeliveries is {limit})"))

@@ -17,7 +17,7 @@ The elector runs in its own thread and is only asked whether we lead.
    from the flow (fenced out, database down): end the flow, close the
    consuming channel at once so every unacked message goes back to the
    queue, and become a standby again.
-4. On a stop request: cancel the consumers, finish and commit the group in
+4. On a stop request: cancel the consumers, finish and commit the batch in
    flight, ack, close.
 """
 
@@ -39,10 +39,10 @@ from scheduler.config import Settings
 from scheduler.elector import LeaderElector
 from scheduler.safetext import printable
 from scheduler.worker.amqp_source import AmqpSource
+from scheduler.worker.batch import Incoming
 from scheduler.worker.config_watcher import ConfigWatcher
 from scheduler.worker.consumer import AMQP_ERRORS, Consumer
 from scheduler.worker.flow import Flow, StopLeading
-from scheduler.worker.group import Incoming
 from scheduler.worker.hooks import WorkerHooks, call_hook
 from scheduler.worker.leadership_term import LeadershipTerms, NotLeading
 from scheduler.worker.outbound import Outbound

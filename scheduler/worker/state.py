@@ -46,7 +46,7 @@ class WorkerState:
     """The leader's consumer is registered on the request queue."""
     not_consuming_why: str = ""
     group_retries: int = 0
-    """Times in a row the current group was requeued because the database failed."""
+    """Times in a row the current batch was requeued because the database failed."""
     last_retry_error: str = ""
     commit_started: float | None = None
     """``time.monotonic()`` when the commit in flight began; None when none is."""

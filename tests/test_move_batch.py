@@ -14,7 +14,7 @@ from scheduler.fleet import FleetView
 from scheduler.models import Node, SchedulingRequest
 from scheduler.store import Move
 from scheduler.strategies import Placer
-from scheduler.worker.group import Incoming, RetryPolicy, plan_group
+from scheduler.worker.batch import Incoming, RetryPolicy, decide_batch
 
 
 def _fleet() -> tuple[FleetView, SchedulingRequest]:
@@ -31,7 +31,7 @@ def _fleet() -> tuple[FleetView, SchedulingRequest]:
 
 def _plan(fleet: FleetView, bodies: list[dict[str, object]], to_move: dict[str, SchedulingRequest | str]):  # type: ignore[no-untyped-def]
     messages = [Incoming(i + 1, json.dumps(b).encode(), {}) for i, b in enumerate(bodies)]
-    return plan_group(
+    return decide_batch(
         messages, fleet, Placer(), now=0.0, retry=RetryPolicy(), callback_refusal=lambda _url: None,
         rng=random.Random(1), to_move=to_move,
     )  # fmt: skip

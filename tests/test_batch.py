@@ -13,7 +13,7 @@ from scheduler.models import Node, Reason
 from scheduler.store import Failure, Placement, Release, Waiting
 from scheduler.strategies import Placer
 from scheduler.webhooks.policy import callback_checker
-from scheduler.worker.group import Incoming, RetryPolicy, plan_group
+from scheduler.worker.batch import Incoming, RetryPolicy, decide_batch
 
 
 def _fleet() -> FleetView:
@@ -33,7 +33,7 @@ def _msg(tag: int, body: object, **headers: object) -> Incoming:
 def _plan(
     messages: list[Incoming], fleet: FleetView, *, max_attempts: int = 3, allow: list[str] | None = None
 ):
-    return plan_group(
+    return decide_batch(
         messages,
         fleet,
         Placer("least_loaded"),

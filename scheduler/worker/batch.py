@@ -1,4 +1,4 @@
-"""Turning a group of delivered messages into decisions, with an undo for the fleet.
+"""Turning a batch of delivered messages into decisions, with an undo for the fleet.
 
 This is the worker's core step, kept free of I/O so it can be tested without
 a broker or a database: decode and validate every message, apply releases,
@@ -65,8 +65,8 @@ class DeadLetter:
 
 
 @dataclass
-class GroupPlan:
-    """Everything one group of messages turns into."""
+class BatchPlan:
+    """Everything one batch of messages turns into."""
 
     items: list[CommitItem] = field(default_factory=list)
     retries: list[RetryLater] = field(default_factory=list)
@@ -90,7 +90,7 @@ class GroupPlan:
         self.sources.append(source)
 
     def undo(self, fleet: FleetView) -> None:
-        """Put the fleet back as it was before :func:`plan_group` (most recent change first)."""
+        """Put the fleet back as it was before :func:`decide_batch` (most recent change first)."""
         for step in reversed(self._undo):
             step()
         self._undo.clear()
@@ -126,7 +126,7 @@ def attempt_of(headers: dict[str, Any]) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
 
 
-def plan_group(
+def decide_batch(
     messages: list[Incoming],
     fleet: FleetView,
     placer: Placer,
@@ -136,19 +136,19 @@ def plan_group(
     callback_refusal: Callable[[str], str | None],
     rng: random.Random,
     to_move: dict[str, SchedulingRequest | str] | None = None,
-) -> GroupPlan:
-    """Decide a whole group in memory; see the module docstring for what comes out.
+) -> BatchPlan:
+    """Decide a whole batch in memory; see the module docstring for what comes out.
 
     ``callback_refusal`` judges a request's ``callback_url`` (why it is refused,
     or None): the URL policy parses with the HTTP client's own parser, so it is
     passed in (:func:`scheduler.webhooks.policy.callback_checker`) and the
     planning imports no HTTP library.
 
-    ``to_move`` holds, for each task a move message of the group names, its
+    ``to_move`` holds, for each task a move message of the batch names, its
     stored request (the caller reads them from the database), or why it
     cannot move (``task t is not scheduled (released)``).
     """
-    plan = GroupPlan()
+    plan = BatchPlan()
     releases: list[tuple[ReleaseRequest, Incoming]] = []
     requests: list[tuple[SchedulingRequest, Incoming]] = []
     moves: list[tuple[MoveRequest, Incoming]] = []
@@ -182,8 +182,8 @@ def plan_group(
     requested_here = {req.task_id for req, _ in requests}
     for rel, msg in releases:
         if rel.release in requested_here:
-            # Its request is in this very group and not committed yet: releasing
-            # now would be ignored. Hand it back to the queue for the next group.
+            # Its request is in this very batch and not committed yet: releasing
+            # now would be ignored. Hand it back to the queue for the next batch.
             plan.deferred.append(msg)
             continue
         alloc = fleet.release(rel.release)
@@ -197,7 +197,7 @@ def plan_group(
         if req.task_id in seen or fleet.allocation(req.task_id) is not None:
             body = req.model_dump_json()
             if seen.get(req.task_id, body) == body and req.task_id in seen:
-                plan.duplicates.append(req.task_id)  # the same request twice in one group
+                plan.duplicates.append(req.task_id)  # the same request twice in one batch
             else:
                 # Placed already, or twice here with different bodies: the store compares
                 # with what it holds, and reports a duplicate or a conflict.
@@ -291,7 +291,7 @@ def plan_group(
 
 
 def _plan_move(
-    plan: GroupPlan,
+    plan: BatchPlan,
     fleet: FleetView,
     placer: Placer,
     move: MoveRequest,
@@ -303,7 +303,7 @@ def _plan_move(
     """Check one move with every filter on the fleet and apply it there, or refuse it with the reason."""
     tid = move.move
     if tid in touched or tid in plan.moved:
-        plan.deferred.append(msg)  # its task changes in this very group: move it in the next one
+        plan.deferred.append(msg)  # its task changes in this very batch: move it in the next one
         return
     held = fleet.allocation(tid)
     if isinstance(stored, str) or stored is None or held is None:

@@ -1,0 +1,118 @@
+"""The request guard: request metrics, and the body size limit before any parsing (pure ASGI)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import HTTPException
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from scheduler.models import MAX_BODY_BYTES
+
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+ASGIApp = Callable[
+    [
+        MutableMapping[str, Any],
+        Callable[[], Awaitable[MutableMapping[str, Any]]],
+        Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ],
+    Awaitable[None],
+]
+
+
+def request_metrics(registry: CollectorRegistry) -> tuple[Counter, Histogram]:
+    """The ``scheduler_http_*`` metrics, registered in ``registry`` (so once per registry)."""
+    requests = Counter(
+        "scheduler_http_requests_total",
+        "HTTP requests served, by method, route template and status.",
+        ["method", "route", "code"],
+        registry=registry,
+    )
+    seconds = Histogram(
+        "scheduler_http_request_seconds",
+        "HTTP request duration by route template, seconds.",
+        ["route"],
+        buckets=HTTP_BUCKETS,
+        registry=registry,
+    )
+    return requests, seconds
+
+
+class RequestGuard:
+    """Pure ASGI middleware: request metrics, and the body size limit before any parsing.
+
+    Pure ASGI rather than Starlette's ``BaseHTTPMiddleware`` because the
+    latter copies every response through a memory stream, which would cost
+    the ``/metrics`` budget. Request bodies are bounded like queue messages
+    (``MAX_BODY_BYTES``): a declared ``Content-Length`` over the limit is
+    refused at once, and a chunked body is counted as it streams in.
+    """
+
+    def __init__(self, app: ASGIApp, *, requests: Counter, seconds: Histogram) -> None:
+        self.app = app
+        self.requests = requests
+        self.seconds = seconds
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = int(message["status"])
+            await send(message)
+
+        length = _content_length(scope)
+        if length is not None and length > MAX_BODY_BYTES:
+            await _too_large(send_wrapper)
+        else:
+            seen = {"bytes": 0}
+
+            async def bounded_receive() -> MutableMapping[str, Any]:
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen["bytes"] += len(message.get("body", b""))
+                    if seen["bytes"] > MAX_BODY_BYTES:
+                        # Raised inside the endpoint's body read: FastAPI turns it into the 413 answer.
+                        raise HTTPException(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+                return message
+
+            await self.app(scope, bounded_receive, send_wrapper)
+        # The route's path template keeps the label set small (no task ids); a mount (static
+        # files) is known by the root path it set; anything unmatched is "other".
+        template = getattr(scope.get("route"), "path", None) or scope.get("root_path") or "other"
+        self.requests.labels(method=scope["method"], route=template, code=str(status["code"])).inc()
+        self.seconds.labels(route=template).observe(time.perf_counter() - started)
+
+
+def _content_length(scope: MutableMapping[str, Any]) -> int | None:
+    for key, value in scope.get("headers", ()):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _too_large(send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
+    body = b'{"detail":"request body larger than %d bytes"}' % MAX_BODY_BYTES
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,128 @@
+"""``POST /schedule``: a submission, published to the broker with confirms and recorded as ``queued``."""
+
+from __future__ import annotations
+
+import threading
+
+import structlog
+from fastapi import APIRouter, HTTPException
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from scheduler.broker import BrokerUnavailable
+from scheduler.models import SchedulingRequest
+from scheduler.producer.publisher import Outgoing, Publisher
+from scheduler.safetext import first_line
+from scheduler.webhooks.policy import callback_refusal, display_url
+
+from .context import Api
+from .params import RATE_LIMITED, TOO_LARGE, UNREADABLE
+from .schemas import Accepted, Conflict, ErrorBody
+
+log = structlog.get_logger(__name__)
+
+
+def add_routes(router: APIRouter) -> None:
+    """Declare ``POST /schedule`` on ``router`` (the app's own: see :mod:`.app`)."""
+    router.post(
+        "/schedule",
+        status_code=202,
+        response_model=Accepted,
+        tags=["tasks"],
+        responses={
+            **UNREADABLE,
+            409: {"model": Conflict, "description": "the task id exists; nothing was published"},
+            **RATE_LIMITED,
+            **TOO_LARGE,
+            503: {"model": ErrorBody, "description": "the broker is unavailable; nothing was published"},
+        },
+    )(schedule)
+
+
+def schedule(request: SchedulingRequest, api: Api) -> Accepted | JSONResponse:
+    """Publish one request (the queue's message contract) with publisher confirms; 202 with its task id.
+
+    The task is recorded as ``queued`` once the broker confirmed the
+    message, so ``GET /result`` answers at once. A ``callback_url`` must
+    match ``webhooks.allow`` (422 otherwise). A task id that exists
+    already is refused with 409 and that task's status, and nothing is
+    published: nobody can take over someone else's task id. (Two
+    submissions of a new id racing each other both pass this check; the
+    worker keeps the first and fails the other as a conflict.)
+    """
+    existing = api.store.get_task(request.task_id)
+    if existing is not None:
+        conflict = Conflict(
+            detail=f"task {request.task_id} exists ({existing.status.value}); nothing was published",
+            task_id=request.task_id,
+            status=existing.status,
+        )
+        return JSONResponse(conflict.model_dump(mode="json"), status_code=409)
+    if request.callback_url is not None:
+        refusal = callback_refusal(request.callback_url, api.allow)
+        if refusal is not None:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "callback_refused",
+                        "loc": ("body", "callback_url"),
+                        "msg": refusal,
+                        "input": display_url(request.callback_url),  # credentials hidden
+                    }
+                ]
+            )
+    # Publish first, record second. Recording first would leave a task ``queued`` forever
+    # whenever the publish then failed (nothing would ever process it, and the store has no
+    # way to take the row back); in this order a refused publish leaves no trace, and a worker
+    # that commits before the record lands wins, since record_queued never overwrites a row.
+    api.submit(request)
+    try:
+        api.store.record_queued(request)
+    except Exception as exc:
+        # The message is confirmed and will be processed; the task shows up when the worker commits it.
+        log.warning(
+            "could not record a published task as queued", task_id=request.task_id, error=first_line(exc)
+        )
+    return Accepted(task_id=request.task_id)
+
+
+class Submitter:
+    """Publishes one request with confirms, declaring the topology the first time.
+
+    Why one shared :class:`Publisher` is safe across request threads: it holds
+    only settings; every :meth:`Publisher.publish` call opens its own
+    connection on the calling thread and closes it, so no pika object is ever
+    shared between threads (pika is not thread-safe). The cost is a
+    connection handshake per submission (a few milliseconds on a LAN), which
+    suits an HTTP entry point meant for people and provisioning systems;
+    bulk producers publish to the broker directly (``scheduler submit``).
+    ``publisher`` None makes every submission a 503 (a read-only replica).
+    """
+
+    def __init__(self, publisher: Publisher | None) -> None:
+        self.publisher = publisher
+        self._declared = False
+        self._lock = threading.Lock()
+
+    def __call__(self, request: SchedulingRequest) -> None:
+        if self.publisher is None:
+            raise HTTPException(
+                503, "this replica does not accept submissions (no broker publisher configured)"
+            )
+        try:
+            self._declare_once(self.publisher)
+            report = self.publisher.publish([Outgoing.request(request)])
+        except BrokerUnavailable as exc:
+            log.warning("submission refused: broker unavailable", task_id=request.task_id, error=str(exc))
+            raise HTTPException(503, f"broker unavailable: {exc}") from None
+        if not report.ok:
+            reason = report.failed.get(request.task_id, "not confirmed")
+            log.warning("submission not confirmed by the broker", task_id=request.task_id, reason=reason)
+            raise HTTPException(503, f"broker did not confirm the message: {reason}")
+
+    def _declare_once(self, publisher: Publisher) -> None:
+        """Declare the topology once, so a submission before any worker started is kept, not unroutable."""
+        with self._lock:
+            if not self._declared:
+                publisher.declare()
+                self._declared = True

@@ -1,0 +1,120 @@
+"""The worker's request flow over the in-process message source: every outcome, and what it settles.
+
+The flow is the real one (:class:`~scheduler.worker.flow.Flow`, with its
+committer thread and the store on SQLite); only the broker is replaced, by
+:class:`~scheduler.worker.memory_source.MemorySource`, which records the
+acks, requeues, dead letters and retries in the order they happened. The
+contract checked: nothing is acked before the commit and before what must
+be published is published; a fenced or failed commit acks nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from scheduler.models import Node, TaskStatus
+from scheduler.store import Release, Store
+from scheduler.store.engine import DatabaseUnavailable
+from scheduler.worker.flow import Flow, StopLeading
+from scheduler.worker.memory_source import MemorySource
+from tests.test_http_support import EPOCH, LEADER, flow_for, settings_for
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> Iterator[Store]:
+    s = Store.from_url(sqlite_url)
+    s.upgrade()
+    s.import_nodes([Node(name="bm-1", ip="10.0.0.1", cpu=8, memory=16384, disk=100)])  # type: ignore[arg-type]
+    s.claim_fence(EPOCH, LEADER)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def flow(store: Store) -> Iterator[tuple[Flow, MemorySource]]:
+    f, source = flow_for(store, settings_for())
+    yield f, source
+    f.close()
+
+
+def _body(task_id: str, cpu: int = 1) -> bytes:
+    return json.dumps({"task_id": task_id, "requested_cpu": cpu, "requested_memory": 512}).encode()
+
+
+def _settle(flow: Flow, source: MemorySource, *bodies: bytes) -> StopLeading | None:
+    """Deliver ``bodies`` as one group, plan it and wait for every commit to be settled."""
+    for body in bodies:
+        flow.receive(source.deliver(body))
+    stop = flow.flush()
+    return stop if stop is not None else flow.drain()
+
+
+def test_committed_publishes_retries_and_dead_letters_then_acks_the_whole_group(
+    store: Store, flow: tuple[Flow, MemorySource]
+) -> None:
+    f, source = flow
+    stop = _settle(f, source, _body("a"), _body("b"), b"\xff not json", _body("wait", cpu=64))
+    assert stop is None and f.leading
+    assert store.task_states(["a", "b", "wait"]) == {
+        "a": TaskStatus.SCHEDULED,
+        "b": TaskStatus.SCHEDULED,
+        "wait": TaskStatus.WAITING,
+    }
+    assert [(d.message.delivery_tag, d.kind) for d in source.dead_letters] == [(3, "invalid")]
+    assert [r.request.task_id for r in source.retries] == ["wait"]
+    assert source.acked == [1, 2, 3, 4] and source.requeued == [] and source.unsettled == []
+    # Published first, acked last: a crash in between redelivers, it never loses a message.
+    assert source.history == [("dead", 3), ("retry", 4), ("ack", 1), ("ack", 2), ("ack", 3), ("ack", 4)]
+    assert f.state.committed == 3 and f.state.groups == 1 and f.state.commit_started is None
+
+
+def test_fenced_acks_nothing_and_ends_the_term(store: Store, flow: tuple[Flow, MemorySource]) -> None:
+    f, source = flow
+    store.claim_fence(EPOCH + 1, "newer-leader")
+    stop = _settle(f, source, _body("a"))
+    assert stop == StopLeading("fenced out")
+    assert not f.leading and f.fleet is None
+    # Closing the consuming channel hands the message back; the flow itself settles nothing.
+    assert source.history == [] and source.unsettled == [1]
+    assert store.task_states(["a"]) == {}
+
+
+def test_database_down_requeues_the_group_and_ends_the_term(
+    store: Store, flow: tuple[Flow, MemorySource]
+) -> None:
+    f, source = flow
+
+    class Down:
+        def commit(self, items: Any, epoch: int) -> Any:
+            raise DatabaseUnavailable("connection refused")
+
+    f.pipeline.store = Down()
+    stop = _settle(f, source, _body("a"), _body("b"))
+    assert stop is not None and stop.database_down and stop.why.startswith("database unavailable")
+    assert source.requeued == [1, 2] and source.acked == [] and source.dead_letters == []
+    assert f.state.group_retries == 1 and not f.leading
+    assert store.task_states(["a", "b"]) == {}
+
+
+def test_a_poisoned_release_is_dead_lettered_and_the_rest_committed_and_acked(
+    store: Store, flow: tuple[Flow, MemorySource]
+) -> None:
+    f, source = flow
+
+    class ReleaseBreaks:
+        def commit(self, items: Any, epoch: int) -> Any:
+            if any(isinstance(i, Release) for i in items):
+                raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+            return store.commit(items, epoch)
+
+    f.pipeline.store = ReleaseBreaks()
+    stop = _settle(f, source, _body("a"), json.dumps({"release": "zzz"}).encode())
+    assert stop is None and f.leading  # the fleet was reloaded from the database
+    assert [(d.message.delivery_tag, d.kind) for d in source.dead_letters] == [(2, "unstorable")]
+    assert source.dead_letters[0].reason.startswith("could not be stored")
+    assert source.history == [("dead", 2), ("ack", 1), ("ack", 2)]
+    assert store.task_states(["a"]) == {"a": TaskStatus.SCHEDULED}
