@@ -9,12 +9,10 @@ for a given seed.
 
 from __future__ import annotations
 
-import gc
 import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from scheduler.fleet import BoolArray, FleetView
+from scheduler.gc_pause import cycle_collection_paused
 from scheduler.models import Decision, ReleaseRequest, SchedulingRequest, parse_json_line
 from scheduler.strategies import Placer
 from scheduler.strategies.filters import FILTERS, Feasibility, FilterInput, Narrowing
@@ -262,28 +261,6 @@ def _note_rejection(result: SimulationResult, fleet: FleetView, req: SchedulingR
             result.first_device_fragmentation[kind] = Fragmentation(line, cpu_used, mem_used, device)
 
 
-@contextmanager
-def _without_cycle_collection() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector for the replay, and put it back as it was.
-
-    Why: a replay allocates a decision, an allocation and a line per trace
-    item and keeps most of them, so the collector keeps running, and each
-    full collection re-scans everything alive (the 20,000 parsed requests,
-    the fleet's allocations, earlier results): one took a sixth of a
-    20,000-line replay at 1,000 nodes, landing inside whichever decision
-    happened to trigger it. The loop makes no reference cycles (plain
-    dataclasses, dicts and arrays, freed by reference counting as usual),
-    so nothing is left for the collector but scanning.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def simulate(
     fleet: FleetView,
     trace: list[TraceItem],
@@ -297,7 +274,7 @@ def simulate(
     ``keep_lines=False`` keeps the summary figures only (benchmarks replay
     many traces and never print the lines).
     """
-    with _without_cycle_collection():
+    with cycle_collection_paused():  # the loop makes no reference cycles
         return _replay(fleet, trace, placer, progress, keep_lines)
 
 

@@ -108,10 +108,6 @@ class _BatchingConnection(SelectConnection):  # type: ignore[misc]  # pika is un
 _FRAME_END = bytes([spec.FRAME_END])
 _HEADER = struct.Struct(">BHIHxxQH")  # frame type, channel, size; class, weight, body size; flags
 _BODY = struct.Struct(">BHI")
-_PROPERTY_FLAGS = (
-    ("content_type", BasicProperties.FLAG_CONTENT_TYPE),
-    ("content_encoding", BasicProperties.FLAG_CONTENT_ENCODING),
-)
 _UNSUPPORTED = operator.attrgetter(
     "priority", "correlation_id", "reply_to", "timestamp", "type", "user_id", "app_id", "cluster_id",
 )  # fmt: skip
@@ -126,8 +122,10 @@ def _short(value: object) -> bytes | None:
     return bytes([len(data)]) + data if len(data) <= 255 else None
 
 
-def _table(headers: dict[str, Any]) -> bytes | None:
+def _table(headers: object) -> bytes | None:
     """An AMQP field table of ``str`` keys and ``str`` or ``int`` values, as pika writes it; else None."""
+    if type(headers) is not dict:
+        return None
     parts: list[bytes] = []
     for key, value in headers.items():
         name = _short(key)
@@ -146,6 +144,22 @@ def _table(headers: dict[str, Any]) -> bytes | None:
             return None
     payload = b"".join(parts)
     return len(payload).to_bytes(4, "big") + payload
+
+
+def _octet(value: object) -> bytes | None:
+    """An AMQP octet (the delivery mode), or None when it is not an ``int`` in 0-255."""
+    return bytes([value]) if type(value) is int and 0 <= value <= 255 else None
+
+
+_PROPERTIES: tuple[tuple[str, int, Callable[[object], bytes | None]], ...] = (
+    ("content_type", BasicProperties.FLAG_CONTENT_TYPE, _short),
+    ("content_encoding", BasicProperties.FLAG_CONTENT_ENCODING, _short),
+    ("headers", BasicProperties.FLAG_HEADERS, _table),
+    ("delivery_mode", BasicProperties.FLAG_DELIVERY_MODE, _octet),
+    ("expiration", BasicProperties.FLAG_EXPIRATION, _short),
+    ("message_id", BasicProperties.FLAG_MESSAGE_ID, _short),
+)
+"""The properties encoded here, in the order (and with the flag) of the AMQP property list."""
 
 
 def encode_publish(
@@ -175,35 +189,10 @@ def encode_publish(
         method_bytes = cache[key] = frame.Method(channel_number, method).marshal()
     flags = 0
     parts: list[bytes] = []
-    for name, flag in _PROPERTY_FLAGS:
+    for name, flag, encode in _PROPERTIES:
         value = getattr(properties, name)
         if value is not None:
-            encoded = _short(value)
-            if encoded is None:
-                return None
-            flags |= flag
-            parts.append(encoded)
-    if properties.headers is not None:
-        if type(properties.headers) is not dict:
-            return None
-        table = _table(properties.headers)
-        if table is None:
-            return None
-        flags |= BasicProperties.FLAG_HEADERS
-        parts.append(table)
-    mode = properties.delivery_mode
-    if mode is not None:
-        if type(mode) is not int or not 0 <= mode <= 255:
-            return None
-        flags |= BasicProperties.FLAG_DELIVERY_MODE
-        parts.append(bytes([mode]))
-    for name, flag in (
-        ("expiration", BasicProperties.FLAG_EXPIRATION),
-        ("message_id", BasicProperties.FLAG_MESSAGE_ID),
-    ):
-        value = getattr(properties, name)
-        if value is not None:
-            encoded = _short(value)
+            encoded = encode(value)
             if encoded is None:
                 return None
             flags |= flag

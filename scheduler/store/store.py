@@ -21,7 +21,6 @@ Concurrency model, the same on both backends:
 
 from __future__ import annotations
 
-import gc
 import ipaddress
 import json
 from collections import Counter
@@ -38,6 +37,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
 
 from scheduler.fleet import Allocation, CapacityDefaults, FleetView
+from scheduler.gc_pause import cycle_collection_paused
 from scheduler.models import Node, Reason, Reserve, SchedulingRequest, TaskStatus
 from scheduler.store import migrate
 from scheduler.store.batch_plan import (
@@ -88,18 +88,6 @@ _ALLOCATION_SELECT = (
     allocations.c.anti_affinity_mode,
 )  # fmt: skip
 """An active allocation's columns in :func:`~scheduler.store.batch_plan.make_allocation` order."""
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for a bulk build of acyclic objects."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _now() -> datetime:
@@ -362,7 +350,7 @@ class Store:
         here hold no cycles, and letting it rescan the growing heap every few
         hundred allocations costs about a fifth of the load.
         """
-        with self._read(snapshot=True) as conn, _gc_paused():
+        with self._read(snapshot=True) as conn, cycle_collection_paused():
             node_list = [_node_from_row(row) for row in conn.execute(select(*_NODE_COLUMNS))]
             return FleetView.build(
                 node_list,
