@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from scheduler.fleet import BoolArray, FleetView
-from scheduler.gc_pause import cycle_collection_paused
+from scheduler.gc_tuning import cycle_collection_paused
 from scheduler.models import Decision, ReleaseRequest, SchedulingRequest, parse_json_line
 from scheduler.strategies import Placer
 from scheduler.strategies.filters import FILTERS, Feasibility, FilterInput, Narrowing

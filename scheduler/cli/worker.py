@@ -107,6 +107,7 @@ def run_worker(settings: Settings, store: Store) -> int:
     """Build the worker with its metrics, HTTP face and elector, and run it until stopped."""
     from prometheus_client import CollectorRegistry
 
+    from scheduler.gc_tuning import settle_long_running_process
     from scheduler.http import start_http
     from scheduler.metrics import install_metrics
     from scheduler.webhooks.dispatcher import WebhookDispatcher
@@ -138,6 +139,8 @@ def run_worker(settings: Settings, store: Store) -> int:
         store, settings.webhooks, leadership.is_leader, activity=lambda: worker.state.committed
     )
     dispatcher.start()
+    # What start-up made is never garbage: keep the collector from re-scanning it (gc_tuning).
+    settle_long_running_process()
     log.info(
         "worker starting",
         identity=settings.identity,

@@ -37,7 +37,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
 
 from scheduler.fleet import Allocation, CapacityDefaults, FleetView
-from scheduler.gc_pause import cycle_collection_paused
+from scheduler.gc_tuning import cycle_collection_paused
 from scheduler.models import Node, Reason, Reserve, SchedulingRequest, TaskStatus
 from scheduler.store import migrate
 from scheduler.store.batch_plan import (
