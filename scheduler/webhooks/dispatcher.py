@@ -68,10 +68,8 @@ attempt one round trip. Waiting on a slow receiver costs no CPU at all.
 
 from __future__ import annotations
 
-import json
 import queue
 import random
-import re
 import threading
 import time
 from collections import deque
@@ -79,7 +77,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 import httpx
@@ -90,8 +87,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from scheduler.config import WebhooksConfig
 from scheduler.safetext import first_line
 from scheduler.store.deliveries import (
-    DEAD,
-    DELIVERED,
     PENDING,
     DeliveryStore,
     Due,
@@ -102,7 +97,8 @@ from scheduler.store.deliveries import (
     Result,
 )
 from scheduler.store.engine import DatabaseUnavailable
-from scheduler.webhooks.backoff import backoff_delay
+from scheduler.webhooks.attempt import Attempt, Classifier, post
+from scheduler.webhooks.pacing import BUSY_SHARE, MAX_YIELD, Pacer
 from scheduler.webhooks.policy import (
     callback_refusal,
     display_url,
@@ -111,23 +107,14 @@ from scheduler.webhooks.policy import (
     scrub,
     scrub_text,
 )
-from scheduler.webhooks.signing import signed_headers, signing_keys, unsigned_refusal
-from scheduler.webhooks.transport import deadline, make_client, refused_address
+from scheduler.webhooks.signing import signing_keys, unsigned_refusal
+from scheduler.webhooks.transport import make_client
 
 log = structlog.get_logger(__name__)
 
 DB_ERRORS = (SQLAlchemyError, DatabaseUnavailable)
-SNIPPET_BYTES = 512  # of a failed response's body, for last_error
-DRAIN_BYTES = 64 * 1024  # read at most this much of any response (more: drop the connection)
 QUEUE_SECONDS = 0.5  # claim about this much work ahead of the senders
-LOG_EVERY = 10.0  # seconds between failure lines for one URL (the rest are counted)
 MAX_QUEUE = 512
-BUSY_SHARE = 0.05
-"""While placements flow: the share of one core the dispatcher's threads may spend (see the docstring)."""
-MAX_YIELD = 10.0
-"""Seconds of continuous placement activity after which the dispatcher stops yielding."""
-BUSY_WINDOW = 1.0
-"""The worker counts as busy while its activity counter moved within this many seconds."""
 
 
 class HasEngine(Protocol):
@@ -160,20 +147,6 @@ class DispatcherStats:
     yielded: int = 0
     """Cycles skipped because placements were flowing and the dispatcher's CPU budget was spent."""
     leader: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """What one HTTP attempt came to, before it is turned into a row update."""
-
-    delivered: bool = False
-    sent: bool = True
-    status_code: int | None = None
-    error: str | None = None
-    refusal: str | None = None
-    invalid: str | None = None
-    retry_after: float | None = None
-    seconds: float = 0.0
 
 
 @dataclass
@@ -222,7 +195,7 @@ class WebhookDispatcher:
         self.store = DeliveryStore(engine)
         self._is_leader = is_leader
         self._clock = clock
-        self._rng = rng or random.Random()
+        self._classifier = Classifier(config, rng or random.Random(), self._count)
         self._poll = poll_interval
         self._batch = batch_size
         # A claimed delivery waits in the senders' queue about QUEUE_SECONDS, then takes at most
@@ -251,12 +224,11 @@ class WebhookDispatcher:
         self._unrecorded: list[Result] = []
         self._in_flight: dict[int, Due] = {}
         self._successors: dict[tuple[str, str], set[int]] = {}
-        self._log_state: dict[tuple[str, str], tuple[float, int]] = {}
         self._thread: threading.Thread | None = None
         self._senders: ThreadPoolExecutor | None = None
         self._clients: dict[bool, httpx.Client] = {}
         self._resolver: ThreadPoolExecutor | None = None
-        self._pacer = _Pacer(activity, busy_share, max_yield) if activity is not None else None
+        self._pacer = Pacer(activity, busy_share, max_yield) if activity is not None else None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -726,45 +698,7 @@ class WebhookDispatcher:
             refusal = callback_refusal(due.url, self._patterns)
             if refusal is not None:
                 return Attempt(sent=False, refusal=refusal)
-        invalid = strict_json_problem(due.payload)
-        if invalid is not None:
-            return Attempt(sent=False, invalid=invalid)
-        body = due.payload.encode("utf-8")
-        timestamp = int(self._now().timestamp())
-        headers = signed_headers(
-            self._keys, event_type=due.event_type, event_id=due.event_id, body=body, timestamp=timestamp
-        )
-        timeout = self.config.timeout
-        started = time.perf_counter()
-        try:
-            with (
-                deadline(timeout),
-                self._clients[callback].stream("POST", due.url, content=body, headers=headers) as response,
-            ):
-                code = response.status_code
-                retry_after = _retry_after(response)
-                location = response.headers.get("location")
-                snippet = _read_some(response)
-        except httpx.HTTPError as exc:
-            seconds = time.perf_counter() - started
-            refused = refused_address(exc)
-            if refused is not None:
-                return Attempt(sent=False, refusal=scrub(refused, due.url), seconds=seconds)
-            return Attempt(error=scrub(_describe(exc, timeout), due.url), seconds=seconds)
-        except (httpx.InvalidURL, ValueError) as exc:
-            refusal = scrub(f"invalid URL: {exc}", due.url)
-            return Attempt(sent=False, refusal=refusal, seconds=time.perf_counter() - started)
-        seconds = time.perf_counter() - started
-        if 200 <= code < 300:
-            return Attempt(delivered=True, status_code=code, seconds=seconds)
-        error = f"HTTP {code}"
-        if 300 <= code < 400:
-            target = f" to {display_url(location)}" if location else ""
-            error += f": redirect{target} not followed"
-        elif snippet:
-            error += f": {snippet}"
-        error = scrub(error, due.url)
-        return Attempt(status_code=code, error=error, retry_after=retry_after, seconds=seconds)
+        return post(due, self._clients[callback], self._keys, self.config.timeout, self._now)
 
     # ------------------------------------------------------------------ outcomes
     def _collect(self, now: datetime) -> None:
@@ -775,7 +709,9 @@ class WebhookDispatcher:
             except queue.Empty:
                 return
             try:
-                result = self._result_of(due, attempt, now)
+                if attempt.sent:
+                    self._observe(due, attempt)
+                result = self._classifier.result_of(due, attempt, now)
             except Exception as exc:  # never lose track of a claimed delivery: retry it later
                 error = scrub(f"internal error: {type(exc).__name__}: {first_line(exc)}", due.url)
                 log.error("webhook outcome could not be processed", delivery_id=due.id, error=error)
@@ -783,93 +719,14 @@ class WebhookDispatcher:
                 result = Result(due.id, PENDING, attempt.sent, retry_at, error=error)
             self._unrecorded.append(result)
 
-    def _result_of(self, due: Due, attempt: Attempt, now: datetime) -> Result:
-        cfg = self.config
-        ctx = {
-            "delivery_id": due.id,
-            "event_id": due.event_id,
-            "task_id": due.task_id,
-            "type": due.event_type,
-            "url": display_url(due.url),
-            "status": attempt.status_code,
-        }
-        if attempt.sent:
-            self._attempt_seconds = 0.8 * self._attempt_seconds + 0.2 * attempt.seconds
-            origin = self._origin(due.url)[0]
-            if len(self._origin_seconds) > 10_000:
-                self._origin_seconds.clear()
-            before = self._origin_seconds.get(origin, attempt.seconds)
-            self._origin_seconds[origin] = 0.8 * before + 0.2 * attempt.seconds
-        if attempt.delivered:
-            self._count(attempts=1, delivered=1)
-            ms = round(attempt.seconds * 1000, 1)
-            log.debug("webhook delivered", attempt=due.attempts + 1, ms=ms, **ctx)
-            return Result(due.id, DELIVERED, True, now, status_code=attempt.status_code, delivered_at=now)
-        if attempt.invalid is not None:
-            self._count(dead=1, invalid=1)
-            log.error("webhook payload is not strict JSON; delivery dead, nothing sent",
-                      problem=attempt.invalid, **ctx)
-            return Result(due.id, DEAD, False, now, error=f"invalid payload: {attempt.invalid}")
-        if attempt.refusal is not None:
-            self._count(refused=1, dead=1)
-            log.warning("webhook callback refused; delivery dead", reason=attempt.refusal, **ctx)
-            return Result(due.id, DEAD, False, now, error=f"refused: {attempt.refusal}")
-        if not attempt.sent:
-            self._count(handed_back=1)  # not leading any more, or stopping: due again at once
-            return Result(due.id, PENDING, False, now)
-        attempts = due.attempts + 1
-        if attempts >= cfg.max_attempts:
-            self._count(attempts=1, dead=1)
-            self._log(
-                log.error,
-                "webhook delivery dead: giving up",
-                due.url,
-                attempts=attempts,
-                error=attempt.error,
-                **ctx,
-            )
-            return Result(due.id, DEAD, True, now, status_code=attempt.status_code, error=attempt.error)
-        delay = backoff_delay(attempts, cfg.initial_backoff, cfg.max_backoff, self._rng)
-        if attempt.retry_after is not None:
-            delay = max(delay, min(attempt.retry_after, cfg.max_backoff))
-        self._count(attempts=1, retried=1)
-        self._log(
-            log.warning,
-            "webhook attempt failed; will retry",
-            due.url,
-            attempt=attempts,
-            of=cfg.max_attempts,
-            retry_in=round(delay, 3),
-            error=attempt.error,
-            **ctx,
-        )
-        return Result(
-            due.id,
-            PENDING,
-            True,
-            now + timedelta(seconds=delay),
-            status_code=attempt.status_code,
-            error=attempt.error,
-        )
-
-    def _log(self, emit: Callable[..., object], event: str, target: str, **fields: object) -> None:
-        """Log a failure, at most once per URL and kind every ``LOG_EVERY`` seconds, with what was held back.
-
-        A receiver that is down fails every delivery to it: thousands of
-        identical lines a minute would bury everything else. The first one
-        is logged with its full context, then one line per interval says
-        how many more there were.
-        """
-        key = (event, target)
-        now = time.monotonic()
-        last, held = self._log_state.get(key, (0.0, 0))
-        if now - last < LOG_EVERY:
-            self._log_state[key] = (last, held + 1)
-            return
-        self._log_state[key] = (now, 0)
-        if held:
-            fields["similar_not_logged"] = held
-        emit(event, **fields)
+    def _observe(self, due: Due, attempt: Attempt) -> None:
+        """Fold a sent attempt's duration into the moving averages that size the claims."""
+        self._attempt_seconds = 0.8 * self._attempt_seconds + 0.2 * attempt.seconds
+        origin = self._origin(due.url)[0]
+        if len(self._origin_seconds) > 10_000:
+            self._origin_seconds.clear()
+        before = self._origin_seconds.get(origin, attempt.seconds)
+        self._origin_seconds[origin] = 0.8 * before + 0.2 * attempt.seconds
 
     def _drain(self) -> None:
         """At stop: wait for attempts in flight (bounded), write every outcome, release the clients."""
@@ -907,167 +764,4 @@ class WebhookDispatcher:
                 setattr(self._stats, name, getattr(self._stats, name) + delta)
 
 
-class _Pacer:
-    """How much the dispatcher may do while the worker places: a CPU-time budget, refilled with time.
-
-    ``activity()`` is a counter that moves whenever the worker commits a
-    group; while it moved within :data:`BUSY_WINDOW`, the dispatcher's
-    threads may spend ``share`` of one core: the allowance grows by
-    ``share`` CPU-seconds per second (up to one window's worth), every
-    thread's CPU time (``time.thread_time``) is taken from it, and a cycle
-    waits while it is negative. Claims are sized to what the allowance
-    pays for, at the measured CPU cost of one delivery. Idle worker, or
-    ``max_yield`` seconds of continuous activity: no limit. A worker that
-    has just started counts as busy (it may take up a backlog at once).
-    """
-
-    def __init__(
-        self,
-        activity: Callable[[], int],
-        share: float,
-        max_yield: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._clock = clock
-        self._activity = activity
-        self._share = max(share, 0.001)
-        self._max_yield = max_yield
-        self._lock = threading.Lock()
-        self._unpaid = 0.0  # CPU seconds spent since the last look, by every thread
-        self._seen: int | None = None
-        self._at = clock()
-        self._active_at = self._at
-        self._busy_since: float | None = None
-        self._allowance = self._share * BUSY_WINDOW
-        self._cost = 0.002  # moving average of the CPU seconds of one attempt, bookkeeping included
-        self._attempt_cpu = 0.0
-        self._attempts = 0
-        self.limited = False
-
-    def spent(self, seconds: float, attempts: int = 0) -> None:
-        """Account CPU time spent by one of the dispatcher's threads (and attempts made with it)."""
-        with self._lock:
-            self._unpaid += seconds
-            self._attempt_cpu += seconds
-            self._attempts += attempts
-
-    def _update(self) -> None:
-        now = self._clock()
-        count: int | None
-        try:
-            count = self._activity()
-        except Exception:  # a figure that cannot be read never stops deliveries
-            count = self._seen
-        if count != self._seen:
-            if self._seen is not None:
-                self._active_at = now
-            self._seen = count
-        with self._lock:
-            unpaid, self._unpaid = self._unpaid, 0.0
-            if self._attempts >= 8:
-                self._cost = 0.7 * self._cost + 0.3 * self._attempt_cpu / self._attempts
-                self._attempt_cpu, self._attempts = 0.0, 0
-        busy = now - self._active_at < BUSY_WINDOW
-        if busy and self._busy_since is None:
-            self._busy_since = now
-        elif not busy:
-            self._busy_since = None
-        cap = self._share * BUSY_WINDOW
-        self._allowance = min(self._allowance + (now - self._at) * self._share, cap) - unpaid
-        self._at = now
-        self.limited = busy and self._busy_since is not None and now - self._busy_since < self._max_yield
-        if not self.limited:
-            self._allowance = cap
-
-    def hold_back(self) -> float:
-        """Seconds to wait before the next cycle: 0 unless the worker is busy and the budget is spent."""
-        self._update()
-        if not self.limited or self._allowance >= 0:
-            return 0.0
-        return min(-self._allowance / self._share, BUSY_WINDOW)
-
-    def claims(self) -> int:
-        """How many deliveries the budget pays for now (no limit when not yielding)."""
-        if not self.limited:
-            return 1 << 30
-        return max(0, int(self._allowance / self._cost))
-
-
-def _read_some(response: httpx.Response) -> str:
-    """The start of the body, as one short line; reads a little more so the connection can be reused.
-
-    The status is already in: a body that stops, breaks or outlasts the
-    deadline only ends the reading (the connection is then dropped), it
-    does not turn a 2xx into a failure.
-    """
-    kept = bytearray()
-    total = 0
-    try:
-        for chunk in response.iter_bytes():
-            if len(kept) < SNIPPET_BYTES:
-                kept += chunk[: SNIPPET_BYTES - len(kept)]
-            total += len(chunk)
-            if total > DRAIN_BYTES:
-                break
-    except httpx.HTTPError:
-        pass
-    return " ".join(kept.decode("utf-8", "replace").split())[:200]
-
-
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def _refuse_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
-def strict_json_problem(payload: str) -> str | None:
-    """None when ``payload`` is strict JSON (RFC 8259, UTF-8 encodable); otherwise what is wrong.
-
-    Python's ``json`` accepts ``NaN``, ``Infinity`` and ``-Infinity`` and
-    lone surrogates (raw or escaped); receivers in other languages reject
-    them, or worse, read them differently. The payload is written
-    elsewhere; this is the last check before it leaves the process.
-    """
-    try:
-        value = json.loads(payload, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
-        return f"not strict JSON: {str(exc)[:200]}"
-    try:
-        payload.encode("utf-8")
-        if _SURROGATE_ESCAPE.search(payload):  # rare: only then pay for a second encoding
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return "not strict JSON: a lone surrogate (not a Unicode character)"
-    return None
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """``Retry-After`` in seconds (delta or HTTP date), if the receiver sent one."""
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _describe(exc: httpx.HTTPError, timeout: float) -> str:
-    if isinstance(exc, httpx.ConnectTimeout):
-        return f"connect timeout ({timeout:g} s)"
-    if isinstance(exc, httpx.ReadTimeout):
-        return f"read timeout ({timeout:g} s)"
-    if isinstance(exc, httpx.TimeoutException):
-        return f"timeout ({timeout:g} s): {type(exc).__name__}"
-    text = str(exc).strip() or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:500]
-
-
-__all__ = ["Attempt", "DispatcherStats", "WebhookDispatcher", "strict_json_problem"]
+__all__ = ["DispatcherStats", "WebhookDispatcher"]
