@@ -11,10 +11,11 @@ requests. Why it is built the way it is:
   dispatcher transaction is a few short statements.
 * **One deadline per attempt.** Resolving, connecting, sending and reading
   together end within ``webhooks.timeout`` (:func:`~scheduler.webhooks.
-  transport.deadline`): a receiver trickling its answer cannot hold a sender.
+  transport.deadline`): a receiver trickling its answer cannot hold a sender
+  (:mod:`scheduler.webhooks.attempt`, which also classifies the outcome).
 * **Fair between destinations.** At most ``webhooks.per_destination``
   attempts run at once to one ``scheme://host:port``, and a freed sender
-  goes to the destinations in turn (:meth:`WebhookDispatcher._pump`), so one
+  goes to the destinations in turn (:mod:`scheduler.webhooks.destinations`), so one
   slow or hanging receiver holds at most that many senders and the others
   keep flowing. Claims are sized per destination too (about half a second
   of work at its own pace): a slow destination's backlog stays in the
@@ -55,7 +56,8 @@ requests. Why it is built the way it is:
   Why pace instead of a process of its own: on a machine whose cores the
   broker, the database and the worker already fill, another process takes
   the same CPU; only not spending it during the burst helps. Nothing is
-  held in memory meanwhile: the events wait in the outbox as before.
+  held in memory meanwhile: the events wait in the outbox as before
+  (:mod:`scheduler.webhooks.pacing`).
 
 Cost, since the dispatcher shares the worker's interpreter: new events are
 expanded by ``INSERT ... SELECT`` inside the database (no Python work per
@@ -64,6 +66,9 @@ second of work ahead of its senders and wakes when they run low, so a cycle
 writes and claims hundreds of deliveries at a time to a fast receiver
 instead of one statement per delivery; keep-alive connections make each
 attempt one round trip. Waiting on a slow receiver costs no CPU at all.
+
+This module keeps the loop that ties the parts together: expand, plan
+(order per task and URL), claim, hand to the senders, record the outcomes.
 """
 
 from __future__ import annotations
@@ -72,7 +77,6 @@ import queue
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -98,6 +102,7 @@ from scheduler.store.deliveries import (
 )
 from scheduler.store.engine import DatabaseUnavailable
 from scheduler.webhooks.attempt import Attempt, Classifier, post
+from scheduler.webhooks.destinations import Destinations
 from scheduler.webhooks.pacing import BUSY_SHARE, MAX_YIELD, Pacer
 from scheduler.webhooks.policy import (
     callback_refusal,
@@ -113,8 +118,6 @@ from scheduler.webhooks.transport import make_client
 log = structlog.get_logger(__name__)
 
 DB_ERRORS = (SQLAlchemyError, DatabaseUnavailable)
-QUEUE_SECONDS = 0.5  # claim about this much work ahead of the senders
-MAX_QUEUE = 512
 
 
 class HasEngine(Protocol):
@@ -190,8 +193,7 @@ class WebhookDispatcher:
         self.config = config
         self._keys = signing_keys(config)
         self._patterns = parse_patterns(list(config.allow))
-        self._per_destination = min(config.per_destination, config.concurrency)
-        self._origins: dict[str, tuple[str, str]] = {}
+        self._destinations = Destinations(config.concurrency, min(config.per_destination, config.concurrency))
         self.store = DeliveryStore(engine)
         self._is_leader = is_leader
         self._clock = clock
@@ -209,16 +211,7 @@ class WebhookDispatcher:
         self._wake = threading.Event()
         self._events_hint = threading.Event()
         self._next_events_check = 0.0
-        self._unfinished = 0
-        self._send_lock = threading.Lock()
-        self._waiting: dict[str, deque[Due]] = {}  # claimed, not started, by destination (insertion = turn)
-        self._running: dict[str, int] = {}
-        self._running_total = 0
-        self._origin_seconds: dict[str, float] = {}  # moving average of one attempt, per destination
-        self._started_at: dict[int, tuple[str, float]] = {}  # running attempts: destination, start
-        self._oldest_running: dict[str, float] = {}  # per destination, the start of its oldest one
         self._quiet: tuple[list[str], float] | None = None  # (skipped prefixes, until): see _nothing_new_due
-        self._attempt_seconds = 0.05  # moving average of one attempt, to size the queue
         self._stopping = threading.Event()
         self._outcomes: queue.SimpleQueue[tuple[Due, Attempt]] = queue.SimpleQueue()
         self._unrecorded: list[Result] = []
@@ -253,7 +246,7 @@ class WebhookDispatcher:
             urls=[display_url(u) for u in self._urls],
             callback_patterns=len(cfg.allow),
             concurrency=cfg.concurrency,
-            per_destination=self._per_destination,
+            per_destination=self._destinations.per_destination,
             max_attempts=cfg.max_attempts,
             timeout=cfg.timeout,
             signing_secrets=len(self._keys),
@@ -340,13 +333,14 @@ class WebhookDispatcher:
     def _cycle(self) -> float:
         """One round of bookkeeping; returns how long to sleep (0: there is more to do now)."""
         now = self._now()
-        self._trim()
+        for handed_back in self._destinations.trim():  # beyond their destination's cap: due again at once
+            self._outcomes.put((handed_back, Attempt(sent=False)))
         self._collect(now)
         leader = self._is_leader()
         with self._stats_lock:
             self._stats.cycles += 1
             self._stats.leader = leader
-        free = self._capacity() - len(self._in_flight)
+        free = self._destinations.capacity() - len(self._in_flight)
         if self._pacer is not None:
             free = min(free, self._pacer.claims())
         batch: OutboxBatch | None = None
@@ -358,7 +352,7 @@ class WebhookDispatcher:
                     self._events_hint.clear()
                     self._next_events_check = time.monotonic() + self._poll
                     batch = self.store.undispatched(conn, self._batch)
-                skip = self._saturated()
+                skip = self._destinations.saturated(self._in_flight.values())
                 if free > 0 and not self._nothing_new_due(skip, batch):
                     due = self.store.due(
                         conn, now, 2 * free + 8, exclude=list(self._in_flight), skip_prefixes=skip,
@@ -396,7 +390,7 @@ class WebhookDispatcher:
         if batch is not None and batch.count == self._batch:
             self._events_hint.set()  # more events are waiting to be expanded
             return 0.0
-        free = self._capacity() - len(self._in_flight)
+        free = self._destinations.capacity() - len(self._in_flight)
         if free > 0 and (batch or claimed or results or wake or plan.defer):
             return 0.0  # more may be due already
         if not leader or free <= 0:
@@ -427,7 +421,7 @@ class WebhookDispatcher:
             return False
         if batch is None:
             return True
-        return not batch.callbacks and all(self._origin(u)[1] in skip for u in self._urls)
+        return not batch.callbacks and all(self._destinations.origin(u)[1] in skip for u in self._urls)
 
     # ------------------------------------------------------------------ planning
     def _callbacks(self, events: list[OutboxEvent]) -> list[NewDelivery]:
@@ -470,10 +464,10 @@ class WebhookDispatcher:
             if current is None or ref.seq < current.seq:
                 head[key] = ref
         plan = _Plan()
-        busy = self._destination_load()
+        busy = self._destinations.load(self._in_flight.values())
         for candidate in due:
-            origin = self._origin(candidate.url)
-            if busy.get(origin[0], 0) >= self._claim_cap(origin[0]):
+            origin = self._destinations.origin(candidate.url)
+            if busy.get(origin[0], 0) >= self._destinations.claim_cap(origin[0]):
                 # Its destination is at its limit (a spelling of the URL the claim query did not
                 # skip): not now, and out of the way of other destinations' deliveries.
                 plan.defer[candidate.id] = now + timedelta(seconds=self._poll)
@@ -491,84 +485,7 @@ class WebhookDispatcher:
             busy[origin[0]] = busy.get(origin[0], 0) + 1
         return plan
 
-    # ------------------------------------------------------------------ destinations
-    def _origin(self, url: str) -> tuple[str, str]:
-        """(the destination ``scheme://host:port``, the URL's own ``scheme://netloc`` text).
-
-        The first is what the limit counts (case, default port and trailing
-        dot do not make a different destination); the second is the prefix
-        the claim query can skip without parsing URLs in SQL.
-        """
-        found = self._origins.get(url)
-        if found is not None:
-            return found
-        try:
-            parsed = httpx.URL(url)
-            host = parsed.raw_host.decode("ascii").lower().rstrip(".")
-            port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme, 0)
-            key = f"{parsed.scheme}://{host}:{port}"
-        except Exception:
-            key = url
-        prefix = url.split("://", 1)
-        text = f"{prefix[0]}://{prefix[1].split('/', 1)[0]}" if len(prefix) == 2 else url
-        if len(self._origins) > 10_000:
-            self._origins.clear()
-        self._origins[url] = found = (key, text)
-        return found
-
-    def _destination_load(self) -> dict[str, int]:
-        """Attempts in flight (claimed, queued or running) per destination."""
-        load: dict[str, int] = {}
-        for due in self._in_flight.values():
-            key = self._origin(due.url)[0]
-            load[key] = load.get(key, 0) + 1
-        return load
-
-    def _claim_cap(self, origin: str) -> int:
-        """How many deliveries to one destination may be claimed at once (running or waiting).
-
-        About ``QUEUE_SECONDS`` of work at that destination's own pace, and
-        never fewer than its running limit: hundreds to a fast receiver (SQL
-        in batches), ``per_destination`` to a slow or hanging one, so its
-        backlog neither fills the claim slots nor waits past its lease. The
-        pace is the slower of its moving average and its oldest running
-        attempt, so a receiver that starts hanging counts as slow within a
-        second, not only when its first attempts time out, and the claims it
-        no longer deserves are handed back (:meth:`_trim`) for the others.
-        """
-        seconds = self._origin_seconds.get(origin, self._attempt_seconds)
-        started = self._oldest_running.get(origin)
-        if started is not None:
-            seconds = max(seconds, time.monotonic() - started)
-        ahead = int(self._per_destination * QUEUE_SECONDS / max(seconds, 0.001))
-        return max(self._per_destination, min(ahead, self._capacity()))
-
-    def _trim(self) -> None:
-        """Hand back claims waiting (not running) beyond their destination's current cap.
-
-        They become due again at once in the database, where the claim query
-        skips a saturated destination, so the slots go to other destinations.
-        """
-        dropped: list[Due] = []
-        with self._send_lock:
-            for origin, waiting in self._waiting.items():
-                excess = len(waiting) + self._running.get(origin, 0) - self._claim_cap(origin)
-                while excess > 0 and waiting:
-                    dropped.append(waiting.pop())
-                    excess -= 1
-            for origin in [o for o, w in self._waiting.items() if not w]:
-                del self._waiting[origin]
-            self._unfinished -= len(dropped)
-        for due in dropped:
-            self._outcomes.put((due, Attempt(sent=False)))
-
-    def _saturated(self) -> list[str]:
-        """The ``scheme://netloc`` spellings of destinations at their limit: the claim query skips them."""
-        load = self._destination_load()
-        full = {key for key, n in load.items() if n >= self._claim_cap(key)}
-        origins = [self._origin(d.url) for d in self._in_flight.values()]
-        return sorted({text for key, text in origins if key in full})
-
+    # ------------------------------------------------------------------ order per task and URL
     def _successors_of(self, results: list[Result], now: datetime) -> dict[int, datetime]:
         """Deliveries deferred behind ones whose outcome is being written: due now."""
         wake: dict[int, datetime] = {}
@@ -581,55 +498,19 @@ class WebhookDispatcher:
         return wake
 
     # ------------------------------------------------------------------ sending
-    def _capacity(self) -> int:
-        """How many claimed deliveries to hold (running plus queued for the senders).
-
-        Enough to keep every sender busy for about ``QUEUE_SECONDS`` at the
-        current pace, so outcomes are written and new work claimed in batches
-        of hundreds to a fast receiver, yet only two rounds' worth to a slow
-        one (a claim must not wait in the queue longer than its lease).
-        """
-        senders = self.config.concurrency
-        pace = senders / max(self._attempt_seconds, 0.001)
-        return senders + max(senders, min(int(pace * QUEUE_SECONDS), MAX_QUEUE))
-
     def _submit(self, due: Due) -> None:
         """Queue a claimed delivery behind its destination; start it when a sender and its slot are free."""
         self._in_flight[due.id] = due
-        origin = self._origin(due.url)[0]
-        with self._send_lock:
-            self._waiting.setdefault(origin, deque()).append(due)
-            self._unfinished += 1
+        origin = self._destinations.origin(due.url)[0]
+        self._destinations.queue(due, origin)
         self._pump()
 
     def _pump(self) -> None:
-        """Start waiting attempts on free senders, round-robin over destinations below ``per_destination``.
-
-        Why not hand everything to the executor's queue: it is first in,
-        first out, so a hanging receiver's backlog would take every sender
-        in turn. Here no destination runs more than its limit at once, and
-        a sender freed by one destination goes to the next one in turn.
-        """
+        """Start the attempts whose turn it is (:meth:`Destinations.turns`) on free senders."""
         senders = self._senders
         if senders is None:
             return
-        start: list[tuple[Due, str]] = []
-        with self._send_lock:
-            progress = True
-            while progress and self._running_total < self.config.concurrency and self._waiting:
-                progress = False
-                for origin in list(self._waiting):
-                    if self._running_total >= self.config.concurrency:
-                        break
-                    if self._running.get(origin, 0) >= self._per_destination:
-                        continue
-                    waiting = self._waiting.pop(origin)
-                    start.append((waiting.popleft(), origin))
-                    if waiting:
-                        self._waiting[origin] = waiting  # to the back: the next destination goes first
-                    self._running[origin] = self._running.get(origin, 0) + 1
-                    self._running_total += 1
-                    progress = True
+        start = self._destinations.turns()
         for due, origin in start:
             try:
                 senders.submit(self._send, due, origin)
@@ -646,9 +527,7 @@ class WebhookDispatcher:
                 self._pacer.spent(time.thread_time() - started, attempts=1)
 
     def _send_one(self, due: Due, origin: str) -> None:
-        with self._send_lock:
-            self._started_at[due.id] = (origin, time.monotonic())
-            self._oldest_running.setdefault(origin, self._started_at[due.id][1])
+        self._destinations.started(due, origin)
         try:
             attempt = self._attempt(due)
         except Exception as exc:  # a bug must not leave the delivery claimed until its lease runs out
@@ -668,21 +547,7 @@ class WebhookDispatcher:
         the outcomes ``concurrency`` at a time.
         """
         self._outcomes.put((due, attempt))
-        with self._send_lock:
-            if self._started_at.pop(due.id, None) is not None:
-                starts = [t for o, t in self._started_at.values() if o == origin]
-                if starts:
-                    self._oldest_running[origin] = min(starts)
-                else:
-                    self._oldest_running.pop(origin, None)
-            left = self._running.get(origin, 1) - 1
-            if left > 0:
-                self._running[origin] = left
-            else:
-                self._running.pop(origin, None)
-            self._running_total -= 1
-            self._unfinished -= 1
-            unfinished = self._unfinished
+        unfinished = self._destinations.finished(due, origin)
         senders = self.config.concurrency
         finished = self._outcomes.qsize()
         # Half of what is claimed, not half the capacity: claims are capped per destination, and
@@ -710,7 +575,7 @@ class WebhookDispatcher:
                 return
             try:
                 if attempt.sent:
-                    self._observe(due, attempt)
+                    self._destinations.observe(due.url, attempt.seconds)
                 result = self._classifier.result_of(due, attempt, now)
             except Exception as exc:  # never lose track of a claimed delivery: retry it later
                 error = scrub(f"internal error: {type(exc).__name__}: {first_line(exc)}", due.url)
@@ -718,15 +583,6 @@ class WebhookDispatcher:
                 retry_at = now + timedelta(seconds=self.config.initial_backoff)
                 result = Result(due.id, PENDING, attempt.sent, retry_at, error=error)
             self._unrecorded.append(result)
-
-    def _observe(self, due: Due, attempt: Attempt) -> None:
-        """Fold a sent attempt's duration into the moving averages that size the claims."""
-        self._attempt_seconds = 0.8 * self._attempt_seconds + 0.2 * attempt.seconds
-        origin = self._origin(due.url)[0]
-        if len(self._origin_seconds) > 10_000:
-            self._origin_seconds.clear()
-        before = self._origin_seconds.get(origin, attempt.seconds)
-        self._origin_seconds[origin] = 0.8 * before + 0.2 * attempt.seconds
 
     def _drain(self) -> None:
         """At stop: wait for attempts in flight (bounded), write every outcome, release the clients."""
