@@ -780,11 +780,11 @@ def _cli() -> Any:
 
 
 def test_the_pacer_spends_a_share_of_a_core_only_while_the_worker_is_busy() -> None:
-    from scheduler.webhooks.dispatcher import BUSY_WINDOW, _Pacer
+    from scheduler.webhooks.pacing import BUSY_WINDOW, Pacer
 
     now = [100.0]
     committed = [0]
-    pacer = _Pacer(lambda: committed[0], share=0.05, max_yield=10.0, clock=lambda: now[0])
+    pacer = Pacer(lambda: committed[0], share=0.05, max_yield=10.0, clock=lambda: now[0])
     assert pacer.hold_back() == 0.0 and pacer.limited, "a worker that just started counts as busy"
     assert pacer.claims() == int(0.05 / 0.002), "claims are sized to the allowance at the assumed cost"
     pacer.spent(0.2)  # four seconds' worth of budget
@@ -819,13 +819,13 @@ def test_the_pacer_spends_a_share_of_a_core_only_while_the_worker_is_busy() -> N
 
 
 def test_the_pacer_ignores_an_activity_figure_that_fails() -> None:
-    from scheduler.webhooks.dispatcher import _Pacer
+    from scheduler.webhooks.pacing import Pacer
 
     def broken() -> int:
         raise RuntimeError("no figure")
 
     now = [0.0]
-    pacer = _Pacer(broken, share=0.05, max_yield=10.0, clock=lambda: now[0])
+    pacer = Pacer(broken, share=0.05, max_yield=10.0, clock=lambda: now[0])
     now[0] += 5
     assert pacer.hold_back() == 0.0 and not pacer.limited
 

@@ -25,8 +25,8 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from scheduler.config import ConfigError, WebhooksConfig, load_settings
+from scheduler.webhooks.attempt import strict_json_problem
 from scheduler.webhooks.backoff import backoff_delay, nominal_delay, retry_schedule
-from scheduler.webhooks.dispatcher import strict_json_problem
 from scheduler.webhooks.policy import display_url, scrub
 from scheduler.webhooks.signing import (
     SecretFormatError,

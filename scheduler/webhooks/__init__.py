@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from scheduler.store.deliveries import DeliveryRecord, DeliveryStore
+    from scheduler.webhooks.attempt import strict_json_problem
     from scheduler.webhooks.backoff import backoff_delay, retry_schedule
-    from scheduler.webhooks.dispatcher import DispatcherStats, WebhookDispatcher, strict_json_problem
+    from scheduler.webhooks.dispatcher import DispatcherStats, WebhookDispatcher
     from scheduler.webhooks.policy import callback_refusal, display_url
     from scheduler.webhooks.signing import (
         SecretFormatError,
@@ -38,7 +39,7 @@ _HOMES: dict[str, str] = {
     "retry_schedule": "scheduler.webhooks.backoff",
     "DispatcherStats": "scheduler.webhooks.dispatcher",
     "WebhookDispatcher": "scheduler.webhooks.dispatcher",
-    "strict_json_problem": "scheduler.webhooks.dispatcher",
+    "strict_json_problem": "scheduler.webhooks.attempt",
     "callback_refusal": "scheduler.webhooks.policy",
     "display_url": "scheduler.webhooks.policy",
     "SecretFormatError": "scheduler.webhooks.signing",

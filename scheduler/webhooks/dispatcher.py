@@ -11,10 +11,11 @@ requests. Why it is built the way it is:
   dispatcher transaction is a few short statements.
 * **One deadline per attempt.** Resolving, connecting, sending and reading
   together end within ``webhooks.timeout`` (:func:`~scheduler.webhooks.
-  transport.deadline`): a receiver trickling its answer cannot hold a sender.
+  transport.deadline`): a receiver trickling its answer cannot hold a sender
+  (:mod:`scheduler.webhooks.attempt`, which also classifies the outcome).
 * **Fair between destinations.** At most ``webhooks.per_destination``
   attempts run at once to one ``scheme://host:port``, and a freed sender
-  goes to the destinations in turn (:meth:`WebhookDispatcher._pump`), so one
+  goes to the destinations in turn (:mod:`scheduler.webhooks.destinations`), so one
   slow or hanging receiver holds at most that many senders and the others
   keep flowing. Claims are sized per destination too (about half a second
   of work at its own pace): a slow destination's backlog stays in the
@@ -55,7 +56,8 @@ requests. Why it is built the way it is:
   Why pace instead of a process of its own: on a machine whose cores the
   broker, the database and the worker already fill, another process takes
   the same CPU; only not spending it during the burst helps. Nothing is
-  held in memory meanwhile: the events wait in the outbox as before.
+  held in memory meanwhile: the events wait in the outbox as before
+  (:mod:`scheduler.webhooks.pacing`).
 
 Cost, since the dispatcher shares the worker's interpreter: new events are
 expanded by ``INSERT ... SELECT`` inside the database (no Python work per
@@ -64,22 +66,21 @@ second of work ahead of its senders and wakes when they run low, so a cycle
 writes and claims hundreds of deliveries at a time to a fast receiver
 instead of one statement per delivery; keep-alive connections make each
 attempt one round trip. Waiting on a slow receiver costs no CPU at all.
+
+This module keeps the loop that ties the parts together: expand, plan
+(order per task and URL), claim, hand to the senders, record the outcomes.
 """
 
 from __future__ import annotations
 
-import json
 import queue
 import random
-import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 import httpx
@@ -90,8 +91,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from scheduler.config import WebhooksConfig
 from scheduler.safetext import first_line
 from scheduler.store.deliveries import (
-    DEAD,
-    DELIVERED,
     PENDING,
     DeliveryStore,
     Due,
@@ -102,7 +101,9 @@ from scheduler.store.deliveries import (
     Result,
 )
 from scheduler.store.engine import DatabaseUnavailable
-from scheduler.webhooks.backoff import backoff_delay
+from scheduler.webhooks.attempt import Attempt, Classifier, post
+from scheduler.webhooks.destinations import Destinations
+from scheduler.webhooks.pacing import BUSY_SHARE, MAX_YIELD, Pacer
 from scheduler.webhooks.policy import (
     callback_refusal,
     display_url,
@@ -111,23 +112,12 @@ from scheduler.webhooks.policy import (
     scrub,
     scrub_text,
 )
-from scheduler.webhooks.signing import signed_headers, signing_keys, unsigned_refusal
-from scheduler.webhooks.transport import deadline, make_client, refused_address
+from scheduler.webhooks.signing import signing_keys, unsigned_refusal
+from scheduler.webhooks.transport import make_client
 
 log = structlog.get_logger(__name__)
 
 DB_ERRORS = (SQLAlchemyError, DatabaseUnavailable)
-SNIPPET_BYTES = 512  # of a failed response's body, for last_error
-DRAIN_BYTES = 64 * 1024  # read at most this much of any response (more: drop the connection)
-QUEUE_SECONDS = 0.5  # claim about this much work ahead of the senders
-LOG_EVERY = 10.0  # seconds between failure lines for one URL (the rest are counted)
-MAX_QUEUE = 512
-BUSY_SHARE = 0.05
-"""While placements flow: the share of one core the dispatcher's threads may spend (see the docstring)."""
-MAX_YIELD = 10.0
-"""Seconds of continuous placement activity after which the dispatcher stops yielding."""
-BUSY_WINDOW = 1.0
-"""The worker counts as busy while its activity counter moved within this many seconds."""
 
 
 class HasEngine(Protocol):
@@ -160,20 +150,6 @@ class DispatcherStats:
     yielded: int = 0
     """Cycles skipped because placements were flowing and the dispatcher's CPU budget was spent."""
     leader: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """What one HTTP attempt came to, before it is turned into a row update."""
-
-    delivered: bool = False
-    sent: bool = True
-    status_code: int | None = None
-    error: str | None = None
-    refusal: str | None = None
-    invalid: str | None = None
-    retry_after: float | None = None
-    seconds: float = 0.0
 
 
 @dataclass
@@ -217,12 +193,11 @@ class WebhookDispatcher:
         self.config = config
         self._keys = signing_keys(config)
         self._patterns = parse_patterns(list(config.allow))
-        self._per_destination = min(config.per_destination, config.concurrency)
-        self._origins: dict[str, tuple[str, str]] = {}
+        self._destinations = Destinations(config.concurrency, min(config.per_destination, config.concurrency))
         self.store = DeliveryStore(engine)
         self._is_leader = is_leader
         self._clock = clock
-        self._rng = rng or random.Random()
+        self._classifier = Classifier(config, rng or random.Random(), self._count)
         self._poll = poll_interval
         self._batch = batch_size
         # A claimed delivery waits in the senders' queue about QUEUE_SECONDS, then takes at most
@@ -236,27 +211,17 @@ class WebhookDispatcher:
         self._wake = threading.Event()
         self._events_hint = threading.Event()
         self._next_events_check = 0.0
-        self._unfinished = 0
-        self._send_lock = threading.Lock()
-        self._waiting: dict[str, deque[Due]] = {}  # claimed, not started, by destination (insertion = turn)
-        self._running: dict[str, int] = {}
-        self._running_total = 0
-        self._origin_seconds: dict[str, float] = {}  # moving average of one attempt, per destination
-        self._started_at: dict[int, tuple[str, float]] = {}  # running attempts: destination, start
-        self._oldest_running: dict[str, float] = {}  # per destination, the start of its oldest one
         self._quiet: tuple[list[str], float] | None = None  # (skipped prefixes, until): see _nothing_new_due
-        self._attempt_seconds = 0.05  # moving average of one attempt, to size the queue
         self._stopping = threading.Event()
         self._outcomes: queue.SimpleQueue[tuple[Due, Attempt]] = queue.SimpleQueue()
         self._unrecorded: list[Result] = []
         self._in_flight: dict[int, Due] = {}
         self._successors: dict[tuple[str, str], set[int]] = {}
-        self._log_state: dict[tuple[str, str], tuple[float, int]] = {}
         self._thread: threading.Thread | None = None
         self._senders: ThreadPoolExecutor | None = None
         self._clients: dict[bool, httpx.Client] = {}
         self._resolver: ThreadPoolExecutor | None = None
-        self._pacer = _Pacer(activity, busy_share, max_yield) if activity is not None else None
+        self._pacer = Pacer(activity, busy_share, max_yield) if activity is not None else None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -281,7 +246,7 @@ class WebhookDispatcher:
             urls=[display_url(u) for u in self._urls],
             callback_patterns=len(cfg.allow),
             concurrency=cfg.concurrency,
-            per_destination=self._per_destination,
+            per_destination=self._destinations.per_destination,
             max_attempts=cfg.max_attempts,
             timeout=cfg.timeout,
             signing_secrets=len(self._keys),
@@ -368,13 +333,14 @@ class WebhookDispatcher:
     def _cycle(self) -> float:
         """One round of bookkeeping; returns how long to sleep (0: there is more to do now)."""
         now = self._now()
-        self._trim()
+        for handed_back in self._destinations.trim():  # beyond their destination's cap: due again at once
+            self._outcomes.put((handed_back, Attempt(sent=False)))
         self._collect(now)
         leader = self._is_leader()
         with self._stats_lock:
             self._stats.cycles += 1
             self._stats.leader = leader
-        free = self._capacity() - len(self._in_flight)
+        free = self._destinations.capacity() - len(self._in_flight)
         if self._pacer is not None:
             free = min(free, self._pacer.claims())
         batch: OutboxBatch | None = None
@@ -386,7 +352,7 @@ class WebhookDispatcher:
                     self._events_hint.clear()
                     self._next_events_check = time.monotonic() + self._poll
                     batch = self.store.undispatched(conn, self._batch)
-                skip = self._saturated()
+                skip = self._destinations.saturated(self._in_flight.values())
                 if free > 0 and not self._nothing_new_due(skip, batch):
                     due = self.store.due(
                         conn, now, 2 * free + 8, exclude=list(self._in_flight), skip_prefixes=skip,
@@ -424,7 +390,7 @@ class WebhookDispatcher:
         if batch is not None and batch.count == self._batch:
             self._events_hint.set()  # more events are waiting to be expanded
             return 0.0
-        free = self._capacity() - len(self._in_flight)
+        free = self._destinations.capacity() - len(self._in_flight)
         if free > 0 and (batch or claimed or results or wake or plan.defer):
             return 0.0  # more may be due already
         if not leader or free <= 0:
@@ -455,7 +421,7 @@ class WebhookDispatcher:
             return False
         if batch is None:
             return True
-        return not batch.callbacks and all(self._origin(u)[1] in skip for u in self._urls)
+        return not batch.callbacks and all(self._destinations.origin(u)[1] in skip for u in self._urls)
 
     # ------------------------------------------------------------------ planning
     def _callbacks(self, events: list[OutboxEvent]) -> list[NewDelivery]:
@@ -498,10 +464,10 @@ class WebhookDispatcher:
             if current is None or ref.seq < current.seq:
                 head[key] = ref
         plan = _Plan()
-        busy = self._destination_load()
+        busy = self._destinations.load(self._in_flight.values())
         for candidate in due:
-            origin = self._origin(candidate.url)
-            if busy.get(origin[0], 0) >= self._claim_cap(origin[0]):
+            origin = self._destinations.origin(candidate.url)
+            if busy.get(origin[0], 0) >= self._destinations.claim_cap(origin[0]):
                 # Its destination is at its limit (a spelling of the URL the claim query did not
                 # skip): not now, and out of the way of other destinations' deliveries.
                 plan.defer[candidate.id] = now + timedelta(seconds=self._poll)
@@ -519,84 +485,7 @@ class WebhookDispatcher:
             busy[origin[0]] = busy.get(origin[0], 0) + 1
         return plan
 
-    # ------------------------------------------------------------------ destinations
-    def _origin(self, url: str) -> tuple[str, str]:
-        """(the destination ``scheme://host:port``, the URL's own ``scheme://netloc`` text).
-
-        The first is what the limit counts (case, default port and trailing
-        dot do not make a different destination); the second is the prefix
-        the claim query can skip without parsing URLs in SQL.
-        """
-        found = self._origins.get(url)
-        if found is not None:
-            return found
-        try:
-            parsed = httpx.URL(url)
-            host = parsed.raw_host.decode("ascii").lower().rstrip(".")
-            port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme, 0)
-            key = f"{parsed.scheme}://{host}:{port}"
-        except Exception:
-            key = url
-        prefix = url.split("://", 1)
-        text = f"{prefix[0]}://{prefix[1].split('/', 1)[0]}" if len(prefix) == 2 else url
-        if len(self._origins) > 10_000:
-            self._origins.clear()
-        self._origins[url] = found = (key, text)
-        return found
-
-    def _destination_load(self) -> dict[str, int]:
-        """Attempts in flight (claimed, queued or running) per destination."""
-        load: dict[str, int] = {}
-        for due in self._in_flight.values():
-            key = self._origin(due.url)[0]
-            load[key] = load.get(key, 0) + 1
-        return load
-
-    def _claim_cap(self, origin: str) -> int:
-        """How many deliveries to one destination may be claimed at once (running or waiting).
-
-        About ``QUEUE_SECONDS`` of work at that destination's own pace, and
-        never fewer than its running limit: hundreds to a fast receiver (SQL
-        in batches), ``per_destination`` to a slow or hanging one, so its
-        backlog neither fills the claim slots nor waits past its lease. The
-        pace is the slower of its moving average and its oldest running
-        attempt, so a receiver that starts hanging counts as slow within a
-        second, not only when its first attempts time out, and the claims it
-        no longer deserves are handed back (:meth:`_trim`) for the others.
-        """
-        seconds = self._origin_seconds.get(origin, self._attempt_seconds)
-        started = self._oldest_running.get(origin)
-        if started is not None:
-            seconds = max(seconds, time.monotonic() - started)
-        ahead = int(self._per_destination * QUEUE_SECONDS / max(seconds, 0.001))
-        return max(self._per_destination, min(ahead, self._capacity()))
-
-    def _trim(self) -> None:
-        """Hand back claims waiting (not running) beyond their destination's current cap.
-
-        They become due again at once in the database, where the claim query
-        skips a saturated destination, so the slots go to other destinations.
-        """
-        dropped: list[Due] = []
-        with self._send_lock:
-            for origin, waiting in self._waiting.items():
-                excess = len(waiting) + self._running.get(origin, 0) - self._claim_cap(origin)
-                while excess > 0 and waiting:
-                    dropped.append(waiting.pop())
-                    excess -= 1
-            for origin in [o for o, w in self._waiting.items() if not w]:
-                del self._waiting[origin]
-            self._unfinished -= len(dropped)
-        for due in dropped:
-            self._outcomes.put((due, Attempt(sent=False)))
-
-    def _saturated(self) -> list[str]:
-        """The ``scheme://netloc`` spellings of destinations at their limit: the claim query skips them."""
-        load = self._destination_load()
-        full = {key for key, n in load.items() if n >= self._claim_cap(key)}
-        origins = [self._origin(d.url) for d in self._in_flight.values()]
-        return sorted({text for key, text in origins if key in full})
-
+    # ------------------------------------------------------------------ order per task and URL
     def _successors_of(self, results: list[Result], now: datetime) -> dict[int, datetime]:
         """Deliveries deferred behind ones whose outcome is being written: due now."""
         wake: dict[int, datetime] = {}
@@ -609,55 +498,19 @@ class WebhookDispatcher:
         return wake
 
     # ------------------------------------------------------------------ sending
-    def _capacity(self) -> int:
-        """How many claimed deliveries to hold (running plus queued for the senders).
-
-        Enough to keep every sender busy for about ``QUEUE_SECONDS`` at the
-        current pace, so outcomes are written and new work claimed in batches
-        of hundreds to a fast receiver, yet only two rounds' worth to a slow
-        one (a claim must not wait in the queue longer than its lease).
-        """
-        senders = self.config.concurrency
-        pace = senders / max(self._attempt_seconds, 0.001)
-        return senders + max(senders, min(int(pace * QUEUE_SECONDS), MAX_QUEUE))
-
     def _submit(self, due: Due) -> None:
         """Queue a claimed delivery behind its destination; start it when a sender and its slot are free."""
         self._in_flight[due.id] = due
-        origin = self._origin(due.url)[0]
-        with self._send_lock:
-            self._waiting.setdefault(origin, deque()).append(due)
-            self._unfinished += 1
+        origin = self._destinations.origin(due.url)[0]
+        self._destinations.queue(due, origin)
         self._pump()
 
     def _pump(self) -> None:
-        """Start waiting attempts on free senders, round-robin over destinations below ``per_destination``.
-
-        Why not hand everything to the executor's queue: it is first in,
-        first out, so a hanging receiver's backlog would take every sender
-        in turn. Here no destination runs more than its limit at once, and
-        a sender freed by one destination goes to the next one in turn.
-        """
+        """Start the attempts whose turn it is (:meth:`Destinations.turns`) on free senders."""
         senders = self._senders
         if senders is None:
             return
-        start: list[tuple[Due, str]] = []
-        with self._send_lock:
-            progress = True
-            while progress and self._running_total < self.config.concurrency and self._waiting:
-                progress = False
-                for origin in list(self._waiting):
-                    if self._running_total >= self.config.concurrency:
-                        break
-                    if self._running.get(origin, 0) >= self._per_destination:
-                        continue
-                    waiting = self._waiting.pop(origin)
-                    start.append((waiting.popleft(), origin))
-                    if waiting:
-                        self._waiting[origin] = waiting  # to the back: the next destination goes first
-                    self._running[origin] = self._running.get(origin, 0) + 1
-                    self._running_total += 1
-                    progress = True
+        start = self._destinations.turns()
         for due, origin in start:
             try:
                 senders.submit(self._send, due, origin)
@@ -674,9 +527,7 @@ class WebhookDispatcher:
                 self._pacer.spent(time.thread_time() - started, attempts=1)
 
     def _send_one(self, due: Due, origin: str) -> None:
-        with self._send_lock:
-            self._started_at[due.id] = (origin, time.monotonic())
-            self._oldest_running.setdefault(origin, self._started_at[due.id][1])
+        self._destinations.started(due, origin)
         try:
             attempt = self._attempt(due)
         except Exception as exc:  # a bug must not leave the delivery claimed until its lease runs out
@@ -696,21 +547,7 @@ class WebhookDispatcher:
         the outcomes ``concurrency`` at a time.
         """
         self._outcomes.put((due, attempt))
-        with self._send_lock:
-            if self._started_at.pop(due.id, None) is not None:
-                starts = [t for o, t in self._started_at.values() if o == origin]
-                if starts:
-                    self._oldest_running[origin] = min(starts)
-                else:
-                    self._oldest_running.pop(origin, None)
-            left = self._running.get(origin, 1) - 1
-            if left > 0:
-                self._running[origin] = left
-            else:
-                self._running.pop(origin, None)
-            self._running_total -= 1
-            self._unfinished -= 1
-            unfinished = self._unfinished
+        unfinished = self._destinations.finished(due, origin)
         senders = self.config.concurrency
         finished = self._outcomes.qsize()
         # Half of what is claimed, not half the capacity: claims are capped per destination, and
@@ -726,45 +563,7 @@ class WebhookDispatcher:
             refusal = callback_refusal(due.url, self._patterns)
             if refusal is not None:
                 return Attempt(sent=False, refusal=refusal)
-        invalid = strict_json_problem(due.payload)
-        if invalid is not None:
-            return Attempt(sent=False, invalid=invalid)
-        body = due.payload.encode("utf-8")
-        timestamp = int(self._now().timestamp())
-        headers = signed_headers(
-            self._keys, event_type=due.event_type, event_id=due.event_id, body=body, timestamp=timestamp
-        )
-        timeout = self.config.timeout
-        started = time.perf_counter()
-        try:
-            with (
-                deadline(timeout),
-                self._clients[callback].stream("POST", due.url, content=body, headers=headers) as response,
-            ):
-                code = response.status_code
-                retry_after = _retry_after(response)
-                location = response.headers.get("location")
-                snippet = _read_some(response)
-        except httpx.HTTPError as exc:
-            seconds = time.perf_counter() - started
-            refused = refused_address(exc)
-            if refused is not None:
-                return Attempt(sent=False, refusal=scrub(refused, due.url), seconds=seconds)
-            return Attempt(error=scrub(_describe(exc, timeout), due.url), seconds=seconds)
-        except (httpx.InvalidURL, ValueError) as exc:
-            refusal = scrub(f"invalid URL: {exc}", due.url)
-            return Attempt(sent=False, refusal=refusal, seconds=time.perf_counter() - started)
-        seconds = time.perf_counter() - started
-        if 200 <= code < 300:
-            return Attempt(delivered=True, status_code=code, seconds=seconds)
-        error = f"HTTP {code}"
-        if 300 <= code < 400:
-            target = f" to {display_url(location)}" if location else ""
-            error += f": redirect{target} not followed"
-        elif snippet:
-            error += f": {snippet}"
-        error = scrub(error, due.url)
-        return Attempt(status_code=code, error=error, retry_after=retry_after, seconds=seconds)
+        return post(due, self._clients[callback], self._keys, self.config.timeout, self._now)
 
     # ------------------------------------------------------------------ outcomes
     def _collect(self, now: datetime) -> None:
@@ -775,101 +574,15 @@ class WebhookDispatcher:
             except queue.Empty:
                 return
             try:
-                result = self._result_of(due, attempt, now)
+                if attempt.sent:
+                    self._destinations.observe(due.url, attempt.seconds)
+                result = self._classifier.result_of(due, attempt, now)
             except Exception as exc:  # never lose track of a claimed delivery: retry it later
                 error = scrub(f"internal error: {type(exc).__name__}: {first_line(exc)}", due.url)
                 log.error("webhook outcome could not be processed", delivery_id=due.id, error=error)
                 retry_at = now + timedelta(seconds=self.config.initial_backoff)
                 result = Result(due.id, PENDING, attempt.sent, retry_at, error=error)
             self._unrecorded.append(result)
-
-    def _result_of(self, due: Due, attempt: Attempt, now: datetime) -> Result:
-        cfg = self.config
-        ctx = {
-            "delivery_id": due.id,
-            "event_id": due.event_id,
-            "task_id": due.task_id,
-            "type": due.event_type,
-            "url": display_url(due.url),
-            "status": attempt.status_code,
-        }
-        if attempt.sent:
-            self._attempt_seconds = 0.8 * self._attempt_seconds + 0.2 * attempt.seconds
-            origin = self._origin(due.url)[0]
-            if len(self._origin_seconds) > 10_000:
-                self._origin_seconds.clear()
-            before = self._origin_seconds.get(origin, attempt.seconds)
-            self._origin_seconds[origin] = 0.8 * before + 0.2 * attempt.seconds
-        if attempt.delivered:
-            self._count(attempts=1, delivered=1)
-            ms = round(attempt.seconds * 1000, 1)
-            log.debug("webhook delivered", attempt=due.attempts + 1, ms=ms, **ctx)
-            return Result(due.id, DELIVERED, True, now, status_code=attempt.status_code, delivered_at=now)
-        if attempt.invalid is not None:
-            self._count(dead=1, invalid=1)
-            log.error("webhook payload is not strict JSON; delivery dead, nothing sent",
-                      problem=attempt.invalid, **ctx)
-            return Result(due.id, DEAD, False, now, error=f"invalid payload: {attempt.invalid}")
-        if attempt.refusal is not None:
-            self._count(refused=1, dead=1)
-            log.warning("webhook callback refused; delivery dead", reason=attempt.refusal, **ctx)
-            return Result(due.id, DEAD, False, now, error=f"refused: {attempt.refusal}")
-        if not attempt.sent:
-            self._count(handed_back=1)  # not leading any more, or stopping: due again at once
-            return Result(due.id, PENDING, False, now)
-        attempts = due.attempts + 1
-        if attempts >= cfg.max_attempts:
-            self._count(attempts=1, dead=1)
-            self._log(
-                log.error,
-                "webhook delivery dead: giving up",
-                due.url,
-                attempts=attempts,
-                error=attempt.error,
-                **ctx,
-            )
-            return Result(due.id, DEAD, True, now, status_code=attempt.status_code, error=attempt.error)
-        delay = backoff_delay(attempts, cfg.initial_backoff, cfg.max_backoff, self._rng)
-        if attempt.retry_after is not None:
-            delay = max(delay, min(attempt.retry_after, cfg.max_backoff))
-        self._count(attempts=1, retried=1)
-        self._log(
-            log.warning,
-            "webhook attempt failed; will retry",
-            due.url,
-            attempt=attempts,
-            of=cfg.max_attempts,
-            retry_in=round(delay, 3),
-            error=attempt.error,
-            **ctx,
-        )
-        return Result(
-            due.id,
-            PENDING,
-            True,
-            now + timedelta(seconds=delay),
-            status_code=attempt.status_code,
-            error=attempt.error,
-        )
-
-    def _log(self, emit: Callable[..., object], event: str, target: str, **fields: object) -> None:
-        """Log a failure, at most once per URL and kind every ``LOG_EVERY`` seconds, with what was held back.
-
-        A receiver that is down fails every delivery to it: thousands of
-        identical lines a minute would bury everything else. The first one
-        is logged with its full context, then one line per interval says
-        how many more there were.
-        """
-        key = (event, target)
-        now = time.monotonic()
-        last, held = self._log_state.get(key, (0.0, 0))
-        if now - last < LOG_EVERY:
-            self._log_state[key] = (last, held + 1)
-            return
-        self._log_state[key] = (now, 0)
-        if held:
-            fields["similar_not_logged"] = held
-        emit(event, **fields)
 
     def _drain(self) -> None:
         """At stop: wait for attempts in flight (bounded), write every outcome, release the clients."""
@@ -907,167 +620,4 @@ class WebhookDispatcher:
                 setattr(self._stats, name, getattr(self._stats, name) + delta)
 
 
-class _Pacer:
-    """How much the dispatcher may do while the worker places: a CPU-time budget, refilled with time.
-
-    ``activity()`` is a counter that moves whenever the worker commits a
-    group; while it moved within :data:`BUSY_WINDOW`, the dispatcher's
-    threads may spend ``share`` of one core: the allowance grows by
-    ``share`` CPU-seconds per second (up to one window's worth), every
-    thread's CPU time (``time.thread_time``) is taken from it, and a cycle
-    waits while it is negative. Claims are sized to what the allowance
-    pays for, at the measured CPU cost of one delivery. Idle worker, or
-    ``max_yield`` seconds of continuous activity: no limit. A worker that
-    has just started counts as busy (it may take up a backlog at once).
-    """
-
-    def __init__(
-        self,
-        activity: Callable[[], int],
-        share: float,
-        max_yield: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._clock = clock
-        self._activity = activity
-        self._share = max(share, 0.001)
-        self._max_yield = max_yield
-        self._lock = threading.Lock()
-        self._unpaid = 0.0  # CPU seconds spent since the last look, by every thread
-        self._seen: int | None = None
-        self._at = clock()
-        self._active_at = self._at
-        self._busy_since: float | None = None
-        self._allowance = self._share * BUSY_WINDOW
-        self._cost = 0.002  # moving average of the CPU seconds of one attempt, bookkeeping included
-        self._attempt_cpu = 0.0
-        self._attempts = 0
-        self.limited = False
-
-    def spent(self, seconds: float, attempts: int = 0) -> None:
-        """Account CPU time spent by one of the dispatcher's threads (and attempts made with it)."""
-        with self._lock:
-            self._unpaid += seconds
-            self._attempt_cpu += seconds
-            self._attempts += attempts
-
-    def _update(self) -> None:
-        now = self._clock()
-        count: int | None
-        try:
-            count = self._activity()
-        except Exception:  # a figure that cannot be read never stops deliveries
-            count = self._seen
-        if count != self._seen:
-            if self._seen is not None:
-                self._active_at = now
-            self._seen = count
-        with self._lock:
-            unpaid, self._unpaid = self._unpaid, 0.0
-            if self._attempts >= 8:
-                self._cost = 0.7 * self._cost + 0.3 * self._attempt_cpu / self._attempts
-                self._attempt_cpu, self._attempts = 0.0, 0
-        busy = now - self._active_at < BUSY_WINDOW
-        if busy and self._busy_since is None:
-            self._busy_since = now
-        elif not busy:
-            self._busy_since = None
-        cap = self._share * BUSY_WINDOW
-        self._allowance = min(self._allowance + (now - self._at) * self._share, cap) - unpaid
-        self._at = now
-        self.limited = busy and self._busy_since is not None and now - self._busy_since < self._max_yield
-        if not self.limited:
-            self._allowance = cap
-
-    def hold_back(self) -> float:
-        """Seconds to wait before the next cycle: 0 unless the worker is busy and the budget is spent."""
-        self._update()
-        if not self.limited or self._allowance >= 0:
-            return 0.0
-        return min(-self._allowance / self._share, BUSY_WINDOW)
-
-    def claims(self) -> int:
-        """How many deliveries the budget pays for now (no limit when not yielding)."""
-        if not self.limited:
-            return 1 << 30
-        return max(0, int(self._allowance / self._cost))
-
-
-def _read_some(response: httpx.Response) -> str:
-    """The start of the body, as one short line; reads a little more so the connection can be reused.
-
-    The status is already in: a body that stops, breaks or outlasts the
-    deadline only ends the reading (the connection is then dropped), it
-    does not turn a 2xx into a failure.
-    """
-    kept = bytearray()
-    total = 0
-    try:
-        for chunk in response.iter_bytes():
-            if len(kept) < SNIPPET_BYTES:
-                kept += chunk[: SNIPPET_BYTES - len(kept)]
-            total += len(chunk)
-            if total > DRAIN_BYTES:
-                break
-    except httpx.HTTPError:
-        pass
-    return " ".join(kept.decode("utf-8", "replace").split())[:200]
-
-
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def _refuse_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
-def strict_json_problem(payload: str) -> str | None:
-    """None when ``payload`` is strict JSON (RFC 8259, UTF-8 encodable); otherwise what is wrong.
-
-    Python's ``json`` accepts ``NaN``, ``Infinity`` and ``-Infinity`` and
-    lone surrogates (raw or escaped); receivers in other languages reject
-    them, or worse, read them differently. The payload is written
-    elsewhere; this is the last check before it leaves the process.
-    """
-    try:
-        value = json.loads(payload, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
-        return f"not strict JSON: {str(exc)[:200]}"
-    try:
-        payload.encode("utf-8")
-        if _SURROGATE_ESCAPE.search(payload):  # rare: only then pay for a second encoding
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return "not strict JSON: a lone surrogate (not a Unicode character)"
-    return None
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """``Retry-After`` in seconds (delta or HTTP date), if the receiver sent one."""
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _describe(exc: httpx.HTTPError, timeout: float) -> str:
-    if isinstance(exc, httpx.ConnectTimeout):
-        return f"connect timeout ({timeout:g} s)"
-    if isinstance(exc, httpx.ReadTimeout):
-        return f"read timeout ({timeout:g} s)"
-    if isinstance(exc, httpx.TimeoutException):
-        return f"timeout ({timeout:g} s): {type(exc).__name__}"
-    text = str(exc).strip() or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:500]
-
-
-__all__ = ["Attempt", "DispatcherStats", "WebhookDispatcher", "strict_json_problem"]
+__all__ = ["DispatcherStats", "WebhookDispatcher"]
