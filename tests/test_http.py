@@ -441,3 +441,25 @@ def test_a_body_that_is_not_utf8_and_not_json_gets_422_not_500(
     assert detail[0]["loc"] == ["header", "content-type"]
     assert "\ufffd" in json.dumps(detail, ensure_ascii=False)
     assert drain(lite) == []
+
+
+@pytest.mark.parametrize("path", ["/schedule", "/plan"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"requested_cpu": NaN, "requested_memory": 1024}',
+        b'{"requested_cpu": 1, "requested_memory": 1024, "priority": -Infinity}',
+        b'{"requested_cpu": 1e400, "requested_memory": 1024}',
+        b'{"task_id": "\\ud800", "requested_cpu": 1, "requested_memory": 1024}',
+        b'{"\\udfff": 1, "requested_cpu": 1, "requested_memory": 1024}',
+    ],
+    ids=["nan", "minus-infinity", "1e400", "lone-surrogate-value", "lone-surrogate-key"],
+)
+def test_a_422_that_echoes_nan_or_a_lone_surrogate_is_a_422_not_500(
+    lite_client: TestClient, lite: Deployment, path: str, raw: bytes
+) -> None:
+    """Python's JSON parser accepts NaN, 1e400 (inf) and "\\ud800": the 422 echoing them must still encode."""
+    response = lite_client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][0] == "body"
+    assert drain(lite) == []

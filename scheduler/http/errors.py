@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
-from scheduler.safetext import first_line, printable
+from scheduler.safetext import clean, first_line, printable
 from scheduler.store import DatabaseUnavailable
 
 log = structlog.get_logger(__name__)
@@ -52,7 +52,11 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
                 "input": content_type,
             },
         )
-    return JSONResponse({"detail": jsonable_encoder([_printable_input(e) for e in errors])}, status_code=422)
+    # ``clean`` because the inputs echoed back are the caller's: a JSON ``NaN`` or ``1e400`` parses
+    # to a float the strict encoder refuses, and ``"\ud800"`` to a lone surrogate UTF-8 cannot
+    # carry; either would turn the 422 into a 500.
+    detail = clean(jsonable_encoder([_printable_input(e) for e in errors]))
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def _printable_input(error: Any) -> Any:
