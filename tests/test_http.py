@@ -463,3 +463,41 @@ def test_a_422_that_echoes_nan_or_a_lone_surrogate_is_a_422_not_500(
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"][0] == "body"
     assert drain(lite) == []
+
+
+@pytest.mark.parametrize("path", ["/schedule", "/plan"])
+@pytest.mark.parametrize(
+    ("raw", "headers", "says"),
+    [
+        (
+            b'{"requested_cpu": 1, "requested_memory": 1024, "task_id": "caf\xe9"}',
+            {"content-type": "application/json; charset=latin-1"},
+            ["not UTF-8", "0xe9", "charset=latin-1"],
+        ),
+        (
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00",
+            {"content-type": "application/json", "content-encoding": "gzip"},
+            ["not UTF-8", "0x8b", "Content-Encoding 'gzip'"],
+        ),
+        (
+            b'{"requested_cpu": 1' + b"0" * 5000 + b', "requested_memory": 1024}',
+            {"content-type": "application/json"},
+            ["more than 4300 digits"],
+        ),
+        (
+            b'{"requested_cpu": 1, "requested_memory": 1024, "x": ' + b"[" * 30000 + b"]" * 30000 + b"}",
+            {"content-type": "application/json"},
+            ["nested too deeply"],
+        ),
+    ],
+    ids=["latin-1", "gzip", "5000-digits", "deep-nesting"],
+)
+def test_a_body_that_cannot_be_read_gets_a_400_that_says_why(
+    lite_client: TestClient, lite: Deployment, path: str, raw: bytes, headers: dict[str, str], says: list[str]
+) -> None:
+    """Not FastAPI's "There was an error parsing the body": the caller is told what to change."""
+    response = lite_client.post(path, content=raw, headers=headers)
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert all(part in detail for part in says), detail
+    assert drain(lite) == []

@@ -19,7 +19,10 @@ UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "database unreachable"}
 }
 UNREADABLE: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "the body cannot be read (not UTF-8)"}
+    400: {
+        "model": ErrorBody,
+        "description": "the body cannot be read (not UTF-8, a number of over 4300 digits, nested too deeply)",
+    }
 }
 TOO_LARGE: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": f"body larger than {MAX_BODY_BYTES} bytes"}
