@@ -501,3 +501,20 @@ def test_a_body_that_cannot_be_read_gets_a_400_that_says_why(
     detail = response.json()["detail"]
     assert all(part in detail for part in says), detail
     assert drain(lite) == []
+
+
+@pytest.mark.parametrize("path", ["/schedule", "/plan"])
+def test_a_body_sent_without_a_content_type_gets_422_naming_the_header(
+    lite_client: TestClient, lite: Deployment, path: str
+) -> None:
+    """Not read as JSON (a cross-site page could send it without a preflight), and the 422 says why."""
+    body = b'{"requested_cpu": 1, "requested_memory": 1024}'
+    response = lite_client.post(path, content=body)
+    assert "content-type" not in response.request.headers
+    assert response.status_code == 422, response.text
+    first = response.json()["detail"][0]
+    assert first["loc"] == ["header", "content-type"]
+    assert "Content-Type: application/json" in first["msg"] and "has none" in first["msg"]
+    assert drain(lite) == []
+    empty = lite_client.post(path, content=b"")
+    assert [e["loc"] for e in empty.json()["detail"]] == [["body"]]  # nothing sent: only the body is missing

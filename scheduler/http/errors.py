@@ -42,26 +42,32 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
     ``application/x-www-form-urlencoded``) is not parsed as JSON, and the
     errors that follow from it ("Input should be a valid dictionary") do not
     say why: the first error then names the header and the value to send.
+    So does a body sent with no ``Content-Type`` at all, which FastAPI does not
+    read as JSON either (a browser can send such a body cross-site without a
+    preflight, so reading it would open the token-less loopback mode to CSRF).
     """
     errors = list(exc.errors())
     content_type = request.headers.get("content-type")
     has_body = request.method in ("POST", "PUT")
-    if has_body and content_type is not None and not _json_content_type(content_type):
-        errors.insert(
-            0,
-            {
-                "type": "content_type",
-                "loc": ["header", "content-type"],
-                "msg": "the body must be JSON sent with Content-Type: application/json, "
-                f"not {content_type!r}",
-                "input": content_type,
-            },
-        )
+    sent_body = isinstance(exc.body, bytes | bytearray) and bool(exc.body)
+    if has_body and content_type is None and sent_body:
+        errors.insert(0, _content_type_error("and the request has none", None))
+    elif has_body and content_type is not None and not _json_content_type(content_type):
+        errors.insert(0, _content_type_error(f"not {content_type!r}", content_type))
     # ``clean`` because the inputs echoed back are the caller's: a JSON ``NaN`` or ``1e400`` parses
     # to a float the strict encoder refuses, and ``"\ud800"`` to a lone surrogate UTF-8 cannot
     # carry; either would turn the 422 into a 500.
     detail = clean(jsonable_encoder([_printable_input(e) for e in errors]))
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _content_type_error(why: str, content_type: str | None) -> dict[str, Any]:
+    return {
+        "type": "content_type",
+        "loc": ["header", "content-type"],
+        "msg": f"the body must be JSON sent with Content-Type: application/json, {why}",
+        "input": content_type,
+    }
 
 
 def _printable_input(error: Any) -> Any:
