@@ -264,6 +264,17 @@ def test_nodes_show_allocations_and_utilization(client: TestClient, deployment: 
     assert {n["name"] for n in client.get("/nodes", params={"pool": "gpu"}).json()} == {"gpu-01", "gpu-02"}
 
 
+@pytest.mark.parametrize("pool", ["a\x00b", "\x00", "", "-lead", "p" * 64, "caf\u00e9"])
+def test_a_pool_filter_that_no_pool_can_have_is_a_422_not_a_database_error(
+    client: TestClient, pool: str
+) -> None:
+    """A NUL in ``?pool=`` reached PostgreSQL, which refused it: a 503 "database unavailable" that lied."""
+    response = client.get("/nodes", params={"pool": pool})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["query", "pool"]
+    assert client.get("/nodes", params={"pool": "default"}).status_code == 200
+
+
 def test_summary_feeds_the_dashboard(client: TestClient, deployment: Deployment) -> None:
     work = standard_workload(deployment.store)
     s = client.get("/api/summary").json()
