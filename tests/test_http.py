@@ -343,6 +343,24 @@ def test_database_down_is_503_not_a_crash(lite: Deployment, registry: CollectorR
         down.close()
 
 
+def test_head_probes_answer_on_both_ports_and_are_counted_as_head(
+    lite: Deployment, registry: CollectorRegistry
+) -> None:
+    """HEAD /healthz, /readyz and /metrics answer like GET, headers only, labelled HEAD in the metrics."""
+    with TestClient(make_app(lite, registry)) as api:
+        for path in ("/healthz", "/readyz"):
+            response = api.head(path)
+            assert (response.status_code, response.content) == (200, b""), path
+    metrics_app = create_metrics_app(store=lite.store, state=None, registry=registry)
+    with TestClient(metrics_app) as metrics:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            response = metrics.head(path)
+            assert (response.status_code, response.content) == (200, b""), path
+        text = metrics.get("/metrics").text
+        assert 'scheduler_http_requests_total{code="200",method="HEAD",route="/healthz"} 1.0' in text
+        assert 'method="GET",route="/healthz"' not in text
+
+
 def test_metrics_are_served_on_their_own_app_only(lite: Deployment, registry: CollectorRegistry) -> None:
     with TestClient(make_app(lite, registry)) as api:
         api.get("/healthz")

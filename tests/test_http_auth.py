@@ -120,6 +120,25 @@ def test_every_route_with_every_caller(lite: Deployment, caller: str) -> None:
                 assert role in response.json()["detail"], where
 
 
+@pytest.mark.parametrize("caller", ["anonymous", "read"])
+def test_head_is_answered_as_get_without_the_body(lite: Deployment, caller: str) -> None:
+    """A GET route answered HEAD with 405: load balancer probes and ``curl -I`` saw a broken replica."""
+    standard_workload(lite.store)
+    with TestClient(guarded_app(lite)) as client:
+        for (method, _), (_, path, _) in sorted(ROUTES.items()):
+            if method != "GET":
+                continue
+            got = client.get(path, headers=headers(caller))
+            head = client.head(path, headers=headers(caller))
+            where = f"{caller} HEAD {path}: {head.status_code}, GET gave {got.status_code}"
+            assert head.status_code == got.status_code, where
+            assert head.content == b"", where
+            assert head.headers["content-type"] == got.headers["content-type"], where
+            if path != "/api/summary":  # the summary carries the time it was generated: not byte-stable
+                assert head.headers.get("content-length") == got.headers.get("content-length"), where
+        assert client.head("/schedule", headers=headers("admin")).status_code == 405
+
+
 @pytest.mark.parametrize(
     ("caller", "expected"), [("anonymous", 401), ("read", 403), ("submit", 403), ("admin", 405)]
 )
