@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from scheduler.cli.common import CliError, cli
 from scheduler.cli.submit import messages_from_file
 from scheduler.models import MAX_BODY_BYTES
 
@@ -73,3 +75,17 @@ def test_stdin_that_is_not_utf8_is_a_skipped_line_not_a_traceback(tmp_path: Path
     assert err.splitlines()[0] == "skipped: line 2: not UTF-8 (byte 0xff at column 1)"
     assert err.splitlines()[1].startswith("error: cannot connect to RabbitMQ")
     assert done.returncode == 2
+
+
+@pytest.mark.parametrize("timeout", ["nan", "-1"])
+def test_a_wait_timeout_that_cannot_end_or_is_negative_is_refused_before_publishing(
+    tmp_path: Path, timeout: str
+) -> None:
+    """``--timeout nan`` made a deadline no clock passes: ``--wait`` polled for ever."""
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    env = {"SCHEDULER_CONFIG": str(config), "AMQP_URL": "amqp://u:p@127.0.0.1:1/%2F"}
+    args = ["submit", "--cpu", "1", "--memory", "512", "--wait", "--timeout", timeout]
+    result = CliRunner().invoke(cli, args, env=env)
+    assert isinstance(result.exception, CliError) and result.exit_code == 1, result.output
+    assert str(result.exception).startswith("--timeout must be a number of seconds >= 0")

@@ -218,6 +218,8 @@ def submit_cmd(
 ) -> None:
     """Publish scheduling requests (publisher confirms; prints the task ids)."""
     settings = settings_or_exit()
+    if not timeout >= 0:  # also NaN, which every deadline comparison passes: a wait that never ends
+        raise CliError(f"--timeout must be a number of seconds >= 0, not {timeout}", exit_code=EXIT_BAD_INPUT)
     problems: list[str] = []
     source: Iterable[Outgoing]
     if file_ is not None:
