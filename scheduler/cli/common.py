@@ -129,6 +129,9 @@ def terminal_width() -> int | None:
     return shutil.get_terminal_size().columns
 
 
+MAX_LIMIT = 1_000_000_000
+"""The largest ``--limit`` a listing takes: past 2**63 the database driver overflows (a traceback)."""
+
 PIPED_WIDTH = 4096
 """Console width for output that is not a terminal: wide enough that no table cuts or wraps a row."""
 

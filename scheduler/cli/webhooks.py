@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import click
 
-from scheduler.cli.common import CliError, cli, emit_json
+from scheduler.cli.common import MAX_LIMIT, CliError, cli, emit_json
 from scheduler.cli.db import store_session
 from scheduler.store.deliveries import DEAD, DELIVERED, STATUSES, DeliveryRecord, DeliveryStore
 from scheduler.webhooks.policy import display_url
@@ -29,7 +29,7 @@ def webhooks_group() -> None:
 @click.option("--status", type=click.Choice(STATUSES), help="only deliveries in this status")
 @click.option(
     "--limit",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_LIMIT),
     default=100,
     show_default=True,
     help="the newest N deliveries; 0 for all",
