@@ -70,6 +70,14 @@ def test_a_limit_past_what_the_database_takes_is_a_usage_error_not_a_traceback(
     assert run(*args, "1000").exit_code == 0
 
 
+@pytest.mark.parametrize("ref", [str(2**63), "1" + "0" * 30, "\u00b2", "\u0661"])
+def test_webhooks_retry_of_an_id_no_delivery_can_have_is_one_error_line(run: Run, ref: str) -> None:
+    """A 64-bit overflow in the driver, or int("²") (a digit to str.isdigit), was a traceback."""
+    assert run("db", "upgrade").exit_code == 0
+    message = error_of(run("webhooks", "retry", ref))
+    assert message.startswith("no delivery"), message
+
+
 def test_db_upgrade_twice(run: Run, db_url: str) -> None:
     first = run("db", "upgrade")
     assert first.exit_code == 0, first.output

@@ -109,8 +109,10 @@ def retry_cmd(delivery: str | None, all_failed: bool) -> None:
 
 def _selected(deliveries: DeliveryStore, ref: str) -> list[int]:
     """The delivery ids ``ref`` names, or a one-line error saying why there is nothing to retry."""
-    if ref.isdigit():
-        record = deliveries.get(int(ref))
+    if ref.isascii() and ref.isdigit():  # str.isdigit() is true of "²" too, which int() refuses
+        number = int(ref)
+        # Past a 64-bit id the driver overflows (a traceback); no delivery has such an id anyway.
+        record = deliveries.get(number) if number < 2**63 else None
         if record is None:
             raise CliError(f"no delivery {ref} (see `scheduler webhooks list`)")
         if record.status == DELIVERED:
