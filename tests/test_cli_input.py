@@ -89,3 +89,14 @@ def test_a_wait_timeout_that_cannot_end_or_is_negative_is_refused_before_publish
     result = CliRunner().invoke(cli, args, env=env)
     assert isinstance(result.exception, CliError) and result.exit_code == 1, result.output
     assert str(result.exception).startswith("--timeout must be a number of seconds >= 0")
+
+
+def test_a_config_file_that_is_not_utf8_is_one_error_line(tmp_path: Path) -> None:
+    """Its UnicodeDecodeError escaped load_settings: every command (the worker too) died with a traceback."""
+    config = tmp_path / "config.yaml"
+    config.write_bytes(b"strategy: caf\xe9\n")
+    result = CliRunner().invoke(
+        cli, ["submit", "--cpu", "1", "--memory", "512"], env={"SCHEDULER_CONFIG": str(config)}
+    )
+    assert isinstance(result.exception, CliError) and result.exception.exit_code == 2, result.exception
+    assert str(result.exception) == f"config file {config} is not UTF-8 (byte at offset 13)"
