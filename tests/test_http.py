@@ -361,6 +361,17 @@ def test_head_probes_answer_on_both_ports_and_are_counted_as_head(
         assert 'method="GET",route="/healthz"' not in text
 
 
+def test_made_up_methods_share_one_metrics_label(lite: Deployment, registry: CollectorRegistry) -> None:
+    """Any token is a method to HTTP: each one a new label value made a new series, without bound."""
+    with TestClient(make_app(lite, registry)) as api:
+        for n in range(20):
+            assert api.request(f"X{n}", "/healthz").status_code == 405
+    with TestClient(create_metrics_app(store=lite.store, state=None, registry=registry)) as metrics:
+        text = metrics.get("/metrics").text
+    assert 'scheduler_http_requests_total{code="405",method="other",route="/healthz"} 20.0' in text
+    assert 'method="X1"' not in text
+
+
 def test_metrics_are_served_on_their_own_app_only(lite: Deployment, registry: CollectorRegistry) -> None:
     with TestClient(make_app(lite, registry)) as api:
         api.get("/healthz")

@@ -11,6 +11,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from scheduler.models import MAX_BODY_BYTES
 
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+"""Methods counted under their own label in the request metrics; any other is counted as "other"."""
+
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 ASGIApp = Callable[
@@ -66,7 +69,9 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        method = scope["method"]  # as received: an inner middleware may answer HEAD as GET
+        # As received (an inner middleware answers HEAD as GET), and only a standard one: the
+        # method is whatever token the client sent, and each new label value is a new time series.
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
         status = {"code": 500}
 
         async def send_wrapper(message: MutableMapping[str, Any]) -> None:
