@@ -558,3 +558,17 @@ def test_a_body_sent_without_a_content_type_gets_422_naming_the_header(
     assert drain(lite) == []
     empty = lite_client.post(path, content=b"")
     assert [e["loc"] for e in empty.json()["detail"]] == [["body"]]  # nothing sent: only the body is missing
+
+
+def test_an_unknown_strategy_is_a_422_and_publishes_nothing(
+    lite_client: TestClient, lite: Deployment
+) -> None:
+    """It was a 202, then a certain failure (unknown_strategy); ``scheduler submit`` refuses it too."""
+    body = {"task_id": "strat-1", "requested_cpu": 1, "requested_memory": 512, "strategy": "fastest"}
+    response = lite_client.post("/schedule", json=body)
+    assert response.status_code == 422, response.text
+    first = response.json()["detail"][0]
+    assert first["loc"] == ["body", "strategy"] and "least_loaded" in first["msg"]
+    assert drain(lite) == [] and lite_client.get("/tasks/strat-1").status_code == 404
+    known = lite_client.post("/schedule", json={**body, "strategy": "best_fit"})
+    assert known.status_code == 202, known.text
