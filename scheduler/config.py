@@ -545,6 +545,8 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist (SCHEDULER_CONFIG)") from None
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 (byte at offset {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

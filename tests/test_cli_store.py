@@ -57,6 +57,27 @@ def test_read_commands_on_an_empty_database_say_to_upgrade(run: Run) -> None:
         assert "database not initialised" in message and "scheduler db upgrade" in message
 
 
+@pytest.mark.parametrize("args", [("tasks", "--limit"), ("webhooks", "list", "--limit")])
+@pytest.mark.parametrize("limit", [2**63, 10**30])
+def test_a_limit_past_what_the_database_takes_is_a_usage_error_not_a_traceback(
+    run: Run, args: tuple[str, ...], limit: int
+) -> None:
+    """SQLite's driver overflowed on a LIMIT past 2**63 (OverflowError, a traceback)."""
+    assert run("db", "upgrade").exit_code == 0
+    result = run(*args, str(limit))
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--limit'" in result.output
+    assert run(*args, "1000").exit_code == 0
+
+
+@pytest.mark.parametrize("ref", [str(2**63), "1" + "0" * 30, "\u00b2", "\u0661"])
+def test_webhooks_retry_of_an_id_no_delivery_can_have_is_one_error_line(run: Run, ref: str) -> None:
+    """A 64-bit overflow in the driver, or int("²") (a digit to str.isdigit), was a traceback."""
+    assert run("db", "upgrade").exit_code == 0
+    message = error_of(run("webhooks", "retry", ref))
+    assert message.startswith("no delivery"), message
+
+
 def test_db_upgrade_twice(run: Run, db_url: str) -> None:
     first = run("db", "upgrade")
     assert first.exit_code == 0, first.output

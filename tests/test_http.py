@@ -264,6 +264,17 @@ def test_nodes_show_allocations_and_utilization(client: TestClient, deployment: 
     assert {n["name"] for n in client.get("/nodes", params={"pool": "gpu"}).json()} == {"gpu-01", "gpu-02"}
 
 
+@pytest.mark.parametrize("pool", ["a\x00b", "\x00", "", "-lead", "p" * 64, "caf\u00e9"])
+def test_a_pool_filter_that_no_pool_can_have_is_a_422_not_a_database_error(
+    client: TestClient, pool: str
+) -> None:
+    """A NUL in ``?pool=`` reached PostgreSQL, which refused it: a 503 "database unavailable" that lied."""
+    response = client.get("/nodes", params={"pool": pool})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["query", "pool"]
+    assert client.get("/nodes", params={"pool": "default"}).status_code == 200
+
+
 def test_summary_feeds_the_dashboard(client: TestClient, deployment: Deployment) -> None:
     work = standard_workload(deployment.store)
     s = client.get("/api/summary").json()
@@ -330,6 +341,35 @@ def test_database_down_is_503_not_a_crash(lite: Deployment, registry: CollectorR
                 assert "database unavailable" in response.json()["detail"]
     finally:
         down.close()
+
+
+def test_head_probes_answer_on_both_ports_and_are_counted_as_head(
+    lite: Deployment, registry: CollectorRegistry
+) -> None:
+    """HEAD /healthz, /readyz and /metrics answer like GET, headers only, labelled HEAD in the metrics."""
+    with TestClient(make_app(lite, registry)) as api:
+        for path in ("/healthz", "/readyz"):
+            response = api.head(path)
+            assert (response.status_code, response.content) == (200, b""), path
+    metrics_app = create_metrics_app(store=lite.store, state=None, registry=registry)
+    with TestClient(metrics_app) as metrics:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            response = metrics.head(path)
+            assert (response.status_code, response.content) == (200, b""), path
+        text = metrics.get("/metrics").text
+        assert 'scheduler_http_requests_total{code="200",method="HEAD",route="/healthz"} 1.0' in text
+        assert 'method="GET",route="/healthz"' not in text
+
+
+def test_made_up_methods_share_one_metrics_label(lite: Deployment, registry: CollectorRegistry) -> None:
+    """Any token is a method to HTTP: each one a new label value made a new series, without bound."""
+    with TestClient(make_app(lite, registry)) as api:
+        for n in range(20):
+            assert api.request(f"X{n}", "/healthz").status_code == 405
+    with TestClient(create_metrics_app(store=lite.store, state=None, registry=registry)) as metrics:
+        text = metrics.get("/metrics").text
+    assert 'scheduler_http_requests_total{code="405",method="other",route="/healthz"} 20.0' in text
+    assert 'method="X1"' not in text
 
 
 def test_metrics_are_served_on_their_own_app_only(lite: Deployment, registry: CollectorRegistry) -> None:
@@ -441,3 +481,94 @@ def test_a_body_that_is_not_utf8_and_not_json_gets_422_not_500(
     assert detail[0]["loc"] == ["header", "content-type"]
     assert "\ufffd" in json.dumps(detail, ensure_ascii=False)
     assert drain(lite) == []
+
+
+@pytest.mark.parametrize("path", ["/schedule", "/plan"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"requested_cpu": NaN, "requested_memory": 1024}',
+        b'{"requested_cpu": 1, "requested_memory": 1024, "priority": -Infinity}',
+        b'{"requested_cpu": 1e400, "requested_memory": 1024}',
+        b'{"task_id": "\\ud800", "requested_cpu": 1, "requested_memory": 1024}',
+        b'{"\\udfff": 1, "requested_cpu": 1, "requested_memory": 1024}',
+    ],
+    ids=["nan", "minus-infinity", "1e400", "lone-surrogate-value", "lone-surrogate-key"],
+)
+def test_a_422_that_echoes_nan_or_a_lone_surrogate_is_a_422_not_500(
+    lite_client: TestClient, lite: Deployment, path: str, raw: bytes
+) -> None:
+    """Python's JSON parser accepts NaN, 1e400 (inf) and "\\ud800": the 422 echoing them must still encode."""
+    response = lite_client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][0] == "body"
+    assert drain(lite) == []
+
+
+@pytest.mark.parametrize("path", ["/schedule", "/plan"])
+@pytest.mark.parametrize(
+    ("raw", "headers", "says"),
+    [
+        (
+            b'{"requested_cpu": 1, "requested_memory": 1024, "task_id": "caf\xe9"}',
+            {"content-type": "application/json; charset=latin-1"},
+            ["not UTF-8", "0xe9", "charset=latin-1"],
+        ),
+        (
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00",
+            {"content-type": "application/json", "content-encoding": "gzip"},
+            ["not UTF-8", "0x8b", "Content-Encoding 'gzip'"],
+        ),
+        (
+            b'{"requested_cpu": 1' + b"0" * 5000 + b', "requested_memory": 1024}',
+            {"content-type": "application/json"},
+            ["more than 4300 digits"],
+        ),
+        (
+            b'{"requested_cpu": 1, "requested_memory": 1024, "x": ' + b"[" * 30000 + b"]" * 30000 + b"}",
+            {"content-type": "application/json"},
+            ["nested too deeply"],
+        ),
+    ],
+    ids=["latin-1", "gzip", "5000-digits", "deep-nesting"],
+)
+def test_a_body_that_cannot_be_read_gets_a_400_that_says_why(
+    lite_client: TestClient, lite: Deployment, path: str, raw: bytes, headers: dict[str, str], says: list[str]
+) -> None:
+    """Not FastAPI's "There was an error parsing the body": the caller is told what to change."""
+    response = lite_client.post(path, content=raw, headers=headers)
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert all(part in detail for part in says), detail
+    assert drain(lite) == []
+
+
+@pytest.mark.parametrize("path", ["/schedule", "/plan"])
+def test_a_body_sent_without_a_content_type_gets_422_naming_the_header(
+    lite_client: TestClient, lite: Deployment, path: str
+) -> None:
+    """Not read as JSON (a cross-site page could send it without a preflight), and the 422 says why."""
+    body = b'{"requested_cpu": 1, "requested_memory": 1024}'
+    response = lite_client.post(path, content=body)
+    assert "content-type" not in response.request.headers
+    assert response.status_code == 422, response.text
+    first = response.json()["detail"][0]
+    assert first["loc"] == ["header", "content-type"]
+    assert "Content-Type: application/json" in first["msg"] and "has none" in first["msg"]
+    assert drain(lite) == []
+    empty = lite_client.post(path, content=b"")
+    assert [e["loc"] for e in empty.json()["detail"]] == [["body"]]  # nothing sent: only the body is missing
+
+
+def test_an_unknown_strategy_is_a_422_and_publishes_nothing(
+    lite_client: TestClient, lite: Deployment
+) -> None:
+    """It was a 202, then a certain failure (unknown_strategy); ``scheduler submit`` refuses it too."""
+    body = {"task_id": "strat-1", "requested_cpu": 1, "requested_memory": 512, "strategy": "fastest"}
+    response = lite_client.post("/schedule", json=body)
+    assert response.status_code == 422, response.text
+    first = response.json()["detail"][0]
+    assert first["loc"] == ["body", "strategy"] and "least_loaded" in first["msg"]
+    assert drain(lite) == [] and lite_client.get("/tasks/strat-1").status_code == 404
+    known = lite_client.post("/schedule", json={**body, "strategy": "best_fit"})
+    assert known.status_code == 202, known.text

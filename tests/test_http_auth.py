@@ -121,6 +121,44 @@ def test_every_route_with_every_caller(lite: Deployment, caller: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("caller", "expected"), [("anonymous", 401), ("read", 403), ("submit", 307), ("admin", 307)]
+)
+def test_a_trailing_slash_needs_the_role_of_the_route_it_is_redirected_to(
+    lite: Deployment, caller: str, expected: int
+) -> None:
+    """``POST /schedule/`` told a ``submit`` token that it needed ``admin``; it only needs the redirect."""
+    body = {"requested_cpu": 1, "requested_memory": 256}
+    with TestClient(guarded_app(lite), follow_redirects=False) as client:
+        response = client.post("/schedule/", headers=headers(caller), json=body)
+        assert response.status_code == expected, response.text
+        if expected == 307:
+            assert response.headers["location"].endswith("/schedule")
+        if expected == 403:
+            assert "needs submit" in response.json()["detail"]
+    assert required_role("GET", "/tasks/") is Role.READ and required_role("GET", "/healthz/") is None
+    assert required_role("DELETE", "/schedule/") is Role.ADMIN
+
+
+@pytest.mark.parametrize("caller", ["anonymous", "read"])
+def test_head_is_answered_as_get_without_the_body(lite: Deployment, caller: str) -> None:
+    """A GET route answered HEAD with 405: load balancer probes and ``curl -I`` saw a broken replica."""
+    standard_workload(lite.store)
+    with TestClient(guarded_app(lite)) as client:
+        for (method, _), (_, path, _) in sorted(ROUTES.items()):
+            if method != "GET":
+                continue
+            got = client.get(path, headers=headers(caller))
+            head = client.head(path, headers=headers(caller))
+            where = f"{caller} HEAD {path}: {head.status_code}, GET gave {got.status_code}"
+            assert head.status_code == got.status_code, where
+            assert head.content == b"", where
+            assert head.headers["content-type"] == got.headers["content-type"], where
+            if path != "/api/summary":  # the summary carries the time it was generated: not byte-stable
+                assert head.headers.get("content-length") == got.headers.get("content-length"), where
+        assert client.head("/schedule", headers=headers("admin")).status_code == 405
+
+
+@pytest.mark.parametrize(
     ("caller", "expected"), [("anonymous", 401), ("read", 403), ("submit", 403), ("admin", 405)]
 )
 def test_other_methods_need_admin(lite: Deployment, caller: str, expected: int) -> None:

@@ -11,10 +11,12 @@ import select
 import socket
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from scheduler.config import HttpConfig
 from scheduler.http import HttpServer, create_app
+from scheduler.models import MAX_BODY_BYTES
 from tests.harness import Deployment, wait_until
 from tests.test_http_support import settings_for
 
@@ -152,3 +154,35 @@ def test_connections_over_the_cap_are_closed_and_the_others_kept(lite: Deploymen
             sock.close()
         server.stop()
 
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_the_body_limit_holds_at_its_edge_with_or_without_a_content_length(
+    lite: Deployment, chunked: bool
+) -> None:
+    """Exactly 64 KiB is read and planned; a byte more is a 413, declared or counted as it streams."""
+    server = serve(lite)
+    base = b'{"requested_cpu": 1, "requested_memory": 512}'
+
+    def body(size: int) -> bytes:
+        return base[:-1] + b" " * (size - len(base)) + b"}"
+
+    def post(raw: bytes) -> bytes:
+        if chunked:
+            parts = b"".join(
+                b"%x\r\n%s\r\n" % (len(raw[i : i + 4096]), raw[i : i + 4096])
+                for i in range(0, len(raw), 4096)
+            )
+            framing, payload = b"Transfer-Encoding: chunked", parts + b"0\r\n\r\n"
+        else:
+            framing, payload = b"Content-Length: %d" % len(raw), raw
+        head = b"POST /plan HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + framing + b"\r\n\r\n"
+        with connect(server) as sock:
+            sock.sendall(head + payload)
+            return wait_until(lambda: _read_some(sock), 10, "a response") or b""
+
+    try:
+        assert post(body(MAX_BODY_BYTES)).startswith(b"HTTP/1.1 200")
+        too_large = post(body(MAX_BODY_BYTES + 1))
+        assert too_large.startswith(b"HTTP/1.1 413") and b"larger than 65536 bytes" in too_large
+    finally:
+        server.stop()

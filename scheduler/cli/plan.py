@@ -12,7 +12,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from scheduler.cli.common import CliError, cli, emit_json, settings_or_exit
+from scheduler.cli.common import CliError, cli, emit_json, json_lines, open_lines, settings_or_exit
 from scheduler.cli.submit import EXIT_BAD_INPUT, request_fields, request_options
 from scheduler.models import (
     MAX_BODY_BYTES,
@@ -63,16 +63,11 @@ def _requests(
         raise CliError("give either --file or the request flags, not both", exit_code=EXIT_BAD_INPUT)
     out: list[SchedulingRequest] = []
     problems: list[str] = []
+    stream = open_lines(file_)
     try:
-        stream = sys.stdin if file_ == "-" else open(file_, encoding="utf-8")  # noqa: SIM115
-    except OSError as exc:
-        raise CliError(f"{file_}: {exc.strerror or exc}", exit_code=EXIT_BAD_INPUT) from None
-    try:
-        for lineno, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            if len(line.encode()) > MAX_BODY_BYTES:
-                problems.append(f"line {lineno}: longer than {MAX_BODY_BYTES} bytes")
+        for lineno, line, problem in json_lines(stream, MAX_BODY_BYTES):
+            if line is None:
+                problems.append(f"line {lineno}: {problem}")
                 continue
             try:
                 item = parse_json_line(line)
@@ -83,10 +78,8 @@ def _requests(
                 out.append(item)
             else:
                 problems.append(f"line {lineno}: a release, not a request")
-    except UnicodeDecodeError:
-        problems.append(f"{file_}: not UTF-8 text")
     finally:
-        if stream is not sys.stdin:
+        if stream is not sys.stdin.buffer:
             stream.close()
     if problems:
         raise CliError("; ".join(problems[:10]), exit_code=EXIT_BAD_INPUT)

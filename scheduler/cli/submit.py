@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from scheduler.broker import ROUTE_REQUEST, BrokerUnavailable, Topology
 from scheduler.cli import columns
-from scheduler.cli.common import CliError, cli, emit_json, settings_or_exit
+from scheduler.cli.common import CliError, cli, emit_json, json_lines, open_lines, settings_or_exit
 from scheduler.config import Settings
 from scheduler.models import (
     MAX_BODY_BYTES,
@@ -61,12 +61,6 @@ def strategy_problem(name: str | None) -> str | None:
     return f"unknown strategy {name!r}; valid: {', '.join(STRATEGY_NAMES)} (see `scheduler strategies`)"
 
 
-def _read_lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
-    for lineno, line in enumerate(stream, start=1):
-        if line.strip():
-            yield lineno, line
-
-
 class FileMessages:
     """The requests and releases of a JSON-lines file, parsed as they are iterated.
 
@@ -83,28 +77,23 @@ class FileMessages:
         self.path = path
         self.problems: list[str] = []
         self.messages: list[Outgoing] = []
-        try:
-            self.stream: IO[str] = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
-        except OSError as exc:
-            raise CliError(f"{path}: {exc.strerror or exc}") from None
+        self.stream: IO[bytes] = open_lines(path)
 
     def __iter__(self) -> Iterator[Outgoing]:
         try:
-            for lineno, line in _read_lines(self.stream):
+            for lineno, line, problem in json_lines(self.stream, MAX_BODY_BYTES):
+                if line is None:
+                    self.problems.append(f"line {lineno}: {problem}")
+                    continue
                 message = self._parse(lineno, line)
                 if message is not None:
                     self.messages.append(message)
                     yield message
-        except UnicodeDecodeError:
-            self.problems.append(f"{self.path}: not UTF-8 text")
         finally:
-            if self.stream is not sys.stdin:
+            if self.stream is not sys.stdin.buffer:
                 self.stream.close()
 
     def _parse(self, lineno: int, line: str) -> Outgoing | None:
-        if len(line.encode()) > MAX_BODY_BYTES:
-            self.problems.append(f"line {lineno}: longer than {MAX_BODY_BYTES} bytes")
-            return None
         try:
             item = parse_json_line(line)
         except ValueError as exc:
@@ -229,6 +218,8 @@ def submit_cmd(
 ) -> None:
     """Publish scheduling requests (publisher confirms; prints the task ids)."""
     settings = settings_or_exit()
+    if not timeout >= 0:  # also NaN, which every deadline comparison passes: a wait that never ends
+        raise CliError(f"--timeout must be a number of seconds >= 0, not {timeout}", exit_code=EXIT_BAD_INPUT)
     problems: list[str] = []
     source: Iterable[Outgoing]
     if file_ is not None:

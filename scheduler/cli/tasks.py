@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import click
 
 from scheduler.cli import columns
-from scheduler.cli.common import CliError, cli, emit_json, terminal_width
+from scheduler.cli.common import MAX_LIMIT, CliError, cli, emit_json, terminal_width
 from scheduler.cli.db import store_session
 from scheduler.models import TaskStatus
 from scheduler.store import TaskRecord
@@ -52,7 +52,12 @@ def status_cmd(task_id: str, as_json: bool) -> None:
     default=None,
     help="only this status",
 )
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="at most N tasks (most recent first)")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1, max=MAX_LIMIT),
+    default=None,
+    help="at most N tasks (most recent first)",
+)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per task")
 @click.option("--wide", is_flag=True, help="never shorten a field, even to fit the terminal")
 def tasks_cmd(status: str | None, limit: int | None, as_json: bool, wide: bool) -> None:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import click
 
-from scheduler.cli.common import CliError, cli, emit_json
+from scheduler.cli.common import MAX_LIMIT, CliError, cli, emit_json
 from scheduler.cli.db import store_session
 from scheduler.store.deliveries import DEAD, DELIVERED, STATUSES, DeliveryRecord, DeliveryStore
 from scheduler.webhooks.policy import display_url
@@ -29,7 +29,7 @@ def webhooks_group() -> None:
 @click.option("--status", type=click.Choice(STATUSES), help="only deliveries in this status")
 @click.option(
     "--limit",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_LIMIT),
     default=100,
     show_default=True,
     help="the newest N deliveries; 0 for all",
@@ -109,8 +109,10 @@ def retry_cmd(delivery: str | None, all_failed: bool) -> None:
 
 def _selected(deliveries: DeliveryStore, ref: str) -> list[int]:
     """The delivery ids ``ref`` names, or a one-line error saying why there is nothing to retry."""
-    if ref.isdigit():
-        record = deliveries.get(int(ref))
+    if ref.isascii() and ref.isdigit():  # str.isdigit() is true of "²" too, which int() refuses
+        number = int(ref)
+        # Past a 64-bit id the driver overflows (a traceback); no delivery has such an id anyway.
+        record = deliveries.get(number) if number < 2**63 else None
         if record is None:
             raise CliError(f"no delivery {ref} (see `scheduler webhooks list`)")
         if record.status == DELIVERED:

@@ -41,7 +41,7 @@ from . import routes_dashboard, routes_health, routes_nodes, routes_plan, routes
 from .auth import Gatekeeper, SubmissionLimiter, TokenTable
 from .context import ApiContext, Lazy
 from .errors import install_exception_handlers
-from .middleware import RequestGuard, request_metrics
+from .middleware import HeadAsGet, RequestGuard, request_metrics
 from .openapi import declare_bearer_auth
 from .schemas import Health, Readiness
 from .summary import SummaryBuilder
@@ -93,6 +93,7 @@ def create_app(
     routes_dashboard.mount_files(app, swagger)
     routes_dashboard.add_docs_route(app.router)
 
+    app.add_middleware(HeadAsGet)  # the innermost: the gate and the metrics see the HEAD
     tokens = TokenTable(settings.http.tokens)
     app.add_middleware(Gatekeeper, tokens=tokens, limiter=SubmissionLimiter(settings.http.rate_limit))
     if tokens:
@@ -128,4 +129,5 @@ def create_metrics_app(
         """Readiness, as on the API port."""
         return routes_health.readiness(store, state)
 
+    app.add_middleware(HeadAsGet)
     return app

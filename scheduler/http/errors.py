@@ -1,17 +1,21 @@
-"""The app's exception handlers: a database outage is a 503, and a 422 says when the body was not JSON."""
+"""The app's exception handlers: a database outage is a 503, a 422 says when the body was not JSON,
+and a 400 says why the body could not be read."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException
 
-from scheduler.safetext import first_line, printable
+from scheduler.safetext import clean, first_line, printable
 from scheduler.store import DatabaseUnavailable
 
 log = structlog.get_logger(__name__)
@@ -22,6 +26,7 @@ def install_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SQLAlchemyError, database_down)
     app.add_exception_handler(DatabaseUnavailable, database_down)
     app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
 
 
 async def database_down(request: Request, exc: Exception) -> JSONResponse:
@@ -37,22 +42,32 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
     ``application/x-www-form-urlencoded``) is not parsed as JSON, and the
     errors that follow from it ("Input should be a valid dictionary") do not
     say why: the first error then names the header and the value to send.
+    So does a body sent with no ``Content-Type`` at all, which FastAPI does not
+    read as JSON either (a browser can send such a body cross-site without a
+    preflight, so reading it would open the token-less loopback mode to CSRF).
     """
     errors = list(exc.errors())
     content_type = request.headers.get("content-type")
     has_body = request.method in ("POST", "PUT")
-    if has_body and content_type is not None and not _json_content_type(content_type):
-        errors.insert(
-            0,
-            {
-                "type": "content_type",
-                "loc": ["header", "content-type"],
-                "msg": "the body must be JSON sent with Content-Type: application/json, "
-                f"not {content_type!r}",
-                "input": content_type,
-            },
-        )
-    return JSONResponse({"detail": jsonable_encoder([_printable_input(e) for e in errors])}, status_code=422)
+    sent_body = isinstance(exc.body, bytes | bytearray) and bool(exc.body)
+    if has_body and content_type is None and sent_body:
+        errors.insert(0, _content_type_error("and the request has none", None))
+    elif has_body and content_type is not None and not _json_content_type(content_type):
+        errors.insert(0, _content_type_error(f"not {content_type!r}", content_type))
+    # ``clean`` because the inputs echoed back are the caller's: a JSON ``NaN`` or ``1e400`` parses
+    # to a float the strict encoder refuses, and ``"\ud800"`` to a lone surrogate UTF-8 cannot
+    # carry; either would turn the 422 into a 500.
+    detail = clean(jsonable_encoder([_printable_input(e) for e in errors]))
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _content_type_error(why: str, content_type: str | None) -> dict[str, Any]:
+    return {
+        "type": "content_type",
+        "loc": ["header", "content-type"],
+        "msg": f"the body must be JSON sent with Content-Type: application/json, {why}",
+        "input": content_type,
+    }
 
 
 def _printable_input(error: Any) -> Any:
@@ -70,3 +85,44 @@ def _printable_input(error: Any) -> Any:
 def _json_content_type(value: str) -> bool:
     media = value.split(";", 1)[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def http_error(request: Request, exc: HTTPException) -> Response:
+    """FastAPI's answer, but a body it could not read says why instead of "error parsing the body".
+
+    FastAPI turns anything but a JSON syntax error raised while reading the
+    body into ``400 There was an error parsing the body``, the cause kept as
+    ``__cause__``: bytes that are not UTF-8 (a ``charset=latin-1`` body, a
+    gzip one), an integer past Python's 4300 digits, nesting deeper than the
+    parser's recursion limit. The caller cannot fix what the answer does not name.
+    """
+    cause = exc.__cause__
+    if exc.status_code == 400 and isinstance(cause, ValueError | RecursionError):
+        return JSONResponse({"detail": _unreadable(request, cause)}, status_code=400)
+    return await http_exception_handler(request, exc)
+
+
+def _unreadable(request: Request, cause: ValueError | RecursionError) -> str:
+    if isinstance(cause, UnicodeDecodeError):
+        byte = cause.object[cause.start : cause.start + 1].hex()
+        detail = f"the body is not UTF-8 (byte 0x{byte} at offset {cause.start}): send JSON encoded as UTF-8"
+        charset = _charset(request.headers.get("content-type", ""))
+        if charset not in (None, "utf-8", "utf8"):
+            detail += f" (charset={printable(charset, 40)} is not supported)"
+        encoding = request.headers.get("content-encoding")
+        if encoding:
+            detail += f", uncompressed (Content-Encoding {printable(encoding, 40)!r} is not supported)"
+        return detail
+    if isinstance(cause, RecursionError):
+        return "the body's JSON is nested too deeply to be read"
+    if "integer string conversion" in str(cause):
+        return f"a number in the body has more than {sys.get_int_max_str_digits()} digits"
+    return f"the body's JSON cannot be read: {first_line(cause, 120)}"
+
+
+def _charset(content_type: str) -> str | None:
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None

@@ -1,4 +1,4 @@
-"""The request guard: request metrics, and the body size limit before any parsing (pure ASGI)."""
+"""The request guard (request metrics, the body size limit before any parsing) and HEAD as GET (pure ASGI)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from fastapi import HTTPException
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from scheduler.models import MAX_BODY_BYTES
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+"""Methods counted under their own label in the request metrics; any other is counted as "other"."""
 
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -66,6 +69,9 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        # As received (an inner middleware answers HEAD as GET), and only a standard one: the
+        # method is whatever token the client sent, and each new label value is a new time series.
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
         status = {"code": 500}
 
         async def send_wrapper(message: MutableMapping[str, Any]) -> None:
@@ -92,8 +98,46 @@ class RequestGuard:
         # The route's path template keeps the label set small (no task ids); a mount (static
         # files) is known by the root path it set; anything unmatched is "other".
         template = getattr(scope.get("route"), "path", None) or scope.get("root_path") or "other"
-        self.requests.labels(method=scope["method"], route=template, code=str(status["code"])).inc()
+        self.requests.labels(method=method, route=template, code=str(status["code"])).inc()
         self.seconds.labels(route=template).observe(time.perf_counter() - started)
+
+
+class HeadAsGet:
+    """Pure ASGI middleware: ``HEAD`` is answered as ``GET`` is, headers only.
+
+    FastAPI routes declared with ``GET`` answer ``HEAD`` with 405, so a load
+    balancer or an uptime check probing ``HEAD /healthz`` saw the replica as
+    broken, and ``curl -I`` could not look at any route. The route runs as
+    ``GET`` (same status, same headers, ``Content-Length`` included) and the
+    body is dropped. Placed inside the :class:`~.auth.Gatekeeper`, which
+    already asks the same role for ``HEAD`` as for ``GET``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        scope["method"] = "GET"
+        try:
+            await self.app(scope, receive, headers_only)
+        finally:
+            scope["method"] = "HEAD"
 
 
 def _content_length(scope: MutableMapping[str, Any]) -> int | None:

@@ -11,6 +11,9 @@ from scheduler.models import MAX_BODY_BYTES
 from .schemas import ErrorBody
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+"""A pool or node name (``scheduler.models.Name``): a filter outside it can match nothing, and a
+NUL in it would reach PostgreSQL, which refuses it as if the database were down."""
 
 TaskIdParam = Annotated[str, PathParam(pattern=TASK_ID_PATTERN, description="the task id")]
 
@@ -19,7 +22,10 @@ UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "database unreachable"}
 }
 UNREADABLE: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "the body cannot be read (not UTF-8)"}
+    400: {
+        "model": ErrorBody,
+        "description": "the body cannot be read (not UTF-8, a number of over 4300 digits, nested too deeply)",
+    }
 }
 TOO_LARGE: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": f"body larger than {MAX_BODY_BYTES} bytes"}

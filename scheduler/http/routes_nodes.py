@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from scheduler.store.views import nodes_with_usage
 
 from .context import Api
-from .params import UNAVAILABLE
+from .params import NAME_PATTERN, UNAVAILABLE
 from .schemas import NodeOut
 
 
@@ -21,7 +21,7 @@ def add_routes(router: APIRouter) -> None:
 
 def list_nodes(
     api: Api,
-    pool: Annotated[str | None, Query(max_length=63, description="only nodes of this pool")] = None,
+    pool: Annotated[str | None, Query(pattern=NAME_PATTERN, description="only nodes of this pool")] = None,
 ) -> JSONResponse:
     """Every node, what its allocations hold, and the utilization ratios (as ``nodes list --json``).
 

@@ -13,6 +13,7 @@ from scheduler.broker import BrokerUnavailable
 from scheduler.models import SchedulingRequest
 from scheduler.producer.publisher import Outgoing, Publisher
 from scheduler.safetext import first_line
+from scheduler.strategies.registry import STRATEGY_NAMES
 from scheduler.webhooks.policy import callback_refusal, display_url
 
 from .context import Api
@@ -44,7 +45,8 @@ def schedule(request: SchedulingRequest, api: Api) -> Accepted | JSONResponse:
 
     The task is recorded as ``queued`` once the broker confirmed the
     message, so ``GET /result`` answers at once. A ``callback_url`` must
-    match ``webhooks.allow`` (422 otherwise). A task id that exists
+    match ``webhooks.allow``, and a ``strategy`` must be one this
+    scheduler has (422 otherwise). A task id that exists
     already is refused with 409 and that task's status, and nothing is
     published: nobody can take over someone else's task id. (Two
     submissions of a new id racing each other both pass this check; the
@@ -58,6 +60,19 @@ def schedule(request: SchedulingRequest, api: Api) -> Accepted | JSONResponse:
             status=existing.status,
         )
         return JSONResponse(conflict.model_dump(mode="json"), status_code=409)
+    if request.strategy is not None and request.strategy not in STRATEGY_NAMES:
+        # The schema takes any well-formed name; the worker would fail this one with
+        # unknown_strategy, so a 202 would promise what cannot happen (``scheduler submit`` refuses it too).
+        raise RequestValidationError(
+            [
+                {
+                    "type": "unknown_strategy",
+                    "loc": ("body", "strategy"),
+                    "msg": f"unknown strategy {request.strategy!r}; valid: {', '.join(STRATEGY_NAMES)}",
+                    "input": request.strategy,
+                }
+            ]
+        )
     if request.callback_url is not None:
         refusal = callback_refusal(request.callback_url, api.allow)
         if refusal is not None:

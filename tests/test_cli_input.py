@@ -1,0 +1,102 @@
+"""Hostile and clumsy input to the CLI: every bad line is reported alone, nothing good is lost, no traceback.
+
+The files are written byte by byte (a BOM, CR LF, a byte that is not UTF-8,
+a line of megabytes), as editors, other systems and accidents make them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from scheduler.cli.common import CliError, cli
+from scheduler.cli.submit import messages_from_file
+from scheduler.models import MAX_BODY_BYTES
+
+SCHEDULER = str(Path(sys.executable).with_name("scheduler"))
+
+
+def line(task_id: str) -> bytes:
+    return json.dumps({"task_id": task_id, "requested_cpu": 1, "requested_memory": 512}).encode()
+
+
+def test_a_line_that_is_not_utf8_is_skipped_alone_and_every_other_line_is_kept(tmp_path: Path) -> None:
+    """Read as text, the first bad byte ended the file: the lines after it (a chunk later) were lost."""
+    lines = [line(f"vm-{i}") for i in range(3000)]
+    lines[1500] = b'{"task_id": "caf\xe9", "requested_cpu": 1, "requested_memory": 512}'
+    trace = tmp_path / "reqs.jsonl"
+    trace.write_bytes(b"\n".join(lines) + b"\n")
+    good, problems = messages_from_file(str(trace))
+    assert [m.message_id for m in good] == [f"vm-{i}" for i in range(3000) if i != 1500]
+    assert problems == ["line 1501: not UTF-8 (byte 0xe9 at column 17)"]
+
+
+def test_a_bom_and_crlf_line_ends_lose_no_line(tmp_path: Path) -> None:
+    """A Windows editor's file: the BOM made line 1 "malformed JSON" and it was skipped."""
+    trace = tmp_path / "reqs.jsonl"
+    trace.write_bytes(b"\xef\xbb\xbf" + line("a") + b"\r\n" + line("b") + b"\r\n\r\n" + line("c"))
+    good, problems = messages_from_file(str(trace))
+    assert [m.message_id for m in good] == ["a", "b", "c"] and problems == []
+
+
+@pytest.mark.parametrize("size", [MAX_BODY_BYTES + 1, 10 * 1024 * 1024])
+def test_a_line_over_the_limit_is_skipped_and_the_next_one_is_kept(tmp_path: Path, size: int) -> None:
+    body = b'{"task_id": "big", "requested_cpu": 1, "requested_memory": 512, "x": "'
+    big = body + b"a" * (size - len(body) - 2) + b'"}'
+    assert len(big) == size
+    exact = body + b"a" * (MAX_BODY_BYTES - len(body) - 2) + b'"}'  # at the limit: a body the broker takes
+    trace = tmp_path / "reqs.jsonl"
+    trace.write_bytes(big + b"\n" + line("after") + b"\r\n" + exact + b"\r\n")
+    good, problems = messages_from_file(str(trace))
+    assert problems[0] == f"line 1: longer than {MAX_BODY_BYTES} bytes"
+    assert [m.message_id for m in good] == ["after"]
+    assert problems[1].startswith("line 3: x: ")  # read whole and parsed: refused for its extra field
+
+
+def test_stdin_that_is_not_utf8_is_a_skipped_line_not_a_traceback(tmp_path: Path) -> None:
+    """stdin is decoded with surrogateescape: the size check's encode() raised UnicodeEncodeError."""
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    env = {"PATH": "/usr/bin:/bin", "SCHEDULER_CONFIG": str(config), "AMQP_URL": "amqp://u:p@127.0.0.1:1/%2F"}
+    done = subprocess.run(
+        [SCHEDULER, "submit", "--file", "-"],
+        input=line("s-1") + b"\n\xff\xfe\n",
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    err = done.stderr.decode()
+    assert "Traceback" not in err, err
+    assert err.splitlines()[0] == "skipped: line 2: not UTF-8 (byte 0xff at column 1)"
+    assert err.splitlines()[1].startswith("error: cannot connect to RabbitMQ")
+    assert done.returncode == 2
+
+
+@pytest.mark.parametrize("timeout", ["nan", "-1"])
+def test_a_wait_timeout_that_cannot_end_or_is_negative_is_refused_before_publishing(
+    tmp_path: Path, timeout: str
+) -> None:
+    """``--timeout nan`` made a deadline no clock passes: ``--wait`` polled for ever."""
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    env = {"SCHEDULER_CONFIG": str(config), "AMQP_URL": "amqp://u:p@127.0.0.1:1/%2F"}
+    args = ["submit", "--cpu", "1", "--memory", "512", "--wait", "--timeout", timeout]
+    result = CliRunner().invoke(cli, args, env=env)
+    assert isinstance(result.exception, CliError) and result.exit_code == 1, result.output
+    assert str(result.exception).startswith("--timeout must be a number of seconds >= 0")
+
+
+def test_a_config_file_that_is_not_utf8_is_one_error_line(tmp_path: Path) -> None:
+    """Its UnicodeDecodeError escaped load_settings: every command (the worker too) died with a traceback."""
+    config = tmp_path / "config.yaml"
+    config.write_bytes(b"strategy: caf\xe9\n")
+    result = CliRunner().invoke(
+        cli, ["submit", "--cpu", "1", "--memory", "512"], env={"SCHEDULER_CONFIG": str(config)}
+    )
+    assert isinstance(result.exception, CliError) and result.exception.exit_code == 2, result.exception
+    assert str(result.exception) == f"config file {config} is not UTF-8 (byte at offset 13)"
