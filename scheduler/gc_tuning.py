@@ -30,24 +30,18 @@ def cycle_collection_paused() -> Iterator[None]:
             gc.enable()
 
 
-YOUNG_THRESHOLD = 10_000
-"""Container allocations between two young collections in a long-running process (Python's default: 700)."""
-
-
-def settle_long_running_process(young: int = YOUNG_THRESHOLD) -> None:
-    """Freeze what start-up made and collect the young generation less often.
+def settle_long_running_process() -> None:
+    """Freeze what start-up made, so no later collection scans it again.
 
     Why: a worker holds a few hundred thousand objects from start-up
     (modules, pydantic and SQLAlchemy schemas, settings, the engine) that are
-    never garbage, and each placement allocates short-lived containers that
-    reference counting frees. With the defaults the collector kept re-scanning
-    the start-up objects: measured at 0.55-0.73 s of collection in a
-    10,000-request burst, about a fifth of the worker's CPU time (start-up
-    included). ``gc.freeze``
-    moves them out of every later scan; a larger young threshold (the older
-    generations keep theirs) makes young collections rarer and no dearer.
+    never garbage, and the collections its placements trigger kept
+    re-scanning them: 0.55-0.73 s of collection in a 10,000-request burst,
+    about a fifth of the worker's CPU time (start-up included), measured
+    with ``gc.callbacks``. ``gc.freeze`` moves them out of every later scan
+    (0.04 s in the same burst). The thresholds stay Python's: raising the
+    young one to 10,000 saved a little more CPU but doubled the
+    publish-to-commit p50 on PostgreSQL (``bench/bench_pipeline.py``).
     """
     gc.collect()
     gc.freeze()
-    _young, middle, old = gc.get_threshold()
-    gc.set_threshold(young, middle, old)
