@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from scheduler.metrics.batch_histogram import BatchHistogram
 from scheduler.models import TaskStatus
 from scheduler.store.records import Failure, Placement, Release, Waiting
 
@@ -84,7 +85,7 @@ class SchedulerMetrics:
             ["strategy", "result"],
             registry=registry,
         )
-        self.decision_seconds = Histogram(
+        self.decision_seconds = BatchHistogram(
             f"{PREFIX}_decision_seconds",
             "Time the placer took for one decision (filter and score), seconds.",
             buckets=DECISION_BUCKETS,
@@ -149,7 +150,7 @@ class SchedulerMetrics:
             buckets=COMMIT_BUCKETS,
             registry=registry,
         )
-        self.publish_to_commit = Histogram(
+        self.publish_to_commit = BatchHistogram(
             f"{PREFIX}_publish_to_commit_seconds",
             "From the producer's publish to the commit of the task's outcome, seconds "
             "(wall clocks of two hosts: skew shows up here).",
@@ -210,8 +211,7 @@ class SchedulerMetrics:
         )
         for (strategy, outcome), n in results.items():
             self.decisions.labels(strategy=strategy, result=outcome).inc(n)
-        for took in _floats(getattr(plan, "decision_seconds", None)):
-            self.decision_seconds.observe(took)
+        self.decision_seconds.observe_many(_floats(getattr(plan, "decision_seconds", None)))
 
         applied = set(result.applied)
         ignored = set(result.ignored)
@@ -250,10 +250,12 @@ class SchedulerMetrics:
         published = getattr(plan, "published_at", None)
         if isinstance(published, Mapping) and published:
             now = self._clock()
-            for task_id in terminal:
-                at = published.get(task_id)
-                if isinstance(at, int | float) and not isinstance(at, bool):
-                    self.publish_to_commit.observe(max(0.0, now - at / 1000))
+            stamps = (published.get(task_id) for task_id in terminal)
+            self.publish_to_commit.observe_many(
+                max(0.0, now - at / 1000)
+                for at in stamps
+                if isinstance(at, int | float) and not isinstance(at, bool)
+            )
 
 
 def _floats(values: Any) -> Iterator[float]:
