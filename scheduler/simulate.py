@@ -21,6 +21,7 @@ import numpy as np
 
 from scheduler.fleet import BoolArray, FleetView
 from scheduler.gc_tuning import cycle_collection_paused
+from scheduler.jsonlines import json_lines
 from scheduler.models import Decision, ReleaseRequest, SchedulingRequest, parse_json_line
 from scheduler.strategies import Placer
 from scheduler.strategies.filters import FILTERS, Feasibility, FilterInput, Narrowing
@@ -37,24 +38,23 @@ def read_trace(path: str | Path, *, max_problems: int = 10) -> list[TraceItem]:
     """Parse a JSON-lines trace; all lines are validated before any is used."""
     p = Path(path)
     try:
-        handle = p.open(encoding="utf-8") if str(path) != "-" else None
+        handle = p.open("rb") if str(path) != "-" else None
     except OSError as exc:
         raise TraceError(f"{p}: {exc.strerror or exc}") from None
     import sys
 
-    stream = handle if handle is not None else sys.stdin
+    stream = handle if handle is not None else sys.stdin.buffer
     items: list[TraceItem] = []
     problems: list[str] = []
     try:
-        for lineno, line in enumerate(stream, start=1):
-            if not line.strip():
+        for lineno, line, problem in json_lines(stream):
+            if line is None:
+                problems.append(f"line {lineno}: {problem}")
                 continue
             try:
                 items.append(parse_json_line(line))
             except ValueError as exc:
                 problems.append(f"line {lineno}: {exc}")
-    except UnicodeDecodeError:
-        raise TraceError(f"{p}: not UTF-8 text") from None
     finally:
         if handle is not None:
             handle.close()

@@ -221,3 +221,20 @@ def test_report_renders_its_plots_in_headless_chromium(run: Run, tmp_path: Path)
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert taken.returncode == 0 and shot.stat().st_size > 20_000, taken.stderr[-2000:]
+
+
+def test_a_trace_is_read_line_by_line_like_a_request_file(tmp_path: Path) -> None:
+    """A byte order mark and CR LF endings lose no line; a line that is not UTF-8 is named, not the file."""
+    from scheduler.simulate import TraceError, read_trace
+
+    good = tmp_path / "bom.jsonl"
+    good.write_bytes(
+        b"\xef\xbb\xbf"
+        + b'{"task_id": "a", "requested_cpu": 1, "requested_memory": 512}\r\n'
+        + b'{"task_id": "b", "requested_cpu": 2, "requested_memory": 512}\r\n'
+    )
+    assert [item.task_id for item in read_trace(good)] == ["a", "b"]  # type: ignore[union-attr]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"task_id": "a", "requested_cpu": 1, "requested_memory": 512}\n{"task_id": "\xff"}\n')
+    with pytest.raises(TraceError, match=r"line 2: not UTF-8 \(byte 0xff"):
+        read_trace(bad)

@@ -12,8 +12,9 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from scheduler.cli.common import CliError, cli, emit_json, json_lines, open_lines, settings_or_exit
+from scheduler.cli.common import CliError, cli, emit_json, open_lines, settings_or_exit
 from scheduler.cli.submit import EXIT_BAD_INPUT, request_fields, request_options
+from scheduler.jsonlines import json_lines
 from scheduler.models import (
     MAX_BODY_BYTES,
     SchedulingRequest,

@@ -18,8 +18,9 @@ from pydantic import ValidationError
 
 from scheduler.broker import ROUTE_REQUEST, BrokerUnavailable, Topology
 from scheduler.cli import columns
-from scheduler.cli.common import CliError, cli, emit_json, json_lines, open_lines, settings_or_exit
+from scheduler.cli.common import CliError, cli, emit_json, open_lines, settings_or_exit
 from scheduler.config import Settings
+from scheduler.jsonlines import json_lines
 from scheduler.models import (
     MAX_BODY_BYTES,
     ReleaseRequest,
