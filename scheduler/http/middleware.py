@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 from fastapi import HTTPException
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scheduler.models import MAX_BODY_BYTES
 
@@ -15,15 +14,6 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPT
 """Methods counted under their own label in the request metrics; any other is counted as "other"."""
 
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-ASGIApp = Callable[
-    [
-        MutableMapping[str, Any],
-        Callable[[], Awaitable[MutableMapping[str, Any]]],
-        Callable[[MutableMapping[str, Any]], Awaitable[None]],
-    ],
-    Awaitable[None],
-]
 
 
 def request_metrics(registry: CollectorRegistry) -> tuple[Counter, Histogram]:
@@ -61,9 +51,9 @@ class RequestGuard:
 
     async def __call__(
         self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
-        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -74,7 +64,7 @@ class RequestGuard:
         method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
         status = {"code": 500}
 
-        async def send_wrapper(message: MutableMapping[str, Any]) -> None:
+        async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = int(message["status"])
             await send(message)
@@ -85,7 +75,7 @@ class RequestGuard:
         else:
             seen = {"bytes": 0}
 
-            async def bounded_receive() -> MutableMapping[str, Any]:
+            async def bounded_receive() -> Message:
                 message = await receive()
                 if message["type"] == "http.request":
                     seen["bytes"] += len(message.get("body", b""))
@@ -118,15 +108,15 @@ class HeadAsGet:
 
     async def __call__(
         self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
-        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         if scope["type"] != "http" or scope["method"] != "HEAD":
             await self.app(scope, receive, send)
             return
 
-        async def headers_only(message: MutableMapping[str, Any]) -> None:
+        async def headers_only(message: Message) -> None:
             if message["type"] == "http.response.body":
                 if message.get("more_body", False):
                     return
@@ -140,7 +130,7 @@ class HeadAsGet:
             scope["method"] = "HEAD"
 
 
-def _content_length(scope: MutableMapping[str, Any]) -> int | None:
+def _content_length(scope: Scope) -> int | None:
     for key, value in scope.get("headers", ()):
         if key == b"content-length":
             try:
@@ -150,7 +140,7 @@ def _content_length(scope: MutableMapping[str, Any]) -> int | None:
     return None
 
 
-async def _too_large(send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
+async def _too_large(send: Send) -> None:
     body = b'{"detail":"request body larger than %d bytes"}' % MAX_BODY_BYTES
     await send(
         {
