@@ -104,7 +104,6 @@ def _chunks(seq: Sequence[str], size: int = _IN_CHUNK) -> Iterator[Sequence[str]
         yield seq[start : start + size]
 
 
-
 ACTIVE_USAGE = (
     select(
         allocations.c.node,
@@ -197,15 +196,12 @@ class Store:
             with conn.begin():
                 yield conn
 
-    def _among(self, column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[bool]:
-        """``column IN (values)``; on PostgreSQL ``column = ANY(:array)``: one parameter instead of
-        hundreds, about five times faster to send and plan for a 1,000-id batch."""
-        if self._dialect == "postgresql":
-            return column == any_(bindparam(None, list(values), type_=pg_dialect.ARRAY(String)))
-        return column.in_(values)
-
     def _among_ids(self, column: ColumnElement[str]) -> ColumnElement[bool]:
-        """``column`` among the ``ids`` parameter of the execution (any number of them, one statement)."""
+        """``column`` among the ``ids`` parameter of the execution (any number of them, one statement).
+
+        On PostgreSQL ``column = ANY(:ids)``, one array parameter instead of
+        hundreds: about five times faster to send and plan for a 1,000-id batch.
+        """
         if self._dialect == "postgresql":
             return column == any_(bindparam("ids", type_=pg_dialect.ARRAY(String)))
         return column.in_(bindparam("ids", expanding=True))
@@ -245,7 +241,8 @@ class Store:
             revision = self._lock_inventory(conn)
             existing: dict[str, Any] = {}
             for chunk in _chunks(names):
-                for found in conn.execute(select(*_NODE_COLUMNS).where(self._among(nodes.c.name, chunk))):
+                rows = select(*_NODE_COLUMNS).where(self._among_ids(nodes.c.name))
+                for found in conn.execute(rows, {"ids": list(chunk)}):
                     existing[found.name] = found
             changed: list[dict[str, Any]] = []
             created = updated = unchanged = 0
@@ -526,7 +523,8 @@ class Store:
         with self._read() as conn:
             for chunk in _chunks(wanted):
                 for tid, status in conn.execute(
-                    select(tasks.c.task_id, tasks.c.status).where(self._among(tasks.c.task_id, chunk))
+                    select(tasks.c.task_id, tasks.c.status).where(self._among_ids(tasks.c.task_id)),
+                    {"ids": list(chunk)},
                 ):
                     out[tid] = TaskStatus(status)
         return out
