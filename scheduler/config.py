@@ -304,6 +304,7 @@ class Role(StrEnum):
 
 _ROLE_RANK = {Role.READ: 1, Role.SUBMIT: 2, Role.ADMIN: 3}
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
+DEFAULT_RATE_LIMIT = "20/second;600/minute"
 
 
 class HttpConfig(_Section):
@@ -328,7 +329,7 @@ class HttpConfig(_Section):
     )
     max_connections: int = Field(default=256, ge=1, le=100_000, description="open connections per port")
     rate_limit: str = Field(
-        default="20/second;600/minute",
+        default=DEFAULT_RATE_LIMIT,
         description="per token, on POST /schedule and POST /plan (limits notation, ';' between several)",
     )
 
@@ -368,6 +369,14 @@ class HttpConfig(_Section):
     @field_validator("rate_limit")
     @classmethod
     def _rate_limit_notation(cls, value: str) -> str:
+        """Refuse what ``limits`` cannot parse; the default is known to parse (a test checks it).
+
+        Importing ``limits`` costs about 45 ms (it loads its storage back ends, asyncio ones
+        included), which every CLI command would pay at start-up: only a value other than the
+        default is worth that.
+        """
+        if value == DEFAULT_RATE_LIMIT:
+            return value
         from limits import parse_many
 
         try:

@@ -8,6 +8,7 @@ prints the help, lists the strategies or builds a request.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,71 @@ def test_submit_builds_its_request_without_the_database_stack(tmp_path: Path) ->
     )
     assert {"pydantic", "pika"} <= loaded
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
+    # Nor logging's or rate limiting's libraries: about 100 ms of a submit's start-up between them.
+    assert not loaded & {"structlog", "limits"}, loaded & {"structlog", "limits"}
+
+
+# Standard output buffered as it is by default (the test runner's environment may say otherwise).
+BUFFERED = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
+
+def _leave(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` and then ``scheduler.cli.leave`` in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, "-c", f"from scheduler.cli import leave\n{code}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env=BUFFERED,
+    )
+
+
+def test_leaving_keeps_what_a_normal_exit_does() -> None:
+    """Exit handlers run, buffered output is flushed, the code is the process's status."""
+    out = _leave(
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('handler ran'))\n"
+        "sys.stdout.write('x' * 100_000)\n"  # more than a pipe buffer: nothing may be lost
+        "leave(3)"
+    )
+    assert out.returncode == 3
+    assert out.stdout == "x" * 100_000 + "handler ran\n"
+
+
+def test_leaving_waits_for_a_thread_that_is_not_a_daemon() -> None:
+    out = _leave(
+        "import threading, time\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread finished'))).start()\n"
+        "leave(4)"
+    )
+    assert (out.returncode, out.stdout) == (4, "thread finished\n")
+
+
+def test_leaving_with_a_text_prints_it_and_fails_as_sys_exit_does() -> None:
+    for code, status in (("None", 0), ("256 + 5", 5), ("'went wrong'", 1)):
+        out = _leave(f"leave({code})")
+        assert out.returncode == status, (code, out)
+    assert _leave("leave('went wrong')").stderr == "went wrong\n"
+
+
+def test_leaving_with_the_reader_gone_is_status_120_as_python_reports_it() -> None:
+    """Output still buffered when the reading end of the pipe has closed: no traceback, status 120."""
+    child = (
+        "from scheduler.cli import leave\nimport sys\nsys.stdout.write('x' * 10)\nsys.stdin.read()\nleave(0)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=BUFFERED,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader goes away first...
+    proc.stdin.close()  # ...then the child may go on and flush
+    assert proc.wait(timeout=60) == 120
+    assert proc.stderr.read() == b""
 
 
 def test_every_lazy_command_has_its_one_line_help_and_it_is_the_commands_own() -> None:

@@ -336,6 +336,16 @@ def test_bad_http_settings_name_the_key(http: dict[str, Any], key: str) -> None:
         load_settings(http=http)
 
 
+def test_the_default_rate_limit_is_one_limits_parses() -> None:
+    """The config validator takes the default on trust (to spare every CLI start importing limits)."""
+    from limits import parse_many
+
+    from scheduler.config import DEFAULT_RATE_LIMIT
+
+    assert [str(item) for item in parse_many(DEFAULT_RATE_LIMIT)] == ["20 per 1 second", "600 per 1 minute"]
+    assert load_settings().http.rate_limit == DEFAULT_RATE_LIMIT
+
+
 # ------------------------------------------------------ the real worker's wiring
 
 

@@ -7,7 +7,11 @@ traceback: ``ConfigError`` and friends are caught in :func:`main`.
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
+import threading
+from typing import NoReturn
 
 import click
 
@@ -18,17 +22,56 @@ def main() -> None:
     """Console-script entry point."""
     try:
         cli.main(standalone_mode=False)
+        code: str | int | None = 0
+    except SystemExit as exc:
+        code = exc.code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
-        sys.exit(130)
+        code = 130
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except CliError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except KeyboardInterrupt:
-        sys.exit(130)
+        code = 130
+    leave(code)
 
 
-__all__ = ["cli", "main"]
+def leave(code: str | int | None) -> NoReturn:
+    """End the process with ``code`` (what ``sys.exit`` takes) without the interpreter's teardown.
+
+    Why: a command is done once its output is flushed and the exit handlers
+    have run, but a normal exit then frees every object of every module the
+    command imported (pydantic, SQLAlchemy, pika...): about 60 ms, a fifth of
+    a ``scheduler submit``. What a normal exit does that matters is kept and
+    done here, in its order: threads that are not daemons are waited for
+    (when one is still running, this falls back to a normal exit, which
+    joins it), the exit handlers run (logging's flush, ``weakref.finalize``
+    clean-ups), the standard streams are flushed, and a closed pipe on
+    standard output is exit status 120, as Python reports it. An exit code
+    that is a text is printed to standard error with status 1, as
+    ``sys.exit`` does.
+    """
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if others:
+        sys.exit(code)
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code & 0xFF
+    else:
+        print(code, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # a reader that went away, or a stream already closed
+            if stream is sys.stdout and status == 0:
+                status = 120
+    os._exit(status)
+
+
+__all__ = ["cli", "leave", "main"]
