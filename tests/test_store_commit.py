@@ -407,11 +407,11 @@ def test_payload_assembly_equals_plain_json_encoding(
 def test_event_ids_are_uuid4_hex() -> None:
     import uuid
 
-    from scheduler.store.batch_plan import new_event_id
+    from scheduler.store.batch_plan import new_event_ids
 
-    ids = {new_event_id() for _ in range(1000)}
-    assert len(ids) == 1000
-    for value in list(ids)[:50]:
+    ids = set(new_event_ids(1000)) | set(new_event_ids(1))
+    assert len(ids) == 1001 and new_event_ids(0) == []
+    for value in ids:
         parsed = uuid.UUID(hex=value)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == value
 

@@ -191,12 +191,14 @@ def decide_batch(
             plan._undo.append(_restore(fleet, alloc))
         plan.add(Release(task_id=rel.release), msg)
 
-    seen: dict[str, str] = {}
+    # The requests of this batch by task id; their JSON is made only when an id comes twice.
+    seen: dict[str, SchedulingRequest] = {}
     # Higher priority first; the sort is stable, so arrival order breaks ties.
     for req, msg in sorted(requests, key=lambda pair: -pair[0].priority):
         if req.task_id in seen or fleet.allocation(req.task_id) is not None:
             body = req.model_dump_json()
-            if seen.get(req.task_id, body) == body and req.task_id in seen:
+            first = seen.get(req.task_id)
+            if first is not None and first.model_dump_json() == body:
                 plan.duplicates.append(req.task_id)  # the same request twice in one batch
             else:
                 # Placed already, or twice here with different bodies: the store compares
@@ -214,7 +216,7 @@ def decide_batch(
                     msg,
                 )
             continue
-        seen[req.task_id] = req.model_dump_json()
+        seen[req.task_id] = req
         attempt = attempt_of(msg.headers)
         published = msg.headers.get(HEADER_PUBLISHED_AT)
         if isinstance(published, int) and not isinstance(published, bool):
