@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 
 import scheduler.cli.nodes
 import scheduler.cli.rebalance  # noqa: F401  (registers the commands)
-from scheduler.cli.common import cli
+from scheduler.cli.common import CliError, cli
 from scheduler.models import Node
 from tests.harness import Deployment
 from tests.store_checks import active_allocations
@@ -130,3 +130,30 @@ def test_move_publishes_one_move_message_and_refuses_bad_names(dep: Deployment) 
     bad = _run(dep, "move", "vm 1", "n3")
     assert bad.exit_code == 1 and "move" in str(bad.exception)
     assert dep.queue_depth(dep.queue) == 0
+
+
+def test_move_is_checked_as_the_leader_will_before_anything_is_published(dep: Deployment) -> None:
+    """What the client can know is said at the client, in the leader's words; nothing is published."""
+    on = _placements(dep)["vm-1"]
+    other = next(n for n in ("n0", "n1", "n2", "n3") if n != on)
+    refusals = {
+        ("vm-1", "nope"): "move refused: unknown node nope",
+        ("vm-1", on): f"move refused: task vm-1 is on {on} already",
+        ("vm-1", "g1"): "move refused: g1: in pool gpu, the task's pool is default",
+        ("ghost", other): "move refused: task ghost is not scheduled (unknown task)",
+    }
+    for (task, node), message in refusals.items():
+        result = _run(dep, "move", task, node)
+        assert isinstance(result.exception, CliError) and result.exception.exit_code == 3, result
+        assert str(result.exception) == message
+    run_group(dep.store, [{"release": "vm-2"}])
+    released = _run(dep, "move", "vm-2", other)
+    assert str(released.exception) == "move refused: task vm-2 is not scheduled (released)"
+    dep.store.set_cordoned(other, True)
+    cordoned = _run(dep, "move", "vm-1", other)
+    assert str(cordoned.exception).startswith(f"move refused: {other}: "), cordoned.exception
+    assert dep.queue_depth(dep.queue) == 0, "a refused move is never published"
+    unchecked = _run(dep, "move", "ghost", other, "--no-check")  # the leader alone decides
+    assert unchecked.exit_code == 0 and "checked" not in unchecked.output
+    [(_, body)] = dep.drain(dep.queue)
+    assert json.loads(body) == {"move": "ghost", "node": other}

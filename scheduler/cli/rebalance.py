@@ -18,11 +18,14 @@ from pydantic import ValidationError
 from scheduler.cli.common import CliError, cli, emit_json, settings_or_exit
 from scheduler.cli.submit import EXIT_BAD_INPUT, EXIT_NOT_PUBLISHED, _publish
 from scheduler.config import Settings
-from scheduler.models import MoveRequest, format_validation_error
+from scheduler.models import MoveRequest, TaskStatus, format_validation_error
 from scheduler.producer.publisher import Outgoing
 
 if TYPE_CHECKING:
     from scheduler.rebalance import MigrationPlan, Rules
+
+EXIT_MOVE_REFUSED = 3
+"""``scheduler move``: the move would be refused (the same code as a drain with unmovable VMs)."""
 
 
 @cli.command("rebalance")
@@ -58,19 +61,59 @@ def rebalance_cmd(pool: str | None, max_moves: int, goal: str, as_json: bool, ap
 @cli.command("move")
 @click.argument("task_id")
 @click.argument("node")
-def move_cmd(task_id: str, node: str) -> None:
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="publish without reading the database first (the leader still checks every filter)",
+)
+def move_cmd(task_id: str, node: str, no_check: bool) -> None:
     """Publish a move of TASK_ID's allocation to NODE (the leader checks every filter on NODE)."""
     settings = settings_or_exit()
     try:
         MoveRequest(move=task_id, node=node)
     except ValidationError as exc:
         raise CliError(format_validation_error(exc), exit_code=EXIT_BAD_INPUT) from None
+    checked = "" if no_check else f" (checked at revision {check_move_here(settings, task_id, node)})"
     report = _publish(settings, [Outgoing.move(task_id, node)])
     if report.failed:
         for tid, why in report.failed.items():
             click.echo(f"not published: {tid}: {why}", err=True)
         sys.exit(EXIT_NOT_PUBLISHED)
-    click.echo(f"move published: {task_id} -> {node}")
+    click.echo(f"move published: {task_id} -> {node}{checked}")
+
+
+def check_move_here(settings: Settings, task_id: str, node: str) -> str:
+    """Check the move as the leader will, on the committed state; returns the revision checked.
+
+    Why: a refused move is dead-lettered by the leader, where the person who
+    typed it never sees why. What the client can know (an unknown task or
+    node, a task not scheduled, a filter that refuses the node) is said here,
+    before anything is published, with the leader's own words
+    (:func:`scheduler.moves.check_move`). The leader still checks again: the
+    state may change before the move arrives.
+    """
+    from scheduler.cli.db import store_session
+    from scheduler.moves import check_move
+    from scheduler.plan_service import PlanService
+    from scheduler.store.placed import placed_requests
+
+    with store_session(settings, migrate=False) as store:
+        service = PlanService(store, settings)
+        fleet, revision = service.committed()
+        stored = placed_requests(store, [task_id]).get(task_id)
+        if stored is None:
+            state = store.task_states([task_id]).get(task_id)
+            why = f"task {task_id} is not scheduled ({state.value if state else 'unknown task'})"
+            if state is TaskStatus.SCHEDULED:
+                why = f"task {task_id}'s stored request cannot be read"
+            raise CliError(f"move refused: {why}", exit_code=EXIT_MOVE_REFUSED)
+        outcome = check_move(
+            fleet, stored, node, now=service.clock(), exclusive=settings.dedicated_nodes_exclusive,
+            max_skew=settings.spread_max_skew,
+        )  # fmt: skip
+    if not outcome.ok:
+        raise CliError(f"move refused: {outcome.message}", exit_code=EXIT_MOVE_REFUSED)
+    return str(revision)
 
 
 def drain_node(node: str, as_json: bool, apply_: bool) -> None:
