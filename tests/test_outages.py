@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 
 from scheduler.models import TaskStatus
 from scheduler.producer.publisher import Outgoing
+from scheduler.store import Store
 from scheduler.store.schema import allocations, tasks
 from tests.fault_proxy import FaultProxy
 from tests.harness import Deployment, make_nodes, make_requests, wait_until
@@ -370,6 +371,85 @@ def test_readyz_is_false_with_the_reason_while_the_leader_cannot_consume(
         db_proxy.heal()
     wait_until(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200, 60, "ready again")
     dep.wait_terminal([f"during-{i}" for i in range(3)], timeout=60)
+
+
+def test_a_sqlite_file_moved_away_under_the_worker_is_not_written_nor_acked(lite: Deployment) -> None:
+    """SQLite would go on writing the file it has open wherever it went; the worker must notice.
+
+    While the file is away the leader stands down (nothing it commits would
+    be found at the path again, so nothing may be acked), ``/readyz`` says
+    why, and the requests stay in the queue; once the file is back they are
+    placed, each once.
+    """
+    import httpx
+
+    dep = lite
+    dep.http = True
+    dep.store.import_nodes(make_nodes(3))
+    dep.start_worker("w0")
+    dep.wait_leading("w0")
+    url = dep.http_url("w0")
+    wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 30, "ready before the move")
+    path = Path(dep.db_url.removeprefix("sqlite:///"))
+    aside = path.with_name("aside.db")
+    path.rename(aside)
+    try:
+        dep.publish(Outgoing.request(r) for r in make_requests(3, prefix="away"))
+
+        def refused() -> list[str] | None:
+            response = httpx.get(f"{url}/readyz", timeout=10)
+            got: list[str] = response.json()["reasons"]
+            return got if response.status_code == 503 and dep.queue_depth(dep.queue) == 3 else None
+
+        reasons = wait_until(refused, 60, "readyz to say the file is gone, with the requests still queued")
+        assert any("was deleted or moved while in use" in r for r in reasons), reasons
+    finally:
+        aside.rename(path)
+    assert dep.wait_terminal([f"away-{i}" for i in range(3)], timeout=60) == dict.fromkeys(
+        [f"away-{i}" for i in range(3)], TaskStatus.SCHEDULED
+    )
+    assert sorted(a.task_id for a in active_allocations(dep.store)) == [f"away-{i}" for i in range(3)]
+    wait_until(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200, 60, "ready again")
+
+
+def test_a_sqlite_file_replaced_under_the_worker_is_refused_until_a_restart(lite: Deployment) -> None:
+    """A copy put in the file's place (a restore, ``cp`` then ``mv``): new connections would read the copy,
+    the open ones go on writing the old file, so placements would be acked into a file nobody reads.
+
+    The worker refuses both until it is restarted on the new file, which then places what waited.
+    """
+    import sqlite3
+
+    import httpx
+
+    dep = lite
+    dep.http = True
+    dep.store.import_nodes(make_nodes(3))
+    dep.start_worker("w0")
+    dep.wait_leading("w0")
+    url = dep.http_url("w0")
+    wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 30, "ready before the restore")
+    path = Path(dep.db_url.removeprefix("sqlite:///"))
+    copy = path.with_name("restored.db")
+    with contextlib.closing(sqlite3.connect(path)) as src, contextlib.closing(sqlite3.connect(copy)) as dst:
+        src.backup(dst)
+    os.replace(copy, path)
+    dep.publish(Outgoing.request(r) for r in make_requests(3, prefix="restored"))
+
+    def refused() -> list[str] | None:
+        response = httpx.get(f"{url}/readyz", timeout=10)
+        got: list[str] = response.json()["reasons"]
+        return got if response.status_code == 503 and dep.queue_depth(dep.queue) == 3 else None
+
+    reasons = wait_until(refused, 60, "readyz to say the file was replaced, with the requests still queued")
+    assert any("was replaced by another file while in use" in r for r in reasons), reasons
+    dep.stop_all()
+    dep.store.close()  # the test's own store opened the old file too: it refuses the new one as well
+    dep.store = Store.from_url(dep.db_url)
+    dep.start_worker("w1")
+    ids = [f"restored-{i}" for i in range(3)]
+    assert dep.wait_terminal(ids, timeout=60) == dict.fromkeys(ids, TaskStatus.SCHEDULED)
+    assert sorted(a.task_id for a in active_allocations(dep.store)) == ids
 
 
 def test_a_release_before_its_request_cancels_it_for_good(lite: Deployment) -> None:

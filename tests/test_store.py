@@ -411,3 +411,36 @@ def test_tasks_table_has_what_commit_wrote(store: Store) -> None:
     )
     assert node_row == "a"
     assert count(store, tasks) == 1
+
+
+def test_an_sqlite_file_deleted_while_open_is_refused_not_used(tmp_path: Path) -> None:
+    """SQLite keeps using an unlinked file; the store refuses it, and takes the same file back."""
+    path = tmp_path / "gone.db"
+    store = Store.from_url(f"sqlite:///{path}")
+    try:
+        store.upgrade()
+        assert store.fence_epoch() == 0
+        aside = path.rename(tmp_path / "aside.db")
+        with pytest.raises(DatabaseUnavailable, match="was deleted or moved while in use"):
+            store.fence_epoch()
+        with pytest.raises(DatabaseUnavailable):
+            store.claim_fence(1, "w")
+        aside.rename(path)  # the same file back: usable again, and nothing was written meanwhile
+        assert store.fence_epoch() == 0
+        path.unlink()
+        with pytest.raises(DatabaseUnavailable, match="was deleted or moved while in use"):
+            store.fence_epoch()
+    finally:
+        store.close()
+
+
+def test_in_memory_and_uri_sqlite_databases_are_not_watched(tmp_path: Path) -> None:
+    memory = Store.from_url("sqlite://")
+    memory.upgrade()
+    assert memory.fence_epoch() == 0
+    memory.close()
+    target = tmp_path / "by-uri.db"
+    uri = Store.from_url(f"sqlite:///file:{target}?uri=true")
+    uri.upgrade()
+    assert uri.fence_epoch() == 0 and target.exists()
+    uri.close()

@@ -13,6 +13,7 @@ PostgreSQL, which the fence and the database lease rely on.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from typing import Any
@@ -89,6 +90,10 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
     engine = create_engine(
         url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}, **kwargs
     )
+    # A plain file path (not ``:memory:``, not a ``file:`` URI): its identity is checked at every BEGIN.
+    watched = (
+        SqliteFile(os.path.abspath(url.database or "")) if not memory and not url.query.get("uri") else None
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -101,9 +106,13 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
+        if watched is not None:
+            watched.remember()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
+        if watched is not None:
+            watched.check()
         # A reader may ask for a plain (deferred) transaction: a WAL snapshot
         # that never takes the write lock, so long reads (loading the fleet,
         # listing tasks) do not stall the committer.
@@ -113,6 +122,49 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+class SqliteFile:
+    """The database file an engine opened, and a check that it is still the file at that path.
+
+    Why: deleting (or replacing) an SQLite file under a running process goes
+    unnoticed by SQLite. Its open connections go on reading and writing the
+    unlinked file, and every commit "succeeds" into a file nobody will open
+    again: a worker would ack placements that vanish at its next start,
+    and report ready meanwhile. So every transaction first compares the file
+    at the path with the one first opened (device and inode, one ``stat``:
+    about a microsecond) and refuses to begin when it is gone or another:
+    the worker stands down as for any database outage, ``/readyz`` says why,
+    and nothing more is acked. Moving the same file back makes it usable
+    again; a new file needs a restart (the connections hold the old one).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.identity: tuple[int, int] | None = None
+
+    def remember(self) -> None:
+        """Note the file's identity when the first connection has opened (and so created) it."""
+        if self.identity is None:
+            st = os.stat(self.path)
+            self.identity = (st.st_dev, st.st_ino)
+
+    def check(self) -> None:
+        """Raise :class:`DatabaseUnavailable` when the path no longer holds the file first opened."""
+        if self.identity is None:
+            return
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            raise DatabaseUnavailable(
+                f"the SQLite database file {self.path} was deleted or moved while in use; "
+                "not using the copy still open (put the file back, or restart on a new one)"
+            ) from None
+        if (st.st_dev, st.st_ino) != self.identity:
+            raise DatabaseUnavailable(
+                f"the SQLite database file {self.path} was replaced by another file while in use; "
+                "not using the copy still open (restart to use the new file)"
+            )
 
 
 def _enable_wal(cur: Any) -> None:
