@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import click
+import pytest
 
 from scheduler.cli.common import COMMAND_HELP, COMMAND_MODULES, cli
 
@@ -132,6 +133,37 @@ def test_leaving_with_the_reader_gone_is_status_120_as_python_reports_it() -> No
     proc.stdin.close()  # ...then the child may go on and flush
     assert proc.wait(timeout=60) == 120
     assert proc.stderr.read() == b""
+
+
+def _scheduler_with(redirect: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m scheduler ARGS`` started by a shell with ``redirect`` (``>&-``: standard output closed)."""
+    return subprocess.run(
+        ["sh", "-c", f'exec "$0" "$@" {redirect}', sys.executable, "-m", "scheduler", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env=BUFFERED,
+    )
+
+
+def test_a_command_started_with_standard_output_or_error_closed_succeeds() -> None:
+    """A stream closed at start is None in ``sys``: leaving called its flush(), a traceback and status 1
+    after the command had done its work (a ``submit ... >&-`` in a cron job had published its request)."""
+    closed_out = _scheduler_with(">&-", "--version")
+    assert (closed_out.returncode, closed_out.stderr) == (0, "")
+    closed_err = _scheduler_with("2>&-", "--version")
+    assert closed_err.returncode == 0
+    assert closed_err.stdout.startswith("python -m scheduler, version ")
+
+
+def test_standard_output_that_cannot_be_written_is_one_line_and_status_120() -> None:
+    """A full disk under the buffered output: the flush's OSError escaped leave() as a traceback."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    out = _scheduler_with(">/dev/full", "strategies", "--json")
+    assert out.returncode == 120
+    assert out.stderr == "error: standard output: No space left on device\n"
 
 
 def test_every_lazy_command_has_its_one_line_help_and_it_is_the_commands_own() -> None:

@@ -53,6 +53,13 @@ def leave(code: str | int | None) -> NoReturn:
     standard output is exit status 120, as Python reports it. An exit code
     that is a text is printed to standard error with status 1, as
     ``sys.exit`` does.
+
+    A standard stream whose descriptor was closed when the process started
+    (``>&-``, ``2>&-``, a supervisor's) is None in ``sys``: there is nothing
+    to flush, and the command succeeded as a normal exit says. Standard
+    output that cannot be written for another reason (a full disk) is one
+    line on standard error and status 120, where a normal exit prints
+    Python's own message: never a traceback.
     """
     others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     if others:
@@ -62,16 +69,30 @@ def leave(code: str | int | None) -> NoReturn:
     elif isinstance(code, int):
         status = code & 0xFF
     else:
-        print(code, file=sys.stderr)
+        if sys.stderr is not None:
+            print(code, file=sys.stderr)
         status = 1
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:
+            continue
         try:
             stream.flush()
-        except (BrokenPipeError, ValueError):  # a reader that went away, or a stream already closed
+        except (OSError, ValueError) as exc:  # a reader that went away, a full disk, a stream closed
             if stream is sys.stdout and status == 0:
                 status = 120
+            if stream is sys.stdout and isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+                _say(f"error: standard output: {exc.strerror or exc}")
     os._exit(status)
+
+
+def _say(line: str) -> None:
+    """``line`` on standard error, if it can be written at all (it may be closed or full as well)."""
+    try:
+        if sys.stderr is not None:
+            print(line, file=sys.stderr)
+    except (OSError, ValueError):
+        pass
 
 
 __all__ = ["cli", "leave", "main"]
