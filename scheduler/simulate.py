@@ -43,6 +43,8 @@ def read_trace(path: str | Path, *, max_problems: int = 10) -> list[TraceItem]:
         raise TraceError(f"{p}: {exc.strerror or exc}") from None
     import sys
 
+    if handle is None and sys.stdin is None:  # descriptor 0 closed when the process started (``<&-``)
+        raise TraceError("-: standard input is closed")
     stream = handle if handle is not None else sys.stdin.buffer
     items: list[TraceItem] = []
     problems: list[str] = []

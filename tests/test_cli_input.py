@@ -7,6 +7,7 @@ a line of megabytes), as editors, other systems and accidents make them.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,27 @@ def test_a_config_file_that_is_not_utf8_is_one_error_line(tmp_path: Path) -> Non
     )
     assert isinstance(result.exception, CliError) and result.exception.exit_code == 2, result.exception
     assert str(result.exception) == f"config file {config} is not UTF-8 (byte at offset 13)"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["submit", "--file", "-"],
+        ["plan", "--file", "-"],
+        ["simulate", "--nodes", "examples/fleet.yaml", "--requests", "-"],
+    ],
+)
+def test_stdin_closed_is_one_error_line_not_a_traceback(tmp_path: Path, args: list[str]) -> None:
+    """With descriptor 0 closed at start (``<&-``) ``sys.stdin`` is None: ``-`` died on ``None.buffer``."""
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    env = {**os.environ, "SCHEDULER_CONFIG": str(config), "AMQP_URL": "amqp://u:p@127.0.0.1:1/%2F"}
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$0" "$@" <&-', sys.executable, "-m", "scheduler", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (1, "error: -: standard input is closed\n")

@@ -150,6 +150,8 @@ def emit_json(obj: Any) -> None:
 def open_lines(path: str) -> IO[bytes]:
     """``path`` opened for :func:`scheduler.jsonlines.json_lines` (``-`` is stdin), or why it cannot be."""
     if path == "-":
+        if sys.stdin is None:  # descriptor 0 closed when the process started (``<&-``)
+            raise CliError("-: standard input is closed")
         return sys.stdin.buffer
     try:
         return open(path, "rb")  # closed by the caller
