@@ -6,11 +6,16 @@ a line of megabytes), as editors, other systems and accidents make them.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
@@ -125,3 +130,79 @@ def test_stdin_closed_is_one_error_line_not_a_traceback(tmp_path: Path, args: li
         timeout=60,
     )
     assert (done.returncode, done.stderr) == (1, "error: -: standard input is closed\n")
+
+
+def _unread(fd: int) -> int:
+    """Bytes written to a pipe and not read yet."""
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
+
+
+def test_a_fifo_is_read_whole_before_the_broker_connection_opens(
+    amqp_url: str, amqp_names: dict[str, str], tmp_path: Path
+) -> None:
+    """``--file <(command)`` or a FIFO was read while publishing, as a regular file is: the publisher's
+    I/O loop waited on the writer, and a connection lost meanwhile (a writer that pauses for two
+    heartbeats is enough) failed every line. Here the connection is cut while the writer pauses."""
+    import pika
+
+    from scheduler.broker import Topology
+    from tests.fault_proxy import FaultProxy
+    from tests.harness import wait_until
+
+    fifo = tmp_path / "reqs.fifo"
+    os.mkfifo(fifo)
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    parts = urlsplit(amqp_url)
+    topo = Topology(amqp_names["exchange"], amqp_names["queue"])
+    with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5672) as proxy:
+        via = parts._replace(
+            netloc=parts.netloc.replace(parts.netloc.rpartition("@")[2], f"127.0.0.1:{proxy.port}")
+        )
+        env = {
+            **os.environ,
+            "SCHEDULER_CONFIG": str(config),
+            "AMQP_URL": via.geturl(),
+            "SCHEDULER_AMQP__EXCHANGE": topo.exchange,
+            "SCHEDULER_AMQP__QUEUE": topo.queue,
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "scheduler", "submit", "--file", str(fifo)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+
+            def writer() -> int | None:
+                assert proc.poll() is None, proc.communicate()
+                try:
+                    return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO:  # ENXIO: the command has not opened it yet
+                        raise
+                    return None
+
+            fd = wait_until(writer, 60, "the command to open the FIFO")
+            os.set_blocking(fd, True)
+            try:
+                os.write(fd, line("p-1") + b"\n")
+                wait_until(lambda: _unread(fd) == 0, 60, "the command to read the first line")
+                proxy.fault("reset")  # the writer pauses; whatever connection is open is lost
+                proxy.heal()
+                os.write(fd, line("p-2") + b"\n")
+            finally:
+                os.close(fd)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+            conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+            ch = conn.channel()
+            for queue in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
+                ch.queue_delete(queue)
+            ch.exchange_delete(topo.exchange)
+            conn.close()
+    assert (proc.returncode, out.split(), err) == (0, ["p-1", "p-2"], "")

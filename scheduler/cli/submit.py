@@ -8,6 +8,8 @@ are still sent, and the exit code says that something was wrong.
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -79,6 +81,10 @@ class FileMessages:
         self.problems: list[str] = []
         self.messages: list[Outgoing] = []
         self.stream: IO[bytes] = open_lines(path)
+
+    def regular_file(self) -> bool:
+        """Whether the input is a regular file: reading anything else (a pipe) can wait on its writer."""
+        return stat.S_ISREG(os.fstat(self.stream.fileno()).st_mode)
 
     def __iter__(self) -> Iterator[Outgoing]:
         try:
@@ -227,8 +233,10 @@ def submit_cmd(
         if cpu is not None or memory is not None or task_id is not None:
             raise CliError("give either --file or the request flags, not both", exit_code=EXIT_BAD_INPUT)
         stream = FileMessages(file_)
-        if file_ == "-" or sys.stderr.isatty():
-            # Read it all first: stdin may block the publisher's I/O loop, and a progress bar needs a total.
+        if file_ == "-" or sys.stderr.isatty() or not stream.regular_file():
+            # Read it all first: stdin, a FIFO or a ``<(command)`` may block the publisher's I/O loop
+            # (a writer slower than two heartbeats: the broker drops the connection), and a progress
+            # bar needs a total.
             source = messages = list(stream)
             problems = stream.problems
             _report_problems(problems)
