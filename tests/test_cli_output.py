@@ -265,3 +265,57 @@ def test_submit_file_publishes_the_good_lines_and_reports_the_bad_ones_after(
             ch.queue_delete(queue)
         ch.exchange_delete(topo.exchange)
         conn.close()
+
+
+@pytest.mark.parametrize("database", ["migrated", "missing"])
+def test_a_wait_that_ends_before_the_outcomes_names_every_task_still_pending(
+    amqp_url: str, amqp_names: dict[str, str], sqlite_url: str, tmp_path: Path, database: str
+) -> None:
+    """``--wait`` prints outcomes instead of the published ids: on a timeout (no worker here) or a
+    database it cannot read, the tasks not seen terminal were a count alone, and a generated id was
+    printed nowhere although the request was published and would be placed."""
+    import pika
+
+    from scheduler.broker import Topology
+
+    if database == "migrated":
+        with Store.from_url(sqlite_url) as store:
+            store.upgrade()
+    trace = tmp_path / "reqs.jsonl"
+    trace.write_text(
+        '{"task_id": "w-1", "requested_cpu": 1, "requested_memory": 512}\n'
+        '{"requested_cpu": 1, "requested_memory": 512}\n'
+    )
+    env = {
+        "SCHEDULER_CONFIG": _config(tmp_path),
+        "AMQP_URL": amqp_url,
+        "DATABASE_URL": sqlite_url,
+        "SCHEDULER_AMQP__EXCHANGE": amqp_names["exchange"],
+        "SCHEDULER_AMQP__QUEUE": amqp_names["queue"],
+    }
+    topo = Topology(amqp_names["exchange"], amqp_names["queue"])
+    try:
+        args = ["submit", "--file", str(trace), "--wait", "--timeout", "0"]
+        result = CliRunner().invoke(cli, args, env=env)
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        ch = conn.channel()
+        published = set()
+        while (got := ch.basic_get(topo.queue, auto_ack=True))[0] is not None:
+            published.add(got[1].message_id)
+        conn.close()
+    finally:
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        ch = conn.channel()
+        for queue in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
+            ch.queue_delete(queue)
+        ch.exchange_delete(topo.exchange)
+        conn.close()
+    assert len(published) == 2 and "w-1" in published
+    named = [line for line in result.stderr.splitlines() if line.startswith("still pending: ")]
+    assert sorted(line.removeprefix("still pending: ") for line in named) == sorted(published)
+    if database == "migrated":
+        assert result.exit_code == 4
+        assert result.stderr.splitlines()[0] == "timed out after 0.0s; still pending: 2"
+    else:
+        assert isinstance(result.exception, CliError), result.output
+        assert str(result.exception).startswith("database not initialised")

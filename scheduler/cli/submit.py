@@ -344,11 +344,26 @@ def _publish(settings: Settings, messages: Iterable[Outgoing]) -> PublishReport:
 def _wait_for(
     settings: Settings, task_ids: list[str], until_released: set[str], timeout: float, as_json: bool
 ) -> int:
-    """Poll the database until every task is terminal; print each result once."""
+    """Poll the database until every task is terminal; print each result once.
+
+    A task not seen terminal (the wait timed out, or the database could not
+    be read) is named on standard error: with ``--wait`` the published ids
+    are not printed otherwise, and a generated id would be known nowhere.
+    """
     from scheduler.cli.db import store_session
 
-    with store_session(settings, migrate=False) as store:
-        return _poll_results(store, task_ids, until_released, timeout, as_json)
+    pending = set(task_ids)
+    try:
+        with store_session(settings, migrate=False) as store:
+            return _poll_results(store, task_ids, until_released, timeout, as_json, pending)
+    except CliError:
+        _report_pending(pending)
+        raise
+
+
+def _report_pending(pending: set[str]) -> None:
+    for tid in sorted(pending):
+        click.echo(f"still pending: {tid}", err=True)
 
 
 WAIT_COLUMNS = (columns.Column("task"), columns.Column("status"), columns.Column("node or reason"))
@@ -361,10 +376,18 @@ def _done(status: TaskStatus, wants_release: bool) -> bool:
 
 
 def _poll_results(
-    store: Store, task_ids: list[str], until_released: set[str], timeout: float, as_json: bool
+    store: Store,
+    task_ids: list[str],
+    until_released: set[str],
+    timeout: float,
+    as_json: bool,
+    pending: set[str] | None = None,
 ) -> int:
-    """Print each task's outcome as it lands, in columns sized for every id up front (no tabs)."""
-    pending = set(task_ids)
+    """Print each task's outcome as it lands, in columns sized for every id up front (no tabs).
+
+    ``pending`` (the caller's set of the ids of ``task_ids``) loses each id as its outcome is printed.
+    """
+    pending = set(task_ids) if pending is None else pending
     deadline = time.monotonic() + timeout
     failed = 0
     delay = 0.05
@@ -393,6 +416,7 @@ def _poll_results(
             break
         if time.monotonic() >= deadline:
             click.echo(f"timed out after {timeout}s; still pending: {len(pending)}", err=True)
+            _report_pending(pending)
             return EXIT_TIMEOUT
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
