@@ -319,3 +319,67 @@ def test_a_wait_that_ends_before_the_outcomes_names_every_task_still_pending(
     else:
         assert isinstance(result.exception, CliError), result.output
         assert str(result.exception).startswith("database not initialised")
+
+
+def test_ctrl_c_during_a_wait_names_the_tasks_still_pending(
+    amqp_url: str, amqp_names: dict[str, str], sqlite_url: str, tmp_path: Path
+) -> None:
+    """Interrupted while it waited (no worker here), ``submit --wait`` said "aborted" and nothing else:
+    the request was published under a generated id that no line showed."""
+    import signal
+
+    import pika
+
+    from scheduler.broker import Topology
+
+    with Store.from_url(sqlite_url) as store:
+        store.upgrade()
+    env = {
+        **os.environ,
+        "SCHEDULER_CONFIG": _config(tmp_path),
+        "AMQP_URL": amqp_url,
+        "DATABASE_URL": sqlite_url,
+        "SCHEDULER_AMQP__EXCHANGE": amqp_names["exchange"],
+        "SCHEDULER_AMQP__QUEUE": amqp_names["queue"],
+    }
+    topo = Topology(amqp_names["exchange"], amqp_names["queue"])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "scheduler",
+            "submit",
+            "--cpu",
+            "1",
+            "--memory",
+            "512",
+            "--wait",
+            "--timeout",
+            "600",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith("published 1 of 1 messages")
+        assert proc.stdout.readline().split()[:2] == ["task", "status"]  # waiting now
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+        err = proc.stderr.read()
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        _, props, _ = conn.channel().basic_get(topo.queue, auto_ack=True)
+        conn.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        ch = conn.channel()
+        for queue in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
+            ch.queue_delete(queue)
+        ch.exchange_delete(topo.exchange)
+        conn.close()
+    assert f"still pending: {props.message_id}" in err.splitlines(), err

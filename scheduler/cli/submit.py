@@ -346,9 +346,10 @@ def _wait_for(
 ) -> int:
     """Poll the database until every task is terminal; print each result once.
 
-    A task not seen terminal (the wait timed out, or the database could not
-    be read) is named on standard error: with ``--wait`` the published ids
-    are not printed otherwise, and a generated id would be known nowhere.
+    A task not seen terminal (the wait timed out, the database could not be
+    read, or Ctrl-C ended the wait) is named on standard error: with
+    ``--wait`` the published ids are not printed otherwise, and a generated
+    id would be known nowhere.
     """
     from scheduler.cli.db import store_session
 
@@ -356,7 +357,7 @@ def _wait_for(
     try:
         with store_session(settings, migrate=False) as store:
             return _poll_results(store, task_ids, until_released, timeout, as_json, pending)
-    except CliError:
+    except (CliError, KeyboardInterrupt):
         _report_pending(pending)
         raise
 
@@ -404,7 +405,6 @@ def _poll_results(
         for record in (store.get_task(t) for t in sorted(done)):
             if record is None:
                 continue
-            pending.discard(record.task_id)
             failed += record.status is TaskStatus.FAILED
             if as_json:
                 emit_json(record.to_json())
@@ -412,6 +412,7 @@ def _poll_results(
                 where = record.node or f"{record.reason}: {record.message}"
                 cells = [record.task_id, record.status.value, where]
                 click.echo(columns.format_row(WAIT_COLUMNS, sizes, cells))
+            pending.discard(record.task_id)  # after the print: an interrupt names it twice, never not at all
         if not pending:
             break
         if time.monotonic() >= deadline:
