@@ -272,6 +272,8 @@ def submit_cmd(
         if as_json:
             emit_json({"task_id": tid, "published": False, "error": why})
         click.echo(f"not published: {tid}: {why}", err=True)
+    if report.interrupted:  # Ctrl-C while publishing: the lines above say what was sent and what was not
+        sys.exit(130)
     # A task requested and released in the same batch is waited for until it is released.
     confirmed = set(report.confirmed)
     waitable = sorted(t for t in requested if t in confirmed)

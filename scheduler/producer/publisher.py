@@ -25,7 +25,9 @@ connection itself, so a ``submit --file`` opens one connection, not two.
 from __future__ import annotations
 
 import operator
+import signal
 import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -235,6 +237,9 @@ class PublishReport:
 
     confirmed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False
+    """Ctrl-C (SIGINT) ended the publishing: what was confirmed by then is in ``confirmed``, the rest
+    in ``failed``."""
 
     @property
     def ok(self) -> bool:
@@ -285,6 +290,10 @@ class Publisher:
         return run.execute()
 
 
+INTERRUPT_CHECK = 0.1
+"""Seconds between two looks of the I/O loop at the Ctrl-C flag (the loop may be waiting for confirms)."""
+
+
 class _PipelinedRun:
     """One publishing session on a SelectConnection; all callbacks run on its I/O loop."""
 
@@ -316,6 +325,7 @@ class _PipelinedRun:
         self.channel: Channel | None = None
         self.error: str | None = None
         self.conn: _BatchingConnection | None = None
+        self.interrupted = False
 
     def execute(self) -> PublishReport:
         params = connection_parameters(
@@ -327,7 +337,14 @@ class _PipelinedRun:
             on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed,
         )
-        self.conn.ioloop.start()
+        previous = self._catch_interrupt()
+        try:
+            self.conn.ioloop.start()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if self.interrupted and not self.report.confirmed and not self.pending and not self.report.failed:
+            raise KeyboardInterrupt  # nothing was sent: an interrupt as any other
         if self.error and not self.report.confirmed and not self.pending and not self.report.failed:
             raise BrokerUnavailable(self.error)
         for tag in sorted(self.pending):
@@ -338,6 +355,40 @@ class _PipelinedRun:
             for msg in self.messages:
                 self.report.failed[msg.message_id] = f"not sent: {self.error}"
         return self.report
+
+    def _catch_interrupt(self) -> Any:
+        """Turn Ctrl-C into a flag the I/O loop checks, and return the handler it replaced (or None).
+
+        Why: a KeyboardInterrupt raised wherever the main thread happens to be
+        (in pika, or between a confirm and its bookkeeping) ended the command
+        without a word about the messages already confirmed, so a batch could
+        be neither trusted nor safely sent again. With the flag, the loop stops
+        between two callbacks and the report says what was confirmed; the rest
+        is failed, as on a lost connection. Only in the main thread, and only
+        over Python's default handler (a process with its own keeps it).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            return None
+
+        def on_interrupt(_signum: int, _frame: object) -> None:
+            self.interrupted = True  # only a flag: the handler runs between any two bytecodes
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+        assert self.conn is not None
+        self.conn.ioloop.call_later(INTERRUPT_CHECK, self._check_interrupt)
+        return previous
+
+    def _check_interrupt(self) -> None:
+        assert self.conn is not None
+        if not self.interrupted:
+            self.conn.ioloop.call_later(INTERRUPT_CHECK, self._check_interrupt)
+            return
+        self.report.interrupted = True
+        if self.error is None:
+            self.error = "interrupted (Ctrl-C)"
+        self.conn.ioloop.stop()  # not a close: through a stalled broker its answer may never come
 
     # -- connection lifecycle
     def _on_open(self, conn: SelectConnection) -> None:
@@ -433,7 +484,7 @@ class _PipelinedRun:
 
     def _pump_burst(self) -> None:
         assert self.channel is not None and self.conn is not None
-        while not self.exhausted and len(self.pending) < self.owner.window:
+        while not self.exhausted and not self.interrupted and len(self.pending) < self.owner.window:
             if self.rate:
                 now = time.monotonic()
                 if not self.started_at:
