@@ -17,6 +17,7 @@ import click
 import pytest
 
 from scheduler.cli.common import COMMAND_HELP, COMMAND_MODULES, cli
+from tests.harness import Deployment
 
 HEAVY = ("sqlalchemy", "alembic", "kubernetes", "numpy", "httpx", "starlette", "fastapi")
 
@@ -135,7 +136,9 @@ def test_leaving_with_the_reader_gone_is_status_120_as_python_reports_it() -> No
     assert proc.stderr.read() == b""
 
 
-def _scheduler_with(redirect: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _scheduler_with(
+    redirect: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``python -m scheduler ARGS`` started by a shell with ``redirect`` (``>&-``: standard output closed)."""
     return subprocess.run(
         ["sh", "-c", f'exec "$0" "$@" {redirect}', sys.executable, "-m", "scheduler", *args],
@@ -143,7 +146,7 @@ def _scheduler_with(redirect: str, *args: str) -> subprocess.CompletedProcess[st
         text=True,
         check=False,
         timeout=60,
-        env=BUFFERED,
+        env={**BUFFERED, **(env or {})},
     )
 
 
@@ -155,6 +158,20 @@ def test_a_command_started_with_standard_output_or_error_closed_succeeds() -> No
     closed_err = _scheduler_with("2>&-", "--version")
     assert closed_err.returncode == 0
     assert closed_err.stdout.startswith("python -m scheduler, version ")
+
+
+def test_commands_that_write_or_ask_isatty_run_with_a_stream_closed_at_start(lite: Deployment) -> None:
+    """``strategies --json >&-`` wrote to None and ``submit --file x 2>&-`` asked None.isatty() before
+    publishing: a stream closed at start now discards what is written to it."""
+    listed = _scheduler_with(">&-", "strategies", "--json")
+    assert (listed.returncode, listed.stderr) == (0, "")
+    lite.write_config()
+    requests = lite.workdir / "requests.jsonl"
+    requests.write_text('{"task_id": "kept", "requested_cpu": 1, "requested_memory": 512}\n{"task_id": 1}\n')
+    env = {k: v for k, v in lite.env("cli").items() if k.startswith(("SCHEDULER_", "AMQP_", "DATABASE_"))}
+    sent = _scheduler_with("2>&-", "submit", "--file", str(requests), env=env)
+    assert (sent.returncode, sent.stdout) == (1, "kept\n"), sent  # the bad line: exit 1, said on stderr
+    assert lite.queue_depth(lite.queue) == 1
 
 
 def test_standard_output_that_cannot_be_written_is_one_line_and_status_120() -> None:

@@ -20,6 +20,7 @@ from scheduler.cli.common import CliError, cli
 
 def main() -> None:
     """Console-script entry point."""
+    _discard_closed_streams()
     try:
         cli.main(standalone_mode=False)
         code: str | int | None = 0
@@ -37,6 +38,20 @@ def main() -> None:
     except KeyboardInterrupt:
         code = 130
     leave(code)
+
+
+def _discard_closed_streams() -> None:
+    """Give a standard stream closed when the process started (``>&-``, ``2>&-``) ``os.devnull``.
+
+    Python leaves such a stream None, and commands call ``isatty()`` and
+    ``write()`` on it: ``submit --file x 2>&-`` failed on ``None.isatty()``
+    before publishing, ``strategies --json >&-`` on ``None.write()``. A
+    closed stream means "discard this output": so it is, as a shell's
+    ``>/dev/null`` would have it.
+    """
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - the process's own stream, never closed
 
 
 def leave(code: str | int | None) -> NoReturn:
