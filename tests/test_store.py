@@ -444,3 +444,71 @@ def test_in_memory_and_uri_sqlite_databases_are_not_watched(tmp_path: Path) -> N
     uri.upgrade()
     assert uri.fence_epoch() == 0 and target.exists()
     uri.close()
+
+
+def test_an_sqlite_file_deleted_during_a_transaction_is_not_committed_into(tmp_path: Path) -> None:
+    """A file unlinked after BEGIN: the COMMIT would land in a file nobody opens again, so it is refused.
+
+    A worker's batch transaction lasts milliseconds, the BEGIN check alone leaves
+    that whole span open; the commit must be refused too (then the worker requeues
+    instead of acking). A second name for the file lets the test see what landed.
+    """
+    from sqlalchemy import event
+
+    path = tmp_path / "gone.db"
+    kept = tmp_path / "kept.db"
+    store = Store.from_url(f"sqlite:///{path}")
+    try:
+        store.upgrade()
+        assert store.fence_epoch() == 0
+        kept.hardlink_to(path)
+
+        def unlink_mid_transaction(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+            if statement.lstrip().upper().startswith("UPDATE FENCE") and path.exists():
+                path.unlink()
+
+        event.listen(store.engine, "before_cursor_execute", unlink_mid_transaction)
+        with pytest.raises(DatabaseUnavailable, match="was deleted or moved while in use"):
+            store.claim_fence(5, "w")
+        event.remove(store.engine, "before_cursor_execute", unlink_mid_transaction)
+        kept.rename(path)  # the same file back: the refused transaction left nothing in it
+        assert store.fence_epoch() == 0
+        store.claim_fence(5, "w")
+        assert store.fence_epoch() == 5
+    finally:
+        store.close()
+
+
+def test_connecting_while_the_sqlite_file_is_away_creates_nothing_in_its_place(tmp_path: Path) -> None:
+    """New connections while the file is away must not create an empty database at the path.
+
+    sqlite3 creates a missing file on connect; such a connection, kept in the pool,
+    would still be on that empty (later replaced) file once the real one is moved back,
+    and fail every transaction it is handed ("no such table") until a restart.
+    """
+    path = tmp_path / "away.db"
+    store = Store.from_url(f"sqlite:///{path}")
+    try:
+        store.upgrade()
+        assert store.fence_epoch() == 0
+        aside = path.rename(tmp_path / "aside.db")
+        connections = []
+        for _ in range(4):  # more than the pool holds now: new connections are opened
+            with pytest.raises(DatabaseUnavailable, match="was deleted or moved while in use"):
+                connections.append(store.engine.connect())
+                with connections[-1].begin():
+                    pass
+        for conn in connections:
+            conn.close()
+        assert not path.exists(), "an empty database was created where the file was"
+        aside.rename(path)
+        held = [store.engine.connect() for _ in range(6)]  # every pooled connection, and new ones
+        try:
+            for conn in held:
+                with conn.begin():
+                    assert conn.execute(select(func.count()).select_from(tasks)).scalar_one() == 0
+        finally:
+            for conn in held:
+                conn.close()
+    finally:
+        store.close()

@@ -95,6 +95,13 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
         SqliteFile(os.path.abspath(url.database or "")) if not memory and not url.query.get("uri") else None
     )
 
+    @event.listens_for(engine, "do_connect")
+    def _before_connect(*_: Any) -> None:
+        # sqlite3 creates a missing file: a connection opened while the file is away would
+        # make an empty database at the path, and stay on it once the real file is back.
+        if watched is not None:
+            watched.check()
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control away from pysqlite so BEGIN IMMEDIATE works.
@@ -121,6 +128,14 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+    @event.listens_for(engine, "commit")
+    def _on_commit(_conn: Any) -> None:
+        # Checked again right before COMMIT: a file deleted after BEGIN (a batch's
+        # transaction lasts milliseconds) must not take a commit that is then acked.
+        # Raising here leaves the transaction to the pool's rollback on return.
+        if watched is not None:
+            watched.check()
+
     return engine
 
 
@@ -133,7 +148,10 @@ class SqliteFile:
     again: a worker would ack placements that vanish at its next start,
     and report ready meanwhile. So every transaction first compares the file
     at the path with the one first opened (device and inode, one ``stat``:
-    about a microsecond) and refuses to begin when it is gone or another:
+    about a microsecond) and refuses to begin when it is gone or another;
+    the same check is made before each COMMIT (a file deleted during a
+    transaction) and before opening a connection (sqlite3 would create an
+    empty file at the path, and the connection stay on it):
     the worker stands down as for any database outage, ``/readyz`` says why,
     and nothing more is acked. Moving the same file back makes it usable
     again; a new file needs a restart (the connections hold the old one).
