@@ -5,12 +5,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from scheduler.elector import DatabaseLeaseLock
+from scheduler.elector.record import LockError
 from scheduler.store.engine import make_engine
 from tests.test_elector import (
     Cluster,
@@ -112,8 +114,12 @@ def test_a_recreated_lease_starts_above_the_epoch_floor(db_url: str) -> None:
     store.upgrade()
     store.claim_fence(41, "old-leader")
     elector = Elector(
-        DatabaseLeaseLock(store.engine, "floor-test"), "newcomer",
-        lease_duration=1.0, renew_deadline=0.6, retry_period=0.15, epoch_floor=store.fence_epoch,
+        DatabaseLeaseLock(store.engine, "floor-test"),
+        "newcomer",
+        lease_duration=1.0,
+        renew_deadline=0.6,
+        retry_period=0.15,
+        epoch_floor=store.fence_epoch,
     )
     elector.start()
     try:
@@ -123,3 +129,25 @@ def test_a_recreated_lease_starts_above_the_epoch_floor(db_url: str) -> None:
     finally:
         elector.stop()
         store.close()
+
+
+def test_a_sqlite_file_moved_away_is_a_lock_error_not_a_crash(tmp_path: Path) -> None:
+    """The engine refuses a file that left its path (DatabaseUnavailable); the lock says so as a LockError.
+
+    The elector treats anything else as a bug of its own and logs a traceback at
+    every retry while the file is away.
+    """
+    path = tmp_path / "lease.db"
+    url = f"sqlite:///{path}"
+    create_tables(url).dispose()
+    engine = make_engine(url, pool_size=1)
+    lock = DatabaseLeaseLock(engine, NAME)
+    try:
+        assert lock.get(timeout=5) is None
+        aside = path.rename(tmp_path / "aside.db")
+        with pytest.raises(LockError, match="was deleted or moved while in use"):
+            lock.get(timeout=5)
+        aside.rename(path)
+        assert lock.get(timeout=5) is None
+    finally:
+        engine.dispose()

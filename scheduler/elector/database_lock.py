@@ -21,7 +21,12 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from scheduler.elector.record import LeaderElectionRecord, LockConflict, LockError, utc
 from scheduler.safetext import first_line
+from scheduler.store.engine import DatabaseUnavailable
 from scheduler.store.leases import LeaseRows
+
+DB_ERRORS = (SQLAlchemyError, DatabaseUnavailable)
+"""What the database can answer instead of a row; the engine refuses an SQLite file that left its path
+with :class:`DatabaseUnavailable`, which the elector must see as the :class:`LockError` it is."""
 
 
 class DatabaseLeaseLock:
@@ -49,7 +54,7 @@ class DatabaseLeaseLock:
     def get(self, *, timeout: float) -> tuple[LeaderElectionRecord, str] | None:
         try:
             row = self._rows.read(timeout=timeout)
-        except SQLAlchemyError as exc:
+        except DB_ERRORS as exc:
             raise LockError(self._explain("read", exc)) from exc
         if row is None:
             return None
@@ -67,7 +72,7 @@ class DatabaseLeaseLock:
             self._rows.insert(_columns(record), timeout=timeout)
         except IntegrityError as exc:
             raise LockConflict(f"lease {self._name} already exists") from exc
-        except SQLAlchemyError as exc:
+        except DB_ERRORS as exc:
             raise LockError(self._explain("create", exc)) from exc
         return "1"
 
@@ -78,13 +83,13 @@ class DatabaseLeaseLock:
             raise LockConflict(f"lease {self._name}: {version!r} is not a version of this lock") from None
         try:
             touched = self._rows.update(_columns(record), expected, timeout=timeout)
-        except SQLAlchemyError as exc:
+        except DB_ERRORS as exc:
             raise LockError(self._explain("update", exc)) from exc
         if not touched:
             raise LockConflict(f"lease {self._name} is no longer at version {version}")
         return str(expected + 1)
 
-    def _explain(self, action: str, exc: SQLAlchemyError) -> str:
+    def _explain(self, action: str, exc: Exception) -> str:
         why = first_line(getattr(exc, "orig", None) or exc)
         return f"cannot {action} lease {self._name} in the leases table: {why}"
 
