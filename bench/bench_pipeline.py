@@ -44,16 +44,16 @@ AMQP = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 PG = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User plus system CPU seconds used so far by ``pids`` (Linux ``/proc``; a gone one counts 0)."""
-    total = 0.0
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User plus system CPU seconds so far of each of ``pids`` (Linux ``/proc``; a gone one is left out)."""
+    used: dict[int, float] = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+        used[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
 
 
 def pids_of(pattern: str) -> list[int]:
@@ -75,24 +75,38 @@ class CpuShares:
     """
 
     def __init__(self, worker: int) -> None:
-        self.parties = {
-            "worker": [worker],
-            "broker": pids_of("beam.smp"),
-            "postgresql": pids_of("postgres"),
-        }
-        self.start = {name: cpu_seconds(pids) for name, pids in self.parties.items()}
+        self.worker = worker
+        self.start = self._now()
         self.own = time.process_time()
         self.wall = time.perf_counter()
 
+    def _now(self) -> dict[str, dict[int, float]]:
+        """Per party, CPU seconds per process, the processes looked up again each time.
+
+        Looked up at the end too, and compared process by process: PostgreSQL
+        forks a backend per connection, and one opened during the burst would be
+        missed, one closed during it would subtract what it had used before.
+        """
+        return {
+            "worker": cpu_seconds([self.worker]),
+            "broker": cpu_seconds(pids_of("beam.smp")),
+            "postgresql": cpu_seconds(pids_of("postgres")),
+        }
+
     def line(self, messages: int) -> str:
-        used = {name: cpu_seconds(pids) - self.start[name] for name, pids in self.parties.items()}
+        end = self._now()
+        used = {
+            name: sum(secs - self.start[name].get(pid, 0.0) for pid, secs in per_pid.items())
+            for name, per_pid in end.items()
+        }
         used["publisher (this process)"] = time.process_time() - self.own
         wall = time.perf_counter() - self.wall
         total = sum(used.values())
+        cores = len(os.sched_getaffinity(0))
         parts = ", ".join(f"{name} {secs:.2f}" for name, secs in used.items() if secs > 0.005)
         return (
             f"  CPU s for {messages:,} end to end: {parts}; total {total:.2f} of "
-            f"{wall * (os.cpu_count() or 1):.2f} core-s in {wall:.2f} s (until the end was seen); worker "
+            f"{wall * cores:.2f} core-s in {wall:.2f} s (until the end was seen); worker "
             f"{used['worker'] / messages * 1e6:.0f} us per request"
         )
 
