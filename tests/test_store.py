@@ -512,3 +512,40 @@ def test_connecting_while_the_sqlite_file_is_away_creates_nothing_in_its_place(t
                 conn.close()
     finally:
         store.close()
+
+
+def test_a_file_replaced_while_the_first_connection_opens_is_refused(tmp_path: Path) -> None:
+    """The identity is the file the first connection opened, not whatever the path holds once it is set up.
+
+    A restore (``mv copy.db scheduler.db``) landing while a process opens its first
+    connection (which may wait seconds for the WAL switch): the connection holds the
+    old file; learning the new one as "the file" would let it commit into the old,
+    unlinked one unseen.
+    """
+    import contextlib
+    import sqlite3
+
+    from sqlalchemy import event
+
+    path = tmp_path / "db.db"
+    first = Store.from_url(f"sqlite:///{path}")
+    first.upgrade()
+    first.close()
+    copy = tmp_path / "copy.db"
+    with contextlib.closing(sqlite3.connect(path)) as src, contextlib.closing(sqlite3.connect(copy)) as dst:
+        src.backup(dst)
+    store = Store.from_url(f"sqlite:///{path}")
+    try:
+
+        def restore_now(*_: object) -> None:
+            if copy.exists():
+                copy.replace(path)
+
+        # First among the connect listeners: between opening the file and the engine's own set-up.
+        event.listen(store.engine, "connect", restore_now, insert=True)
+        with pytest.raises(DatabaseUnavailable, match="was replaced by another file while in use"):
+            store.claim_fence(5, "w")
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT epoch FROM fence").fetchall() in ([], [(0,)])

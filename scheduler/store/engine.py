@@ -96,14 +96,15 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
     )
 
     @event.listens_for(engine, "do_connect")
-    def _before_connect(*_: Any) -> None:
+    def _before_connect(_dialect: Any, record: Any, *_: Any) -> None:
         # sqlite3 creates a missing file: a connection opened while the file is away would
         # make an empty database at the path, and stay on it once the real file is back.
         if watched is not None:
             watched.check()
+            record.info[_BEFORE_OPEN] = watched.look_before_opening()
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
         # Take transaction control away from pysqlite so BEGIN IMMEDIATE works.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
@@ -114,7 +115,7 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
         if watched is not None:
-            watched.remember()
+            watched.remember(record.info.pop(_BEFORE_OPEN, None))
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
@@ -139,6 +140,10 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
     return engine
 
 
+_BEFORE_OPEN = "sqlite_file_before_open"
+"""Connection record info: the file at the path right before the connection opened it."""
+
+
 class SqliteFile:
     """The database file an engine opened, and a check that it is still the file at that path.
 
@@ -161,9 +166,31 @@ class SqliteFile:
         self.path = path
         self.identity: tuple[int, int] | None = None
 
-    def remember(self) -> None:
-        """Note the file's identity when the first connection has opened (and so created) it."""
+    def look_before_opening(self) -> tuple[int, int] | None:
+        """Until the identity is known, the file at the path right before a connection opens it.
+
+        Why before: setting a connection up may wait seconds (the switch to WAL waits
+        for other processes), and a file put in the path's place meanwhile must not be
+        taken for the one the connection holds. Noted before, a replacement then makes
+        the path differ, and the connection is refused rather than used unseen.
+        """
+        if self.identity is not None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None  # a new database: the connection creates it
+        return (st.st_dev, st.st_ino)
+
+    def remember(self, before_open: tuple[int, int] | None) -> None:
+        """Note the file's identity once the first connection has opened (or created) it.
+
+        ``before_open`` is what :meth:`look_before_opening` saw for this connection.
+        """
         if self.identity is None:
+            if before_open is not None:
+                self.identity = before_open
+                return
             st = os.stat(self.path)
             self.identity = (st.st_dev, st.st_ino)
 
