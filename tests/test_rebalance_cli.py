@@ -157,3 +157,21 @@ def test_move_is_checked_as_the_leader_will_before_anything_is_published(dep: De
     assert unchecked.exit_code == 0 and "checked" not in unchecked.output
     [(_, body)] = dep.drain(dep.queue)
     assert json.loads(body) == {"move": "ghost", "node": other}
+
+
+def test_move_without_the_database_names_the_way_to_publish_unchecked(dep: Deployment) -> None:
+    """A producer host that has the broker but not the database: the failed check says how to move anyway.
+
+    Before the check existed ``scheduler move`` needed the broker alone; the error
+    for a database it cannot read must not end at "run ``scheduler db upgrade``"
+    (which would make an empty database on that host).
+    """
+    (dep.workdir / "config.yaml").write_text("strategy: least_loaded\n")
+    env = {k: v for k, v in dep.env("cli").items() if k.startswith(("SCHEDULER_", "AMQP_", "DATABASE_"))}
+    env["DATABASE_URL"] = f"sqlite:///{dep.workdir / 'not-here.db'}"
+    result = CliRunner().invoke(cli, ["move", "vm-1", "n3"], env=env)
+    assert isinstance(result.exception, CliError), result
+    assert result.exception.exit_code == 1
+    assert "--no-check" in str(result.exception), str(result.exception)
+    assert not (dep.workdir / "not-here.db").exists()
+    assert dep.queue_depth(dep.queue) == 0

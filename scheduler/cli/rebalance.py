@@ -73,13 +73,31 @@ def move_cmd(task_id: str, node: str, no_check: bool) -> None:
         MoveRequest(move=task_id, node=node)
     except ValidationError as exc:
         raise CliError(format_validation_error(exc), exit_code=EXIT_BAD_INPUT) from None
-    checked = "" if no_check else f" (checked at revision {check_move_here(settings, task_id, node)})"
+    checked = "" if no_check else f" (checked at revision {_checked(settings, task_id, node)})"
     report = _publish(settings, [Outgoing.move(task_id, node)])
     if report.failed:
         for tid, why in report.failed.items():
             click.echo(f"not published: {tid}: {why}", err=True)
         sys.exit(EXIT_NOT_PUBLISHED)
     click.echo(f"move published: {task_id} -> {node}{checked}")
+
+
+def _checked(settings: Settings, task_id: str, node: str) -> str:
+    """:func:`check_move_here`, with a database it cannot read ending on the way to move without it.
+
+    Why: ``scheduler move`` once needed the broker alone, and a producer host
+    may have no database; "run ``scheduler db upgrade``" there would make an
+    empty one. The refusal of the move itself is left as it is.
+    """
+    try:
+        return check_move_here(settings, task_id, node)
+    except CliError as exc:
+        if exc.exit_code == EXIT_MOVE_REFUSED:
+            raise
+        raise CliError(
+            f"{exc}; the move was not checked nor published (--no-check publishes it without the database)",
+            exit_code=exc.exit_code,
+        ) from None
 
 
 def check_move_here(settings: Settings, task_id: str, node: str) -> str:
