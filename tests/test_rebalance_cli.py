@@ -132,31 +132,46 @@ def test_move_publishes_one_move_message_and_refuses_bad_names(dep: Deployment) 
     assert dep.queue_depth(dep.queue) == 0
 
 
-def test_move_is_checked_as_the_leader_will_before_anything_is_published(dep: Deployment) -> None:
-    """What the client can know is said at the client, in the leader's words; nothing is published."""
+def test_move_is_refused_at_the_client_when_nothing_queued_can_change_the_verdict(dep: Deployment) -> None:
+    """An unknown node, a node of another pool, a task that ended: said at once, in the leader's words,
+    exit 3, nothing published."""
     on = _placements(dep)["vm-1"]
     other = next(n for n in ("n0", "n1", "n2", "n3") if n != on)
+    run_group(dep.store, [{"release": "vm-2"}])
     refusals = {
         ("vm-1", "nope"): "move refused: unknown node nope",
-        ("vm-1", on): f"move refused: task vm-1 is on {on} already",
         ("vm-1", "g1"): "move refused: g1: in pool gpu, the task's pool is default",
-        ("ghost", other): "move refused: task ghost is not scheduled (unknown task)",
+        ("vm-2", other): "move refused: task vm-2 is not scheduled (released)",
     }
     for (task, node), message in refusals.items():
         result = _run(dep, "move", task, node)
         assert isinstance(result.exception, CliError) and result.exception.exit_code == 3, result
         assert str(result.exception) == message
-    run_group(dep.store, [{"release": "vm-2"}])
-    released = _run(dep, "move", "vm-2", other)
-    assert str(released.exception) == "move refused: task vm-2 is not scheduled (released)"
-    dep.store.set_cordoned(other, True)
-    cordoned = _run(dep, "move", "vm-1", other)
-    assert str(cordoned.exception).startswith(f"move refused: {other}: "), cordoned.exception
     assert dep.queue_depth(dep.queue) == 0, "a refused move is never published"
-    unchecked = _run(dep, "move", "ghost", other, "--no-check")  # the leader alone decides
+    unchecked = _run(dep, "move", "vm-2", other, "--no-check")  # the leader alone decides
     assert unchecked.exit_code == 0 and "checked" not in unchecked.output
     [(_, body)] = dep.drain(dep.queue)
-    assert json.loads(body) == {"move": "ghost", "node": other}
+    assert json.loads(body) == {"move": "vm-2", "node": other}
+
+
+def test_a_refusal_queued_messages_may_undo_is_a_warning_and_the_move_is_published(dep: Deployment) -> None:
+    """The committed state cannot show what is still queued: the task's own request (submit, then move),
+    an earlier move (there and back), a release that frees room. The leader decides those."""
+    on = _placements(dep)["vm-1"]
+    other = next(n for n in ("n0", "n1", "n2", "n3") if n != on)
+    dep.store.set_cordoned(other, True)
+    doubts = {
+        ("new-vm", other): "task new-vm is not scheduled (unknown task)",
+        ("vm-1", on): f"task vm-1 is on {on} already",
+        ("vm-1", other): f"{other}: ",
+    }
+    for (task, node), doubt in doubts.items():
+        result = _run(dep, "move", task, node)
+        assert result.exit_code == 0, result
+        assert f"move published: {task} -> {node} (checked at revision " in result.output
+        assert f"warning: on the committed state this move would be refused: {doubt}" in result.output
+    published = [json.loads(body) for _, body in dep.drain(dep.queue)]
+    assert published == [{"move": t, "node": n} for t, n in doubts]
 
 
 def test_move_without_the_database_names_the_way_to_publish_unchecked(dep: Deployment) -> None:

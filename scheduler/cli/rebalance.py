@@ -73,7 +73,13 @@ def move_cmd(task_id: str, node: str, no_check: bool) -> None:
         MoveRequest(move=task_id, node=node)
     except ValidationError as exc:
         raise CliError(format_validation_error(exc), exit_code=EXIT_BAD_INPUT) from None
-    checked = "" if no_check else f" (checked at revision {_checked(settings, task_id, node)})"
+    checked = ""
+    if not no_check:
+        revision, doubt = _checked(settings, task_id, node)
+        checked = f" (checked at revision {revision})"
+        if doubt is not None:
+            checked = f" (checked at revision {revision}: refused there, the leader decides)"
+            click.echo(f"warning: on the committed state this move would be refused: {doubt}", err=True)
     report = _publish(settings, [Outgoing.move(task_id, node)])
     if report.failed:
         for tid, why in report.failed.items():
@@ -82,7 +88,7 @@ def move_cmd(task_id: str, node: str, no_check: bool) -> None:
     click.echo(f"move published: {task_id} -> {node}{checked}")
 
 
-def _checked(settings: Settings, task_id: str, node: str) -> str:
+def _checked(settings: Settings, task_id: str, node: str) -> tuple[str, str | None]:
     """:func:`check_move_here`, with a database it cannot read ending on the way to move without it.
 
     Why: ``scheduler move`` once needed the broker alone, and a producer host
@@ -100,15 +106,19 @@ def _checked(settings: Settings, task_id: str, node: str) -> str:
         ) from None
 
 
-def check_move_here(settings: Settings, task_id: str, node: str) -> str:
-    """Check the move as the leader will, on the committed state; returns the revision checked.
+def check_move_here(settings: Settings, task_id: str, node: str) -> tuple[str, str | None]:
+    """Check the move as the leader will, on the committed state: (revision checked, doubt or None).
 
     Why: a refused move is dead-lettered by the leader, where the person who
-    typed it never sees why. What the client can know (an unknown task or
-    node, a task not scheduled, a filter that refuses the node) is said here,
-    before anything is published, with the leader's own words
-    (:func:`scheduler.moves.check_move`). The leader still checks again: the
-    state may change before the move arrives.
+    typed it never sees why. So the move is checked here first, with the
+    leader's own words (:func:`scheduler.moves.check_move`), and refused
+    (:class:`CliError`, nothing published) when nothing can change the
+    verdict before the move arrives: an unknown node, a node of another
+    pool, a task that ended (released, failed) or whose request cannot be
+    read. Any other refusal may be undone by messages still in the queue
+    (the task's own request, a release that frees capacity, an earlier
+    move), which the committed state cannot show: that one is returned as a
+    doubt, said as a warning, and the move is published; the leader decides.
     """
     from scheduler.cli.db import store_session
     from scheduler.moves import check_move
@@ -123,15 +133,24 @@ def check_move_here(settings: Settings, task_id: str, node: str) -> str:
             state = store.task_states([task_id]).get(task_id)
             why = f"task {task_id} is not scheduled ({state.value if state else 'unknown task'})"
             if state is TaskStatus.SCHEDULED:
-                why = f"task {task_id}'s stored request cannot be read"
-            raise CliError(f"move refused: {why}", exit_code=EXIT_MOVE_REFUSED)
+                raise CliError(
+                    f"move refused: task {task_id}'s stored request cannot be read",
+                    exit_code=EXIT_MOVE_REFUSED,
+                )
+            if state in (TaskStatus.RELEASED, TaskStatus.FAILED):
+                raise CliError(f"move refused: {why}", exit_code=EXIT_MOVE_REFUSED)
+            return str(revision), why  # its request may still be in the queue
         outcome = check_move(
             fleet, stored, node, now=service.clock(), exclusive=settings.dedicated_nodes_exclusive,
             max_skew=settings.spread_max_skew,
         )  # fmt: skip
-    if not outcome.ok:
+        target = fleet.index.get(node)
+        final = target is None or fleet.pools_of[target] != stored.requested_pool
+    if outcome.ok:
+        return str(revision), None
+    if final:
         raise CliError(f"move refused: {outcome.message}", exit_code=EXIT_MOVE_REFUSED)
-    return str(revision)
+    return str(revision), outcome.message
 
 
 def drain_node(node: str, as_json: bool, apply_: bool) -> None:
