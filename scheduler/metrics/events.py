@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -206,12 +206,9 @@ class SchedulerMetrics:
             log.exception("metrics hook failed", hook="leadership_changed")
 
     def _group_committed(self, plan: BatchPlan, result: CommitResult, seconds: float) -> None:
-        results: Tally[tuple[str, str]] = Tally(
-            (d.strategy, d.reason.value if d.reason is not None else "placed") for d in plan.decisions
-        )
-        for (strategy, outcome), n in results.items():
+        for (strategy, outcome), n in plan.tally.items():
             self.decisions.labels(strategy=strategy, result=outcome).inc(n)
-        self.decision_seconds.observe_many(_floats(getattr(plan, "decision_seconds", None)))
+        self.decision_seconds.observe_many(plan.decision_seconds)
 
         applied = set(result.applied)
         ignored = set(result.ignored)
@@ -256,13 +253,6 @@ class SchedulerMetrics:
                 for at in stamps
                 if isinstance(at, int | float) and not isinstance(at, bool)
             )
-
-
-def _floats(values: Any) -> Iterator[float]:
-    if isinstance(values, list | tuple):
-        for v in values:
-            if isinstance(v, int | float):
-                yield float(v)
 
 
 __all__ = ["PREFIX", "SchedulerMetrics"]

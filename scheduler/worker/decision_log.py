@@ -57,14 +57,11 @@ def log_decisions(plan: BatchPlan, seconds: float) -> None:
         return
     outcomes: collections.Counter[str] = collections.Counter()
     strategies: collections.Counter[str] = collections.Counter()
-    failed: list[str] = []
-    for decision in plan.decisions:
-        if decision.node is not None:
-            outcomes["placed"] += 1
-        else:  # failed, or waiting for a retry: the task's row says which, and why
-            outcomes[str(decision.reason) if decision.reason else "not placed"] += 1
-            failed.append(decision.task_id)
-        strategies[decision.strategy] += 1
+    for (strategy, outcome), n in plan.tally.items():
+        outcomes[outcome] += n
+        strategies[strategy] += n
+    # Not placed: failed, or waiting for a retry (the task's row says which, and why).
+    failed = [d.task_id for d in plan.decisions if d.node is None]
     log.info(
         "group committed",
         decisions=len(plan.decisions),
