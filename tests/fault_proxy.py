@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 
 @dataclass(eq=False)
@@ -83,6 +84,14 @@ class FaultProxy:
         self.stop()
 
     # ---------------------------------------------------------------- faults
+    def url_through(self, url: str) -> str:
+        """``url`` (``amqp://``, ``postgresql://``) with its host and port replaced by this proxy's."""
+        parts = urlsplit(url)
+        netloc = parts.netloc.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{self.port}")
+        if parts.port is None:
+            netloc = netloc.replace(str(parts.hostname), f"127.0.0.1:{self.port}")
+        return parts._replace(netloc=netloc).geturl()
+
     def fault(self, mode: str) -> None:
         """Start a fault (``refuse``, ``reset``, ``stall``, ``blackhole``) until :meth:`heal`."""
         assert mode in ("refuse", "reset", "stall", "blackhole"), mode

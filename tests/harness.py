@@ -268,21 +268,43 @@ class Deployment:
                 proc.wait()
 
     def delete_broker_objects(self) -> None:
-        conn = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
-        try:
-            ch = conn.channel()
-            topo = self.topology
-            for q in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
-                ch.queue_delete(q)
-            ch.exchange_delete(topo.exchange)
-        finally:
-            conn.close()
+        delete_topology(self.amqp_url, self.topology)
 
     def close(self) -> None:
         self.stop_all()
         with contextlib.suppress(pika.exceptions.AMQPError):
             self.delete_broker_objects()
         self.store.close()
+
+
+def start_submit(path: Path, amqp_url: str, topo: Topology, config: Path | str) -> subprocess.Popen[str]:
+    """``scheduler submit --file PATH`` in a process of its own, publishing to ``topo`` at ``amqp_url``."""
+    env = {
+        **os.environ,
+        "SCHEDULER_CONFIG": str(config),
+        "AMQP_URL": amqp_url,
+        "SCHEDULER_AMQP__EXCHANGE": topo.exchange,
+        "SCHEDULER_AMQP__QUEUE": topo.queue,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "scheduler", "submit", "--file", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def delete_topology(amqp_url: str, topo: Topology) -> None:
+    """Delete a test's exchange and its four queues (each test declares its own; none may outlive it)."""
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        ch = conn.channel()
+        for q in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
+            ch.queue_delete(q)
+        ch.exchange_delete(topo.exchange)
+    finally:
+        conn.close()
 
 
 def decode_lines(text: str) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from scheduler.cli.common import CliError, cli
 from scheduler.cli.submit import messages_from_file
 from scheduler.models import MAX_BODY_BYTES
+from tests.harness import delete_topology, start_submit
 
 SCHEDULER = str(Path(sys.executable).with_name("scheduler"))
 
@@ -143,7 +144,6 @@ def test_a_fifo_is_read_whole_before_the_broker_connection_opens(
     """``--file <(command)`` or a FIFO was read while publishing, as a regular file is: the publisher's
     I/O loop waited on the writer, and a connection lost meanwhile (a writer that pauses for two
     heartbeats is enough) failed every line. Here the connection is cut while the writer pauses."""
-    import pika
 
     from scheduler.broker import Topology
     from tests.fault_proxy import FaultProxy
@@ -156,23 +156,7 @@ def test_a_fifo_is_read_whole_before_the_broker_connection_opens(
     parts = urlsplit(amqp_url)
     topo = Topology(amqp_names["exchange"], amqp_names["queue"])
     with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5672) as proxy:
-        via = parts._replace(
-            netloc=parts.netloc.replace(parts.netloc.rpartition("@")[2], f"127.0.0.1:{proxy.port}")
-        )
-        env = {
-            **os.environ,
-            "SCHEDULER_CONFIG": str(config),
-            "AMQP_URL": via.geturl(),
-            "SCHEDULER_AMQP__EXCHANGE": topo.exchange,
-            "SCHEDULER_AMQP__QUEUE": topo.queue,
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "scheduler", "submit", "--file", str(fifo)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
+        proc = start_submit(fifo, proxy.url_through(amqp_url), topo, str(config))
         try:
 
             def writer() -> int | None:
@@ -199,10 +183,5 @@ def test_a_fifo_is_read_whole_before_the_broker_connection_opens(
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-            conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-            ch = conn.channel()
-            for queue in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
-                ch.queue_delete(queue)
-            ch.exchange_delete(topo.exchange)
-            conn.close()
+            delete_topology(amqp_url, topo)
     assert (proc.returncode, out.split(), err) == (0, ["p-1", "p-2"], "")

@@ -31,6 +31,7 @@ from scheduler.models import Reason, SchedulingRequest, TaskStatus
 from scheduler.store import Failure, Placement, Release, Store
 from scheduler.store.nodesfile import load_nodes_file
 from scheduler.strategies.registry import STRATEGY_NAMES
+from tests.harness import delete_topology, start_submit
 
 SCHEDULER = str(Path(sys.executable).with_name("scheduler"))
 EXAMPLE_FLEET = Path(__file__).resolve().parents[1] / "examples" / "fleet.yaml"
@@ -259,12 +260,7 @@ def test_submit_file_publishes_the_good_lines_and_reports_the_bad_ones_after(
         assert ch.queue_declare(topo.queue, passive=True).method.message_count == len(expected)
         conn.close()
     finally:
-        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-        ch = conn.channel()
-        for queue in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
-            ch.queue_delete(queue)
-        ch.exchange_delete(topo.exchange)
-        conn.close()
+        delete_topology(amqp_url, topo)
 
 
 @pytest.mark.parametrize("database", ["migrated", "missing"])
@@ -304,12 +300,7 @@ def test_a_wait_that_ends_before_the_outcomes_names_every_task_still_pending(
             published.add(got[1].message_id)
         conn.close()
     finally:
-        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-        ch = conn.channel()
-        for queue in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
-            ch.queue_delete(queue)
-        ch.exchange_delete(topo.exchange)
-        conn.close()
+        delete_topology(amqp_url, topo)
     assert len(published) == 2 and "w-1" in published
     named = [line for line in result.stderr.splitlines() if line.startswith("still pending: ")]
     assert sorted(line.removeprefix("still pending: ") for line in named) == sorted(published)
@@ -376,12 +367,7 @@ def test_ctrl_c_during_a_wait_names_the_tasks_still_pending(
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
-        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-        ch = conn.channel()
-        for queue in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
-            ch.queue_delete(queue)
-        ch.exchange_delete(topo.exchange)
-        conn.close()
+        delete_topology(amqp_url, topo)
     assert f"still pending: {props.message_id}" in err.splitlines(), err
 
 
@@ -420,23 +406,7 @@ def test_ctrl_c_while_publishing_says_which_ids_were_published_and_which_not(
                 channel.close()
 
     with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5672) as proxy:
-        via = parts._replace(
-            netloc=parts.netloc.replace(parts.netloc.rpartition("@")[2], f"127.0.0.1:{proxy.port}")
-        )
-        env = {
-            **os.environ,
-            "SCHEDULER_CONFIG": _config(tmp_path),
-            "AMQP_URL": via.geturl(),
-            "SCHEDULER_AMQP__EXCHANGE": topo.exchange,
-            "SCHEDULER_AMQP__QUEUE": topo.queue,
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "scheduler", "submit", "--file", str(trace)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
+        proc = start_submit(trace, proxy.url_through(amqp_url), topo, _config(tmp_path))
         try:
             wait_until(lambda: depth() > 0, 60, "the first requests in the queue", interval=0.01)
             proxy.fault("stall")  # the rest cannot be confirmed now: the interrupt lands mid-batch
@@ -452,11 +422,8 @@ def test_ctrl_c_while_publishing_says_which_ids_were_published_and_which_not(
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-            channel = broker.channel()
-            for queue in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
-                channel.queue_delete(queue)
-            channel.exchange_delete(topo.exchange)
             broker.close()
+            delete_topology(amqp_url, topo)
     assert proc.returncode == 130
     published = out.split()
     not_published = [line.split(": ")[1] for line in err.splitlines() if line.startswith("not published: ")]

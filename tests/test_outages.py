@@ -38,14 +38,6 @@ SHRUNK = {
 QUICK_RECONNECT = {"SCHEDULER_WORKER__RECONNECT_MAX_BACKOFF": "2"}
 
 
-def _via(url: str, proxy: FaultProxy) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{proxy.port}")
-    if parts.port is None:
-        netloc = netloc.replace(str(parts.hostname), f"127.0.0.1:{proxy.port}")
-    return parts._replace(netloc=netloc).geturl()
-
-
 def _target(url: str, default_port: int) -> tuple[str, int]:
     parts = urlsplit(url)
     return parts.hostname or "127.0.0.1", parts.port or default_port
@@ -100,7 +92,7 @@ def pair(
         amqp_names["queue"],
         tmp_path,
         election="database",
-        extra_env={**SHRUNK, **QUICK_RECONNECT, "AMQP_URL": _via(amqp_url, broker_proxy)},
+        extra_env={**SHRUNK, **QUICK_RECONNECT, "AMQP_URL": broker_proxy.url_through(amqp_url)},
     )
     dep.declare()
     try:
@@ -152,7 +144,7 @@ def lone(
         amqp_names["exchange"],
         amqp_names["queue"],
         tmp_path,
-        extra_env={**QUICK_RECONNECT, "DATABASE_URL": _via(pg_url, db_proxy)},
+        extra_env={**QUICK_RECONNECT, "DATABASE_URL": db_proxy.url_through(pg_url)},
     )
     dep.declare()
     try:
@@ -254,7 +246,9 @@ def test_startup_waits_for_a_broker_that_comes_up(lite: Deployment, amqp_url: st
     """The broker refuses at first (through the proxy), then answers: the worker starts and serves."""
     with FaultProxy(*_target(amqp_url, 5672)) as proxy:
         proxy.fault("refuse")
-        lite.extra_env.update({"AMQP_URL": _via(amqp_url, proxy), "SCHEDULER_WORKER__STARTUP_TIMEOUT": "60"})
+        lite.extra_env.update(
+            {"AMQP_URL": proxy.url_through(amqp_url), "SCHEDULER_WORKER__STARTUP_TIMEOUT": "60"}
+        )
         lite.store.import_nodes(make_nodes(3))
         lite.declare()
         proc = lite.start_worker("w0")
@@ -373,6 +367,19 @@ def test_readyz_is_false_with_the_reason_while_the_leader_cannot_consume(
     dep.wait_terminal([f"during-{i}" for i in range(3)], timeout=60)
 
 
+def _ready_on_its_sqlite_file(dep: Deployment) -> tuple[str, Path]:
+    """Start a worker serving HTTP on ``dep``'s SQLite file; its API URL once ready, and the file's path."""
+    import httpx
+
+    dep.http = True
+    dep.store.import_nodes(make_nodes(3))
+    dep.start_worker("w0")
+    dep.wait_leading("w0")
+    url = dep.http_url("w0")
+    wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 30, "ready on the file")
+    return url, Path(dep.db_url.removeprefix("sqlite:///"))
+
+
 def test_a_sqlite_file_moved_away_under_the_worker_is_not_written_nor_acked(lite: Deployment) -> None:
     """SQLite would go on writing the file it has open wherever it went; the worker must notice.
 
@@ -384,13 +391,7 @@ def test_a_sqlite_file_moved_away_under_the_worker_is_not_written_nor_acked(lite
     import httpx
 
     dep = lite
-    dep.http = True
-    dep.store.import_nodes(make_nodes(3))
-    dep.start_worker("w0")
-    dep.wait_leading("w0")
-    url = dep.http_url("w0")
-    wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 30, "ready before the move")
-    path = Path(dep.db_url.removeprefix("sqlite:///"))
+    url, path = _ready_on_its_sqlite_file(dep)
     aside = path.with_name("aside.db")
     path.rename(aside)
     try:
@@ -423,13 +424,7 @@ def test_a_sqlite_file_replaced_under_the_worker_is_refused_until_a_restart(lite
     import httpx
 
     dep = lite
-    dep.http = True
-    dep.store.import_nodes(make_nodes(3))
-    dep.start_worker("w0")
-    dep.wait_leading("w0")
-    url = dep.http_url("w0")
-    wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 30, "ready before the restore")
-    path = Path(dep.db_url.removeprefix("sqlite:///"))
+    url, path = _ready_on_its_sqlite_file(dep)
     copy = path.with_name("restored.db")
     with contextlib.closing(sqlite3.connect(path)) as src, contextlib.closing(sqlite3.connect(copy)) as dst:
         src.backup(dst)

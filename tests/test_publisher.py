@@ -16,18 +16,14 @@ import pytest
 
 from scheduler.broker import ROUTE_REQUEST, BrokerUnavailable, Topology
 from scheduler.producer.publisher import Outgoing, Publisher
+from tests.harness import delete_topology
 
 
 @pytest.fixture
 def topology(amqp_url: str, amqp_names: dict[str, str]) -> Iterator[Topology]:
     topo = Topology(amqp_names["exchange"], amqp_names["queue"])
     yield topo
-    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    ch = conn.channel()
-    for queue in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
-        ch.queue_delete(queue)
-    ch.exchange_delete(topo.exchange)
-    conn.close()
+    delete_topology(amqp_url, topo)
 
 
 def _drain(amqp_url: str, queue: str) -> list[tuple[str, bytes]]:
