@@ -134,3 +134,22 @@ def test_publish_reports_a_topology_the_broker_refuses(amqp_url: str, topology: 
     conn.close()
     with pytest.raises(BrokerUnavailable, match="declaring the topology failed"):
         Publisher(amqp_url, topology).publish([Outgoing("r-1", ROUTE_REQUEST, b"{}")], declare=True)
+
+
+def test_a_connection_reset_mid_batch_is_reported_as_lost_not_as_the_brokers_doing(
+    amqp_url: str, topology: Topology
+) -> None:
+    """The channel closes with the connection under it; its reason named the broker, which said nothing."""
+    from urllib.parse import urlsplit
+
+    from tests.fault_proxy import FaultProxy
+
+    parts = urlsplit(amqp_url)
+    with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5672) as proxy:
+        publisher = Publisher(proxy.url_through(amqp_url), topology, window=100)
+        publisher.declare()
+        messages = [Outgoing(f"r-{i}", "request", b"{}") for i in range(5000)]
+        report = publisher.publish(messages, on_confirm=lambda _n: proxy.fault("reset"))
+    assert report.failed and len(report.confirmed) + len(report.failed) == len(messages)
+    reasons = set(report.failed.values())
+    assert all(r.startswith(("connection lost: ", "not sent: connection lost: ")) for r in reasons), reasons

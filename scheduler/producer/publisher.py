@@ -466,8 +466,10 @@ class _PipelinedRun:
             if self.declaring:
                 text = getattr(reason, "reply_text", None) or str(reason)
                 self.error = f"declaring the topology failed: {text}"
-            else:
-                self.error = f"channel closed by the broker: {reason}"
+            elif isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+                self.error = f"channel closed by the broker: {reason.reply_code} {reason.reply_text}"
+            else:  # the connection under it went away (reset, stalled past its heartbeats): no broker's word
+                self.error = f"connection lost: {describe_amqp_error(reason)}"
         if self.conn is not None and self.conn.is_open:
             self.conn.close()
 
