@@ -18,7 +18,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from scheduler.metrics.batch_histogram import BatchHistogram
-from scheduler.models import TaskStatus
+from scheduler.models import Reason, TaskStatus
 from scheduler.store.records import Failure, Placement, Release, Waiting
 
 if TYPE_CHECKING:
@@ -210,25 +210,36 @@ class SchedulerMetrics:
             self.decisions.labels(strategy=strategy, result=outcome).inc(n)
         self.decision_seconds.observe_many(plan.decision_seconds)
 
+        # One pass over the batch's items, the commonest kind first and by exact type: this loop
+        # runs once per request, and was the larger part of what metrics cost the planning thread.
         applied = set(result.applied)
         ignored = set(result.ignored)
-        outcomes: Tally[tuple[str, str]] = Tally()
+        failed: Tally[Reason] = Tally()
         terminal: list[str] = []
+        waiting = released = 0
         for item in plan.items:
-            if item.task_id not in applied:
-                continue
-            if isinstance(item, Placement):
-                outcomes[(TaskStatus.SCHEDULED.value, "")] += 1
-                terminal.append(item.task_id)
-            elif isinstance(item, Failure):
-                outcomes[(TaskStatus.FAILED.value, item.reason.value)] += 1
-                terminal.append(item.task_id)
-            elif isinstance(item, Waiting):
-                outcomes[(TaskStatus.WAITING.value, "")] += 1
-            elif isinstance(item, Release) and item.task_id not in ignored:
-                outcomes[(TaskStatus.RELEASED.value, "")] += 1
-        for (status, reason), n in outcomes.items():
-            self.outcomes.labels(status=status, reason=reason).inc(n)
+            if type(item) is Placement:
+                tid = item.request.task_id
+                if tid in applied:
+                    terminal.append(tid)
+            elif type(item) is Failure:
+                if item.task_id in applied:
+                    failed[item.reason] += 1
+                    terminal.append(item.task_id)
+            elif type(item) is Waiting:
+                waiting += item.request.task_id in applied
+            elif type(item) is Release:
+                released += item.task_id in applied and item.task_id not in ignored
+        placed = len(terminal) - sum(failed.values())
+        counts = [
+            ((TaskStatus.SCHEDULED.value, ""), placed),
+            ((TaskStatus.WAITING.value, ""), waiting),
+            ((TaskStatus.RELEASED.value, ""), released),
+            *(((TaskStatus.FAILED.value, reason.value), n) for reason, n in failed.items()),
+        ]
+        for (status, reason), n in counts:
+            if n:
+                self.outcomes.labels(status=status, reason=reason).inc(n)
 
         if plan.dead:
             self.dead_letters.labels(reason="invalid").inc(len(plan.dead))
