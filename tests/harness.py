@@ -279,6 +279,13 @@ class Deployment:
 
 def start_submit(path: Path, amqp_url: str, topo: Topology, config: Path | str) -> subprocess.Popen[str]:
     """``scheduler submit --file PATH`` in a process of its own, publishing to ``topo`` at ``amqp_url``."""
+    return start_publishing(["submit", "--file", str(path)], amqp_url, topo, config)
+
+
+def start_publishing(
+    args: list[str], amqp_url: str, topo: Topology, config: Path | str
+) -> subprocess.Popen[str]:
+    """``scheduler ARGS`` (a command that publishes) in a process of its own, to ``topo`` at ``amqp_url``."""
     env = {
         **os.environ,
         "SCHEDULER_CONFIG": str(config),
@@ -287,7 +294,7 @@ def start_submit(path: Path, amqp_url: str, topo: Topology, config: Path | str) 
         "SCHEDULER_AMQP__QUEUE": topo.queue,
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "scheduler", "submit", "--file", str(path)],
+        [sys.executable, "-m", "scheduler", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -31,7 +31,7 @@ from scheduler.models import Reason, SchedulingRequest, TaskStatus
 from scheduler.store import Failure, Placement, Release, Store
 from scheduler.store.nodesfile import load_nodes_file
 from scheduler.strategies.registry import STRATEGY_NAMES
-from tests.harness import delete_topology, start_submit
+from tests.harness import delete_topology, start_publishing
 
 SCHEDULER = str(Path(sys.executable).with_name("scheduler"))
 EXAMPLE_FLEET = Path(__file__).resolve().parents[1] / "examples" / "fleet.yaml"
@@ -371,12 +371,14 @@ def test_ctrl_c_during_a_wait_names_the_tasks_still_pending(
     assert f"still pending: {props.message_id}" in err.splitlines(), err
 
 
+@pytest.mark.parametrize("command", ["submit", "release"])
 def test_ctrl_c_while_publishing_says_which_ids_were_published_and_which_not(
-    amqp_url: str, amqp_names: dict[str, str], tmp_path: Path
+    amqp_url: str, amqp_names: dict[str, str], tmp_path: Path, command: str
 ) -> None:
     """A KeyboardInterrupt raised inside the publisher ended ``submit --file`` with "aborted" alone:
     thousands of requests confirmed, none named, so the file could be neither trusted nor sent again
-    safely (a line without a task id gets a new one each time)."""
+    safely (a line without a task id gets a new one each time). ``release`` (as ``move`` and the
+    ``--apply`` of plans, which end the same way) reports alike and exits 130 as well."""
     import signal
     from urllib.parse import urlsplit
 
@@ -386,7 +388,7 @@ def test_ctrl_c_while_publishing_says_which_ids_were_published_and_which_not(
     from tests.fault_proxy import FaultProxy
     from tests.harness import wait_until
 
-    ids = [f"c-{i}" for i in range(20_000)]
+    ids = [f"c-{i}" for i in range(20_000 if command == "submit" else 5_000)]
     trace = tmp_path / "reqs.jsonl"
     trace.write_text(
         "".join(f'{{"task_id": "{t}", "requested_cpu": 1, "requested_memory": 512}}\n' for t in ids)
@@ -406,9 +408,10 @@ def test_ctrl_c_while_publishing_says_which_ids_were_published_and_which_not(
                 channel.close()
 
     with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5672) as proxy:
-        proc = start_submit(trace, proxy.url_through(amqp_url), topo, _config(tmp_path))
+        args = ["submit", "--file", str(trace)] if command == "submit" else ["release", *ids]
+        proc = start_publishing(args, proxy.url_through(amqp_url), topo, _config(tmp_path))
         try:
-            wait_until(lambda: depth() > 0, 60, "the first requests in the queue", interval=0.01)
+            wait_until(lambda: depth() > 0, 60, "the first messages in the queue", interval=0.01)
             proxy.fault("stall")  # the rest cannot be confirmed now: the interrupt lands mid-batch
             assert proc.poll() is None
             proc.send_signal(signal.SIGINT)
@@ -425,7 +428,7 @@ def test_ctrl_c_while_publishing_says_which_ids_were_published_and_which_not(
             broker.close()
             delete_topology(amqp_url, topo)
     assert proc.returncode == 130
-    published = out.split()
+    published = [line.removeprefix("release published: ") for line in out.splitlines()]
     not_published = [line.split(": ")[1] for line in err.splitlines() if line.startswith("not published: ")]
     assert len(err.splitlines()) == len(not_published), err[:500]  # nothing else: no "aborted", no traceback
     assert not_published  # interrupted mid-batch (confirms may or may not have come back before the stall)

@@ -16,7 +16,7 @@ import click
 from pydantic import ValidationError
 
 from scheduler.cli.common import CliError, cli, emit_json, settings_or_exit
-from scheduler.cli.submit import EXIT_BAD_INPUT, EXIT_NOT_PUBLISHED, _publish
+from scheduler.cli.submit import EXIT_BAD_INPUT, _publish, exit_unless_published
 from scheduler.config import Settings
 from scheduler.models import MoveRequest, TaskStatus, format_validation_error
 from scheduler.producer.publisher import Outgoing
@@ -81,10 +81,9 @@ def move_cmd(task_id: str, node: str, no_check: bool) -> None:
             checked = f" (checked at revision {revision}: refused there, the leader decides)"
             click.echo(f"warning: on the committed state this move would be refused: {doubt}", err=True)
     report = _publish(settings, [Outgoing.move(task_id, node)])
-    if report.failed:
-        for tid, why in report.failed.items():
-            click.echo(f"not published: {tid}: {why}", err=True)
-        sys.exit(EXIT_NOT_PUBLISHED)
+    for tid, why in report.failed.items():
+        click.echo(f"not published: {tid}: {why}", err=True)
+    exit_unless_published(report)
     click.echo(f"move published: {task_id} -> {node}{checked}")
 
 
@@ -224,5 +223,4 @@ def publish_moves(settings: Settings, result: MigrationPlan, as_json: bool) -> N
             click.echo(f"move published: {tid}")
     for tid, why in report.failed.items():
         click.echo(f"not published: {tid}: {why}", err=True)
-    if report.failed:
-        sys.exit(EXIT_NOT_PUBLISHED)
+    exit_unless_published(report)

@@ -293,6 +293,15 @@ def submit_cmd(
         sys.exit(EXIT_BAD_INPUT)
 
 
+def exit_unless_published(report: PublishReport) -> None:
+    """End the command as its report says: 130 after Ctrl-C (as ``submit`` does), 2 when something
+    was not published; return when everything was. The caller has printed the report."""
+    if report.interrupted:
+        sys.exit(130)
+    if report.failed:
+        sys.exit(EXIT_NOT_PUBLISHED)
+
+
 def _report_problems(problems: list[str]) -> None:
     for problem in problems:
         click.echo(f"skipped: {problem}", err=True)
@@ -443,5 +452,4 @@ def release_cmd(task_ids: tuple[str, ...]) -> None:
         click.echo(f"release published: {tid}")
     for tid, why in report.failed.items():
         click.echo(f"not published: {tid}: {why}", err=True)
-    if report.failed:
-        sys.exit(EXIT_NOT_PUBLISHED)
+    exit_unless_published(report)
