@@ -144,12 +144,28 @@ def make_server(host: str, port: int, secrets: str | Sequence[str], handle: Hand
     return ThreadingHTTPServer((host, port), Receiver)
 
 
-def print_event(event_type: str, event: dict[str, Any]) -> None:
-    task = event.get("task") or {}
-    node = task.get("node") or {}
-    print(json.dumps({"id": event.get("id"), "type": event_type, "task_id": task.get("task_id"),
-                      "status": task.get("status"), "node": node.get("name"), "reason": task.get("reason")}),
-          flush=True)
+def event_printer() -> Callable[[str, dict[str, Any]], None]:
+    """A handler that prints each accepted event as one JSON line on stdout, whole.
+
+    Deliveries are handled on several threads at once, and ``print`` writes
+    a line and its newline separately: two events could share a line and
+    leave an empty one. Each line is written and flushed in one go, under a
+    lock.
+    """
+    lock = threading.Lock()
+
+    def print_event(event_type: str, event: dict[str, Any]) -> None:
+        task = event.get("task") or {}
+        node = task.get("node") or {}
+        line = json.dumps({
+            "id": event.get("id"), "type": event_type, "task_id": task.get("task_id"),
+            "status": task.get("status"), "node": node.get("name"), "reason": task.get("reason"),
+        })
+        with lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    return print_event
 
 
 def main() -> None:
@@ -160,7 +176,7 @@ def main() -> None:
     secrets = [s.strip() for s in os.environ.get("WEBHOOK_SECRET", "").split(",") if s.strip()]
     if not secrets:
         parser.error("set WEBHOOK_SECRET to the scheduler's whsec_ secret (several: comma separated)")
-    server = make_server(args.host, args.port, secrets, print_event)
+    server = make_server(args.host, args.port, secrets, event_printer())
     print(f"listening on http://{args.host}:{server.server_port}/", file=sys.stderr, flush=True)
     try:
         server.serve_forever()

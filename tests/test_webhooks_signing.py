@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import random
 import subprocess
@@ -347,3 +348,27 @@ def test_a_payload_is_refused_exactly_when_it_holds_nan_or_infinity(value: objec
 
     payload = json.dumps(value, ensure_ascii=ascii_only)  # allow_nan=True: what a careless writer emits
     assert (strict_json_problem(payload) is not None) is _has_non_finite(value)
+
+
+def test_the_example_receiver_prints_each_event_on_a_line_of_its_own() -> None:
+    """Deliveries are handled on several threads: two events once shared a line (``print`` writes the
+    newline apart), and the demo's count of lines came out one short."""
+    example = str(ROOT / "examples" / "webhook_receiver.py")
+    code = (
+        "import importlib.util, sys, threading\n"
+        f"spec = importlib.util.spec_from_file_location('r', {example!r})\n"
+        "r = importlib.util.module_from_spec(spec); spec.loader.exec_module(r)\n"
+        "emit = r.event_printer()\n"
+        "def burst(k):\n"
+        "    for i in range(300):\n"
+        "        task = {'task_id': f't{k}-{i}', 'node': {'name': 'n'}}\n"
+        "        emit('task.scheduled', {'id': f'{k}-{i}', 'task': task})\n"
+        "threads = [threading.Thread(target=burst, args=(k,)) for k in range(8)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    lines = out.stdout.split("\n")
+    assert lines[-1] == "" and len(lines) == 8 * 300 + 1
+    assert sorted(json.loads(line)["id"] for line in lines[:-1]) == sorted(
+        f"{k}-{i}" for k in range(8) for i in range(300)
+    )
