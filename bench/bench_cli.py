@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scheduler.broker import Topology, message_properties  # noqa: E402
-from tests.harness import make_requests  # noqa: E402
+from tests.harness import delete_topology, make_requests  # noqa: E402
 
 AMQP = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 SCHEDULER = str(Path(sys.executable).with_name("scheduler"))
@@ -103,13 +103,7 @@ def raw_publish(bodies: list[tuple[str, bytes]], topo: Topology, window: int = 1
 
 
 def _cleanup(suffix: str) -> None:
-    topo = Topology(f"bench.cli.{suffix}", f"bench.cli.{suffix}")
-    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
-    ch = conn.channel()
-    for q in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
-        ch.queue_delete(q)
-    ch.exchange_delete(topo.exchange)
-    conn.close()
+    delete_topology(AMQP, Topology(f"bench.cli.{suffix}", f"bench.cli.{suffix}"))
 
 
 def _declare(suffix: str) -> Topology:

@@ -19,6 +19,7 @@ Nothing here asserts: it is a measurement. Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -296,17 +297,10 @@ def main() -> None:
 def _delete_topology(topology: Topology) -> None:
     import pika
 
-    try:
-        conn = pika.BlockingConnection(pika.URLParameters(AMQP))
-    except Exception:
-        return
-    try:
-        ch = conn.channel()
-        for q in (topology.queue, topology.retry_queue, topology.dead_queue, topology.heartbeat_queue):
-            ch.queue_delete(q)
-        ch.exchange_delete(topology.exchange)
-    finally:
-        conn.close()
+    from tests.harness import delete_topology
+
+    with contextlib.suppress(pika.exceptions.AMQPConnectionError):  # no broker: nothing was declared
+        delete_topology(AMQP, topology)
 
 
 if __name__ == "__main__":

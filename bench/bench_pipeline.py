@@ -38,7 +38,7 @@ from scheduler.broker import Topology  # noqa: E402
 from scheduler.models import TaskStatus  # noqa: E402
 from scheduler.producer.publisher import Outgoing, Publisher  # noqa: E402
 from scheduler.store.schema import tasks  # noqa: E402
-from tests.harness import Deployment, make_nodes, make_requests, wait_until  # noqa: E402
+from tests.harness import Deployment, delete_topology, make_nodes, make_requests, wait_until  # noqa: E402
 
 AMQP = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 PG = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -149,12 +149,7 @@ def raw_round_trip(n: int) -> float:
     assert report.ok, report.failed
     done.wait(120)
     elapsed = time.perf_counter() - start
-    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
-    ch = conn.channel()
-    for q in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
-        ch.queue_delete(q)
-    ch.exchange_delete(topo.exchange)
-    conn.close()
+    delete_topology(AMQP, topo)
     return n / elapsed
 
 
@@ -232,13 +227,7 @@ def submit_file_rate(n: int) -> tuple[float, float]:
         if out.returncode != 0:
             raise RuntimeError(out.stderr)
         assert len(out.stdout.split()) == n
-    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
-    ch = conn.channel()
-    topo = Topology(f"bench.sub.{suffix}", f"bench.sub.{suffix}")
-    for q in (topo.queue, topo.retry_queue, topo.dead_queue, topo.heartbeat_queue):
-        ch.queue_delete(q)
-    ch.exchange_delete(topo.exchange)
-    conn.close()
+    delete_topology(AMQP, Topology(f"bench.sub.{suffix}", f"bench.sub.{suffix}"))
     return n / elapsed, elapsed
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_pipeline import deployment, drop_schema  # noqa: E402
+from bench.bench_pipeline import cpu_seconds, deployment, drop_schema  # noqa: E402
 from scheduler.models import TaskStatus  # noqa: E402
 from scheduler.producer.publisher import Outgoing  # noqa: E402
 from tests.harness import make_nodes, make_requests, wait_until  # noqa: E402
@@ -64,12 +63,6 @@ def idle(stack: list[str]) -> bool:
     return any(w in leaf for w in IDLE_LEAVES)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of a process so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
@@ -91,7 +84,7 @@ def main() -> None:
             )  # fmt: skip
             time.sleep(1.0)  # py-spy attaches
             reqs = make_requests(args.burst, prefix="prof", seed=3)
-            cpu_before = cpu_seconds(proc.pid)
+            cpu_before = cpu_seconds([proc.pid])[proc.pid]
             start = time.perf_counter()
             dep.publish(Outgoing.request(r) for r in reqs)
 
@@ -102,7 +95,7 @@ def main() -> None:
 
             wait_until(finished, 600, "burst", interval=0.25)
             elapsed = time.perf_counter() - start
-            worker_cpu = cpu_seconds(proc.pid) - cpu_before
+            worker_cpu = cpu_seconds([proc.pid])[proc.pid] - cpu_before
             spy.send_signal(2)  # SIGINT: py-spy writes what it has
             _, err = spy.communicate(timeout=60)
         finally:
