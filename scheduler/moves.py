@@ -41,6 +41,9 @@ class MoveOutcome:
     message: str
     allocation: Allocation | None = None
     """The allocation on the target, when the move was applied."""
+    lasting: bool = False
+    """A refusal no change of allocations can undo (an unknown node, a node of another pool):
+    ``scheduler move`` refuses those at once, and leaves the others to the leader."""
 
 
 class _Watch(Narrowing):
@@ -89,14 +92,14 @@ def check_move(
     source = held.node
     i = fleet.index.get(target)
     if i is None:
-        return MoveOutcome(tid, source, target, False, f"unknown node {target}")
+        return MoveOutcome(tid, source, target, False, f"unknown node {target}", lasting=True)
     if source == target:
         return MoveOutcome(tid, source, target, False, f"task {tid} is on {target} already")
     span = fleet.pools.get(req.requested_pool)
     if span is None or not span[0] <= i < span[1]:
         return MoveOutcome(
             tid, source, target, False,
-            f"{target}: in pool {fleet.pools_of[i]}, the task's pool is {req.requested_pool}",
+            f"{target}: in pool {fleet.pools_of[i]}, the task's pool is {req.requested_pool}", lasting=True,
         )  # fmt: skip
     start = span[0]
     fleet.release(tid)

@@ -277,11 +277,6 @@ class Deployment:
         self.store.close()
 
 
-def start_submit(path: Path, amqp_url: str, topo: Topology, config: Path | str) -> subprocess.Popen[str]:
-    """``scheduler submit --file PATH`` in a process of its own, publishing to ``topo`` at ``amqp_url``."""
-    return start_publishing(["submit", "--file", str(path)], amqp_url, topo, config)
-
-
 def start_publishing(
     args: list[str], amqp_url: str, topo: Topology, config: Path | str
 ) -> subprocess.Popen[str]:

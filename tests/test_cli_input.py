@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from scheduler.cli.common import CliError, cli
 from scheduler.cli.submit import messages_from_file
 from scheduler.models import MAX_BODY_BYTES
-from tests.harness import delete_topology, start_submit
+from tests.harness import delete_topology, start_publishing
 
 SCHEDULER = str(Path(sys.executable).with_name("scheduler"))
 
@@ -156,7 +156,7 @@ def test_a_fifo_is_read_whole_before_the_broker_connection_opens(
     parts = urlsplit(amqp_url)
     topo = Topology(amqp_names["exchange"], amqp_names["queue"])
     with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5672) as proxy:
-        proc = start_submit(fifo, proxy.url_through(amqp_url), topo, str(config))
+        proc = start_publishing(["submit", "--file", str(fifo)], proxy.url_through(amqp_url), topo, config)
         try:
 
             def writer() -> int | None:

@@ -143,11 +143,9 @@ def check_move_here(settings: Settings, task_id: str, node: str) -> tuple[str, s
             fleet, stored, node, now=service.clock(), exclusive=settings.dedicated_nodes_exclusive,
             max_skew=settings.spread_max_skew,
         )  # fmt: skip
-        target = fleet.index.get(node)
-        final = target is None or fleet.pools_of[target] != stored.requested_pool
     if outcome.ok:
         return str(revision), None
-    if final:
+    if outcome.lasting:
         raise CliError(f"move refused: {outcome.message}", exit_code=EXIT_MOVE_REFUSED)
     return str(revision), outcome.message
 
