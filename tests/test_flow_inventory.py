@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from scheduler.config import Settings
+from scheduler.fleet import FleetView
 from scheduler.models import Node
 from scheduler.producer.publisher import Outgoing
 from scheduler.store import Store
@@ -58,6 +59,37 @@ def test_an_unchanged_inventory_does_not_settle_the_group_in_flight_and_a_change
         assert flow.refresh_inventory() is None
         assert source.acked == [1, 2, 3, 4, 5], "a new inventory settles the groups in flight first"
         assert flow.fleet is not None and "bm-new" in flow.fleet.index
+    finally:
+        flow.end()
+        flow.close()
+
+
+def test_a_node_added_while_a_term_begins_is_picked_up_by_the_next_check(store: Store) -> None:
+    """The term read the inventory revision after the fleet: a node imported between the two reads
+    left a fleet without it under the new revision, and no later check ever reloaded it."""
+    settings = Settings(identity="flow-test")
+
+    class ImportDuringTheLoad(LeadershipTerms):
+        def load_fleet(self) -> FleetView:
+            fleet = super().load_fleet()
+            late = Node.model_validate({"name": "bm-late", "ip": "10.9.9.8", "cpu": 8, "memory": 8192})
+            self.store.import_nodes([late])  # lands after the fleet was read
+            return fleet
+
+    terms = ImportDuringTheLoad(store, settings, random.Random(0))
+    term = terms.begin(1)
+    assert isinstance(term, Term) and "bm-late" not in term.fleet.index
+    flow = Flow(
+        settings,
+        store,
+        Placer("least_loaded"),
+        WorkerState(),
+        LeadershipTerms(store, settings, random.Random(0)),
+    )
+    flow.begin(term, MemorySource())
+    try:
+        assert flow.refresh_inventory() is None
+        assert flow.fleet is not None and "bm-late" in flow.fleet.index
     finally:
         flow.end()
         flow.close()

@@ -195,6 +195,9 @@ def test_an_unstorable_placement_is_isolated_and_the_rest_of_its_group_commits(f
     from scheduler.store.schema import nodes
 
     dep = fuzzed
+    # The fence is claimed before the term's fleet is read: import only once the term has begun,
+    # or the fleet may hold the new nodes already and no reload is ever logged.
+    wait_until(lambda: "leading: consuming" in dep.log_of("worker-0"), 30, "the term to begin")
     dep.store.import_nodes(
         [
             Node.model_validate(

@@ -61,11 +61,17 @@ class LeadershipTerms:
         )
 
     def begin(self, epoch: int) -> Term | NotLeading:
-        """Claim the fence at ``epoch`` and load the fleet."""
+        """Claim the fence at ``epoch`` and load the fleet.
+
+        The inventory revision is read before the fleet, as the periodic check
+        does: a node change landing between the two reads is then seen again
+        (a reload too many), where the other order took the new revision with
+        a fleet from before it and never picked the change up.
+        """
         try:
             self.store.claim_fence(epoch, self.settings.identity)
-            fleet = self.load_fleet()
             rev = self.store.inventory_revision()
+            fleet = self.load_fleet()
         except FencedOut as exc:
             log.warning("not leading: a newer leader holds the fence", error=str(exc))
             return NotLeading("a newer leader holds the fence", self.settings.election.retry_period)
