@@ -79,6 +79,9 @@ class CpuShares:
         self.start = self._now()
         self.own = time.process_time()
         self.wall = time.perf_counter()
+        self.cores = len(os.sched_getaffinity(0))
+        self.used: dict[str, float] = {}
+        self.elapsed = 0.0
 
     def _now(self) -> dict[str, dict[int, float]]:
         """Per party, CPU seconds per process, the processes looked up again each time.
@@ -93,21 +96,43 @@ class CpuShares:
             "postgresql": cpu_seconds(pids_of("postgres")),
         }
 
-    def line(self, messages: int) -> str:
+    def measure(self) -> None:
+        """Read every party's CPU seconds and the wall time since the start (once, at the burst's end)."""
         end = self._now()
-        used = {
+        self.used = {
             name: sum(secs - self.start[name].get(pid, 0.0) for pid, secs in per_pid.items())
             for name, per_pid in end.items()
         }
-        used["publisher (this process)"] = time.process_time() - self.own
-        wall = time.perf_counter() - self.wall
-        total = sum(used.values())
-        cores = len(os.sched_getaffinity(0))
-        parts = ", ".join(f"{name} {secs:.2f}" for name, secs in used.items() if secs > 0.005)
+        self.used["publisher (this process)"] = time.process_time() - self.own
+        self.elapsed = time.perf_counter() - self.wall
+
+    def line(self, messages: int) -> str:
+        total = sum(self.used.values())
+        parts = ", ".join(f"{name} {secs:.2f}" for name, secs in self.used.items() if secs > 0.005)
         return (
             f"  CPU s for {messages:,} end to end: {parts}; total {total:.2f} of "
-            f"{wall * cores:.2f} core-s in {wall:.2f} s (until the end was seen); worker "
-            f"{used['worker'] / messages * 1e6:.0f} us per request"
+            f"{self.elapsed * self.cores:.2f} core-s in {self.elapsed:.2f} s (until the end was seen); "
+            f"worker {self.used['worker'] / messages * 1e6:.0f} us per request"
+        )
+
+    def budget(self, messages: int, raw_rate: float, ratio: float) -> str:
+        """What the ratio goal leaves the worker, given what the others used in this burst.
+
+        At ``ratio`` times the raw rate the burst has ``messages / (ratio * raw)``
+        seconds, that many core-seconds per core; the broker, the database and
+        the publisher need theirs whatever the worker does (their CPU per
+        message does not depend on how fast the worker is), so the rest is
+        the most the worker could use, assuming every core busy all the time.
+        """
+        window = messages / (ratio * raw_rate)
+        others = sum(secs for name, secs in self.used.items() if name != "worker")
+        left = window * self.cores - others
+        per = max(left, 0.0) / messages * 1e6
+        worker = self.used["worker"] / messages * 1e6
+        return (
+            f"  bound: at {ratio}x of the raw rate the burst must end in {window:.2f} s = "
+            f"{window * self.cores:.2f} core-s on {self.cores} cores; broker, database and publisher used "
+            f"{others:.2f}, leaving the worker at most {per:.0f} us per request (it used {worker:.0f})"
         )
 
 
@@ -295,7 +320,7 @@ def main() -> None:
                 raw = raw_round_trip(burst)
                 shares = CpuShares(worker.pid)
                 e2e = end_to_end(dep, burst, f"e2e-{db}")
-                cpu_line = shares.line(burst)
+                shares.measure()
                 p50, p99 = latency_at_rate(dep, 1000, 5 if not args.quick else 3, f"lat-{db}")
                 ratio_ok = "met" if e2e / raw >= 0.6 else "NOT met"
                 p99_ok = "met" if p99 <= 30 else "NOT met"
@@ -303,7 +328,8 @@ def main() -> None:
                     f"{db:<11} {raw:>13,.0f} {e2e:>13,.0f} {e2e / raw:>6.2f} {p50:>13.1f} {p99:>13.1f}  "
                     f"ratio {ratio_ok}, p99 {p99_ok}"
                 )
-                print(cpu_line)
+                print(shares.line(burst))
+                print(shares.budget(burst, raw, 0.6))
             finally:
                 dep.close()
                 drop_schema(schema)

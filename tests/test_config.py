@@ -209,6 +209,33 @@ def test_unreadable_files_are_config_errors(
     assert str(path) in message and words in message
 
 
+def test_yaml_errors_say_where_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Line and column of the problem, one line, no ``"<unicode string>"`` standing in for the file."""
+    path = write_config(tmp_path, "amqp:\n  prefetch: 3\n strategy: best_fit\n", monkeypatch)
+    message = config_error()
+    assert message.startswith(f"config file {path} is not valid YAML: line 3, column ")
+    assert "\n" not in message and "unicode string" not in message
+
+
+@pytest.mark.parametrize(
+    "nesting", ["[" * 100_000 + "]" * 100_000, "a:\n" + "".join(" " * i + "b:\n" for i in range(1, 3000))]
+)
+def test_a_deeply_nested_config_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nesting: str
+) -> None:
+    """A RecursionError (a traceback at start-up) before the YAML parser refused nesting itself."""
+    path = write_config(
+        tmp_path, f"strategy: {nesting}\n" if nesting.startswith("[") else nesting, monkeypatch
+    )
+    message = config_error()
+    assert str(path) in message and "nesting depth" in message
+
+
+def test_a_deeply_nested_tokens_variable_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_TOKENS", "[" * 100_000 + "]" * 100_000)
+    assert "http.tokens (env HTTP_TOKENS): must be a JSON object" in config_error()
+
+
 def test_missing_config_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCHEDULER_CONFIG", str(tmp_path / "nope.yaml"))
     message = config_error()

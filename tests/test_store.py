@@ -182,6 +182,19 @@ def test_bad_files_name_the_node_and_field(tmp_path: Path, text: str, expected: 
         load_nodes_file(path)
 
 
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("fleet.yaml", r"fleet.yaml: not valid YAML: line 1, column \d+: .*nesting depth"),
+     ("fleet.json", r"fleet.json: not valid JSON: nested too deeply")],
+)  # fmt: skip
+def test_a_deeply_nested_file_is_refused_by_name(tmp_path: Path, name: str, expected: str) -> None:
+    """Python's parsers recursed until RecursionError: a traceback instead of an error naming the file."""
+    path = tmp_path / name
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(NodesFileError, match=expected):
+        load_nodes_file(path)
+
+
 def test_broken_file_leaves_nothing_behind(store: Store, tmp_path: Path) -> None:
     store.import_nodes([node("keep")])
     rev = store.inventory_revision()

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from scheduler.config import parse_yaml
 from scheduler.models import Node
 from scheduler.store.errors import NodesFileError
 
@@ -43,9 +44,11 @@ def parse_nodes(text: str, *, source: str = "<input>", json_only: bool = False) 
     """:func:`load_nodes_file` on a string (``json_only`` for a ``.json`` file: better errors)."""
     data: Any
     try:
-        data = json.loads(text) if json_only else yaml.safe_load(text)
+        data = json.loads(text) if json_only else parse_yaml(text)
     except json.JSONDecodeError as exc:
         raise NodesFileError(f"{source}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise NodesFileError(f"{source}: not valid JSON: nested too deeply") from None
     except yaml.YAMLError as exc:
         raise NodesFileError(f"{source}: not valid YAML: {_one_line(str(exc))}") from None
     if isinstance(data, dict):
