@@ -327,6 +327,12 @@ class HttpConfig(_Section):
     body_timeout: float = Field(
         default=30, gt=0, le=3600, description="seconds for a request body to arrive once its headers did"
     )
+    send_timeout: float = Field(
+        default=30,
+        gt=0,
+        le=3600,
+        description="seconds a response may wait for a client that reads none of it",
+    )
     max_connections: int = Field(default=256, ge=1, le=100_000, description="open connections per port")
     rate_limit: str = Field(
         default=DEFAULT_RATE_LIMIT,

@@ -186,3 +186,66 @@ def test_the_body_limit_holds_at_its_edge_with_or_without_a_content_length(
         assert too_large.startswith(b"HTTP/1.1 413") and b"larger than 65536 bytes" in too_large
     finally:
         server.stop()
+
+
+def reset_by_server(sock: socket.socket) -> bool:
+    """True once the server reset the connection; reads nothing (reading would drain its answers)."""
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+
+
+def test_a_client_that_never_reads_its_answers_is_cut_off_at_the_send_deadline(lite: Deployment) -> None:
+    """Pipelined requests whose answers are never read: the connection is aborted, the others served.
+
+    Found from outside: ``GET /openapi.json`` pipelined a thousand times on one
+    socket that never reads held that connection open with megabytes of
+    answers queued for as long as the client liked (no deadline applies once
+    a request is complete), so ``http.max_connections`` such sockets shut
+    the API for everyone.
+    """
+    server = serve(lite, keep_alive_timeout=60, header_timeout=60, body_timeout=60, send_timeout=0.5)
+    hog = socket.socket()
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hog.connect(("127.0.0.1", server.port))
+    hog.setblocking(False)
+    requests = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 200
+
+    def stuff_until_reset() -> bool:
+        if reset_by_server(hog):
+            return True
+        try:
+            hog.send(requests)
+        except BlockingIOError:
+            pass  # the server stopped reading too: its answers are waiting for us
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        return False
+
+    try:
+        wait_until(stuff_until_reset, 60, "the connection that reads nothing to be aborted", interval=0.05)
+        with connect(server) as sock:  # and the server goes on serving
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (wait_until(lambda: _read_some(sock), 10, "a response") or b"").startswith(b"HTTP/1.1 200")
+    finally:
+        hog.close()
+        server.stop()
+
+
+def test_a_client_that_keeps_reading_is_not_cut_off(lite: Deployment) -> None:
+    """The send deadline runs only while nothing is read: a client reading its answers gets every one."""
+    server = serve(lite, send_timeout=0.5)
+    sock = connect(server)
+    try:
+        count = 300
+        sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * count)
+        received = bytearray()
+
+        def read_more() -> bool:
+            chunk = _read_some(sock)
+            if chunk:
+                received.extend(chunk)
+            return received.count(b"HTTP/1.1 200 OK") >= count
+
+        wait_until(read_more, 60, "every pipelined answer", interval=0.01)
+    finally:
+        sock.close()
+        server.stop()

@@ -15,11 +15,19 @@ connection:
   counted from the first byte of the request;
 * a deadline for the body (``http.body_timeout``), counted from the end of
   the headers;
+* a deadline for a response the client does not read (``http.send_timeout``),
+  counted from when the socket's send buffer filled up (asyncio's
+  ``pause_writing``) and cancelled when it drains: a client that pipelines
+  requests and never reads the answers otherwise keeps its connection, and
+  megabytes of unsent answers, for ever, since a connection whose request is
+  complete has no other deadline (the idle timer starts after a response);
 * a cap on open connections (``http.max_connections``): one over the cap is
   closed at once.
 
 A connection past a deadline is closed; a request that was waiting for its
-body then sees ``http.disconnect``, as with a client that went away.
+body then sees ``http.disconnect``, as with a client that went away. One past
+the send deadline is aborted, not closed: ``close`` would wait for the unread
+answers to be flushed first, which is what never happens.
 """
 
 from __future__ import annotations
@@ -45,14 +53,17 @@ class GuardedH11Protocol(H11Protocol):
         *,
         header_timeout: float = 10.0,
         body_timeout: float = 30.0,
+        send_timeout: float = 30.0,
         max_connections: int = 256,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
+        self.send_timeout = send_timeout
         self.max_connections = max_connections
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_phase: str | None = None
+        self._send_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -69,7 +80,30 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._set_deadline(None)
+        self._cancel_send_deadline()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The send buffer is full (the client reads slower than we answer): start the send deadline."""
+        super().pause_writing()
+        if self._send_deadline is None and not self.transport.is_closing():
+            self._send_deadline = self.loop.call_later(self.send_timeout, self._send_deadline_passed)
+
+    def resume_writing(self) -> None:
+        """The client read enough for the buffer to drain: it is alive, the deadline is off."""
+        self._cancel_send_deadline()
+        super().resume_writing()
+
+    def _cancel_send_deadline(self) -> None:
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
+
+    def _send_deadline_passed(self) -> None:
+        self._send_deadline = None
+        self.logger.info("connection closed: the client read no response for %gs", self.send_timeout)
+        # abort, not close: close waits until the buffer is flushed to a client that does not read.
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -111,7 +145,7 @@ class GuardedH11Protocol(H11Protocol):
 
 
 def guarded_protocol(
-    *, header_timeout: float, body_timeout: float, max_connections: int
+    *, header_timeout: float, body_timeout: float, max_connections: int, send_timeout: float = 30.0
 ) -> type[H11Protocol]:
     """A protocol class for ``uvicorn.Config(http=...)`` with these limits bound in."""
 
@@ -125,7 +159,8 @@ def guarded_protocol(
         ) -> None:
             super().__init__(
                 config, server_state, app_state, _loop,
-                header_timeout=header_timeout, body_timeout=body_timeout, max_connections=max_connections,
+                header_timeout=header_timeout, body_timeout=body_timeout, send_timeout=send_timeout,
+                max_connections=max_connections,
             )  # fmt: skip
 
     return _Bound

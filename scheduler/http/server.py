@@ -82,6 +82,7 @@ class HttpServer:
             http=guarded_protocol(
                 header_timeout=self.limits.header_timeout,
                 body_timeout=self.limits.body_timeout,
+                send_timeout=self.limits.send_timeout,
                 max_connections=self.limits.max_connections,
             ),
             # uvicorn types it int but only hands it to loop.call_later: fractions work.
