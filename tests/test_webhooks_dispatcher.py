@@ -860,3 +860,62 @@ def test_deliveries_yield_while_placements_flow_and_all_go_out_after(
         mover.join()
     wait_until(lambda: all_delivered(store, len(events)), 20, "every delivery once placements stopped")
     assert sorted(h.delivery for h in rx.snapshot()) == sorted(events)
+
+
+class HeaderReceiver:
+    """A receiver answering each request with a status and one extra header, sent as raw latin-1 bytes."""
+
+    def __init__(self, answers: Callable[[int], tuple[int, str, str]]) -> None:
+        self.hits = 0
+        lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with lock:
+                    receiver.hits += 1
+                    nth = receiver.hits
+                status, name, value = answers(nth)
+                self.send_response(status)
+                self.send_header(name, value)  # http.server encodes header values as latin-1
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u00b9\u00b3", "1e3"])
+def test_a_retry_after_that_is_not_a_number_of_seconds_is_ignored(
+    store: Store, dispatchers: Callable[..., WebhookDispatcher], value: str
+) -> None:
+    """Found from outside: a 200 carrying ``Retry-After: ²`` (byte 0xB2) was recorded dead as
+    "refused: invalid URL: could not convert string to float", and so was a 503 with it (no retry):
+    ``str.isdigit`` is true for superscripts, which ``float`` refuses. A receiver's header must not
+    turn a delivery into a dead one; a value that is not whole seconds or an HTTP date is ignored.
+    """
+    ok = HeaderReceiver(lambda nth: (200, "Retry-After", value))
+    flaky = HeaderReceiver(lambda nth: (503 if nth == 1 else 200, "Retry-After", value))
+    try:
+        (event,) = place(store, "t")
+        dispatchers(store, config(ok.url(), flaky.url()))
+        wait_until(lambda: all_delivered(store, 2), 15, "both deliveries")
+        assert by_event(store, ok.url())[event].attempts == 1
+        assert by_event(store, flaky.url())[event].attempts == 2
+    finally:
+        ok.close()
+        flaky.close()

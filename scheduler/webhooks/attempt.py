@@ -259,17 +259,28 @@ def strict_json_problem(payload: str) -> str | None:
     return None
 
 
+_SECONDS = re.compile(r"[0-9]{1,12}", re.ASCII)
+
+
 def _retry_after(response: httpx.Response) -> float | None:
-    """``Retry-After`` in seconds (delta or HTTP date), if the receiver sent one."""
+    """``Retry-After`` in seconds (delta or HTTP date), if the receiver sent one; None for anything else.
+
+    ASCII digits only: ``str.isdigit`` also takes superscripts (``²``, byte 0xB2
+    in a latin-1 header), which ``float`` refuses, and the ``ValueError`` was
+    taken for a bad URL: the delivery went dead, even after a 2xx. A header
+    the receiver got wrong is ignored, never a reason to stop delivering.
+    """
     value = response.headers.get("retry-after")
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _SECONDS.fullmatch(value):
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if when is None:  # some Pythons return None instead of raising
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
