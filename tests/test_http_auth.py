@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from starlette.routing import Mount, Route
 
 from scheduler.config import ConfigError, Role, load_settings
-from scheduler.http import create_app
+from scheduler.http import HttpServer, create_app
 from scheduler.http.auth import TokenTable, required_role
 from scheduler.producer.publisher import Publisher
 from tests.harness import Deployment, decode_lines, wait_until
@@ -282,6 +282,29 @@ def test_submissions_are_rate_limited_per_token_with_retry_after(lite: Deploymen
         assert client.get("/nodes", headers=headers("submit")).status_code == 200  # reads are not limited
     assert drain_count(lite) == 3
     assert lite.store.get_task("submit-2") is None
+
+
+def test_a_forwarded_for_header_does_not_make_a_new_client(lite: Deployment) -> None:
+    """Without tokens the limit is per client address, and ``X-Forwarded-For`` must not change it.
+
+    Found from outside: uvicorn trusts proxy headers from 127.0.0.1 by default,
+    and the token-less mode listens on 127.0.0.1 only, so every caller could
+    name a new address per request (``X-Forwarded-For: 10.0.0.N``) and never
+    meet the limit. No proxy is part of this deployment (behind one, tokens
+    identify callers), so the server reads the peer address as it is.
+    """
+    settings = settings_for(lite, http={"rate_limit": "2/minute"})
+    registry = CollectorRegistry()
+    app = create_app(store=lite.store, publisher=None, state=None, registry=registry, settings=settings)
+    server = HttpServer(app, host="127.0.0.1", port=0, limits=settings.http)
+    server.start()
+    try:
+        body = {"requested_cpu": 1, "requested_memory": 256}
+        spoofed = [{"X-Forwarded-For": f"10.0.0.{n}"} for n in range(4)]
+        codes = [httpx.post(f"{server.url}/plan", json=body, headers=h).status_code for h in spoofed]
+        assert codes == [200, 200, 429, 429]
+    finally:
+        server.stop()
 
 
 def test_refused_callers_do_not_spend_the_budget(lite: Deployment) -> None:

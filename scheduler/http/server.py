@@ -78,6 +78,9 @@ class HttpServer:
             access_log=self.access_log,
             lifespan="off",
             server_header=False,
+            # uvicorn believes X-Forwarded-For/-Proto from 127.0.0.1 by default; the token-less mode
+            # listens there only, so any caller could pick the address the rate limit counts.
+            proxy_headers=False,
             timeout_graceful_shutdown=int(self.graceful_timeout) or None,
             http=guarded_protocol(
                 header_timeout=self.limits.header_timeout,
