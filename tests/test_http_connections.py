@@ -7,6 +7,7 @@ how long something took.
 
 from __future__ import annotations
 
+import json
 import select
 import socket
 from typing import Any
@@ -249,3 +250,41 @@ def test_a_client_that_keeps_reading_is_not_cut_off(lite: Deployment) -> None:
     finally:
         sock.close()
         server.stop()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /plan HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \x00abc\r\n\r\n",
+        b"GET /healthz HTTP/9.9 trailing\r\n\r\n",
+    ],
+    ids=["two-content-lengths", "nul-in-header", "bad-request-line"],
+)
+def test_a_request_that_cannot_be_parsed_gets_a_json_400(lite: Deployment, request_bytes: bytes) -> None:
+    """Found from outside: uvicorn answered these with text/plain "Invalid HTTP request received."."""
+    server = serve(lite)
+    try:
+        with connect(server) as sock:
+            sock.sendall(request_bytes)
+            reply = bytearray()
+            wait_until(lambda: closed_by_server_keeping(sock, reply), 10, "the answer and the close")
+        head, _, body = bytes(reply).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400")
+        assert b"content-type: application/json" in head.lower()
+        assert json.loads(body)["detail"].startswith("invalid HTTP request")
+    finally:
+        server.stop()
+
+
+def closed_by_server_keeping(sock: socket.socket, into: bytearray) -> bool:
+    """Like :func:`closed_by_server`, keeping what was read."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        chunk = sock.recv(65536)
+    except ConnectionResetError:
+        return True
+    into.extend(chunk)
+    return not chunk

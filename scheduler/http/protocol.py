@@ -33,6 +33,7 @@ answers to be flushed first, which is what never happens.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import h11
@@ -112,6 +113,30 @@ class GuardedH11Protocol(H11Protocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._track_phase()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request h11 cannot parse, as JSON like every other error.
+
+        uvicorn sends ``text/plain`` "Invalid HTTP request received.": a client
+        that reads every error's ``detail`` (the API's contract) got nothing
+        to read for a duplicate ``Content-Length``, a NUL in a header or a
+        malformed request line. Same status, same ``Connection: close``.
+        """
+        body = json.dumps({"detail": f"invalid HTTP request: {msg.rstrip('.').lower()}"}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        try:
+            output = self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request"))
+            output += self.conn.send(h11.Data(data=body)) or b""
+            output += self.conn.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:  # a response was already under way: nothing more can be said
+            self.transport.close()
+            return
+        self.transport.write(output or b"")
+        self.transport.close()
 
     def _track_phase(self) -> None:
         """Arm the deadline that matches what the peer is sending now, keep it if unchanged."""
