@@ -919,3 +919,58 @@ def test_a_retry_after_that_is_not_a_number_of_seconds_is_ignored(
     finally:
         ok.close()
         flaky.close()
+
+
+def _resolver_of(client: Any) -> Any:
+    """The resolver pool behind a delivery client (its network backend's), as the dispatcher made it."""
+    return client._transport._pool._network_backend._resolver
+
+
+def test_callback_names_that_never_resolve_do_not_hold_up_the_configured_urls(
+    store: Store, receivers: Callable[..., Receiver], dispatchers: Callable[..., WebhookDispatcher]
+) -> None:
+    """Every resolver thread of the callbacks busy, as with callback hosts whose name server never
+    answers (names a submitter picks under an allowed wildcard): the operator's own URL, a name that
+    needs resolving too, is still delivered. The two kinds shared one pool of four threads, and a
+    lookup abandoned at its attempt's deadline still ran later, so such callbacks starved every
+    delivery that needed a lookup.
+    """
+    rx = receivers()
+    port = rx.server.server_port
+    dispatcher = dispatchers(store, config(f"http://localhost:{port}/hook"))
+    gate = threading.Event()
+    callbacks = _resolver_of(dispatcher._clients[True])
+    for _ in range(8):  # more than its threads: some wait in its queue as well
+        callbacks.submit(gate.wait, 60)
+    try:
+        (event,) = place(store, "a")
+        wait_until(lambda: all_delivered(store, 1), 15, "the configured URL's delivery")
+        assert [h.delivery for h in rx.ok_hits()] == [event]
+    finally:
+        gate.set()
+
+
+def test_an_abandoned_lookup_is_not_run_later() -> None:
+    """Lookups queued behind busy resolver threads and abandoned at their attempt's deadline never run:
+    they were left in the queue, each to take a resolver thread later for an answer nobody wanted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpcore
+
+    from scheduler.webhooks.transport import DeliveryBackend, deadline
+
+    pool = ThreadPoolExecutor(1)
+    gate = threading.Event()
+    pool.submit(gate.wait, 60)  # the only thread is busy
+    backend = DeliveryBackend(guarded=False, internal_ok=frozenset(), resolver=pool)
+    try:
+        for _ in range(5):
+            with deadline(0.05), pytest.raises(httpcore.ConnectTimeout):
+                backend.connect_tcp("localhost", 9)
+        queued = []
+        while not pool._work_queue.empty():  # the pool's one thread is still busy: only we take items
+            queued.append(pool._work_queue.get_nowait().future)
+        assert queued and all(future.cancelled() for future in queued), "abandoned lookups would still run"
+    finally:
+        gate.set()
+        pool.shutdown(wait=True)

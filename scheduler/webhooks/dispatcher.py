@@ -17,7 +17,9 @@ requests. Why it is built the way it is:
   attempts run at once to one ``scheme://host:port``, and a freed sender
   goes to the destinations in turn (:mod:`scheduler.webhooks.destinations`), so one
   slow or hanging receiver holds at most that many senders and the others
-  keep flowing. Claims are sized per destination too (about half a second
+  keep flowing. Name lookups run on a pool of their own for the configured
+  URLs and another for callbacks, so callback names that never resolve
+  cannot hold up the operator's URLs. Claims are sized per destination too (about half a second
   of work at its own pace): a slow destination's backlog stays in the
   database (the claim query skips it) instead of filling the claim slots.
 * **Strict JSON only.** The stored payload is parsed strictly before every
@@ -220,7 +222,7 @@ class WebhookDispatcher:
         self._thread: threading.Thread | None = None
         self._senders: ThreadPoolExecutor | None = None
         self._clients: dict[bool, httpx.Client] = {}
-        self._resolver: ThreadPoolExecutor | None = None
+        self._resolvers: dict[str, ThreadPoolExecutor] = {}
         self._pacer = Pacer(activity, busy_share, max_yield) if activity is not None else None
 
     # ------------------------------------------------------------------ lifecycle
@@ -230,13 +232,18 @@ class WebhookDispatcher:
             raise RuntimeError("webhook dispatcher already started")
         cfg = self.config
         self._stopping.clear()
-        self._resolver = ThreadPoolExecutor(4, thread_name_prefix=f"{self._name}-dns")
+        # One resolver pool per kind: a callback host whose name server never answers (a name a
+        # submitter chose) holds callback lookups only, never those of the operator's own URLs.
+        self._resolvers = {
+            kind: ThreadPoolExecutor(4, thread_name_prefix=f"{self._name}-dns-{kind}")
+            for kind in ("urls", "callbacks")
+        }
         internal_ok = exact_hosts(self._patterns)
         self._clients = {
             False: make_client(timeout=cfg.timeout, concurrency=cfg.concurrency, guarded=False,
-                               resolver=self._resolver),
+                               resolver=self._resolvers["urls"]),
             True: make_client(timeout=cfg.timeout, concurrency=cfg.concurrency, guarded=True,
-                              internal_ok=internal_ok, resolver=self._resolver),
+                              internal_ok=internal_ok, resolver=self._resolvers["callbacks"]),
         }  # fmt: skip
         self._senders = ThreadPoolExecutor(cfg.concurrency, thread_name_prefix=f"{self._name}-send")
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
@@ -610,8 +617,8 @@ class WebhookDispatcher:
             self._senders.shutdown(wait=False, cancel_futures=True)
         for client in self._clients.values():
             client.close()
-        if self._resolver is not None:
-            self._resolver.shutdown(wait=False, cancel_futures=True)
+        for resolver in self._resolvers.values():
+            resolver.shutdown(wait=False, cancel_futures=True)
         log.info("webhook dispatcher stopped", **{k: v for k, v in vars(self.stats()).items() if v})
 
     def _count(self, **deltas: int) -> None:

@@ -41,7 +41,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -121,6 +121,8 @@ class DeliveryBackend(httpcore.SyncBackend):
         self._guarded = guarded
         self._internal_ok = internal_ok
         self._resolver = resolver
+        self._lookups: dict[tuple[str, int], Future[Any]] = {}
+        self._lookups_lock = threading.Lock()
 
     def connect_tcp(
         self,
@@ -156,10 +158,13 @@ class DeliveryBackend(httpcore.SyncBackend):
         except ValueError:
             pass
         left = _left(timeout, httpcore.ConnectTimeout)
-        future = self._resolver.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+        future = self._lookup(host, port)
         try:
             infos = future.result(timeout=left)
-        except FutureTimeout:
+        except (FutureTimeout, CancelledError):
+            # Still queued: never run it. A lookup nobody waits for any more would otherwise
+            # take a resolver thread later, behind which every other host's lookups wait.
+            future.cancel()
             raise httpcore.ConnectTimeout(f"resolving {host} outlasted the attempt's deadline") from None
         except (OSError, UnicodeError) as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
@@ -171,6 +176,29 @@ class DeliveryBackend(httpcore.SyncBackend):
         if not addresses:
             raise httpcore.ConnectError(f"{host} resolves to no address")
         return addresses
+
+    def _lookup(self, host: str, port: int) -> Future[Any]:
+        """The lookup of ``host:port`` under way, or a new one: one resolver thread per name at most.
+
+        Attempts to a host whose name server does not answer all wait on the
+        same lookup instead of taking a resolver thread each, so one such
+        host (a callback name chosen by a submitter) cannot take them all.
+        """
+        key = (host, port)
+        with self._lookups_lock:
+            future = self._lookups.get(key)
+            if future is not None and not future.cancelled():
+                return future
+            future = self._resolver.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+            self._lookups[key] = future
+        # Outside the lock: a lookup already done runs the callback here, and it takes the lock.
+        future.add_done_callback(lambda done: self._forget(key, done))
+        return future
+
+    def _forget(self, key: tuple[str, int], done: Future[Any]) -> None:
+        with self._lookups_lock:
+            if self._lookups.get(key) is done:
+                del self._lookups[key]
 
     def _check(self, host: str, addresses: list[str]) -> None:
         name = host.strip("[]").lower().rstrip(".")
