@@ -24,7 +24,7 @@ from scheduler.producer.publisher import Publisher
 from scheduler.store import Store
 from scheduler.worker.state import WorkerState
 from tests.harness import Deployment
-from tests.test_http_support import EPOCH, LEADER, settings_for, standard_workload
+from tests.test_http_support import EPOCH, LEADER, LOOPBACK_URL, settings_for, standard_workload
 
 with warnings.catch_warnings():  # starlette's TestClient warns about httpx on import; it works as it is
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
@@ -59,14 +59,14 @@ def make_app(
 
 @pytest.fixture
 def client(deployment: Deployment, registry: CollectorRegistry) -> Iterator[TestClient]:
-    with TestClient(make_app(deployment, registry)) as c:
+    with TestClient(base_url=LOOPBACK_URL, app=make_app(deployment, registry)) as c:
         yield c
 
 
 @pytest.fixture
 def lite_client(lite: Deployment, registry: CollectorRegistry) -> Iterator[TestClient]:
     """A client on SQLite only, for checks that do not depend on the database backend."""
-    with TestClient(make_app(lite, registry)) as c:
+    with TestClient(base_url=LOOPBACK_URL, app=make_app(lite, registry)) as c:
         yield c
 
 
@@ -188,7 +188,7 @@ def test_broker_down_is_503_and_records_nothing(lite: Deployment, registry: Coll
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     dead = Publisher(f"amqp://guest:guest@127.0.0.1:{port}/%2F", lite.topology)
-    with TestClient(make_app(lite, registry, publisher=dead)) as c:
+    with TestClient(base_url=LOOPBACK_URL, app=make_app(lite, registry, publisher=dead)) as c:
         response = c.post(
             "/schedule", json={"task_id": "nobroker", "requested_cpu": 1, "requested_memory": 1}
         )
@@ -198,7 +198,7 @@ def test_broker_down_is_503_and_records_nothing(lite: Deployment, registry: Coll
 
 
 def test_replica_without_publisher_refuses_submissions(lite: Deployment, registry: CollectorRegistry) -> None:
-    with TestClient(make_app(lite, registry, publisher=None)) as c:
+    with TestClient(base_url=LOOPBACK_URL, app=make_app(lite, registry, publisher=None)) as c:
         response = c.post("/schedule", json={"requested_cpu": 1, "requested_memory": 1})
     assert response.status_code == 503
 
@@ -308,17 +308,17 @@ def test_health_docs_and_openapi(lite_client: TestClient) -> None:
 
 
 def test_readiness_reflects_database_and_broker(lite: Deployment, registry: CollectorRegistry) -> None:
-    with TestClient(make_app(lite, registry)) as c:
+    with TestClient(base_url=LOOPBACK_URL, app=make_app(lite, registry)) as c:
         ready = c.get("/readyz")
     assert ready.status_code == 200 and ready.json()["role"] == "api"
 
     standby = WorkerState(leader=False, broker_connected=True)
-    with TestClient(make_app(lite, CollectorRegistry(), state=standby)) as c:
+    with TestClient(base_url=LOOPBACK_URL, app=make_app(lite, CollectorRegistry(), state=standby)) as c:
         body = c.get("/readyz").json()
     assert body["ready"] is True and body["role"] == "standby"  # a healthy standby is ready
 
     cut_off = WorkerState(leader=True, broker_connected=False)
-    with TestClient(make_app(lite, CollectorRegistry(), state=cut_off)) as c:
+    with TestClient(base_url=LOOPBACK_URL, app=make_app(lite, CollectorRegistry(), state=cut_off)) as c:
         response = c.get("/readyz")
     assert response.status_code == 503
     assert response.json()["reasons"] == ["broker: not connected"]
@@ -330,7 +330,7 @@ def test_database_down_is_503_not_a_crash(lite: Deployment, registry: CollectorR
         port = s.getsockname()[1]
     down = Store.from_url(f"postgresql://nobody@127.0.0.1:{port}/none")
     try:
-        with TestClient(make_app(lite, registry, store=down)) as c:
+        with TestClient(base_url=LOOPBACK_URL, app=make_app(lite, registry, store=down)) as c:
             ready = c.get("/readyz")
             assert ready.status_code == 503
             assert ready.json()["checks"]["database"].startswith("unreachable")
@@ -347,12 +347,12 @@ def test_head_probes_answer_on_both_ports_and_are_counted_as_head(
     lite: Deployment, registry: CollectorRegistry
 ) -> None:
     """HEAD /healthz, /readyz and /metrics answer like GET, headers only, labelled HEAD in the metrics."""
-    with TestClient(make_app(lite, registry)) as api:
+    with TestClient(base_url=LOOPBACK_URL, app=make_app(lite, registry)) as api:
         for path in ("/healthz", "/readyz"):
             response = api.head(path)
             assert (response.status_code, response.content) == (200, b""), path
     metrics_app = create_metrics_app(store=lite.store, state=None, registry=registry)
-    with TestClient(metrics_app) as metrics:
+    with TestClient(base_url=LOOPBACK_URL, app=metrics_app) as metrics:
         for path in ("/healthz", "/readyz", "/metrics"):
             response = metrics.head(path)
             assert (response.status_code, response.content) == (200, b""), path
@@ -363,21 +363,23 @@ def test_head_probes_answer_on_both_ports_and_are_counted_as_head(
 
 def test_made_up_methods_share_one_metrics_label(lite: Deployment, registry: CollectorRegistry) -> None:
     """Any token is a method to HTTP: each one a new label value made a new series, without bound."""
-    with TestClient(make_app(lite, registry)) as api:
+    with TestClient(base_url=LOOPBACK_URL, app=make_app(lite, registry)) as api:
         for n in range(20):
             assert api.request(f"X{n}", "/healthz").status_code == 405
-    with TestClient(create_metrics_app(store=lite.store, state=None, registry=registry)) as metrics:
+    with TestClient(
+        base_url=LOOPBACK_URL, app=create_metrics_app(store=lite.store, state=None, registry=registry)
+    ) as metrics:
         text = metrics.get("/metrics").text
     assert 'scheduler_http_requests_total{code="405",method="other",route="/healthz"} 20.0' in text
     assert 'method="X1"' not in text
 
 
 def test_metrics_are_served_on_their_own_app_only(lite: Deployment, registry: CollectorRegistry) -> None:
-    with TestClient(make_app(lite, registry)) as api:
+    with TestClient(base_url=LOOPBACK_URL, app=make_app(lite, registry)) as api:
         api.get("/healthz")
         assert api.get("/metrics").status_code == 404
     metrics_app = create_metrics_app(store=lite.store, state=None, registry=registry)
-    with TestClient(metrics_app) as metrics:
+    with TestClient(base_url=LOOPBACK_URL, app=metrics_app) as metrics:
         response = metrics.get("/metrics")
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain")
@@ -422,7 +424,9 @@ def test_publisher_per_request_is_safe_under_concurrency(
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    lite_client = TestClient(make_app(lite, registry, http={"rate_limit": "1000/second"}))
+    lite_client = TestClient(
+        base_url=LOOPBACK_URL, app=make_app(lite, registry, http={"rate_limit": "1000/second"})
+    )
 
     def submit(i: int) -> int:
         body = {"task_id": f"c-{i}", "requested_cpu": 1, "requested_memory": 256}

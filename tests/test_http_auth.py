@@ -307,6 +307,42 @@ def test_a_forwarded_for_header_does_not_make_a_new_client(lite: Deployment) -> 
         server.stop()
 
 
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1:8080", 200),
+        ("localhost", 200),
+        ("LOCALHOST.:8080", 200),
+        ("dash.localhost:8080", 200),
+        ("[::1]:8080", 200),
+        ("127.9.9.9", 200),
+        ("rebind.attacker.example:8080", 403),
+        ("127.0.0.1.nip.io", 403),
+        ("[::ffff:127.0.0.1]", 403),
+        ("localhost.attacker.example", 403),
+        ("", 403),
+    ],
+)
+def test_without_tokens_only_requests_addressed_to_localhost_are_answered(
+    lite: Deployment, host: str, expected: int
+) -> None:
+    """DNS rebinding: found from outside, a token-less worker answered ``GET /nodes`` and accepted
+    ``POST /schedule`` with ``Host: rebind.attacker.example``, which is what a browser sends once a
+    page's name is re-pointed at 127.0.0.1: every web page the workstation's user opened could read
+    the fleet and submit. The open files (health, dashboard shell) need no particular Host."""
+    settings = settings_for(lite)
+    registry = CollectorRegistry()
+    app = create_app(store=lite.store, publisher=None, state=None, registry=registry, settings=settings)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        response = client.get("/nodes", headers={"Host": host})
+        assert response.status_code == expected, response.text
+        if expected == 403:
+            assert "localhost" in response.json()["detail"]
+            body = {"requested_cpu": 1, "requested_memory": 256}
+            assert client.post("/plan", headers={"Host": host}, json=body).status_code == 403
+        assert client.get("/healthz", headers={"Host": host}).status_code == 200
+
+
 def test_refused_callers_do_not_spend_the_budget(lite: Deployment) -> None:
     with TestClient(guarded_app(lite, rate_limit="1/minute")) as client:
         for _ in range(3):

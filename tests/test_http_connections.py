@@ -176,7 +176,8 @@ def test_the_body_limit_holds_at_its_edge_with_or_without_a_content_length(
             framing, payload = b"Transfer-Encoding: chunked", parts + b"0\r\n\r\n"
         else:
             framing, payload = b"Content-Length: %d" % len(raw), raw
-        head = b"POST /plan HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + framing + b"\r\n\r\n"
+        head = b"POST /plan HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        head += framing + b"\r\n\r\n"
         with connect(server) as sock:
             sock.sendall(head + payload)
             return wait_until(lambda: _read_some(sock), 10, "a response") or b""

@@ -34,6 +34,10 @@ EPOCH = 3
 ALLOW = ["https://hooks.example.com/*"]
 
 
+LOOPBACK_URL = "http://127.0.0.1"
+"""Where test clients address a token-less app: it answers only requests addressed to localhost."""
+
+
 def fleet_nodes() -> list[Node]:
     """Two pools: four general nodes and two GPU nodes, sized so a handful of VMs shows."""
     general = [

@@ -26,7 +26,15 @@ from scheduler.plan_service import PlanService, placer_for
 from scheduler.store.revision import CommittedFleet, committed_revision
 from tests.harness import Deployment
 from tests.store_checks import active_allocations
-from tests.test_http_support import EPOCH, LEADER, make_deployment, run_group, settings_for, standard_workload
+from tests.test_http_support import (
+    EPOCH,
+    LEADER,
+    LOOPBACK_URL,
+    make_deployment,
+    run_group,
+    settings_for,
+    standard_workload,
+)
 
 with warnings.catch_warnings():  # starlette's TestClient warns about httpx on import; it works as it is
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
@@ -44,7 +52,7 @@ def _client(dep: Deployment) -> TestClient:
     app = create_app(
         store=dep.store, publisher=None, state=None, registry=CollectorRegistry(), settings=settings_for(dep)
     )
-    return TestClient(app)
+    return TestClient(base_url=LOOPBACK_URL, app=app)
 
 
 def _allocations(dep: Deployment) -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ from scheduler.http.summary import _fleet_columns
 from scheduler.models import Node, SchedulingRequest
 from scheduler.store import Placement
 from tests.harness import Deployment
-from tests.test_http_support import settings_for
+from tests.test_http_support import LOOPBACK_URL, settings_for
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
@@ -42,7 +42,7 @@ def client(deployment: Deployment) -> Iterator[TestClient]:
     app = create_app(
         store=deployment.store, publisher=None, state=None, registry=CollectorRegistry(), settings=settings
     )
-    with TestClient(app) as c:
+    with TestClient(base_url=LOOPBACK_URL, app=app) as c:
         yield c
 
 

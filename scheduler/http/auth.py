@@ -16,15 +16,18 @@ before any body is read):
   ``limits`` library (moving window, in memory, so per replica); over the
   limit is ``429`` with ``Retry-After``.
 
-With no token configured the gate lets everything through: that mode is for
-a workstation, and :func:`scheduler.http.start_http` then binds the API to
-127.0.0.1 only.
+With no token configured the gate lets through every request addressed to
+localhost (``Host``): that mode is for a workstation, and
+:func:`scheduler.http.start_http` then binds the API to 127.0.0.1 only. The
+``Host`` check is what keeps a web page out (DNS rebinding): a name re-pointed
+at 127.0.0.1 makes the browser treat the API as the page's own origin.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import math
 import time
@@ -117,6 +120,13 @@ class Gatekeeper:
         method, path = scope["method"], scope["path"]
         needed = required_role(method, path)
         caller = _client_key(scope)
+        if needed is not None and not self.tokens and not loopback_host(scope):
+            # No token: only the loopback interface listens, but a browser reaches it too. A page
+            # whose name an attacker re-points at 127.0.0.1 (DNS rebinding) is same-origin with the
+            # API for that browser, and its requests carry the attacker's name as Host.
+            detail = "without a configured token the API answers only requests addressed to localhost"
+            await _answer(send, 403, {"detail": detail})
+            return
         if needed is not None and self.tokens:
             presented = _bearer(scope)
             match = self.tokens.lookup(presented) if presented is not None else None
@@ -151,6 +161,32 @@ def _bearer(scope: Scope) -> str | None:
                 return credentials.strip()
             return ""  # present but not a bearer token: wrong, not missing
     return None
+
+
+def loopback_host(scope: Scope) -> bool:
+    """Whether the request's ``Host`` names this machine's loopback: ``localhost`` (or a name under
+    it, which browsers keep on loopback themselves), ``127.x.x.x`` or ``[::1]``, any port.
+
+    A name that DNS re-pointed at 127.0.0.1 is not one of these, whatever it resolves to.
+    """
+    host = None
+    for key, value in scope.get("headers", ()):
+        if key == b"host":
+            host = bytes(value).decode("latin-1").strip().lower()
+            break
+    if not host:
+        return False
+    if host.startswith("["):
+        name = host[1 : host.find("]")] if "]" in host else ""
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _client_key(scope: Scope) -> str:
