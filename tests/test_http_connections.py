@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 import select
 import socket
+import threading
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
 from scheduler.config import HttpConfig
 from scheduler.http import HttpServer, create_app
+from scheduler.http.routes_schedule import SUBMISSIONS_IN_FLIGHT
 from scheduler.models import MAX_BODY_BYTES
+from scheduler.producer.publisher import Publisher
 from tests.harness import Deployment, wait_until
 from tests.test_http_support import settings_for
 
@@ -289,3 +293,70 @@ def closed_by_server_keeping(sock: socket.socket, into: bytearray) -> bool:
         return True
     into.extend(chunk)
     return not chunk
+
+
+class SilentBroker:
+    """A TCP listener that accepts connections and never says a word: a stalled broker."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.listener.getsockname()[1]}/%2F"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def test_submissions_to_a_silent_broker_leave_threads_for_the_reads_and_end_in_503(lite: Deployment) -> None:
+    """Found from outside: 60 ``POST /schedule`` at once while the broker accepted connections and
+    never answered held all 40 endpoint threads (each waited for the one declaring the topology, 15 s
+    at a time), so ``GET /nodes`` timed out after a minute, and the declaration's handshake timeout
+    escaped as a text/plain 500. Now at most SUBMISSIONS_IN_FLIGHT wait for the broker (one more is a
+    503 at once), the reads are answered meanwhile, and every submission ends in a JSON 503."""
+    broker = SilentBroker()
+    settings = settings_for(lite, http={"rate_limit": "100000/second"})
+    publisher = Publisher(broker.url, lite.topology)
+    registry = CollectorRegistry()
+    app = create_app(store=lite.store, publisher=publisher, state=None, registry=registry, settings=settings)
+    server = HttpServer(app, host="127.0.0.1", port=0, limits=settings.http)
+    server.start()
+    answers: list[httpx.Response] = []
+
+    def submit(n: int) -> None:
+        body = {"task_id": f"silent-{n}", "requested_cpu": 1, "requested_memory": 256}
+        answers.append(httpx.post(f"{server.url}/schedule", json=body, timeout=120))
+
+    submitters = [threading.Thread(target=submit, args=(n,)) for n in range(3 * SUBMISSIONS_IN_FLIGHT)]
+    try:
+        for thread in submitters:
+            thread.start()
+        wait_until(lambda: len(broker.accepted) >= SUBMISSIONS_IN_FLIGHT, 30, "submissions at the broker")
+        nodes = httpx.get(f"{server.url}/nodes", timeout=60)
+        assert nodes.status_code == 200
+        assert any(t.is_alive() for t in submitters), "the read was answered while submissions waited"
+        for thread in submitters:
+            thread.join(120)
+        assert len(answers) == len(submitters)
+        assert {a.status_code for a in answers} == {503}
+        details = [a.json()["detail"] for a in answers]
+        busy = sum("already waiting for the broker" in d for d in details)
+        assert busy >= len(submitters) - SUBMISSIONS_IN_FLIGHT
+        assert any(d.startswith("broker unavailable") for d in details)
+    finally:
+        server.stop()
+        broker.close()

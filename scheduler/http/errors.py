@@ -27,6 +27,18 @@ def install_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DatabaseUnavailable, database_down)
     app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, internal_error)
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """An error no handler expected: a JSON 500 like every other error, naming nothing of the cause.
+
+    Starlette's own answer is ``text/plain`` "Internal Server Error". The
+    cause is logged (by uvicorn, with the traceback) and not sent: its text
+    can carry what the caller must not see.
+    """
+    log.error("unexpected error while serving", path=request.url.path, error=type(exc).__name__)
+    return JSONResponse({"detail": "internal error (logged on the server)"}, status_code=500)
 
 
 async def database_down(request: Request, exc: Exception) -> JSONResponse:

@@ -101,8 +101,18 @@ def schedule(request: SchedulingRequest, api: Api) -> Accepted | JSONResponse:
     return Accepted(task_id=request.task_id)
 
 
+SUBMISSIONS_IN_FLIGHT = 8
+"""``POST /schedule`` calls waiting for the broker at once, per replica; one more is a 503 at once.
+
+Endpoints run on a shared pool of 40 threads. A broker that accepts the TCP
+connection and never answers (stalled, behind a load balancer whose backend
+died) holds each submission for the connection's 15 s handshake deadline; found
+from outside, 60 of them at once took every thread and ``GET /nodes`` (every
+read, the dashboard, ``/readyz`` on the API port) waited minutes with them."""
+
+
 class Submitter:
-    """Publishes one request with confirms, declaring the topology the first time.
+    """Publishes one request with confirms, declaring the topology on the first publish that succeeds.
 
     Why one shared :class:`Publisher` is safe across request threads: it holds
     only settings; every :meth:`Publisher.publish` call opens its own
@@ -112,32 +122,47 @@ class Submitter:
     suits an HTTP entry point meant for people and provisioning systems;
     bulk producers publish to the broker directly (``scheduler submit``).
     ``publisher`` None makes every submission a 503 (a read-only replica).
+
+    At most :data:`SUBMISSIONS_IN_FLIGHT` run at once, so a broker that does
+    not answer never holds the threads the reads need. The topology is
+    declared on the publishing connection itself until one publish has
+    succeeded (no lock: a declaration held under a lock made every waiting
+    submission take its own handshake deadline in turn). Any failure to
+    reach the broker is a 503 with the reason, never a 500: pika raises
+    some (a handshake that never completes) outside its ``AMQPError`` family.
     """
 
-    def __init__(self, publisher: Publisher | None) -> None:
+    def __init__(self, publisher: Publisher | None, in_flight: int = SUBMISSIONS_IN_FLIGHT) -> None:
         self.publisher = publisher
         self._declared = False
-        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(in_flight)
+        self.in_flight = in_flight
 
     def __call__(self, request: SchedulingRequest) -> None:
         if self.publisher is None:
             raise HTTPException(
                 503, "this replica does not accept submissions (no broker publisher configured)"
             )
+        if not self._slots.acquire(blocking=False):
+            log.warning("submission refused: too many waiting for the broker", in_flight=self.in_flight)
+            raise HTTPException(
+                503,
+                f"{self.in_flight} submissions are already waiting for the broker; nothing was published",
+                headers={"Retry-After": "1"},
+            )
         try:
-            self._declare_once(self.publisher)
-            report = self.publisher.publish([Outgoing.request(request)])
+            report = self.publisher.publish([Outgoing.request(request)], declare=not self._declared)
         except BrokerUnavailable as exc:
             log.warning("submission refused: broker unavailable", task_id=request.task_id, error=str(exc))
             raise HTTPException(503, f"broker unavailable: {exc}") from None
+        except Exception as exc:
+            error = first_line(exc)
+            log.warning("submission refused: broker unavailable", task_id=request.task_id, error=error)
+            raise HTTPException(503, f"broker unavailable: {error}") from None
+        finally:
+            self._slots.release()
         if not report.ok:
             reason = report.failed.get(request.task_id, "not confirmed")
             log.warning("submission not confirmed by the broker", task_id=request.task_id, reason=reason)
             raise HTTPException(503, f"broker did not confirm the message: {reason}")
-
-    def _declare_once(self, publisher: Publisher) -> None:
-        """Declare the topology once, so a submission before any worker started is kept, not unroutable."""
-        with self._lock:
-            if not self._declared:
-                publisher.declare()
-                self._declared = True
+        self._declared = True
