@@ -192,6 +192,20 @@ def test_near_misses_are_refused(lite: Deployment, authorization: str) -> None:
     assert response.headers["www-authenticate"].startswith("Bearer")
 
 
+@pytest.mark.parametrize("order", ["valid-first", "valid-last", "both-valid"])
+def test_two_authorization_headers_are_refused(lite: Deployment, order: str) -> None:
+    """Found from outside: with two ``Authorization`` headers the first was used and the other ignored,
+    so whether a client's header or one a proxy adds wins depended on the order they were sent in."""
+    valid = ("authorization", "Bearer " + TOKENS["admin"])
+    wrong = TOKENS["read"] if order == "both-valid" else "nope-nope-nope-nope"
+    other = ("authorization", "Bearer " + wrong)
+    pairs = [valid, other] if order != "valid-last" else [other, valid]
+    with TestClient(guarded_app(lite)) as client:
+        response = client.get("/nodes", headers=httpx.Headers(pairs))
+    assert response.status_code == 401
+    assert response.json()["detail"] == "invalid bearer token"
+
+
 def test_token_table_matches_exactly_one_role() -> None:
     table = TokenTable({"a" * 20: Role.READ, "b" * 20: Role.ADMIN})
     assert table.lookup("a" * 20) is not None and table.lookup("a" * 20)[0] is Role.READ  # type: ignore[index]

@@ -153,14 +153,22 @@ class Gatekeeper:
 
 
 def _bearer(scope: Scope) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == b"authorization":
-            text: str = bytes(value).decode("latin-1")
-            scheme, _, credentials = text.partition(" ")
-            if scheme.lower() == "bearer" and credentials.strip():
-                return credentials.strip()
-            return ""  # present but not a bearer token: wrong, not missing
-    return None
+    """The bearer token presented; "" when the header is there but holds none; None when absent.
+
+    Two ``Authorization`` headers are refused (""), whatever they hold: the
+    field takes one value, and which of two counts is a guess that a proxy
+    adding its own and the client sending one could each win (the first
+    one used to be taken silently).
+    """
+    values = [bytes(value) for key, value in scope.get("headers", ()) if key == b"authorization"]
+    if not values:
+        return None
+    if len(values) > 1:
+        return ""
+    scheme, _, credentials = values[0].decode("latin-1").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return ""  # present but not a bearer token: wrong, not missing
 
 
 def loopback_host(scope: Scope) -> bool:
