@@ -219,8 +219,10 @@ class WebhooksConfig(_Section):
     per_destination: int = Field(
         default=8, ge=1, le=1024, description="attempts in flight to one scheme://host:port at most"
     )
-    initial_backoff: float = Field(default=1, gt=0)
-    max_backoff: float = Field(default=600, gt=0)
+    # At most a day: a retry scheduled past year 9999 (max_backoff 1e12 after ~40 attempts) raised
+    # OverflowError, and the dispatcher's fallback retried the delivery every initial_backoff instead.
+    initial_backoff: float = Field(default=1, gt=0, le=86400)
+    max_backoff: float = Field(default=600, gt=0, le=86400)
 
     @field_validator("urls", mode="before")
     @classmethod

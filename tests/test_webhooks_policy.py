@@ -184,6 +184,16 @@ def test_bad_patterns_are_a_config_error_naming_the_key(pattern: str) -> None:
         load_settings(webhooks={"allow": [pattern]})
 
 
+@pytest.mark.parametrize("key", ["max_backoff", "initial_backoff"])
+def test_a_backoff_past_a_day_is_a_config_error_naming_the_key(key: str) -> None:
+    """Found by setting SCHEDULER_WEBHOOKS__MAX_BACKOFF=1e12: after about 40 attempts the next retry
+    fell past year 9999, the classifier raised OverflowError, and the dispatcher's fallback retried
+    the delivery every initial_backoff: the receiver was hammered instead of spared."""
+    with pytest.raises(ConfigError, match=rf"webhooks\.{key}"):
+        load_settings(webhooks={key: 1e12})
+    assert getattr(load_settings(webhooks={key: 86400}).webhooks, key) == 86400
+
+
 def test_exact_hosts_are_the_patterns_without_wildcards() -> None:
     assert exact_hosts(LOCAL) == frozenset({"127.0.0.1", "::1", "hooks.internal"})
 
