@@ -122,7 +122,9 @@ class GuardedH11Protocol(H11Protocol):
         to read for a duplicate ``Content-Length``, a NUL in a header or a
         malformed request line. Same status, same ``Connection: close``.
         """
-        body = json.dumps({"detail": f"invalid HTTP request: {msg.rstrip('.').lower()}"}).encode()
+        # uvicorn's message is always "Invalid HTTP request received." (h11 keeps the cause to itself).
+        detail = "invalid HTTP request: its request line, a header or the body framing cannot be parsed"
+        body = json.dumps({"detail": detail}).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
