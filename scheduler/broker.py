@@ -32,6 +32,7 @@ from typing import Any
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.utils.connection_workflow import AMQPConnectorException, AMQPConnectorStackTimeout
 
 from scheduler.config import AmqpConfig, redact_url
 
@@ -170,6 +171,10 @@ class Declaration:
         )
 
 
+STACK_TIMEOUT = 15.0
+"""Seconds for a whole connection attempt (TCP, TLS, AMQP handshake) before it is given up."""
+
+
 def connection_parameters(
     url: str, *, heartbeat: int | None = 30, name: str = "virtflow-scheduler"
 ) -> pika.URLParameters:
@@ -178,7 +183,7 @@ def connection_parameters(
     params.heartbeat = 30 if heartbeat is None else heartbeat
     params.blocked_connection_timeout = 60
     params.socket_timeout = 5
-    params.stack_timeout = 15
+    params.stack_timeout = STACK_TIMEOUT
     params.connection_attempts = 1
     params.client_properties = {"connection_name": name}
     if url.startswith("amqps://") and params.ssl_options is None:
@@ -202,6 +207,16 @@ def connect(
         ) from None
     except OSError as exc:
         raise BrokerUnavailable(f"cannot connect to RabbitMQ at {redact_url(url)}: {exc}") from None
+    except AMQPConnectorException as exc:
+        # Not an AMQPError: pika's connection workflow raises its own exceptions, the stack
+        # timeout among them (a listener that accepts and never answers: a hung broker, a
+        # proxy with nothing behind it). Uncaught, it ended the worker with a traceback.
+        why = (
+            f"no AMQP handshake within {STACK_TIMEOUT:g}s (the port accepts connections but nothing answers)"
+            if isinstance(exc, AMQPConnectorStackTimeout)
+            else describe_amqp_error(exc)
+        )
+        raise BrokerUnavailable(f"cannot connect to RabbitMQ at {redact_url(url)}: {why}") from None
 
 
 def describe_amqp_error(exc: BaseException) -> str:

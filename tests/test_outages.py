@@ -225,6 +225,28 @@ def test_startup_without_a_broker_waits_then_ends_with_one_line(lite: Deployment
     assert sum("reconnecting" in line for line in (done.stdout + done.stderr).splitlines()) >= 2
 
 
+def test_startup_against_a_broker_that_never_answers_ends_with_one_line(
+    lite: Deployment, amqp_url: str
+) -> None:
+    """A port that accepts and never speaks AMQP (a hung broker, a proxy with nothing behind it).
+
+    pika gives the attempt up after its stack timeout with an exception that is
+    not an ``AMQPError``; it ended the worker with a traceback (and the API
+    with it) instead of the start-up wait and its one-line error.
+    """
+    with FaultProxy(*_target(amqp_url, 5672)) as proxy:
+        proxy.fault("blackhole")
+        done = _run_worker(
+            lite,
+            {"AMQP_URL": proxy.url_through(amqp_url), "SCHEDULER_WORKER__STARTUP_TIMEOUT": "2"},
+            timeout=90,
+        )
+    assert "Traceback" not in done.stderr + done.stdout
+    err = done.stderr.strip().splitlines()
+    assert err and err[-1].startswith("error: broker unreachable for 2s at start-up"), done.stderr
+    assert "no AMQP handshake within 15s" in err[-1]
+
+
 def test_startup_without_a_database_waits_then_ends_with_one_line(lite: Deployment) -> None:
     port = _closed_port()
     done = _run_worker(
@@ -553,8 +575,10 @@ def test_credentials_revoked_for_seconds_then_restored(
         _rabbitmqctl("close_all_user_connections", user, "credentials revoked by the test")
         ids += dep.publish(Outgoing.request(r) for r in requests[400:])
         wait_until(
-            lambda: dep.log_of("w0").count("ACCESS_REFUSED - Login was refused") >= 3
-            and "reconnecting" in dep.log_of("w0"),
+            lambda: (
+                dep.log_of("w0").count("ACCESS_REFUSED - Login was refused") >= 3
+                and "reconnecting" in dep.log_of("w0")
+            ),
             60,
             "the worker to be refused by the broker, and keep trying",
         )
