@@ -25,12 +25,15 @@ Topology (declared idempotently by both sides at start):
 from __future__ import annotations
 
 import ssl
+import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pika
+import pika.data
 from pika.adapters.blocking_connection import BlockingChannel
 
 from scheduler.config import AmqpConfig, redact_url
@@ -40,7 +43,8 @@ from scheduler.message_headers import HEADER_ATTEMPT as HEADER_ATTEMPT
 from scheduler.message_headers import HEADER_DEATH_REASON as HEADER_DEATH_REASON
 from scheduler.message_headers import HEADER_DELIVERY_COUNT as HEADER_DELIVERY_COUNT
 from scheduler.message_headers import HEADER_ORIGINAL_SIZE as HEADER_ORIGINAL_SIZE
-from scheduler.message_headers import HEADER_PUBLISHED_AT, HEADER_SCHEMA
+from scheduler.message_headers import HEADER_PUBLISHED_AT as HEADER_PUBLISHED_AT
+from scheduler.message_headers import HEADER_SCHEMA
 from scheduler.models import SCHEMA_VERSION
 
 ROUTE_REQUEST = "request"
@@ -210,6 +214,73 @@ def describe_amqp_error(exc: BaseException) -> str:
         inner = exc.args[0]
         text = str(inner) if not isinstance(inner, (list, tuple)) else "; ".join(str(x) for x in inner)
     return text or type(exc).__name__
+
+
+HEADER_UNDECODABLE = "x-undecodable-table"
+"""Stands in for a header table pika could not read (the value says why); see
+:func:`tolerate_hostile_headers`."""
+
+_pika_decode_value = pika.data.decode_value
+_pika_decode_table = pika.data.decode_table
+
+
+def _decode_value(encoded: bytes, offset: int) -> tuple[Any, int]:
+    """pika's ``decode_value``, except that a timestamp Python cannot hold stays its integer.
+
+    RabbitMQ accepts any 64-bit timestamp in a header table; pika turns it
+    into a ``datetime``, which raises (OverflowError, ValueError, OSError)
+    for anything after the year 9999. An integer is written back as one.
+    """
+    if encoded[offset : offset + 1] == b"T":
+        (seconds,) = struct.unpack_from(">Q", encoded, offset + 1)
+        try:
+            return datetime.fromtimestamp(seconds, UTC), offset + 9
+        except (OverflowError, ValueError, OSError):
+            return int(seconds), offset + 9
+    decoded: tuple[Any, int] = _pika_decode_value(encoded, offset)
+    return decoded
+
+
+def _decode_table(encoded: bytes, offset: int) -> tuple[dict[Any, Any], int]:
+    """pika's ``decode_table``; a table it cannot read becomes ``{x-undecodable-table: why}``.
+
+    The table's length comes first in the frame, so whatever is inside, the
+    frame is read on past it: only that table (nested or the whole headers)
+    is lost, never the message or the connection.
+    """
+    try:
+        result: tuple[dict[Any, Any], int] = _pika_decode_table(encoded, offset)
+        return result
+    except Exception as exc:  # any field pika cannot read: the table's length still says where it ends
+        (size,) = struct.unpack_from(">I", encoded, offset)
+        why = f"{type(exc).__name__}: {exc}"[:200]
+        return {HEADER_UNDECODABLE: why}, offset + 4 + size
+
+
+def tolerate_hostile_headers() -> None:
+    """Make pika read every header table the broker lets through, whatever a producer put in it.
+
+    Why: pika decodes a delivery's properties while reading frames, inside
+    the connection's I/O, before any of our code sees the message. A field
+    it cannot read (a header timestamp after the year 9999, which RabbitMQ
+    forwards as it came) made it abort the whole connection; the broker then
+    redelivered the message to the next consumer, which aborted in turn: one
+    published message stalled the queue for ever, and no redelivery count
+    could catch it (the message never reached the worker). pika has no hook
+    for this, so its two module functions are replaced (idempotently): a
+    timestamp out of range stays an integer, and a table that still cannot be
+    read becomes ``{"x-undecodable-table": why}``, with the frame read on past
+    it by its length. Called by the worker at start.
+    """
+    pika.data.decode_value = _decode_value
+    pika.data.decode_table = _decode_table
+
+
+def negotiated_frame_max(conn: pika.BlockingConnection) -> int:
+    """The largest frame ``conn`` may send (negotiated at connection tune; pika keeps it on its
+    connection's parameters, with no public accessor); pika's default when it cannot be read."""
+    value = getattr(getattr(getattr(conn, "_impl", None), "params", None), "frame_max", None)
+    return value if isinstance(value, int) and value > 0 else int(pika.ConnectionParameters.DEFAULT_FRAME_MAX)
 
 
 def message_properties(

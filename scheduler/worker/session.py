@@ -34,7 +34,7 @@ import pika
 import structlog
 from pika.adapters.blocking_connection import BlockingChannel
 
-from scheduler.broker import Topology, connect
+from scheduler.broker import Topology, connect, negotiated_frame_max, tolerate_hostile_headers
 from scheduler.config import Settings
 from scheduler.elector import LeaderElector
 from scheduler.safetext import printable
@@ -83,6 +83,7 @@ class Sessions:
         self.clock = clock
         self.jitter = jitter
         self.topology = Topology.from_config(settings.amqp)
+        tolerate_hostile_headers()  # before any delivery is read: see its docstring
         self.consumer = Consumer(self.topology, settings.amqp.prefetch)
         self.stop_signal: str | None = None
         """The signal that asked us to stop, for the log (set by the signal handler)."""
@@ -197,7 +198,9 @@ class Sessions:
         fleet, epoch = term.fleet, term.epoch
         self._epoch = epoch
         channel = self.consumer.open(conn, self._on_request, self._on_heartbeat)
-        outbound = Outbound(publisher, self.topology, self.settings.amqp.dead_letter_max_body)
+        outbound = Outbound(
+            publisher, self.topology, self.settings.amqp.dead_letter_max_body, negotiated_frame_max(conn)
+        )
         self.flow.begin(term, AmqpSource(conn, self.consumer, channel, outbound))
         self.state.leader, self.state.epoch, self.state.fleet = True, epoch, fleet
         self.state.consuming, self.state.not_consuming_why = True, ""

@@ -1,0 +1,179 @@
+"""Hostile AMQP headers published straight to the exchange of a real worker.
+
+The body fuzz (``tests/test_raw_fuzz.py``) sends plain properties; these
+messages carry header tables RabbitMQ accepts and forwards as they came, but
+which pika could not read (a timestamp after the year 9999), could read but
+not write back (a double of 1e300 becomes an integer beyond 64 bits), or
+could write back only into a frame larger than the connection allows (a
+table near ``frame_max``, plus the dead-letter reason). Each one once
+stalled the queue for ever or killed the worker; now each gets its outcome
+and the request behind it is placed. SQLite only: the headers never reach
+the database.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pika.data
+import pytest
+
+from scheduler.broker import HEADER_DEATH_REASON, HEADER_UNDECODABLE, tolerate_hostile_headers
+from scheduler.models import TaskStatus
+from tests.harness import Deployment, make_nodes, wait_until
+
+
+class _Encoded:
+    """A header value given as its AMQP encoding (kind byte and value), for what pika cannot write."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+
+def _timestamp(seconds: int) -> _Encoded:
+    return _Encoded(b"T" + struct.pack(">Q", seconds))
+
+
+def _double(value: float) -> _Encoded:
+    return _Encoded(b"d" + struct.pack(">d", value))
+
+
+@pytest.fixture
+def raw_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let this process's pika write :class:`_Encoded` header values as they are."""
+    original = pika.data.encode_value
+
+    def encode_value(pieces: list[bytes], value: Any) -> int:
+        if isinstance(value, _Encoded):
+            pieces.append(value.blob)
+            return len(value.blob)
+        size: int = original(pieces, value)
+        return size
+
+    monkeypatch.setattr(pika.data, "encode_value", encode_value)
+
+
+@pytest.fixture
+def dep(sqlite_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path) -> Iterator[Deployment]:
+    d = Deployment(sqlite_url, amqp_url, amqp_names["exchange"], amqp_names["queue"], tmp_path)
+    d.store.import_nodes(make_nodes(3))
+    d.start_worker()
+    d.wait_leading("worker-0")
+    wait_until(lambda: "leading: consuming" in d.log_of("worker-0"), 30, "the worker to consume")
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def _publish(dep: Deployment, messages: list[tuple[bytes, dict[str, Any]]]) -> None:
+    """Each (body, headers) to the exchange as a request, confirmed, then a good request behind them."""
+    conn = pika.BlockingConnection(pika.URLParameters(dep.amqp_url))
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        good = (json.dumps({"task_id": "behind", "requested_cpu": 1, "requested_memory": 1}).encode(), {})
+        for body, headers in [*messages, good]:
+            props = pika.BasicProperties(delivery_mode=2, headers=headers or None)
+            ch.basic_publish(dep.exchange, "request", body, properties=props, mandatory=True)
+    finally:
+        conn.close()
+
+
+def _request(task_id: str, cpu: int = 1) -> bytes:
+    return json.dumps({"task_id": task_id, "requested_cpu": cpu, "requested_memory": 1}).encode()
+
+
+def _settled(
+    dep: Deployment, placed: list[str], failed: list[str], dead: list[bytes]
+) -> list[dict[str, Any]]:
+    """Wait for every outcome; check the worker lives, nothing is left on the queue, and the fleet
+    holds; return the dead letters' headers, in the order of ``dead``."""
+    states = dep.wait_terminal(["behind", *placed, *failed], timeout=60)
+    assert states["behind"] is TaskStatus.SCHEDULED
+    assert all(states[t] is TaskStatus.SCHEDULED for t in placed), states
+    assert all(states[t] is TaskStatus.FAILED for t in failed), states
+    wait_until(lambda: dep.queue_depth(dep.topology.dead_queue) >= len(dead), 30, "the dead letters")
+    letters = {body: headers for headers, body in dep.drain(dep.topology.dead_queue)}
+    assert sorted(letters) == sorted(dead)
+    assert dep.procs[0].poll() is None, "the worker died"
+    wait_until(lambda: dep.queue_depth(dep.queue) == 0, 30, "the request queue to empty")
+    dep.check_invariants()
+    return [letters[body] for body in dead]
+
+
+@pytest.mark.usefixtures("raw_values")
+def test_a_header_timestamp_after_the_year_9999_does_not_stall_the_queue(dep: Deployment) -> None:
+    """pika turned it into a datetime while reading the frame, raised, and aborted the connection:
+    the message came back to the next consumer, for ever, and nothing behind it was placed."""
+    far = 2**64 - 1
+    _publish(
+        dep,
+        [
+            (_request("far-top"), {"when": _timestamp(far)}),
+            (_request("far-nested"), {"t": {"when": _timestamp(far)}, "a": [1, _timestamp(far)]}),
+            (b"not json, far", {"when": _timestamp(253402300800)}),  # 10000-01-01: ValueError
+        ],
+    )
+    (letter,) = _settled(dep, ["far-top", "far-nested"], [], [b"not json, far"])
+    assert letter["when"] == 253402300800, "the timestamp is written back as the integer it was"
+    assert "malformed JSON" in letter[HEADER_DEATH_REASON]
+
+
+@pytest.mark.usefixtures("raw_values")
+def test_header_values_pika_cannot_write_back_do_not_kill_the_worker(dep: Deployment) -> None:
+    """A double of 1e300 is read as an integer of 301 digits; writing it back raised struct.error
+    from the dead-letter and the retry publish, which ended the worker process (and every replica
+    after it, on each redelivery)."""
+    huge = {"d": _double(1e300), "x-attempt": 1}
+    _publish(
+        dep,
+        [
+            (b"not json, huge", huge),
+            (_request("huge-waits", cpu=4000), huge),  # fits nowhere: retried, then fails
+        ],
+    )
+    (letter,) = _settled(dep, [], ["huge-waits"], [b"not json, huge"])
+    assert "d" not in letter, "the header that cannot be written is dropped"
+    assert "malformed JSON" in letter[HEADER_DEATH_REASON]
+    record: Any = dep.store.get_task("huge-waits")
+    assert record.reason == "insufficient_resources"
+    assert "a message's headers cannot be written back" in dep.log_of("worker-0")
+
+
+def test_a_header_table_near_frame_max_does_not_make_the_worker_reconnect_for_ever(dep: Deployment) -> None:
+    """The broker accepted the table; ours added to it made the dead letter's (or the retry's)
+    header frame larger than frame_max, and the broker closed the worker's connection (501
+    FRAME_ERROR) on every redelivery: the queue stalled."""
+    big = {"h": "x" * 130_900}
+    _publish(dep, [(b"not json, big", big), (_request("big-waits", cpu=4000), big)])
+    (letter,) = _settled(dep, [], ["big-waits"], [b"not json, big"])
+    assert "h" not in letter
+    assert "malformed JSON" in letter[HEADER_DEATH_REASON]
+    assert "FRAME_ERROR" not in dep.log_of("worker-0")
+
+
+def test_a_header_table_pika_cannot_read_becomes_a_marker_and_the_frame_is_read_on() -> None:
+    """RabbitMQ 3.10 refuses unknown field kinds and non-finite floats at publish; another broker
+    (or version) that forwards them must not make pika abort the connection either."""
+    tolerate_hostile_headers()
+    good = pika.BasicProperties(message_id="m", headers={"x-attempt": 2, "inner": {"ok": 1}})
+    encoded = b"".join(good.encode())
+    inner_ok = b"\x02okI\x00\x00\x00\x01"
+    assert inner_ok in encoded
+    broken = encoded.replace(inner_ok, b"\x02okZ\x00\x00\x00\x01")  # an unknown kind, same length
+    props = pika.BasicProperties()
+    props.decode(broken)
+    assert props.message_id == "m", "the properties after the table are read"
+    assert props.headers["x-attempt"] == 2
+    assert HEADER_UNDECODABLE in props.headers["inner"]
+    nan = encoded.replace(inner_ok, b"\x02okf" + struct.pack(">f", math.nan))
+    props = pika.BasicProperties()
+    props.decode(nan)
+    assert props.message_id == "m" and HEADER_UNDECODABLE in props.headers["inner"]
