@@ -118,3 +118,55 @@ def test_a_poisoned_release_is_dead_lettered_and_the_rest_committed_and_acked(
     assert source.dead_letters[0].reason.startswith("could not be stored")
     assert source.history == [("dead", 2), ("ack", 1), ("ack", 2)]
     assert store.task_states(["a"]) == {"a": TaskStatus.SCHEDULED}
+
+
+def _allocations_of(store: Store, task_id: str) -> list[Any]:
+    from sqlalchemy import select
+
+    from scheduler.store.schema import allocations
+
+    with store.engine.connect() as conn:
+        return list(conn.execute(select(allocations).where(allocations.c.task_id == task_id)).all())
+
+
+def _events_of(store: Store, task_id: str) -> list[str]:
+    from sqlalchemy import select
+
+    from scheduler.store.schema import outbox
+
+    with store.engine.connect() as conn:
+        return [r[0] for r in conn.execute(select(outbox.c.type).where(outbox.c.task_id == task_id)).all()]
+
+
+def test_a_release_before_its_request_in_one_group_is_a_cancel_and_nothing_is_placed(
+    store: Store, flow: tuple[Flow, MemorySource]
+) -> None:
+    """A cancel published before its request is final (invariant 7) whether or not the two land in
+    one group. In one group, the request was placed (``task.scheduled``, an allocation) and the
+    release, handed back for the next group, then released it: a receiver built the VM."""
+    f, source = flow
+    release = json.dumps({"release": "c1"}).encode()
+    stop = _settle(f, source, release, _body("c1"), _body("other"), _body("c1"))
+    assert stop is None and f.leading
+    record: Any = store.get_task("c1")
+    assert record.status is TaskStatus.RELEASED and record.reason == "cancelled"
+    assert _allocations_of(store, "c1") == []
+    assert _events_of(store, "c1") == ["task.released"]
+    assert f.fleet is not None and f.fleet.allocation("c1") is None
+    assert store.task_states(["other"]) == {"other": TaskStatus.SCHEDULED}
+    assert source.acked == [1, 2, 3, 4] and source.requeued == []
+
+
+def test_a_release_then_the_same_request_again_in_one_group_does_not_place_it_again(
+    store: Store, flow: tuple[Flow, MemorySource]
+) -> None:
+    """Placed in an earlier group, released and redelivered (same body) in one group: it ends
+    released, with no new allocation, in the database and in the leader's fleet."""
+    f, source = flow
+    assert _settle(f, source, _body("p1")) is None
+    stop = _settle(f, source, json.dumps({"release": "p1"}).encode(), _body("p1"))
+    assert stop is None
+    assert store.task_states(["p1"]) == {"p1": TaskStatus.RELEASED}
+    assert [a.released_at is not None for a in _allocations_of(store, "p1")] == [True]
+    assert f.fleet is not None and f.fleet.allocation("p1") is None
+    assert _events_of(store, "p1") == ["task.scheduled", "task.released"]

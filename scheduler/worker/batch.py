@@ -163,10 +163,12 @@ def decide_batch(
     cannot move (``task t is not scheduled (released)``).
     """
     plan = BatchPlan()
-    releases: list[tuple[ReleaseRequest, Incoming]] = []
+    releases: list[tuple[ReleaseRequest, Incoming, int]] = []
     requests: list[tuple[SchedulingRequest, Incoming]] = []
+    first_request: dict[str, int] = {}
+    """Where in the batch the first request of each task arrived."""
     moves: list[tuple[MoveRequest, Incoming]] = []
-    for msg in messages:
+    for at, msg in enumerate(messages):
         try:
             parsed = parse_message(msg.body)
         except BadMessage as bad:
@@ -187,19 +189,28 @@ def decide_batch(
                 )
             continue
         if isinstance(parsed, ReleaseRequest):
-            releases.append((parsed, msg))
+            releases.append((parsed, msg, at))
         elif isinstance(parsed, MoveRequest):
             moves.append((parsed, msg))
         else:
             requests.append((parsed, msg))
+            first_request.setdefault(parsed.task_id, at)
 
-    requested_here = {req.task_id for req, _ in requests}
-    for rel, msg in releases:
-        if rel.release in requested_here:
-            # Its request is in this very batch and not committed yet: releasing
+    requested_here = set(first_request)
+    released_first: set[str] = set()
+    """Tasks released in this batch before any request of theirs arrived in it."""
+    for rel, msg, at in releases:
+        request_at = first_request.get(rel.release)
+        if request_at is not None and request_at < at:
+            # Its request came first in this very batch and is not committed yet: releasing
             # now would be ignored. Hand it back to the queue for the next batch.
             plan.deferred.append(msg)
             continue
+        if request_at is not None:
+            # The release came first: a cancel (or the end of a placed task), so the request
+            # behind it must never be placed. Its items come after the release's; the store
+            # then finds them duplicates of the cancel (or a conflict, for another body).
+            released_first.add(rel.release)
         alloc = fleet.release(rel.release)
         if alloc is not None:
             plan._undo.append(_restore(fleet, alloc))
@@ -209,7 +220,7 @@ def decide_batch(
     seen: dict[str, SchedulingRequest] = {}
     # Higher priority first; the sort is stable, so arrival order breaks ties.
     for req, msg in sorted(requests, key=lambda pair: -pair[0].priority):
-        if req.task_id in seen or fleet.allocation(req.task_id) is not None:
+        if req.task_id in seen or req.task_id in released_first or fleet.allocation(req.task_id) is not None:
             body = req.model_dump_json()
             first = seen.get(req.task_id)
             if first is not None and first.model_dump_json() == body:
@@ -300,7 +311,7 @@ def decide_batch(
                 ),
                 msg,
             )
-    touched = requested_here | {rel.release for rel, _ in releases}
+    touched = requested_here | {rel.release for rel, _, _ in releases}
     for move, msg in moves:
         _plan_move(plan, fleet, placer, move, msg, (to_move or {}).get(move.move), touched, now)
     return plan
