@@ -170,3 +170,26 @@ def test_a_release_then_the_same_request_again_in_one_group_does_not_place_it_ag
     assert [a.released_at is not None for a in _allocations_of(store, "p1")] == [True]
     assert f.fleet is not None and f.fleet.allocation("p1") is None
     assert _events_of(store, "p1") == ["task.scheduled", "task.released"]
+
+
+def test_a_request_without_task_id_takes_its_message_id_so_a_redelivery_is_not_placed_twice(
+    store: Store, flow: tuple[Flow, MemorySource]
+) -> None:
+    """The worker made a new UUID at each delivery of an id-less body: redelivered after a crash
+    between commit and ack, the same message was placed a second time."""
+    f, source = flow
+    body = json.dumps({"requested_cpu": 1, "requested_memory": 512}).encode()
+    for redelivered in (False, True):
+        f.receive(source.deliver(body, redelivered=redelivered, message_id="by-id"))
+        assert (f.flush() or f.drain()) is None
+    assert store.task_states(["by-id"]) == {"by-id": TaskStatus.SCHEDULED}
+    assert len(_allocations_of(store, "by-id")) == 1
+    assert f.fleet is not None and len(f.fleet.allocations) == 1
+    assert _events_of(store, "by-id") == ["task.scheduled"]
+    # No message_id (or one that is no task id): dead-lettered, saying why; nothing is stored.
+    _settle(f, source, body)
+    f.receive(source.deliver(body, message_id="not a task id"))
+    assert (f.flush() or f.drain()) is None
+    assert [d.kind for d in source.dead_letters] == ["invalid", "invalid"]
+    assert all("task_id missing" in d.reason for d in source.dead_letters)
+    assert source.unsettled == [] and len(_allocations_of(store, "by-id")) == 1

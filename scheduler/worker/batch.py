@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import functools
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,11 @@ from scheduler.strategies import Placer
 
 RETRYABLE = frozenset({Reason.INSUFFICIENT_RESOURCES, Reason.NO_ONLINE_NODES})
 MAX_STORED_BODY = 4096
+TASK_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MISSING_TASK_ID = (
+    "invalid_request: task_id missing, and no valid message_id to take it from "
+    "(a producer gives every request its id, so that a redelivery is never placed twice)"
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class Incoming:
     headers: dict[str, Any]
     redelivered: bool = False
     received: float = 0.0
+    message_id: str | None = None
+    """The AMQP ``message_id`` property (the producer sets it to the task id)."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +196,12 @@ def decide_batch(
                     msg,
                 )
             continue
+        if isinstance(parsed, SchedulingRequest) and "task_id" not in parsed.model_fields_set:
+            named = _task_id_of(msg)
+            if named is None:
+                plan.dead.append(DeadLetter(msg, MISSING_TASK_ID))
+                continue
+            parsed = parsed.model_copy(update={"task_id": named})
         if isinstance(parsed, ReleaseRequest):
             releases.append((parsed, msg, at))
         elif isinstance(parsed, MoveRequest):
@@ -357,6 +371,19 @@ def _plan_move(
         ),
         msg,
     )
+
+
+def _task_id_of(msg: Incoming) -> str | None:
+    """The task id of a request whose body names none: its ``message_id``, when that is a valid one.
+
+    Why not a fresh UUID (the model's default, right for the producer): the
+    worker would make a new one at each delivery of the same message, so a
+    redelivery after a crash between commit and ack placed the request a
+    second time, and every retry through ``<queue>.retry`` left the task of
+    the attempt before ``waiting`` for ever under an id nobody knew.
+    """
+    mid = msg.message_id
+    return mid if mid is not None and TASK_ID_RE.fullmatch(mid) else None
 
 
 def _restore(fleet: FleetView, alloc: Allocation) -> Callable[[], None]:

@@ -243,8 +243,9 @@ class Sessions:
     # ------------------------------------------------------------ consuming
     def _on_request(self, ch: BlockingChannel, method: Any, props: pika.BasicProperties, body: bytes) -> None:
         headers = props.headers if isinstance(props.headers, dict) else {}
+        message_id = props.message_id if isinstance(props.message_id, str) else None
         self.flow.receive(
-            Incoming(method.delivery_tag, body, dict(headers), method.redelivered, self.clock())
+            Incoming(method.delivery_tag, body, dict(headers), method.redelivered, self.clock(), message_id)
         )
 
     def _on_heartbeat(

@@ -1,4 +1,4 @@
-"""Hostile AMQP headers published straight to the exchange of a real worker.
+"""Hostile AMQP properties and headers published straight to the exchange of a real worker.
 
 The body fuzz (``tests/test_raw_fuzz.py``) sends plain properties; these
 messages carry header tables RabbitMQ accepts and forwards as they came, but
@@ -7,8 +7,9 @@ not write back (a double of 1e300 becomes an integer beyond 64 bits), or
 could write back only into a frame larger than the connection allows (a
 table near ``frame_max``, plus the dead-letter reason). Each one once
 stalled the queue for ever or killed the worker; now each gets its outcome
-and the request behind it is placed. SQLite only: the headers never reach
-the database.
+and the request behind it is placed. And a request whose body names no task
+id takes it from the ``message_id`` property (or is dead-lettered), never a
+new one at each delivery. SQLite only: none of this depends on the database.
 """
 
 from __future__ import annotations
@@ -177,3 +178,25 @@ def test_a_header_table_pika_cannot_read_becomes_a_marker_and_the_frame_is_read_
     props = pika.BasicProperties()
     props.decode(nan)
     assert props.message_id == "m" and HEADER_UNDECODABLE in props.headers["inner"]
+
+
+def test_a_request_without_task_id_is_one_task_whatever_its_deliveries(dep: Deployment) -> None:
+    """The worker made a new UUID at each delivery: a request that had to wait left a task
+    ``waiting`` for ever at each retry (three tasks for one message here), and a redelivery after
+    a crash between commit and ack was placed again. Its id is now its ``message_id``; without
+    one it is dead-lettered, saying why."""
+    body = json.dumps({"requested_cpu": 4000, "requested_memory": 1}).encode()  # fits nowhere
+    conn = pika.BlockingConnection(pika.URLParameters(dep.amqp_url))
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        for props in (pika.BasicProperties(message_id="named-by-property"), pika.BasicProperties()):
+            ch.basic_publish(dep.exchange, "request", body, properties=props, mandatory=True)
+    finally:
+        conn.close()
+    _publish(dep, [])
+    (letter,) = _settled(dep, [], ["named-by-property"], [body])
+    assert "task_id missing" in letter[HEADER_DEATH_REASON]
+    record: Any = dep.store.get_task("named-by-property")
+    assert record.reason == "insufficient_resources" and record.attempts == 3
+    assert set(dep.outbox_counts()) == {"named-by-property", "behind"}, "one task each, nothing else"
