@@ -200,3 +200,37 @@ def test_a_request_without_task_id_is_one_task_whatever_its_deliveries(dep: Depl
     record: Any = dep.store.get_task("named-by-property")
     assert record.reason == "insufficient_resources" and record.attempts == 3
     assert set(dep.outbox_counts()) == {"named-by-property", "behind"}, "one task each, nothing else"
+
+
+def _peak_rss_kib(pid: int) -> int:
+    """The process's peak resident size so far (``VmHWM``, kept by the kernel: not a sample)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from /proc")
+def test_a_burst_of_huge_bodies_is_dead_lettered_without_holding_them(dep: Deployment) -> None:
+    """RabbitMQ takes bodies up to 128 MiB. The worker held every delivered body whole until its
+    batch was settled (the burst here grew it by their total, 160 MiB; the chart's limit is 512
+    MiB). Now it keeps only their start; each is dead-lettered cut, with its size. (What pika
+    buffers during a blocking call is bounded by prefetch x the broker's max_message_size alone:
+    docs/resilience.md.)"""
+    count, size = 40, 4 * 1024 * 1024
+    before = _peak_rss_kib(dep.procs[0].pid)
+    body = b'{"task_id":"huge","pad":"' + b"a" * size + b'"}'
+    _publish(dep, [(body, {}) for _ in range(count)])
+    states = dep.wait_terminal(["behind"], timeout=60)
+    assert states["behind"] is TaskStatus.SCHEDULED
+    wait_until(lambda: dep.queue_depth(dep.topology.dead_queue) >= count, 60, "the dead letters")
+    letters = dep.drain(dep.topology.dead_queue)
+    assert len(letters) == count
+    for headers, cut in letters:
+        assert headers["x-original-size"] == len(body)
+        assert f"body of {len(body)} bytes exceeds" in headers[HEADER_DEATH_REASON]
+        assert body.startswith(cut) and len(cut) == 64 * 1024
+    assert dep.store.task_states(["huge"]) == {}, "nothing is stored of a body too large to read"
+    grown_mib = (_peak_rss_kib(dep.procs[0].pid) - before) / 1024
+    assert grown_mib < count * size / 2**20 / 2, f"peak memory grew {grown_mib:.0f} MiB"
+    assert dep.procs[0].poll() is None

@@ -24,6 +24,7 @@ from scheduler import safetext
 from scheduler.fleet import Allocation, FleetView
 from scheduler.message_headers import HEADER_ATTEMPT, HEADER_PUBLISHED_AT
 from scheduler.models import (
+    MAX_BODY_BYTES,
     BadMessage,
     Decision,
     MoveRequest,
@@ -56,6 +57,27 @@ class Incoming:
     received: float = 0.0
     message_id: str | None = None
     """The AMQP ``message_id`` property (the producer sets it to the task id)."""
+    original_size: int | None = None
+    """The body's size when it was cut at receipt (``body`` is then its start); None: ``body`` is whole."""
+
+    @property
+    def size(self) -> int:
+        """The size of the body as it was delivered."""
+        return len(self.body) if self.original_size is None else self.original_size
+
+
+def receive_body(body: bytes, keep: int) -> tuple[bytes, int | None]:
+    """What to keep of a delivered body: all of it, or its first ``keep`` bytes and its size.
+
+    Why: a body beyond :data:`~scheduler.models.MAX_BODY_BYTES` can only be
+    dead-lettered, and only its start is kept there; holding it whole while its
+    batch is planned, committed and settled held up to ``amqp.prefetch`` of them
+    at once (RabbitMQ takes bodies of 128 MiB): fifty bodies of 8 MiB took a
+    worker past its 512 MiB memory limit, and the next replica after it.
+    """
+    if len(body) <= keep:
+        return body, None
+    return body[:keep], len(body)
 
 
 @dataclass(frozen=True)
@@ -177,6 +199,10 @@ def decide_batch(
     """Where in the batch the first request of each task arrived."""
     moves: list[tuple[MoveRequest, Incoming]] = []
     for at, msg in enumerate(messages):
+        if msg.original_size is not None:
+            too_large = f"body of {msg.size} bytes exceeds {MAX_BODY_BYTES}"
+            plan.dead.append(DeadLetter(msg, f"{Reason.INVALID_REQUEST}: {too_large}"))
+            continue
         try:
             parsed = parse_message(msg.body)
         except BadMessage as bad:

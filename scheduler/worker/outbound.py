@@ -59,12 +59,12 @@ class Outbound:
         """``msg`` to ``<queue>.dead`` with ``x-death-reason`` (``kind`` names the cause in the log)."""
         body = msg.body
         extra: dict[str, Any] = {HEADER_DEATH_REASON: printable(reason, 1000)}
-        if len(body) > self.max_dead_body:
-            extra[HEADER_ORIGINAL_SIZE] = len(body)
+        if msg.size > self.max_dead_body:
+            extra[HEADER_ORIGINAL_SIZE] = msg.size
             body = body[: self.max_dead_body]
         props = self._properties(msg.headers, extra, None)
         self._publish(self.topology.dead_queue, body, props)
-        log.warning("dead-lettered", kind=kind, reason=printable(reason, 300), size=len(msg.body))
+        log.warning("dead-lettered", kind=kind, reason=printable(reason, 300), size=msg.size)
 
     def retry(self, retry: RetryLater) -> None:
         """A waiting request to ``<queue>.retry`` with its backoff as the per-message TTL.
