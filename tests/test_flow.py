@@ -20,6 +20,7 @@ from scheduler.models import Node, TaskStatus
 from scheduler.store import Release, Store
 from scheduler.store.engine import DatabaseUnavailable
 from scheduler.worker.flow import Flow, StopLeading
+from scheduler.worker.leadership_term import Term
 from scheduler.worker.memory_source import MemorySource
 from tests.test_http_support import EPOCH, LEADER, flow_for, settings_for
 
@@ -193,3 +194,50 @@ def test_a_request_without_task_id_takes_its_message_id_so_a_redelivery_is_not_p
     assert [d.kind for d in source.dead_letters] == ["invalid", "invalid"]
     assert all("task_id missing" in d.reason for d in source.dead_letters)
     assert source.unsettled == [] and len(_allocations_of(store, "by-id")) == 1
+
+
+def test_a_database_that_refuses_commits_for_long_does_not_wear_the_requests_out(
+    store: Store, sqlite_url: str
+) -> None:
+    """Each group the database refuses is handed back, and comes back redelivered. Those
+    redeliveries were counted against the messages: a database that refused writes for a minute or
+    two (read-only after a failover, a full disk, a revoked grant: found by revoking INSERT on
+    ``tasks`` from the worker's PostgreSQL role) dead-lettered every request at the head of the
+    queue as "delivered N times", never placed once the database was back."""
+    f, source = flow_for(store, settings_for(worker={"max_redeliveries": 2}))
+    try:
+
+        class Refusing:
+            def commit(self, items: Any, epoch: int) -> Any:
+                raise DatabaseUnavailable("permission denied for table tasks")
+
+        real, f.pipeline.store = f.pipeline.store, Refusing()
+        bodies = [_body("a"), _body("b")]
+        redelivered = False
+        for _ in range(5):  # more than max_redeliveries, each a term that ends with the database down
+            stop = _settle_delivered(f, source, bodies, redelivered=redelivered)
+            assert stop is not None and stop.database_down
+            assert source.dead_letters == []
+            f.begin(Term(EPOCH, store.load_fleet(), store.inventory_revision()), source)
+            redelivered = True
+        f.pipeline.store = real
+        assert _settle_delivered(f, source, bodies, redelivered=True) is None
+        assert source.dead_letters == []
+        assert store.task_states(["a", "b"]) == {"a": TaskStatus.SCHEDULED, "b": TaskStatus.SCHEDULED}
+        # A message requeued over and over for its own sake is still caught.
+        for _ in range(3):
+            f.receive(source.deliver(b"\xff", redelivered=True))
+        assert (f.flush() or f.drain()) is None
+        # Delivered 2, 3 and 4 times (max_redeliveries 2): the last two are worn out.
+        assert sorted(d.kind for d in source.dead_letters) == ["invalid", "redelivered", "redelivered"]
+    finally:
+        f.close()
+
+
+def _settle_delivered(
+    flow: Flow, source: MemorySource, bodies: list[bytes], *, redelivered: bool
+) -> StopLeading | None:
+    for body in bodies:
+        flow.receive(source.deliver(body, redelivered=redelivered))
+    stop = flow.flush()
+    return stop if stop is not None else flow.drain()
