@@ -241,3 +241,28 @@ def _settle_delivered(
         flow.receive(source.deliver(body, redelivered=redelivered))
     stop = flow.flush()
     return stop if stop is not None else flow.drain()
+
+
+def test_a_batch_that_breaks_the_commit_path_itself_still_wears_out(
+    store: Store, flow: tuple[Flow, MemorySource]
+) -> None:
+    """A failure the committer cannot put on the database (a bug, whatever the cause) is requeued
+    like an outage, but its redeliveries still count: a message that causes it is dead-lettered
+    after ``worker.max_redeliveries`` rather than requeued for ever."""
+    f, source = flow
+
+    class Broken:
+        def commit(self, items: Any, epoch: int) -> Any:
+            raise KeyboardInterrupt  # not an Exception: the pipeline does not catch it, the committer does
+
+    f.pipeline.store = Broken()
+    limit = f.settings.worker.max_redeliveries
+    redelivered = False
+    for _ in range(limit):  # deliveries 1..limit: requeued like an outage
+        stop = _settle_delivered(f, source, [_body("bug")], redelivered=redelivered)
+        assert stop is not None and stop.database_down
+        f.begin(Term(EPOCH, store.load_fleet(), store.inventory_revision()), source)
+        redelivered = True
+    assert source.dead_letters == []
+    assert _settle_delivered(f, source, [_body("bug")], redelivered=True) is None
+    assert [d.kind for d in source.dead_letters] == ["redelivered"]

@@ -376,8 +376,10 @@ class Flow:
             with self.state.fleet_lock:
                 plan.undo(fleet)
             # The database failed, not these messages (nor those buffered behind them, which the
-            # channel's closing hands back): their redeliveries must not wear them out.
-            self.redeliveries.forgive([*batch, *self._buffer])
+            # channel's closing hands back): their redeliveries must not wear them out. Unless the
+            # failure may be the batch's own doing (suspect): then its redeliveries count.
+            suspect = isinstance(outcome, DatabaseDown) and outcome.suspect
+            self.redeliveries.forgive([*([] if suspect else batch), *self._buffer])
             source.requeue(batch)
             self.state.group_retries += 1
             self.state.last_retry_error = error
