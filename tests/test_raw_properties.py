@@ -247,3 +247,19 @@ def test_the_session_keeps_only_the_start_of_a_body_too_large_to_read() -> None:
     cut, whole = got
     assert len(cut.body) == MAX_BODY_BYTES + 1 and huge.startswith(cut.body) and cut.size == len(huge)
     assert whole.body == small and whole.original_size is None and whole.message_id == "m2"
+
+
+def test_cc_headers_are_not_written_back_so_a_dead_letter_does_not_loop(dep: Deployment) -> None:
+    """``CC`` is RabbitMQ's sender-selected distribution: extra routing keys, at every publish. The
+    worker wrote it back with the dead letter (published to the default exchange), so ``CC:
+    [<queue>]`` sent the dead letter to the request queue too, to be dead-lettered again, for ever
+    (hundreds a second, flooding the bounded dead-letter queue)."""
+    loop = {"CC": [dep.queue], "BCC": [dep.queue]}
+    _publish(dep, [(b"not json, cc", loop), (_request("cc-waits", cpu=4000), loop)])
+    (letter,) = _settled(dep, [], ["cc-waits"], [b"not json, cc"])
+    assert "CC" not in letter
+    # Whatever was going to come round again has had the time of a whole request to do it.
+    _publish(dep, [])
+    wait_until(lambda: dep.queue_depth(dep.queue) == 0, 30, "the request queue to empty")
+    assert dep.queue_depth(dep.topology.dead_queue) == 0
+    assert dep.log_of("worker-0").count('"dead-lettered"') == 1

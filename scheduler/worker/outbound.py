@@ -7,8 +7,9 @@ before anything of the batch is acknowledged. A dead letter carries
 ``x-death-reason`` (printable, bounded); a body beyond
 ``amqp.dead_letter_max_body`` is cut, with its size in ``x-original-size``.
 
-A message's own headers are written back with it when they can be, and
-dropped for ours alone when they cannot: a value pika decodes but cannot
+A message's own headers are written back with it (except ``CC`` and
+``BCC``, which RabbitMQ would route by: see :data:`ROUTING_HEADERS`) when
+they can be, and dropped for ours alone when they cannot: a value pika decodes but cannot
 encode (a header double of 1e300 arrives as an integer beyond 64 bits), or
 a table so large that ours added to it no longer fit in one frame (the
 broker then closes the whole connection). Either failed the publish on
@@ -37,6 +38,13 @@ from scheduler.safetext import printable
 from scheduler.worker.batch import Incoming, RetryLater
 
 log = structlog.get_logger(__name__)
+
+ROUTING_HEADERS = frozenset({"CC", "BCC"})
+"""RabbitMQ's sender-selected distribution: extra routing keys, applied at every publish. Written
+back with a dead letter (published to the default exchange), ``CC: [<queue>]`` sent it to the
+request queue as well, to be dead-lettered again, for ever: one message made hundreds of dead
+letters a second (evicting the real ones from the bounded dead-letter queue) and kept the worker
+busy for nothing. They are never written back."""
 
 HEADER_FRAME_OVERHEAD = 20
 """Bytes of a content-header frame besides the properties: frame type, channel, size, class, weight,
@@ -91,7 +99,8 @@ class Outbound:
     ) -> pika.BasicProperties:
         """Properties with the message's headers and ours (ours win), or ours alone when those cannot
         be written (see the module docstring)."""
-        props = message_properties(message_id or "", headers={**headers, **ours}, expiration_ms=expiration_ms)
+        kept = {k: v for k, v in headers.items() if k not in ROUTING_HEADERS}
+        props = message_properties(message_id or "", headers={**kept, **ours}, expiration_ms=expiration_ms)
         if not self._writable(props):
             log.warning(
                 "a message's headers cannot be written back; keeping the service's own",
