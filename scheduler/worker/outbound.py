@@ -9,10 +9,10 @@ before anything of the batch is acknowledged. A dead letter carries
 
 A message's own headers are written back with it (except ``CC`` and
 ``BCC``, which RabbitMQ would route by: see :data:`ROUTING_HEADERS`) when
-they can be, and dropped for ours alone when they cannot: a value pika decodes but cannot
-encode (a header double of 1e300 arrives as an integer beyond 64 bits), or
-a table so large that ours added to it no longer fit in one frame (the
-broker then closes the whole connection). Either failed the publish on
+they can be, and dropped for ours alone when they cannot: a value pika
+decodes but cannot encode (a header double of 1e300 arrives as an integer
+beyond 64 bits), or a table so large that ours added to it no longer fit in
+one frame (the broker then closes the whole connection). Either failed the publish on
 every redelivery of the message: the first killed the worker, the second
 made it reconnect for ever, and the queue stalled behind it.
 """
