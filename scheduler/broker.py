@@ -6,7 +6,13 @@ Topology (declared idempotently by both sides at start):
 * ``amqp.queue``: durable, ``x-single-active-consumer`` so the broker itself
   never feeds two consumers at once, classic or quorum; bound with the
   routing keys ``request`` and ``release`` so a release is ordered after the
-  request it releases;
+  request it releases; a message that expires there (a producer may set a
+  per-message ``expiration``) is dead-lettered to ``<queue>.dead`` by the
+  broker (``x-first-death-reason: expired``) instead of vanishing after its
+  publish was confirmed. Declared on a channel of its own like the
+  dead-letter queue: a queue declared before keeps its arguments (a
+  warning says so; apply ``dead-letter-exchange`` and
+  ``dead-letter-routing-key`` with a policy);
 * ``<queue>.retry``: requests waiting for room sit here with a per-message
   TTL (the backoff); when it expires RabbitMQ dead-letters them back to the
   exchange with routing key ``request``;
@@ -90,10 +96,11 @@ class Topology:
         """Everything :meth:`declare` declares, in order, as data (the asynchronous publisher declares
         the same list on its own connection).
 
-        The dead-letter queue is declared on a channel of its own
-        (``own_channel``): a queue that already exists with other arguments
-        makes the broker close the declaring channel (406
-        PRECONDITION_FAILED), and the existing queue is then kept as it is.
+        The request and dead-letter queues are declared on a channel of their
+        own (``own_channel``): a queue that already exists with other
+        arguments (declared by a version before these arguments) makes the
+        broker close the declaring channel (406 PRECONDITION_FAILED), and the
+        existing queue is then kept as it is.
         """
         durable_type = {"x-queue-type": self.queue_type}
         retry = {
@@ -112,9 +119,15 @@ class Topology:
             "x-message-ttl": HEARTBEAT_TTL_MS,
             "x-max-length": HEARTBEAT_MAX_LENGTH,
         }
+        requests = {
+            **durable_type,
+            "x-single-active-consumer": True,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.dead_queue,
+        }
         return [
             Declaration("exchange", self.exchange),
-            Declaration("queue", self.queue, {**durable_type, "x-single-active-consumer": True}),
+            Declaration("queue", self.queue, requests, own_channel=True),
             Declaration("bind", self.queue, routing_key=ROUTE_REQUEST),
             Declaration("bind", self.queue, routing_key=ROUTE_RELEASE),
             Declaration("queue", self.retry_queue, retry),
@@ -167,7 +180,7 @@ class Declaration:
         import structlog
 
         structlog.get_logger(__name__).warning(
-            "dead-letter queue exists with other arguments; keeping them",
+            "queue exists with other arguments; keeping them",
             queue=self.name,
             wanted=self.arguments,
             error=error,

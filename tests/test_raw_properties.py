@@ -263,3 +263,28 @@ def test_cc_headers_are_not_written_back_so_a_dead_letter_does_not_loop(dep: Dep
     wait_until(lambda: dep.queue_depth(dep.queue) == 0, 30, "the request queue to empty")
     assert dep.queue_depth(dep.topology.dead_queue) == 0
     assert dep.log_of("worker-0").count('"dead-lettered"') == 1
+
+
+def test_a_request_that_expires_in_the_queue_is_dead_lettered_not_lost(
+    sqlite_url: str, amqp_url: str, amqp_names: dict[str, str], tmp_path: Path
+) -> None:
+    """A producer may set a per-message ``expiration``. Published while no worker consumed, such
+    a request was confirmed, then vanished: no task, no dead letter, nothing in any log. The
+    request queue now dead-letters what expires in it to ``<queue>.dead``."""
+    d = Deployment(sqlite_url, amqp_url, amqp_names["exchange"], amqp_names["queue"], tmp_path)
+    try:
+        d.declare()
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        try:
+            ch = conn.channel()
+            ch.confirm_delivery()
+            props = pika.BasicProperties(expiration="1", delivery_mode=2)
+            ch.basic_publish(d.exchange, "request", _request("expires"), properties=props, mandatory=True)
+        finally:
+            conn.close()
+        wait_until(lambda: d.queue_depth(d.topology.dead_queue) == 1, 30, "the expired request's dead letter")
+        ((headers, body),) = d.drain(d.topology.dead_queue)
+        assert body == _request("expires") and headers["x-first-death-reason"] == "expired"
+        assert d.queue_depth(d.queue) == 0
+    finally:
+        d.close()
