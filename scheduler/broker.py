@@ -6,7 +6,13 @@ Topology (declared idempotently by both sides at start):
 * ``amqp.queue``: durable, ``x-single-active-consumer`` so the broker itself
   never feeds two consumers at once, classic or quorum; bound with the
   routing keys ``request`` and ``release`` so a release is ordered after the
-  request it releases;
+  request it releases; a message that expires there (a producer may set a
+  per-message ``expiration``) is dead-lettered to ``<queue>.dead`` by the
+  broker (``x-first-death-reason: expired``) instead of vanishing after its
+  publish was confirmed. Declared on a channel of its own like the
+  dead-letter queue: a queue declared before keeps its arguments (a
+  warning says so; apply ``dead-letter-exchange`` and
+  ``dead-letter-routing-key`` with a policy);
 * ``<queue>.retry``: requests waiting for room sit here with a per-message
   TTL (the backoff); when it expires RabbitMQ dead-letters them back to the
   exchange with routing key ``request``;
@@ -25,12 +31,15 @@ Topology (declared idempotently by both sides at start):
 from __future__ import annotations
 
 import ssl
+import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pika
+import pika.data
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.adapters.utils.connection_workflow import AMQPConnectorException, AMQPConnectorStackTimeout
 
@@ -41,7 +50,8 @@ from scheduler.message_headers import HEADER_ATTEMPT as HEADER_ATTEMPT
 from scheduler.message_headers import HEADER_DEATH_REASON as HEADER_DEATH_REASON
 from scheduler.message_headers import HEADER_DELIVERY_COUNT as HEADER_DELIVERY_COUNT
 from scheduler.message_headers import HEADER_ORIGINAL_SIZE as HEADER_ORIGINAL_SIZE
-from scheduler.message_headers import HEADER_PUBLISHED_AT, HEADER_SCHEMA
+from scheduler.message_headers import HEADER_PUBLISHED_AT as HEADER_PUBLISHED_AT
+from scheduler.message_headers import HEADER_SCHEMA
 from scheduler.models import SCHEMA_VERSION
 
 ROUTE_REQUEST = "request"
@@ -87,10 +97,11 @@ class Topology:
         """Everything :meth:`declare` declares, in order, as data (the asynchronous publisher declares
         the same list on its own connection).
 
-        The dead-letter queue is declared on a channel of its own
-        (``own_channel``): a queue that already exists with other arguments
-        makes the broker close the declaring channel (406
-        PRECONDITION_FAILED), and the existing queue is then kept as it is.
+        The request and dead-letter queues are declared on a channel of their
+        own (``own_channel``): a queue that already exists with other
+        arguments (declared by a version before these arguments) makes the
+        broker close the declaring channel (406 PRECONDITION_FAILED), and the
+        existing queue is then kept as it is.
         """
         durable_type = {"x-queue-type": self.queue_type}
         retry = {
@@ -109,9 +120,15 @@ class Topology:
             "x-message-ttl": HEARTBEAT_TTL_MS,
             "x-max-length": HEARTBEAT_MAX_LENGTH,
         }
+        requests = {
+            **durable_type,
+            "x-single-active-consumer": True,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.dead_queue,
+        }
         return [
             Declaration("exchange", self.exchange),
-            Declaration("queue", self.queue, {**durable_type, "x-single-active-consumer": True}),
+            Declaration("queue", self.queue, requests, own_channel=True),
             Declaration("bind", self.queue, routing_key=ROUTE_REQUEST),
             Declaration("bind", self.queue, routing_key=ROUTE_RELEASE),
             Declaration("queue", self.retry_queue, retry),
@@ -164,7 +181,7 @@ class Declaration:
         import structlog
 
         structlog.get_logger(__name__).warning(
-            "dead-letter queue exists with other arguments; keeping them",
+            "queue exists with other arguments; keeping them",
             queue=self.name,
             wanted=self.arguments,
             error=error,
@@ -225,6 +242,73 @@ def describe_amqp_error(exc: BaseException) -> str:
         inner = exc.args[0]
         text = str(inner) if not isinstance(inner, (list, tuple)) else "; ".join(str(x) for x in inner)
     return text or type(exc).__name__
+
+
+HEADER_UNDECODABLE = "x-undecodable-table"
+"""Stands in for a header table pika could not read (the value says why); see
+:func:`tolerate_hostile_headers`."""
+
+_pika_decode_value = pika.data.decode_value
+_pika_decode_table = pika.data.decode_table
+
+
+def _decode_value(encoded: bytes, offset: int) -> tuple[Any, int]:
+    """pika's ``decode_value``, except that a timestamp Python cannot hold stays its integer.
+
+    RabbitMQ accepts any 64-bit timestamp in a header table; pika turns it
+    into a ``datetime``, which raises (OverflowError, ValueError, OSError)
+    for anything after the year 9999. An integer is written back as one.
+    """
+    if encoded[offset : offset + 1] == b"T":
+        (seconds,) = struct.unpack_from(">Q", encoded, offset + 1)
+        try:
+            return datetime.fromtimestamp(seconds, UTC), offset + 9
+        except (OverflowError, ValueError, OSError):
+            return int(seconds), offset + 9
+    decoded: tuple[Any, int] = _pika_decode_value(encoded, offset)
+    return decoded
+
+
+def _decode_table(encoded: bytes, offset: int) -> tuple[dict[Any, Any], int]:
+    """pika's ``decode_table``; a table it cannot read becomes ``{x-undecodable-table: why}``.
+
+    The table's length comes first in the frame, so whatever is inside, the
+    frame is read on past it: only that table (nested or the whole headers)
+    is lost, never the message or the connection.
+    """
+    try:
+        result: tuple[dict[Any, Any], int] = _pika_decode_table(encoded, offset)
+        return result
+    except Exception as exc:  # any field pika cannot read: the table's length still says where it ends
+        (size,) = struct.unpack_from(">I", encoded, offset)
+        why = f"{type(exc).__name__}: {exc}"[:200]
+        return {HEADER_UNDECODABLE: why}, offset + 4 + size
+
+
+def tolerate_hostile_headers() -> None:
+    """Make pika read every header table the broker lets through, whatever a producer put in it.
+
+    Why: pika decodes a delivery's properties while reading frames, inside
+    the connection's I/O, before any of our code sees the message. A field
+    it cannot read (a header timestamp after the year 9999, which RabbitMQ
+    forwards as it came) made it abort the whole connection; the broker then
+    redelivered the message to the next consumer, which aborted in turn: one
+    published message stalled the queue for ever, and no redelivery count
+    could catch it (the message never reached the worker). pika has no hook
+    for this, so its two module functions are replaced (idempotently): a
+    timestamp out of range stays an integer, and a table that still cannot be
+    read becomes ``{"x-undecodable-table": why}``, with the frame read on past
+    it by its length. Called by the worker at start.
+    """
+    pika.data.decode_value = _decode_value
+    pika.data.decode_table = _decode_table
+
+
+def negotiated_frame_max(conn: pika.BlockingConnection) -> int:
+    """The largest frame ``conn`` may send (negotiated at connection tune; pika keeps it on its
+    connection's parameters, with no public accessor); pika's default when it cannot be read."""
+    value = getattr(getattr(getattr(conn, "_impl", None), "params", None), "frame_max", None)
+    return value if isinstance(value, int) and value > 0 else int(pika.ConnectionParameters.DEFAULT_FRAME_MAX)
 
 
 def message_properties(

@@ -201,3 +201,21 @@ def test_callback_url_must_be_allowed() -> None:
         allow=["https://hooks.example.com/*"],
     )
     assert isinstance(ok.items[0], Placement)
+
+
+def test_a_body_cut_at_receipt_is_dead_lettered_with_its_whole_size() -> None:
+    """The session keeps only the start of a body too large to read (memory); its size goes on."""
+    from scheduler.models import MAX_BODY_BYTES
+    from scheduler.worker.batch import receive_body
+
+    whole = b'{"task_id":"x","pad":"' + b"a" * (2 * MAX_BODY_BYTES) + b'"}'
+    kept, size = receive_body(whole, MAX_BODY_BYTES + 1)
+    assert kept == whole[: MAX_BODY_BYTES + 1] and size == len(whole)
+    assert receive_body(b"{}", MAX_BODY_BYTES + 1) == (b"{}", None)
+    msg = Incoming(1, kept, {}, original_size=size)
+    assert msg.size == len(whole)
+    plan = _plan([msg], _fleet())
+    assert [d.reason for d in plan.dead] == [
+        f"invalid_request: body of {len(whole)} bytes exceeds {MAX_BODY_BYTES}"
+    ]
+    assert plan.items == []

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -587,5 +588,78 @@ def test_credentials_revoked_for_seconds_then_restored(
         _settle(dep, ids)
         assert proc.poll() is None
         assert password not in dep.log_of("w0")
+    finally:
+        dep.close()
+
+
+# ------------------------------------------------------- a database that refuses writes
+@pytest.fixture
+def restricted_pg(postgres_base_url: str) -> Iterator[tuple[str, Any, str]]:
+    """A schema and a PostgreSQL role of their own (the role owns the tables it creates), and an
+    admin engine to revoke and grant the role's rights while a worker runs, and the role's
+    ``tasks`` table (schema-qualified, quoted) and role name, ready for REVOKE/GRANT."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    from tests.conftest import pg_schema_url
+
+    suffix = uuid.uuid4().hex[:10]
+    schema, role = f"rv_{suffix}", f"rv_role_{suffix}"
+    admin = create_engine(
+        postgres_base_url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        conn.execute(text(f'CREATE SCHEMA "{schema}" AUTHORIZATION "{role}"'))
+    parts = urlsplit(postgres_base_url)
+    url = postgres_base_url.replace(f"//{parts.netloc}", f"//{role}@{parts.hostname}:{parts.port or 5432}", 1)
+    try:
+        yield pg_schema_url(url, schema), admin, f'"{schema}".tasks FROM "{role}"'
+
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            conn.execute(text(f'DROP OWNED BY "{role}"'))
+            conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+        admin.dispose()
+
+
+def test_requests_outlive_a_database_that_refuses_writes_for_many_group_retries(
+    restricted_pg: tuple[str, Any, str], amqp_url: str, amqp_names: dict[str, str], tmp_path: Path
+) -> None:
+    """INSERT on ``tasks`` revoked from the worker's role mid-run: every group is refused and handed
+    back. Those redeliveries counted against the messages, so after ``worker.max_redeliveries``
+    refusals (3 here; 20 by default, a minute or two) every request was dead-lettered as "delivered
+    N times" and never placed once the grant was back. Now they wait, /readyz says why, and all
+    are placed when the database takes writes again."""
+    import httpx
+    from sqlalchemy import text
+
+    url, admin, tasks_from_role = restricted_pg
+    dep = Deployment(
+        url, amqp_url, amqp_names["exchange"], amqp_names["queue"], tmp_path, http=True,
+        extra_env={"SCHEDULER_WORKER__MAX_REDELIVERIES": "3"},
+    )  # fmt: skip
+    try:
+        dep.store.import_nodes(make_nodes(3))
+        dep.start_worker()
+        dep.wait_leading("worker-0")
+        with admin.connect() as conn:
+            conn.execute(text(f"REVOKE INSERT ON {tasks_from_role}"))
+        ids = dep.publish(Outgoing.request(r) for r in make_requests(5, prefix="held"))
+        log = lambda: dep.log_of("worker-0")  # noqa: E731
+        dead = lambda: dep.queue_depth(dep.topology.dead_queue)  # noqa: E731
+        wait_until(lambda: log().count("database error; group requeued") > 6 or dead(), 120, "refused groups")
+        assert dead() == 0, "requests dead-lettered for the database's refusals"
+        ready = httpx.get(dep.http_url("worker-0") + "/readyz", timeout=10)
+        assert ready.status_code == 503 and "permission denied for table tasks" in ready.text
+        with admin.connect() as conn:
+            conn.execute(text(f"GRANT INSERT ON {tasks_from_role.replace(' FROM ', ' TO ')}"))
+        states = dep.wait_terminal(ids, timeout=120)
+        assert all(s is TaskStatus.SCHEDULED for s in states.values())
+        assert dep.queue_depth(dep.topology.dead_queue) == 0
+        dep.check_invariants()
+        assert dep.procs[0].poll() is None
     finally:
         dep.close()

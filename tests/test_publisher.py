@@ -128,6 +128,22 @@ def test_publish_keeps_a_dead_letter_queue_declared_with_other_arguments(
     assert _drain(amqp_url, topology.queue) == [("k-1", b"{}")]
 
 
+def test_a_request_queue_declared_by_an_earlier_version_is_kept(amqp_url: str, topology: Topology) -> None:
+    """Before the request queue dead-lettered what expires in it, it was declared without
+    ``x-dead-letter-*``; redeclaring it with them is a 406. The producer and the worker keep it as
+    it is (a warning says so), and go on."""
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        old = {"x-queue-type": "classic", "x-single-active-consumer": True}
+        conn.channel().queue_declare(topology.queue, durable=True, arguments=old)
+        topology.declare(conn.channel())  # the worker's way
+    finally:
+        conn.close()
+    report = Publisher(amqp_url, topology).publish([Outgoing("o-1", ROUTE_REQUEST, b"{}")], declare=True)
+    assert report.ok, report.failed
+    assert _drain(amqp_url, topology.queue) == [("o-1", b"{}")]
+
+
 def test_publish_reports_a_topology_the_broker_refuses(amqp_url: str, topology: Topology) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     conn.channel().exchange_declare(topology.exchange, "fanout", durable=True)  # another type: 406

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from scheduler.models import BadMessage, ReleaseRequest, TaskStatus, parse_message
+from scheduler.models import BadMessage, ReleaseRequest, SchedulingRequest, TaskStatus, parse_message
 from scheduler.producer.publisher import Outgoing
 from tests.harness import TERMINAL, Deployment, make_nodes, make_requests, wait_until
 
@@ -94,6 +94,8 @@ def _expected(body: bytes) -> tuple[str | None, bool]:
         sys.setrecursionlimit(limit)
     if isinstance(parsed, ReleaseRequest):
         return parsed.release, False  # a release of a task not arrived: a cancel, ends released
+    if isinstance(parsed, SchedulingRequest) and "task_id" not in parsed.model_fields_set:
+        return None, True  # no id in the body and none as message_id: dead-lettered
     return parsed.task_id, False
 
 

@@ -56,6 +56,22 @@ def test_quorum_queues_use_the_brokers_count() -> None:
     assert counter.deliveries(b"a", {HEADER_DELIVERY_COUNT: 4}, redelivered=True) == 5
 
 
+def test_a_redelivery_the_worker_caused_itself_is_not_counted() -> None:
+    """Handed back because the database failed: the next redelivery is forgiven, on either queue type."""
+    from scheduler.worker.batch import Incoming
+
+    classic = RedeliveryCounter(broker_counts=False)
+    assert classic.deliveries(b"a", {}, redelivered=False) == 1
+    classic.forgive([Incoming(1, b"a", {})])
+    assert classic.deliveries(b"a", {}, redelivered=True) == 1
+    assert classic.deliveries(b"a", {}, redelivered=True) == 2  # not forgiven: counted
+    quorum = RedeliveryCounter(broker_counts=True)
+    for _ in range(3):
+        quorum.forgive([Incoming(1, b"q", {})])
+    assert quorum.deliveries(b"q", {HEADER_DELIVERY_COUNT: 3}, redelivered=True) == 1
+    assert quorum.deliveries(b"q", {HEADER_DELIVERY_COUNT: 5}, redelivered=True) == 3
+
+
 def test_the_count_is_bounded_in_memory() -> None:
     counter = RedeliveryCounter(broker_counts=False, capacity=2)
     for body in (b"1", b"2", b"3"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import functools
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from scheduler import safetext
 from scheduler.fleet import Allocation, FleetView
 from scheduler.message_headers import HEADER_ATTEMPT, HEADER_PUBLISHED_AT
 from scheduler.models import (
+    MAX_BODY_BYTES,
     BadMessage,
     Decision,
     MoveRequest,
@@ -37,6 +39,11 @@ from scheduler.strategies import Placer
 
 RETRYABLE = frozenset({Reason.INSUFFICIENT_RESOURCES, Reason.NO_ONLINE_NODES})
 MAX_STORED_BODY = 4096
+TASK_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MISSING_TASK_ID = (
+    "invalid_request: task_id missing, and no valid message_id to take it from "
+    "(a producer gives every request its id, so that a redelivery is never placed twice)"
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,29 @@ class Incoming:
     headers: dict[str, Any]
     redelivered: bool = False
     received: float = 0.0
+    message_id: str | None = None
+    """The AMQP ``message_id`` property (the producer sets it to the task id)."""
+    original_size: int | None = None
+    """The body's size when it was cut at receipt (``body`` is then its start); None: ``body`` is whole."""
+
+    @property
+    def size(self) -> int:
+        """The size of the body as it was delivered."""
+        return len(self.body) if self.original_size is None else self.original_size
+
+
+def receive_body(body: bytes, keep: int) -> tuple[bytes, int | None]:
+    """What to keep of a delivered body: all of it, or its first ``keep`` bytes and its size.
+
+    Why: a body beyond :data:`~scheduler.models.MAX_BODY_BYTES` can only be
+    dead-lettered, and only its start is kept there; holding it whole while its
+    batch is planned, committed and settled held up to ``amqp.prefetch`` of them
+    at once (RabbitMQ takes bodies of 128 MiB): fifty bodies of 8 MiB took a
+    worker past its 512 MiB memory limit, and the next replica after it.
+    """
+    if len(body) <= keep:
+        return body, None
+    return body[:keep], len(body)
 
 
 @dataclass(frozen=True)
@@ -163,10 +193,16 @@ def decide_batch(
     cannot move (``task t is not scheduled (released)``).
     """
     plan = BatchPlan()
-    releases: list[tuple[ReleaseRequest, Incoming]] = []
+    releases: list[tuple[ReleaseRequest, Incoming, int]] = []
     requests: list[tuple[SchedulingRequest, Incoming]] = []
+    first_request: dict[str, int] = {}
+    """Where in the batch the first request of each task arrived."""
     moves: list[tuple[MoveRequest, Incoming]] = []
-    for msg in messages:
+    for at, msg in enumerate(messages):
+        if msg.original_size is not None:
+            too_large = f"body of {msg.size} bytes exceeds {MAX_BODY_BYTES}"
+            plan.dead.append(DeadLetter(msg, f"{Reason.INVALID_REQUEST}: {too_large}"))
+            continue
         try:
             parsed = parse_message(msg.body)
         except BadMessage as bad:
@@ -186,20 +222,35 @@ def decide_batch(
                     msg,
                 )
             continue
+        if isinstance(parsed, SchedulingRequest) and "task_id" not in parsed.model_fields_set:
+            named = _task_id_of(msg)
+            if named is None:
+                plan.dead.append(DeadLetter(msg, MISSING_TASK_ID))
+                continue
+            parsed = parsed.model_copy(update={"task_id": named})
         if isinstance(parsed, ReleaseRequest):
-            releases.append((parsed, msg))
+            releases.append((parsed, msg, at))
         elif isinstance(parsed, MoveRequest):
             moves.append((parsed, msg))
         else:
             requests.append((parsed, msg))
+            first_request.setdefault(parsed.task_id, at)
 
-    requested_here = {req.task_id for req, _ in requests}
-    for rel, msg in releases:
-        if rel.release in requested_here:
-            # Its request is in this very batch and not committed yet: releasing
+    requested_here = set(first_request)
+    released_first: set[str] = set()
+    """Tasks released in this batch before any request of theirs arrived in it."""
+    for rel, msg, at in releases:
+        request_at = first_request.get(rel.release)
+        if request_at is not None and request_at < at:
+            # Its request came first in this very batch and is not committed yet: releasing
             # now would be ignored. Hand it back to the queue for the next batch.
             plan.deferred.append(msg)
             continue
+        if request_at is not None:
+            # The release came first: a cancel (or the end of a placed task), so the request
+            # behind it must never be placed. Its items come after the release's; the store
+            # then finds them duplicates of the cancel (or a conflict, for another body).
+            released_first.add(rel.release)
         alloc = fleet.release(rel.release)
         if alloc is not None:
             plan._undo.append(_restore(fleet, alloc))
@@ -209,7 +260,7 @@ def decide_batch(
     seen: dict[str, SchedulingRequest] = {}
     # Higher priority first; the sort is stable, so arrival order breaks ties.
     for req, msg in sorted(requests, key=lambda pair: -pair[0].priority):
-        if req.task_id in seen or fleet.allocation(req.task_id) is not None:
+        if req.task_id in seen or req.task_id in released_first or fleet.allocation(req.task_id) is not None:
             body = req.model_dump_json()
             first = seen.get(req.task_id)
             if first is not None and first.model_dump_json() == body:
@@ -300,7 +351,7 @@ def decide_batch(
                 ),
                 msg,
             )
-    touched = requested_here | {rel.release for rel, _ in releases}
+    touched = requested_here | {rel.release for rel, _, _ in releases}
     for move, msg in moves:
         _plan_move(plan, fleet, placer, move, msg, (to_move or {}).get(move.move), touched, now)
     return plan
@@ -346,6 +397,19 @@ def _plan_move(
         ),
         msg,
     )
+
+
+def _task_id_of(msg: Incoming) -> str | None:
+    """The task id of a request whose body names none: its ``message_id``, when that is a valid one.
+
+    Why not a fresh UUID (the model's default, right for the producer): the
+    worker would make a new one at each delivery of the same message, so a
+    redelivery after a crash between commit and ack placed the request a
+    second time, and every retry through ``<queue>.retry`` left the task of
+    the attempt before ``waiting`` for ever under an id nobody knew.
+    """
+    mid = msg.message_id
+    return mid if mid is not None and TASK_ID_RE.fullmatch(mid) else None
 
 
 def _restore(fleet: FleetView, alloc: Allocation) -> Callable[[], None]:

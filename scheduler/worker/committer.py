@@ -56,7 +56,9 @@ class Committer:
             try:
                 job.outcome = self._pipeline.commit(job.plan.items, job.epoch)
             except BaseException as exc:  # a bug, not a data or database problem: requeue and say so
-                job.outcome = DatabaseDown(f"unexpected {type(exc).__name__}: {printable(str(exc), 300)}")
+                job.outcome = DatabaseDown(
+                    f"unexpected {type(exc).__name__}: {printable(str(exc), 300)}", suspect=True
+                )
             finally:
                 job.done.set()
 

@@ -241,9 +241,13 @@ class Flow:
         handed = batch + [m for m, _ in worn]
         to_move = self._move_subjects(batch)
         if isinstance(to_move, StopLeading):
+            if to_move.database_down:
+                self.redeliveries.forgive(handed)
             return to_move
         if to_move is None or self.fleet is not fleet:
-            source.requeue(handed)  # no answer from the database, or the fleet was reloaded meanwhile
+            # No answer from the database, or the fleet was reloaded meanwhile: not the messages' fault.
+            self.redeliveries.forgive(handed)
+            source.requeue(handed)
             return None
         with self.state.fleet_lock:  # the HTTP thread may be walking the fleet
             plan = decide_batch(
@@ -259,9 +263,12 @@ class Flow:
         while len(self._inflight) >= MAX_IN_FLIGHT:
             stop = self._complete()
             if stop is not None:
+                if stop.database_down:
+                    self.redeliveries.forgive(handed)
                 return stop  # the channel closes: the batch goes back to the queue with it
             if self.fleet is not fleet:
                 # This plan was made on a fleet that no longer stands: hand the batch back.
+                self.redeliveries.forgive(handed)
                 source.requeue(handed)
                 return None
         for msg, why in worn:
@@ -368,6 +375,11 @@ class Flow:
             error = outcome.error if isinstance(outcome, DatabaseDown) else "no outcome"
             with self.state.fleet_lock:
                 plan.undo(fleet)
+            # The database failed, not these messages (nor those buffered behind them, which the
+            # channel's closing hands back): their redeliveries must not wear them out. Unless the
+            # failure may be the batch's own doing (suspect): then its redeliveries count.
+            suspect = isinstance(outcome, DatabaseDown) and outcome.suspect
+            self.redeliveries.forgive([*([] if suspect else batch), *self._buffer])
             source.requeue(batch)
             self.state.group_retries += 1
             self.state.last_retry_error = error
@@ -406,6 +418,7 @@ class Flow:
             if retry.request.task_id not in duplicates:
                 source.retry(retry)
         deferred = {msg.delivery_tag for msg in plan.deferred}
+        self.redeliveries.forgive(plan.deferred)  # handed back for the next batch: not their fault
         for tag in sorted(deferred):
             source.nack_requeue(tag)
         ack_tag = max((m.delivery_tag for m in batch if m.delivery_tag not in deferred), default=None)

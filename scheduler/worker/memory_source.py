@@ -50,9 +50,10 @@ class MemorySource:
         *,
         redelivered: bool = False,
         at: float = 0.0,
+        message_id: str | None = None,
     ) -> Incoming:
         """A new delivery of ``body`` (its tag is the next number), received at time ``at``."""
-        msg = Incoming(len(self.delivered) + 1, body, dict(headers or {}), redelivered, at)
+        msg = Incoming(len(self.delivered) + 1, body, dict(headers or {}), redelivered, at, message_id)
         self.delivered.append(msg)
         self._unsettled[msg.delivery_tag] = msg
         return msg

@@ -78,6 +78,10 @@ class Fenced:
 @dataclass(frozen=True)
 class DatabaseDown:
     error: str
+    suspect: bool = False
+    """Not shown to be the database's doing (a bug in the commit path, or an isolation that gave up):
+    the batch's redeliveries still count against its messages, so one that causes it is
+    dead-lettered after ``worker.max_redeliveries`` instead of requeued for ever."""
 
 
 Outcome = Committed | Fenced | DatabaseDown
@@ -134,7 +138,8 @@ class CommitPipeline:
             lo, hi, failed = work.pop()
             if failed is None:
                 if commits > self.max_commits:
-                    return DatabaseDown("too many failing commits while isolating a bad message")
+                    gave_up = "too many failing commits while isolating a bad message"
+                    return DatabaseDown(gave_up, suspect=True)
                 commits += 1
                 try:
                     result = result.merged(self.store.commit(items[lo:hi], epoch))

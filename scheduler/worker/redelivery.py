@@ -10,6 +10,14 @@ over while this replica leads, not one that crashes replica after replica
 (use a quorum queue for that). Why a digest and not a message id: a raw
 hostile message may carry no id, or a reused one.
 
+A message the worker hands back itself because the database failed (the
+group of a commit refused for want of a database, the messages buffered
+behind it) is *forgiven* that redelivery: the outage is not the message's
+fault. Counting it made a database that refused writes for a minute or two
+(a failover's read-only primary, a full disk, a revoked grant) dead-letter
+every request waiting at the head of the queue as "delivered 21 times",
+never to be placed once the database was back.
+
 Pure: no I/O.
 """
 
@@ -29,21 +37,38 @@ class RedeliveryCounter:
     def __init__(self, *, broker_counts: bool, capacity: int = 100_000) -> None:
         """``broker_counts``: the queue is a quorum queue, so ``x-delivery-count`` is the broker's own."""
         self._seen: OrderedDict[bytes, int] = OrderedDict()
+        self._forgiven: OrderedDict[bytes, int] = OrderedDict()
+        """Redeliveries not to count, by digest (subtracted from the broker's count on quorum queues)."""
         self._capacity = capacity
         self._broker_counts = broker_counts
 
     def deliveries(self, body: bytes, headers: dict[str, Any], redelivered: bool) -> int:
         count = headers.get(HEADER_DELIVERY_COUNT) if self._broker_counts else None
         if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
-            return count + 1  # the broker's count of earlier deliveries
+            # The broker's count of earlier deliveries, less those the worker caused itself.
+            forgiven = self._forgiven.get(_digest(body), 0) if self._forgiven else 0
+            return max(1, count + 1 - forgiven)
         if not redelivered:
             return 1
-        key = hashlib.blake2b(body, digest_size=16).digest()
+        key = _digest(body)
         seen = self._seen.pop(key, 1) + 1
-        self._seen[key] = seen
-        if len(self._seen) > self._capacity:
-            self._seen.popitem(last=False)
+        self._remember(self._seen, key, seen)
         return seen
+
+    def forgive(self, messages: list[Incoming]) -> None:
+        """Do not count the next redelivery of ``messages``: the worker hands them back itself, for a
+        reason that is not theirs (the database failed)."""
+        for msg in messages:
+            key = _digest(msg.body)
+            if self._broker_counts:
+                self._remember(self._forgiven, key, self._forgiven.pop(key, 0) + 1)
+            else:
+                self._remember(self._seen, key, self._seen.pop(key, 1) - 1)
+
+    def _remember(self, table: OrderedDict[bytes, int], key: bytes, value: int) -> None:
+        table[key] = value
+        if len(table) > self._capacity:
+            table.popitem(last=False)
 
     def split_worn_out(
         self, batch: list[Incoming], limit: int
@@ -58,6 +83,10 @@ class RedeliveryCounter:
             else:
                 keep.append(msg)
         return keep, worn
+
+
+def _digest(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=16).digest()
 
 
 __all__ = ["RedeliveryCounter"]

@@ -34,12 +34,13 @@ import pika
 import structlog
 from pika.adapters.blocking_connection import BlockingChannel
 
-from scheduler.broker import Topology, connect
+from scheduler.broker import Topology, connect, negotiated_frame_max, tolerate_hostile_headers
 from scheduler.config import Settings
 from scheduler.elector import LeaderElector
+from scheduler.models import MAX_BODY_BYTES
 from scheduler.safetext import printable
 from scheduler.worker.amqp_source import AmqpSource
-from scheduler.worker.batch import Incoming
+from scheduler.worker.batch import Incoming, receive_body
 from scheduler.worker.config_watcher import ConfigWatcher
 from scheduler.worker.consumer import AMQP_ERRORS, Consumer
 from scheduler.worker.flow import Flow, StopLeading
@@ -83,6 +84,9 @@ class Sessions:
         self.clock = clock
         self.jitter = jitter
         self.topology = Topology.from_config(settings.amqp)
+        tolerate_hostile_headers()  # before any delivery is read: see its docstring
+        self._keep_body = max(MAX_BODY_BYTES + 1, settings.amqp.dead_letter_max_body)
+        """How much of a delivered body is kept (:func:`~scheduler.worker.batch.receive_body`)."""
         self.consumer = Consumer(self.topology, settings.amqp.prefetch)
         self.stop_signal: str | None = None
         """The signal that asked us to stop, for the log (set by the signal handler)."""
@@ -197,7 +201,9 @@ class Sessions:
         fleet, epoch = term.fleet, term.epoch
         self._epoch = epoch
         channel = self.consumer.open(conn, self._on_request, self._on_heartbeat)
-        outbound = Outbound(publisher, self.topology, self.settings.amqp.dead_letter_max_body)
+        outbound = Outbound(
+            publisher, self.topology, self.settings.amqp.dead_letter_max_body, negotiated_frame_max(conn)
+        )
         self.flow.begin(term, AmqpSource(conn, self.consumer, channel, outbound))
         self.state.leader, self.state.epoch, self.state.fleet = True, epoch, fleet
         self.state.consuming, self.state.not_consuming_why = True, ""
@@ -240,8 +246,12 @@ class Sessions:
     # ------------------------------------------------------------ consuming
     def _on_request(self, ch: BlockingChannel, method: Any, props: pika.BasicProperties, body: bytes) -> None:
         headers = props.headers if isinstance(props.headers, dict) else {}
+        message_id = props.message_id if isinstance(props.message_id, str) else None
+        kept, size = receive_body(body, self._keep_body)
         self.flow.receive(
-            Incoming(method.delivery_tag, body, dict(headers), method.redelivered, self.clock())
+            Incoming(
+                method.delivery_tag, kept, dict(headers), method.redelivered, self.clock(), message_id, size
+            )
         )
 
     def _on_heartbeat(
