@@ -86,6 +86,27 @@ def test_db_upgrade_twice(run: Run, db_url: str) -> None:
     assert second.exit_code == 0 and "already at revision 0002" in second.output
 
 
+def test_a_schema_newer_than_the_code_is_one_line_that_does_not_say_upgrade(run: Run, db_url: str) -> None:
+    """After a rollback of the code the database is ahead of it: ``db upgrade``, ``nodes import`` and
+    ``nodes cordon`` were Alembic's ``Can't locate revision`` traceback, and the read commands said to
+    run ``scheduler db upgrade``, which cannot go back."""
+    from sqlalchemy import text
+
+    assert run("nodes", "import", str(EXAMPLE_FLEET)).exit_code == 0
+    with Store.from_url(db_url) as store, store.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    for args in (
+        ("db", "upgrade"),
+        ("nodes", "import", str(EXAMPLE_FLEET)),
+        ("nodes", "cordon", "bm-001"),
+        ("tasks",),
+        ("nodes", "list"),
+    ):
+        message = error_of(run(*args))
+        assert "schema revision 9999_from_the_future, newer than this version" in message, (args, message)
+        assert "cannot go back" in message
+
+
 def test_import_list_cordon_uncordon(run: Run, db_url: str) -> None:
     result = run("nodes", "import", str(EXAMPLE_FLEET))
     assert result.exit_code == 0, result.output

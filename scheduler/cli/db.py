@@ -49,9 +49,14 @@ def store_session(settings: Settings | None = None, *, migrate: bool | None) -> 
         raise CliError(f"database.url: {exc}", exit_code=2) from None
     try:
         if migrate is True:
+            _refuse_newer_schema(store, url)
             store.upgrade()
         elif migrate is False:
-            store.check_schema()
+            try:
+                store.check_schema()
+            except NotMigrated:
+                _refuse_newer_schema(store, url)
+                raise
         yield store
     except (DatabaseUnavailable, NotMigrated) as exc:
         raise CliError(str(exc)) from None
@@ -60,6 +65,37 @@ def store_session(settings: Settings | None = None, *, migrate: bool | None) -> 
         raise CliError(f"database error on {url}: {lines[0] if lines else type(exc).__name__}") from None
     finally:
         store.close()
+
+
+def _refuse_newer_schema(store: Store, where: str) -> None:
+    """Refuse a schema at a revision this code does not ship: newer code migrated it.
+
+    Why: after a rollback of the scheduler (docs/deploy.md) the database is
+    ahead of the code. Alembic then raised ``Can't locate revision`` from
+    ``db upgrade``, ``nodes import``, ``nodes cordon`` and the worker's
+    start (a traceback), and the read commands said to run ``scheduler db
+    upgrade``, which cannot help: only a version that knows the revision
+    can read or change that schema.
+    """
+    from scheduler.store import migrate as migrations
+
+    current = migrations.current_revision(store.engine)
+    if current is None or current in known_revisions():
+        return
+    raise CliError(
+        f"database {where} is at schema revision {current}, newer than this version of the scheduler knows "
+        f"(its newest is {migrations.head_revision()}): run the version that migrated it "
+        "(`scheduler db upgrade` cannot go back)"
+    )
+
+
+def known_revisions() -> set[str]:
+    """Every migration revision this code ships."""
+    from alembic.script import ScriptDirectory
+
+    from scheduler.store import migrate as migrations
+
+    return {s.revision for s in ScriptDirectory.from_config(migrations.alembic_config()).walk_revisions()}
 
 
 def _refuse_missing_sqlite_file(url: str) -> None:
@@ -90,6 +126,7 @@ def upgrade_cmd() -> None:
     settings = settings_or_exit()
     where = redact_url(settings.database.url)
     with store_session(settings, migrate=None) as store:
+        _refuse_newer_schema(store, where)
         before = migrations.current_revision(store.engine)
         after = store.upgrade()
     if before == after:
