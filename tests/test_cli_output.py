@@ -226,6 +226,36 @@ def test_waiting_prints_aligned_outcomes_including_tasks_released_in_the_batch(
     assert all(line[status_at - 2 : status_at] == "  " and line[status_at] != " " for line in lines[1:])
 
 
+def test_waiting_ends_at_its_timeout_when_the_database_stops_answering_mid_query(pg_url: str) -> None:
+    """``submit --wait --timeout 6`` with PostgreSQL behind a link that went silent (a partition: no
+    error, no reply) waited for ever: the deadline was looked at only between two queries."""
+    import threading
+    from urllib.parse import urlsplit
+
+    from tests.fault_proxy import FaultProxy
+
+    parts = urlsplit(pg_url)
+    codes: list[int] = []
+    with (
+        FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy,
+        Store.from_url(proxy.url_through(pg_url)) as store,
+    ):
+        store.upgrade()
+        store.task_states(["warm"])  # the pooled connection is open: the next query meets the stall
+        proxy.fault("stall")
+        waiter = threading.Thread(
+            target=lambda: codes.append(_poll_results(store, ["never"], set(), timeout=0.5, as_json=True)),
+            daemon=True,
+        )
+        waiter.start()
+        waiter.join(60)  # a guard against hanging the suite, not a measure: it returns at 0.5 s
+        hung = waiter.is_alive()
+        proxy.heal()
+        waiter.join(60)
+    assert not hung, "the wait did not end at its timeout"
+    assert codes == [4]
+
+
 def test_submit_file_publishes_the_good_lines_and_reports_the_bad_ones_after(
     amqp_url: str, amqp_names: dict[str, str], tmp_path: Path
 ) -> None:

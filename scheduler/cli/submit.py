@@ -9,8 +9,10 @@ are still sent, and the exit code says that something was wrong.
 from __future__ import annotations
 
 import os
+import queue
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any, TypeVar
@@ -35,7 +37,7 @@ from scheduler.producer.publisher import Outgoing, Publisher, PublishReport
 from scheduler.strategies.registry import STRATEGY_NAMES
 
 if TYPE_CHECKING:
-    from scheduler.store import Store
+    from scheduler.store import Store, TaskRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -398,11 +400,18 @@ def _poll_results(
     """Print each task's outcome as it lands, in columns sized for every id up front (no tabs).
 
     ``pending`` (the caller's set of the ids of ``task_ids``) loses each id as its outcome is printed.
+
+    The database is read on a daemon thread and the deadline is kept here: a
+    database that stops answering in the middle of a query (a network
+    partition, a PostgreSQL behind a stalled link: no error, no reply) kept
+    ``--wait --timeout 6`` waiting for ever, because the deadline was only
+    looked at between two queries. Now the command ends at its timeout
+    whatever the database does, and Ctrl-C ends it at once (psycopg's cancel
+    of a query on a dead link waited 10 s more).
     """
     pending = set(task_ids) if pending is None else pending
     deadline = time.monotonic() + timeout
     failed = 0
-    delay = 0.05
     sizes = [
         max([len(WAIT_COLUMNS[0].header), *map(len, task_ids)]),
         max(len(s.value) for s in TaskStatus),
@@ -410,29 +419,63 @@ def _poll_results(
     ]
     if not as_json and task_ids:
         click.echo(columns.format_row(WAIT_COLUMNS, sizes, [c.header for c in WAIT_COLUMNS]))
-    while pending:
-        states = store.task_states(sorted(pending))
-        done = [t for t, s in states.items() if _done(TaskStatus(s), t in until_released)]
-        for record in (store.get_task(t) for t in sorted(done)):
-            if record is None:
-                continue
-            failed += record.status is TaskStatus.FAILED
+    outcomes: queue.SimpleQueue[TaskRecord | BaseException] = queue.SimpleQueue()
+    stop = threading.Event()
+    poller = threading.Thread(
+        target=_read_outcomes,
+        args=(store, sorted(pending), until_released, outcomes, stop),
+        name="submit-wait",
+        daemon=True,  # may be stuck in a query on a silent database: the process must not wait for it
+    )
+    poller.start()
+    try:
+        while pending:
+            try:
+                item = outcomes.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                click.echo(f"timed out after {timeout}s; still pending: {len(pending)}", err=True)
+                _report_pending(pending)
+                return EXIT_TIMEOUT
+            if isinstance(item, BaseException):
+                raise item
+            failed += item.status is TaskStatus.FAILED
             if as_json:
-                emit_json(record.to_json())
+                emit_json(item.to_json())
             else:
-                where = record.node or f"{record.reason}: {record.message}"
-                cells = [record.task_id, record.status.value, where]
-                click.echo(columns.format_row(WAIT_COLUMNS, sizes, cells))
-            pending.discard(record.task_id)  # after the print: an interrupt names it twice, never not at all
-        if not pending:
-            break
-        if time.monotonic() >= deadline:
-            click.echo(f"timed out after {timeout}s; still pending: {len(pending)}", err=True)
-            _report_pending(pending)
-            return EXIT_TIMEOUT
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
+                where = item.node or f"{item.reason}: {item.message}"
+                click.echo(columns.format_row(WAIT_COLUMNS, sizes, [item.task_id, item.status.value, where]))
+            pending.discard(item.task_id)  # after the print: an interrupt names it twice, never not at all
+    finally:
+        stop.set()
     return EXIT_TASK_FAILED if failed else 0
+
+
+def _read_outcomes(
+    store: Store,
+    task_ids: list[str],
+    until_released: set[str],
+    out: queue.SimpleQueue[TaskRecord | BaseException],
+    stop: threading.Event,
+) -> None:
+    """Poll ``store`` (backing off to 1 s) and put each task's terminal record on ``out``, once.
+
+    Runs on :func:`_poll_results`'s thread; an error (the database gone) ends the polling and is put
+    on ``out``, to be raised by the command's thread.
+    """
+    pending = set(task_ids)
+    delay = 0.05
+    try:
+        while pending and not stop.is_set():
+            states = store.task_states(sorted(pending))
+            done = [t for t, s in states.items() if _done(TaskStatus(s), t in until_released)]
+            for record in (store.get_task(t) for t in sorted(done)):
+                if record is not None:
+                    out.put(record)
+                    pending.discard(record.task_id)
+            if pending and not stop.wait(delay):
+                delay = min(delay * 2, 1.0)
+    except BaseException as exc:  # raised where the command waits: store_session makes it one line
+        out.put(exc)
 
 
 @cli.command("release")
