@@ -185,3 +185,34 @@ def test_a_fifo_is_read_whole_before_the_broker_connection_opens(
                 proc.communicate()
             delete_topology(amqp_url, topo)
     assert (proc.returncode, out.split(), err) == (0, ["p-1", "p-2"], "")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["bm-\x1b]0;owned\x07", "bm-\x1b[2J", "bm-\u202eevil", "bm-\x9b31m"],
+    ids=["osc-title", "csi-clear", "rtl-override", "c1-csi"],
+)
+def test_a_fleet_files_hostile_node_name_reaches_the_terminal_escaped(tmp_path: Path, name: str) -> None:
+    """``nodes import``'s error names the refused node as the file wrote it: an escape sequence in a
+    fleet file someone else wrote reached the operator's terminal raw (click strips only CSI colour
+    sequences, and only when standard error is not a terminal), a right-to-left override disguised
+    the name."""
+    fleet = tmp_path / "fleet.json"
+    fleet.write_text(
+        json.dumps({"nodes": [{"name": name, "ip": "10.0.0.1", "cpu": 1, "memory": 1, "max_vms": 1}]})
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    env = {**os.environ, "SCHEDULER_CONFIG": str(config), "DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}"}
+    out = subprocess.run(
+        [sys.executable, "-m", "scheduler", "nodes", "import", str(fleet)],
+        capture_output=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    err = out.stderr.decode()
+    assert err.startswith("error: ") and "nothing imported" in err
+    assert not any(c in err for c in "\x1b\x07\x9b\u202e"), ascii(err)
+    assert "bm-\\" in err  # shown escaped, not dropped
