@@ -171,6 +171,26 @@ def test_leader_on_a_fresh_database_prints_its_hint_once(tmp_path: Path) -> None
     assert len(out.stderr.splitlines()) == 1
 
 
+def test_leader_on_a_postgresql_database_that_is_not_there_does_not_say_upgrade(
+    tmp_path: Path, postgres_base_url: str
+) -> None:
+    """``database "x" does not exist`` got "(run `scheduler db upgrade`)" appended, which cannot create
+    a database; only a missing table (the schema not created yet) gets that hint."""
+    from sqlalchemy.engine import make_url
+
+    missing = make_url(postgres_base_url).set(database="no_such_db_for_leader").render_as_string(False)
+    env = {
+        "PATH": os.environ["PATH"],
+        "SCHEDULER_CONFIG": _config(tmp_path),
+        "DATABASE_URL": missing,
+        "ELECTION_BACKEND": "database",
+    }
+    out = subprocess.run([SCHEDULER, "leader"], env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 1 and out.stdout == ""
+    assert 'database "no_such_db_for_leader" does not exist' in out.stderr, out.stderr
+    assert "scheduler db upgrade" not in out.stderr
+
+
 def test_leader_never_shows_a_negative_age() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     ahead = now + timedelta(milliseconds=100)  # the holder's clock is ahead of ours

@@ -28,7 +28,9 @@ def leader_cmd(as_json: bool) -> None:
         info = read_leader(settings, environ=os.environ, now=now)
     except LockError as exc:
         message = str(exc)
-        missing = "no such table" in message or "does not exist" in message
+        # A missing table, not a missing database or role (PostgreSQL says "does not exist" of those
+        # too): `db upgrade` creates tables, and only in a database that is there.
+        missing = "no such table" in message or 'relation "leases" does not exist' in message
         if missing and "scheduler db upgrade" not in message:
             message += " (run `scheduler db upgrade`)"
         raise CliError(message) from None
