@@ -216,3 +216,30 @@ def test_a_fleet_files_hostile_node_name_reaches_the_terminal_escaped(tmp_path: 
     assert err.startswith("error: ") and "nothing imported" in err
     assert not any(c in err for c in "\x1b\x07\x9b\u202e"), ascii(err)
     assert "bm-\\" in err  # shown escaped, not dropped
+
+
+@pytest.mark.parametrize("command", ["submit", "plan"])
+@pytest.mark.parametrize(
+    "flags",
+    [("--pool", "ai"), ("--dedicated",), ("--strategy", "best_fit"), ("--tag", "gpu", "--priority", "9")],
+    ids=["pool", "dedicated", "strategy", "tag+priority"],
+)
+def test_a_request_flag_beside_file_is_refused_not_silently_ignored(
+    tmp_path: Path, command: str, flags: tuple[str, ...]
+) -> None:
+    """Only --cpu, --memory and --task-id were refused with --file: ``submit --file f --pool ai
+    --dedicated`` published every line to its own pool, exit 0, as if the flags had applied."""
+    requests = tmp_path / "reqs.jsonl"
+    requests.write_text('{"task_id": "a", "requested_cpu": 1, "requested_memory": 512}\n')
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    env = {
+        "SCHEDULER_CONFIG": str(config),
+        "AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F",  # nothing may be published, nor tried
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'absent.db'}",
+    }
+    result = CliRunner().invoke(cli, [command, "--file", str(requests), *flags], env=env)
+    assert isinstance(result.exception, CliError) and result.exit_code == 1, result.output
+    message = str(result.exception)
+    assert message.startswith("give either --file or the request flags, not both"), message
+    assert all(flag in message for flag in flags if flag.startswith("--")), message

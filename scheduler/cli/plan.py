@@ -13,7 +13,12 @@ import click
 from pydantic import ValidationError
 
 from scheduler.cli.common import CliError, cli, emit_json, open_lines, settings_or_exit
-from scheduler.cli.submit import EXIT_BAD_INPUT, request_fields, request_options
+from scheduler.cli.submit import (
+    EXIT_BAD_INPUT,
+    refuse_request_flags_with_file,
+    request_fields,
+    request_options,
+)
 from scheduler.jsonlines import json_lines
 from scheduler.models import (
     MAX_BODY_BYTES,
@@ -60,8 +65,7 @@ def _requests(
             return [SchedulingRequest.model_validate(request_fields(cpu=cpu, memory=memory, **flags))]
         except ValidationError as exc:
             raise CliError(format_validation_error(exc), exit_code=EXIT_BAD_INPUT) from None
-    if cpu is not None or memory is not None or flags.get("task_id") is not None:
-        raise CliError("give either --file or the request flags, not both", exit_code=EXIT_BAD_INPUT)
+    refuse_request_flags_with_file()
     out: list[SchedulingRequest] = []
     problems: list[str] = []
     stream = open_lines(file_)

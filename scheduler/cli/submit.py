@@ -149,6 +149,39 @@ REQUEST_OPTIONS = (
 """The flags that describe a request: ``submit`` and ``plan`` share them."""
 
 
+REQUEST_FLAG_NAMES = frozenset(
+    {
+        "cpu", "memory", "disk", "pool", "dedicated", "tags", "task_id", "strategy", "priority", "group",
+        "anti_affinity_mode", "resources", "forbidden", "spread_group", "spread_mode", "callback_url",
+    }
+)  # fmt: skip
+"""The parameters of :data:`REQUEST_OPTIONS` that describe one request (all but ``--file``)."""
+
+
+def refuse_request_flags_with_file() -> None:
+    """Refuse ``--file`` beside any request flag given on the command line, naming the flags.
+
+    Why: only ``--cpu``, ``--memory`` and ``--task-id`` were refused; ``submit
+    --file reqs.jsonl --pool ai --dedicated --strategy best_fit`` published
+    every line to its own pool, not dedicated, with the configured strategy,
+    exit 0, as if the flags had applied (``plan --file`` likewise). A flag
+    a file's lines do not take must not look taken.
+    """
+    ctx = click.get_current_context()
+    given = [
+        param.opts[0]
+        for param in ctx.command.params
+        if param.name in REQUEST_FLAG_NAMES
+        and ctx.get_parameter_source(param.name) not in (None, click.core.ParameterSource.DEFAULT)
+    ]
+    if given:
+        raise CliError(
+            f"give either --file or the request flags, not both ({', '.join(given)} with --file: "
+            "the fields of each line are the request)",
+            exit_code=EXIT_BAD_INPUT,
+        )
+
+
 def request_options(fn: F) -> F:
     """Apply :data:`REQUEST_OPTIONS` to a command, in order."""
     for option in reversed(REQUEST_OPTIONS):
@@ -232,8 +265,7 @@ def submit_cmd(
     problems: list[str] = []
     source: Iterable[Outgoing]
     if file_ is not None:
-        if cpu is not None or memory is not None or task_id is not None:
-            raise CliError("give either --file or the request flags, not both", exit_code=EXIT_BAD_INPUT)
+        refuse_request_flags_with_file()
         stream = FileMessages(file_)
         if file_ == "-" or sys.stderr.isatty() or not stream.regular_file():
             # Read it all first: stdin, a FIFO or a ``<(command)`` may block the publisher's I/O loop
