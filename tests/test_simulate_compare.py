@@ -140,6 +140,24 @@ def test_single_run_summary_shows_the_new_figures(run: Run, tmp_path: Path) -> N
     assert "cpu 0.0% mem 93.8%" in result.output
 
 
+@pytest.mark.parametrize("compare", [False, True], ids=["single", "compare"])
+def test_piped_tables_are_whole_not_cut_to_80_columns(tmp_path: Path, compare: bool) -> None:
+    """Piped (a file, ``| less``, a CI log), rich assumed 80 columns: the pool table cut the figures
+    to ``██░░░…`` and ``cpu 75.…``; every other table of the CLI is printed whole when piped."""
+    config = tmp_path / "config.yaml"
+    config.write_text("strategy: least_loaded\n")
+    env = {"SCHEDULER_CONFIG": str(config), "COLUMNS": None, "LINES": None}
+    args = ["simulate", *files(tmp_path, FRAG_TRACE)]
+    args += ["--compare", "least_loaded,best_fit,cpu,memory,hybrid"] if compare else []
+    result = CliRunner().invoke(cli, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output, result.output
+    if compare:
+        assert "default: stranded memory" in result.output
+    else:
+        assert "cpu 75.0% mem 6.2% (line 4)" in result.output
+
+
 @pytest.mark.parametrize(
     ("value", "words"),
     [
