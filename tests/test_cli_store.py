@@ -107,6 +107,35 @@ def test_a_schema_newer_than_the_code_is_one_line_that_does_not_say_upgrade(run:
         assert "cannot go back" in message
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status",),
+        ("nodes", "cordon"),
+        ("nodes", "drain"),
+        ("webhooks", "retry"),
+        ("nodes", "list", "--pool"),
+    ],
+    ids=lambda a: "-".join(a),
+)
+def test_an_argument_that_is_not_utf8_is_one_line_not_the_drivers_traceback(
+    env: dict[str, str], db_url: str, args: tuple[str, ...]
+) -> None:
+    """Undecodable bytes in argv arrive as lone surrogates; both drivers refused to encode them with a
+    ``UnicodeEncodeError`` traceback (a name pasted from a Latin-1 terminal)."""
+    with Store.from_url(db_url) as store:
+        store.upgrade()
+    out = subprocess.run(
+        [sys.executable.encode(), b"-m", b"scheduler", *(a.encode() for a in args), b"bm-\xff01"],
+        env={**os.environ, **env},
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    assert out.returncode == 1, out.stderr
+    assert out.stderr == b"error: 'bm-\\udcff01' is not valid UTF-8 (undecodable bytes in an argument?)\n"
+
+
 def test_import_list_cordon_uncordon(run: Run, db_url: str) -> None:
     result = run("nodes", "import", str(EXAMPLE_FLEET))
     assert result.exit_code == 0, result.output

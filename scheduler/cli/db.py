@@ -20,6 +20,7 @@ import click
 
 from scheduler.cli.common import CliError, cli, settings_or_exit
 from scheduler.config import Settings, redact_url
+from scheduler.safetext import printable
 
 if TYPE_CHECKING:
     from scheduler.store import Store
@@ -60,6 +61,14 @@ def store_session(settings: Settings | None = None, *, migrate: bool | None) -> 
         yield store
     except (DatabaseUnavailable, NotMigrated) as exc:
         raise CliError(str(exc)) from None
+    except UnicodeEncodeError as exc:
+        # Undecodable bytes in an argument (a name pasted from a Latin-1 terminal) arrive as lone
+        # surrogates, which no database driver encodes: `status`, `nodes cordon`, `nodes drain`,
+        # `webhooks retry` and `nodes list --pool` ended in the driver's traceback.
+        text = exc.object if isinstance(exc.object, str) else repr(exc.object)
+        raise CliError(
+            f"'{printable(text)}' is not valid UTF-8 (undecodable bytes in an argument?)"
+        ) from None
     except SQLAlchemyError as exc:
         lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         raise CliError(f"database error on {url}: {lines[0] if lines else type(exc).__name__}") from None
