@@ -11,6 +11,7 @@ never a traceback.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,9 +66,11 @@ def store_session(settings: Settings | None = None, *, migrate: bool | None) -> 
         # Undecodable bytes in an argument (a name pasted from a Latin-1 terminal) arrive as lone
         # surrogates, which no database driver encodes: `status`, `nodes cordon`, `nodes drain`,
         # `webhooks retry` and `nodes list --pool` ended in the driver's traceback.
+        # In DATABASE_URL itself, the text is the driver's connection string: its password is hidden.
         text = exc.object if isinstance(exc.object, str) else repr(exc.object)
+        text = re.sub(r"password=\S*", "password=***", text)
         raise CliError(
-            f"'{printable(text)}' is not valid UTF-8 (undecodable bytes in an argument?)"
+            f"'{printable(text)}' is not valid UTF-8 (undecodable bytes in an argument or in DATABASE_URL?)"
         ) from None
     except SQLAlchemyError as exc:
         lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()

@@ -34,6 +34,8 @@ def leader_cmd(as_json: bool) -> None:
         if missing and "scheduler db upgrade" not in message:
             message += " (run `scheduler db upgrade`)"
         raise CliError(message) from None
+    except UnicodeEncodeError:  # undecodable bytes in DATABASE_URL: the driver's traceback, before
+        raise CliError("DATABASE_URL is not valid UTF-8 (undecodable bytes in it?)", exit_code=2) from None
     if as_json:
         emit_json(info.as_dict())
         return
