@@ -246,6 +246,41 @@ def test_waiting_prints_aligned_outcomes_including_tasks_released_in_the_batch(
     assert all(line[status_at - 2 : status_at] == "  " and line[status_at] != " " for line in lines[1:])
 
 
+def test_waiting_on_a_reused_task_id_reports_the_conflict_not_the_originals_outcome(
+    filled: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``submit --task-id <existing> --cpu 32 --pool ai --wait`` printed the original's
+    ``scheduled bm-001``, exit 0; the worker had failed the newcomer as a conflict."""
+    import json
+
+    original = SchedulingRequest(task_id=LONG_ID, requested_cpu=2, requested_memory=2048)
+    other = original.model_copy(update={"requested_cpu": 32, "requested_pool": "ai"})
+    with Store.from_url(filled) as store:
+        same = _poll_results(
+            store,
+            [LONG_ID],
+            set(),
+            timeout=10,
+            as_json=True,
+            sent={LONG_ID: [json.loads(original.model_dump_json())]},
+        )
+        [line] = capsys.readouterr().out.splitlines()
+        assert same == 0 and json.loads(line)["node"] == "bm-001"  # the same request again: its outcome
+        code = _poll_results(
+            store,
+            [LONG_ID],
+            set(),
+            timeout=10,
+            as_json=True,
+            sent={LONG_ID: [json.loads(other.model_dump_json())]},
+        )
+    [line] = capsys.readouterr().out.splitlines()
+    shown = json.loads(line)
+    assert code == 3
+    assert (shown["status"], shown["node"], shown["reason"]) == ("failed", None, "conflict")
+    assert "different request (status scheduled on bm-001)" in shown["message"]
+
+
 def test_waiting_ends_at_its_timeout_when_the_database_stops_answering_mid_query(pg_url: str) -> None:
     """``submit --wait --timeout 6`` with PostgreSQL behind a link that went silent (a partition: no
     error, no reply) waited for ever: the deadline was looked at only between two queries."""

@@ -8,6 +8,8 @@ are still sent, and the exit code says that something was wrong.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import queue
 import stat
@@ -27,6 +29,7 @@ from scheduler.config import Settings
 from scheduler.jsonlines import json_lines
 from scheduler.models import (
     MAX_BODY_BYTES,
+    Reason,
     ReleaseRequest,
     SchedulingRequest,
     TaskStatus,
@@ -318,7 +321,11 @@ def submit_cmd(
             f"({len(released & confirmed)} releases); waiting for {len(waitable)} tasks"
         )
     if wait and waitable:
-        code = _wait_for(settings, waitable, until_released, timeout, as_json)
+        sent: dict[str, list[dict[str, Any]]] = {}
+        for m in messages:
+            if m.routing_key == ROUTE_REQUEST:
+                sent.setdefault(m.message_id, []).append(json.loads(m.body))
+        code = _wait_for(settings, waitable, until_released, timeout, as_json, sent)
         if code:
             sys.exit(code)
     if report.failed:
@@ -387,7 +394,12 @@ def _publish(settings: Settings, messages: Iterable[Outgoing]) -> PublishReport:
 
 
 def _wait_for(
-    settings: Settings, task_ids: list[str], until_released: set[str], timeout: float, as_json: bool
+    settings: Settings,
+    task_ids: list[str],
+    until_released: set[str],
+    timeout: float,
+    as_json: bool,
+    sent: dict[str, list[dict[str, Any]]] | None = None,
 ) -> int:
     """Poll the database until every task is terminal; print each result once.
 
@@ -401,7 +413,7 @@ def _wait_for(
     pending = set(task_ids)
     try:
         with store_session(settings, migrate=False) as store:
-            return _poll_results(store, task_ids, until_released, timeout, as_json, pending)
+            return _poll_results(store, task_ids, until_released, timeout, as_json, pending, sent)
     except (CliError, KeyboardInterrupt):
         _report_pending(pending)
         raise
@@ -428,10 +440,13 @@ def _poll_results(
     timeout: float,
     as_json: bool,
     pending: set[str] | None = None,
+    sent: dict[str, list[dict[str, Any]]] | None = None,
 ) -> int:
     """Print each task's outcome as it lands, in columns sized for every id up front (no tabs).
 
     ``pending`` (the caller's set of the ids of ``task_ids``) loses each id as its outcome is printed.
+    ``sent`` holds the request bodies published per task id: a task whose stored request is none of
+    them is another request's outcome (see :func:`_conflict`).
 
     The database is read on a daemon thread and the deadline is kept here: a
     database that stops answering in the middle of a query (a network
@@ -470,6 +485,7 @@ def _poll_results(
                 return EXIT_TIMEOUT
             if isinstance(item, BaseException):
                 raise item
+            item = _conflict(item, sent) or item
             failed += item.status is TaskStatus.FAILED
             if as_json:
                 emit_json(item.to_json())
@@ -480,6 +496,33 @@ def _poll_results(
     finally:
         stop.set()
     return EXIT_TASK_FAILED if failed else 0
+
+
+def _conflict(record: TaskRecord, sent: dict[str, list[dict[str, Any]]] | None) -> TaskRecord | None:
+    """The outcome of a request this command published whose task id held another request, or None.
+
+    Why: the worker keeps the original of a reused task id and fails the
+    newcomer as ``conflict`` (a webhook, no row of its own). ``submit
+    --task-id web-2 --cpu 32 --pool ai --wait`` then printed the original's
+    ``scheduled bm-002``, exit 0: a 32-vCPU VM placed, said the output, on
+    a node of another pool, and nothing had been placed. The stored request
+    tells the two apart (the worker compares the same fields).
+    """
+    bodies = (sent or {}).get(record.task_id)
+    if not bodies or record.request is None or record.request in bodies:
+        return None
+    where = f" on {record.node}" if record.node else ""
+    return dataclasses.replace(
+        record,
+        status=TaskStatus.FAILED,
+        node=None,
+        node_ip=None,
+        reason=Reason.CONFLICT,
+        message=(
+            f"task id already exists with a different request (status {record.status.value}{where}); "
+            "the original is unchanged, this one was not placed"
+        ),
+    )
 
 
 def _read_outcomes(
