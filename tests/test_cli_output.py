@@ -246,6 +246,13 @@ def test_waiting_prints_aligned_outcomes_including_tasks_released_in_the_batch(
     assert all(line[status_at - 2 : status_at] == "  " and line[status_at] != " " for line in lines[1:])
 
 
+@pytest.mark.parametrize("timeout", [1e10, float("inf")])
+def test_waiting_with_a_timeout_past_the_clocks_range_waits(filled: str, timeout: float) -> None:
+    """``--timeout inf`` (or 1e10) is a wait without end, not an OverflowError from the clock."""
+    with Store.from_url(filled) as store:
+        assert _poll_results(store, [LONG_ID], set(), timeout=timeout, as_json=True) == 0
+
+
 def test_waiting_on_a_reused_task_id_reports_the_conflict_not_the_originals_outcome(
     filled: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -478,8 +478,11 @@ def _poll_results(
     try:
         while pending:
             try:
-                item = outcomes.get(timeout=max(0.0, deadline - time.monotonic()))
+                # In slices: a timeout past what the platform's clock takes (1e10 s, inf) overflows.
+                item = outcomes.get(timeout=min(max(0.0, deadline - time.monotonic()), 60.0))
             except queue.Empty:
+                if time.monotonic() < deadline:
+                    continue
                 click.echo(f"timed out after {timeout}s; still pending: {len(pending)}", err=True)
                 _report_pending(pending)
                 return EXIT_TIMEOUT
