@@ -14,9 +14,9 @@ from click.testing import CliRunner, Result
 
 import scheduler.cli.db
 import scheduler.cli.nodes
-import scheduler.cli.tasks  # noqa: F401  (registers the commands)
+import scheduler.cli.tasks
 from scheduler.cli.common import CliError, cli
-from scheduler.models import Reason, SchedulingRequest
+from scheduler.models import Node, Reason, SchedulingRequest
 from scheduler.store import Failure, Placement, Store, Waiting
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,6 +165,39 @@ def test_a_database_url_that_is_not_utf8_is_one_line_without_the_password(
     assert out.returncode != 0 and out.stderr.startswith(b"error: "), out.stderr
     assert out.stderr.count(b"\n") == 1, out.stderr
     assert b"s3cret" not in out.stderr
+
+
+def test_a_lock_held_by_another_session_ends_the_command_instead_of_waiting_for_ever(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open transaction holding the nodes table (an operator's ``psql`` left in ``BEGIN``) made
+    ``nodes cordon`` wait for ever on PostgreSQL; SQLite gives up after its busy timeout."""
+    import threading
+
+    import psycopg
+
+    monkeypatch.setattr(scheduler.cli.db, "LOCK_TIMEOUT_MS", 300)
+    with Store.from_url(pg_url) as store:
+        store.upgrade()
+        store.import_nodes([Node.model_validate({"name": "bm-1", "ip": "10.0.0.1", "cpu": 1, "memory": 1})])
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    env = {"DATABASE_URL": pg_url, "SCHEDULER_CONFIG": str(config)}
+    results: list[Result] = []
+    with psycopg.connect(pg_url) as holder:
+        holder.execute("LOCK TABLE nodes IN ACCESS EXCLUSIVE MODE")  # a transaction left open
+        command = threading.Thread(
+            target=lambda: results.append(CliRunner().invoke(cli, ["nodes", "cordon", "bm-1"], env=env)),
+            daemon=True,
+        )
+        command.start()
+        command.join(60)  # a guard against hanging the suite, not a measure: it ends after 0.3 s
+        waited_for_ever = command.is_alive()
+        holder.rollback()
+    command.join(60)
+    assert not waited_for_ever, "the command was still waiting for the lock"
+    message = error_of(results[0])
+    assert "lock timeout" in message, message
 
 
 def test_import_list_cordon_uncordon(run: Run, db_url: str) -> None:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -28,12 +28,16 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def store_session(settings: Settings | None = None, *, migrate: bool | None) -> Iterator[Store]:
+def store_session(
+    settings: Settings | None = None, *, migrate: bool | None, lock_wait: bool = True
+) -> Iterator[Store]:
     """A :class:`Store` on ``database.url`` for one command, closed afterwards.
 
     ``migrate=True`` runs the migrations first (write commands),
     ``migrate=False`` requires the schema at head (read commands), ``None``
-    does neither (``db upgrade`` itself).
+    does neither (``db upgrade`` itself). ``lock_wait`` bounds, on
+    PostgreSQL, how long a statement waits for a lock (:func:`_bound_lock_waits`);
+    the worker, which has its own rules, passes False.
     """
     # Imported here: SQLAlchemy and Alembic cost a good part of a second, which
     # commands that never touch the database (submit, simulate) should not pay.
@@ -49,6 +53,8 @@ def store_session(settings: Settings | None = None, *, migrate: bool | None) -> 
         store = Store.from_url(settings.database.url)
     except ValueError as exc:
         raise CliError(f"database.url: {exc}", exit_code=2) from None
+    if lock_wait:
+        _bound_lock_waits(store)
     try:
         if migrate is True:
             _refuse_newer_schema(store, url)
@@ -77,6 +83,31 @@ def store_session(settings: Settings | None = None, *, migrate: bool | None) -> 
         raise CliError(f"database error on {url}: {lines[0] if lines else type(exc).__name__}") from None
     finally:
         store.close()
+
+
+LOCK_TIMEOUT_MS = 30_000
+"""How long a command's statement waits for a PostgreSQL lock: SQLite's busy timeout, the same 30 s."""
+
+
+def _bound_lock_waits(store: Store) -> None:
+    """On PostgreSQL, end a command's statement that waits for a lock longer than :data:`LOCK_TIMEOUT_MS`.
+
+    Why: a session that holds a lock on the inventory and does not end (an
+    operator's ``psql`` with an open ``BEGIN``, a migration, a stuck job)
+    made ``nodes cordon``, ``nodes import`` or ``nodes drain`` wait for
+    ever, where on SQLite the same command gives up after the busy timeout
+    with ``database is locked``. It now ends with ``canceling statement due
+    to lock timeout``.
+    """
+    if store.engine.dialect.name != "postgresql":
+        return
+    from sqlalchemy import event
+
+    @event.listens_for(store.engine, "connect")
+    def _set_lock_timeout(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+        dbapi_conn.commit()
 
 
 def _refuse_newer_schema(store: Store, where: str) -> None:
