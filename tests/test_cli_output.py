@@ -6,6 +6,7 @@ width is the one the process discovers itself, as a user's shell gives it.
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -244,6 +245,21 @@ def test_waiting_prints_aligned_outcomes_including_tasks_released_in_the_batch(
     assert rows["edge-1"][1:3] == ["failed", "unknown_pool:"]
     status_at = lines[0].index("status")
     assert all(line[status_at - 2 : status_at] == "  " and line[status_at] != " " for line in lines[1:])
+
+
+def test_a_stored_message_with_a_bidi_override_is_shown_escaped(filled: str, tmp_path: Path) -> None:
+    """The worker names a request's unknown field as sent and escapes its control characters, not a
+    U+202E: ``status`` and ``tasks`` showed the rest of the row reversed on a terminal."""
+    message = "\u202etxt.exe: Extra inputs are not permitted"
+    with Store.from_url(filled) as store:
+        store.commit([Failure("rtl-1", None, Reason.INVALID_REQUEST, message, None, 1, None)], epoch=1)
+    env = {"DATABASE_URL": filled, "SCHEDULER_CONFIG": _config(tmp_path)}
+    for args in (["status", "rtl-1"], ["tasks"], ["tasks", "--wide"]):
+        result = CliRunner().invoke(cli, args, env=env)
+        assert result.exit_code == 0, result.output
+        assert "\u202e" not in result.output and "\\u202etxt.exe" in result.output, args
+    as_json = CliRunner().invoke(cli, ["status", "rtl-1", "--json"], env=env)
+    assert json.loads(as_json.output)["message"] == message  # JSON carries the text itself, escaped by JSON
 
 
 @pytest.mark.parametrize("timeout", [1e10, float("inf")])

@@ -10,14 +10,13 @@ from __future__ import annotations
 import atexit
 import io
 import os
-import re
 import sys
 import threading
 from typing import NoReturn
 
 import click
 
-from scheduler.cli.common import CliError, cli
+from scheduler.cli.common import CliError, cli, terminal_safe
 
 
 def main() -> None:
@@ -97,29 +96,6 @@ def _guard_standard_output() -> None:
         errors=out.errors,
         line_buffering=out.line_buffering,
         write_through=out.write_through,
-    )
-
-
-_TERMINAL_UNSAFE = re.compile(
-    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
-)
-"""Control characters but tab and newline, bidirectional overrides and isolates, lone surrogates."""
-
-
-def terminal_safe(text: str) -> str:
-    """``text`` with what could drive or disguise a terminal escaped (``\\x1b``, ``\\u202e``); lines kept.
-
-    Why: an error names what the input held, and input comes from files an
-    operator did not write: a fleet file's node name or top-level key with
-    an escape sequence (``\\x1b[31m``, a title change, a hyperlink) reached
-    the terminal raw through ``nodes import``'s error (click strips such
-    sequences only when standard error is not a terminal), and a
-    right-to-left override showed a name other than the one refused.
-    """
-    if not _TERMINAL_UNSAFE.search(text):
-        return text
-    return _TERMINAL_UNSAFE.sub(
-        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text
     )
 
 

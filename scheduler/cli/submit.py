@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from scheduler.broker import ROUTE_REQUEST, BrokerUnavailable, Topology
 from scheduler.cli import columns
-from scheduler.cli.common import CliError, cli, emit_json, open_lines, settings_or_exit
+from scheduler.cli.common import CliError, cli, emit_json, open_lines, settings_or_exit, terminal_safe
 from scheduler.config import Settings
 from scheduler.jsonlines import json_lines
 from scheduler.models import (
@@ -493,7 +493,7 @@ def _poll_results(
             if as_json:
                 emit_json(item.to_json())
             else:
-                where = item.node or f"{item.reason}: {item.message}"
+                where = item.node or terminal_safe(f"{item.reason}: {item.message}")
                 click.echo(columns.format_row(WAIT_COLUMNS, sizes, [item.task_id, item.status.value, where]))
             pending.discard(item.task_id)  # after the print: an interrupt names it twice, never not at all
     finally:
