@@ -192,6 +192,26 @@ def test_leader_on_a_postgresql_database_that_is_not_there_does_not_say_upgrade(
     assert "scheduler db upgrade" not in out.stderr
 
 
+@pytest.mark.parametrize("kubeconfig", ["garbage: [", "- a", "apiVersion: v1\nclusters: 5\n"])
+def test_leader_with_a_kubeconfig_that_is_not_one_is_one_line(tmp_path: Path, kubeconfig: str) -> None:
+    """A kubeconfig that is not YAML (or not a mapping) was a yaml.ParserError traceback from
+    ``scheduler leader`` (and the worker's start) with ``ELECTION_BACKEND=kubernetes``."""
+    path = tmp_path / "kubeconfig"
+    path.write_text(kubeconfig)
+    env = {
+        "PATH": os.environ["PATH"],
+        "SCHEDULER_CONFIG": _config(tmp_path),
+        "ELECTION_BACKEND": "kubernetes",
+        "KUBECONFIG": str(path),
+    }
+    out = subprocess.run([SCHEDULER, "leader"], env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.startswith(
+        f"error: cannot configure the Kubernetes client from the kubeconfig {path}: "
+    )
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+
+
 def test_leader_never_shows_a_negative_age() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     ahead = now + timedelta(milliseconds=100)  # the holder's clock is ahead of ours
