@@ -22,7 +22,7 @@ import numpy as np
 from scheduler.fleet import BoolArray, FleetView
 from scheduler.gc_tuning import cycle_collection_paused
 from scheduler.jsonlines import json_lines
-from scheduler.models import Decision, ReleaseRequest, SchedulingRequest, parse_json_line
+from scheduler.models import MAX_BODY_BYTES, Decision, ReleaseRequest, SchedulingRequest, parse_json_line
 from scheduler.strategies import Placer
 from scheduler.strategies.filters import FILTERS, Feasibility, FilterInput, Narrowing
 from scheduler.strategies.placer import explanation
@@ -49,7 +49,9 @@ def read_trace(path: str | Path, *, max_problems: int = 10) -> list[TraceItem]:
     items: list[TraceItem] = []
     problems: list[str] = []
     try:
-        for lineno, line, problem in json_lines(stream):
+        # Bounded as submit's lines are (a request over it could not be published): without a bound,
+        # a trace line without an end (``--requests /dev/zero``) was read whole, to the last byte of memory.
+        for lineno, line, problem in json_lines(stream, MAX_BODY_BYTES):
             if line is None:
                 problems.append(f"line {lineno}: {problem}")
                 continue

@@ -243,3 +243,53 @@ def test_a_request_flag_beside_file_is_refused_not_silently_ignored(
     message = str(result.exception)
     assert message.startswith("give either --file or the request flags, not both"), message
     assert all(flag in message for flag in flags if flag.startswith("--")), message
+
+
+@pytest.mark.parametrize(
+    "args", [["nodes", "import", "/dev/zero"], ["simulate", "--nodes", "/dev/zero", "--requests", "-"]]
+)
+def test_a_fleet_file_without_end_is_one_error_line_not_all_the_memory(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """``nodes import /dev/zero`` (or a huge log given by mistake) read the whole file: the process grew
+    until the memory ran out, then a MemoryError traceback. Here the memory is capped at 1 GiB."""
+    import resource
+
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero here")
+
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    env = {**os.environ, "SCHEDULER_CONFIG": str(config), "DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}"}
+    out = subprocess.run(
+        [sys.executable, "-m", "scheduler", *args],
+        input="",
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+        preexec_fn=cap_memory,
+    )
+    assert (out.returncode, out.stderr) == (1, "error: /dev/zero: larger than 128 MiB: not a fleet file?\n")
+
+
+def test_a_trace_line_is_bounded_as_a_submitted_line_is(tmp_path: Path) -> None:
+    """``simulate --requests`` read a line whole however long (``/dev/zero``: to the last byte of
+    memory); a line over the message size is now refused by name, as ``submit`` and ``plan`` do."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("nodes: [{name: n1, ip: 10.0.0.1, cpu: 4, memory: 4096}]\n")
+    trace = tmp_path / "trace.jsonl"
+    trace.write_bytes(b"x" * (MAX_BODY_BYTES * 4) + b"\n" + line("kept"))
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    result = CliRunner().invoke(
+        cli,
+        ["simulate", "--nodes", str(fleet), "--requests", str(trace)],
+        env={"SCHEDULER_CONFIG": str(config)},
+    )
+    assert isinstance(result.exception, CliError), result.output
+    assert str(result.exception) == f"{trace}: line 1: longer than {MAX_BODY_BYTES} bytes"
