@@ -103,7 +103,9 @@ class MigrationPlan:
         return {
             "goal": self.goal,
             "moves": len(self.moves),
-            "nodes_emptied": self.after.empty_nodes - self.before.empty_nodes,
+            # The nodes the plan empties, not the change in empty nodes: a spread (or a drain) that fills
+            # an empty node said -1 here beside an empty "emptied" list.
+            "nodes_emptied": len(self.emptied),
             "stranded_before": round(self.before.stranded, 4),
             "stranded_after": round(self.after.stranded, 4),
             "most_loaded_before": round(self.before.most_loaded, 4),
@@ -260,11 +262,15 @@ def rebalance(
         for tid, (i, alloc) in work.allocations.items()
         if tid not in requests and i in inside
     ]
+    held_before = work.vms[scope] > 0
     emptied: list[str] = []
     if goal == "pack":
         emptied = _pack(moves, scope, max_moves, typical)
     else:
         _spread(moves, scope, max_moves)
+        emptied = [
+            work.names[int(k)] for k, held in zip(scope, held_before, strict=True) if held and not work.vms[k]
+        ]
     after = figures(work, scope, typical)
     return MigrationPlan(goal, list(moves.done), before, after, unmovable, emptied)
 

@@ -22,7 +22,7 @@ import numpy as np
 from scheduler.fleet import BoolArray, FleetView
 from scheduler.gc_tuning import cycle_collection_paused
 from scheduler.jsonlines import json_lines
-from scheduler.models import Decision, ReleaseRequest, SchedulingRequest, parse_json_line
+from scheduler.models import MAX_BODY_BYTES, Decision, ReleaseRequest, SchedulingRequest, parse_json_line
 from scheduler.strategies import Placer
 from scheduler.strategies.filters import FILTERS, Feasibility, FilterInput, Narrowing
 from scheduler.strategies.placer import explanation
@@ -49,7 +49,9 @@ def read_trace(path: str | Path, *, max_problems: int = 10) -> list[TraceItem]:
     items: list[TraceItem] = []
     problems: list[str] = []
     try:
-        for lineno, line, problem in json_lines(stream):
+        # Bounded as submit's lines are (a request over it could not be published): without a bound,
+        # a trace line without an end (``--requests /dev/zero``) was read whole, to the last byte of memory.
+        for lineno, line, problem in json_lines(stream, MAX_BODY_BYTES):
             if line is None:
                 problems.append(f"line {lineno}: {problem}")
                 continue
@@ -302,10 +304,21 @@ def _replay(
     min_cpu = min_mem = 0
     vms = fleet.vms
     decision_ns = result.decision_ns
+    # What the worker's database holds per task id: the first request (placed or not), or None for a
+    # release that came first (a cancel). A task id decides once, as the worker's does (its
+    # "exactly-once effect"): the same request again is a duplicate, another one a conflict, a request
+    # after its cancel is never placed. Before, a released or refused task id was placed anew and a
+    # different request under a placed id was called a duplicate of it.
+    held: dict[str, SchedulingRequest | None] = {}
+    gone: set[str] = set()  # placed, then released
     for n, item in enumerate(trace, start=1):
         if isinstance(item, ReleaseRequest):
             alloc = fleet.release(item.release)
+            cancel = alloc is None and item.release not in held
+            if cancel:
+                held[item.release] = None
             if alloc is not None:
+                gone.add(item.release)
                 result.released += 1
                 i = fleet.index.get(alloc.node, -1)
                 if i >= 0:
@@ -319,22 +332,40 @@ def _replay(
                         "task_id": item.release,
                         "node": alloc.node if alloc else None,
                         "reason": None,
-                        "message": f"released from {alloc.node}" if alloc else "nothing to release",
+                        "message": (
+                            f"released from {alloc.node}"
+                            if alloc
+                            else "cancelled: not placed yet, its request will not be placed"
+                            if cancel
+                            else "nothing to release"
+                        ),
                     }
                 )
         else:
-            existing = fleet.allocation(item.task_id)
-            if existing is not None:
-                if keep_lines:
-                    lines.append(
-                        {
-                            "task_id": item.task_id,
-                            "node": existing.node,
-                            "reason": None,
-                            "message": f"duplicate: already placed on {existing.node}",
-                        }
+            tid = item.task_id
+            if tid in held:
+                first = held[tid]
+                existing = fleet.allocation(tid)
+                if first is not None and first == item:
+                    state = (
+                        f"placed on {existing.node}" if existing else "released" if tid in gone else "refused"
                     )
+                    entry = {"task_id": tid, "node": existing.node if existing else None, "reason": None}
+                    entry["message"] = f"duplicate: already {state}"
+                else:
+                    result.rejected += 1
+                    why = "cancelled" if first is None else "conflict"
+                    result.rejected_by_reason[why] += 1
+                    entry = {"task_id": tid, "node": None, "reason": why}
+                    entry["message"] = (
+                        "released before it arrived: never placed"
+                        if first is None
+                        else "task id already exists with a different request; the original is unchanged"
+                    )
+                if keep_lines:
+                    lines.append(entry)
             else:
+                held[tid] = item
                 cpu, mem = item.requested_cpu, item.requested_memory
                 if not min_cpu or cpu < min_cpu:
                     min_cpu = cpu

@@ -185,3 +185,111 @@ def test_a_fifo_is_read_whole_before_the_broker_connection_opens(
                 proc.communicate()
             delete_topology(amqp_url, topo)
     assert (proc.returncode, out.split(), err) == (0, ["p-1", "p-2"], "")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["bm-\x1b]0;owned\x07", "bm-\x1b[2J", "bm-\u202eevil", "bm-\x9b31m"],
+    ids=["osc-title", "csi-clear", "rtl-override", "c1-csi"],
+)
+def test_a_fleet_files_hostile_node_name_reaches_the_terminal_escaped(tmp_path: Path, name: str) -> None:
+    """``nodes import``'s error names the refused node as the file wrote it: an escape sequence in a
+    fleet file someone else wrote reached the operator's terminal raw (click strips only CSI colour
+    sequences, and only when standard error is not a terminal), a right-to-left override disguised
+    the name."""
+    fleet = tmp_path / "fleet.json"
+    fleet.write_text(
+        json.dumps({"nodes": [{"name": name, "ip": "10.0.0.1", "cpu": 1, "memory": 1, "max_vms": 1}]})
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    env = {**os.environ, "SCHEDULER_CONFIG": str(config), "DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}"}
+    out = subprocess.run(
+        [sys.executable, "-m", "scheduler", "nodes", "import", str(fleet)],
+        capture_output=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    err = out.stderr.decode()
+    assert err.startswith("error: ") and "nothing imported" in err
+    assert not any(c in err for c in "\x1b\x07\x9b\u202e"), ascii(err)
+    assert "bm-\\" in err  # shown escaped, not dropped
+
+
+@pytest.mark.parametrize("command", ["submit", "plan"])
+@pytest.mark.parametrize(
+    "flags",
+    [("--pool", "ai"), ("--dedicated",), ("--strategy", "best_fit"), ("--tag", "gpu", "--priority", "9")],
+    ids=["pool", "dedicated", "strategy", "tag+priority"],
+)
+def test_a_request_flag_beside_file_is_refused_not_silently_ignored(
+    tmp_path: Path, command: str, flags: tuple[str, ...]
+) -> None:
+    """Only --cpu, --memory and --task-id were refused with --file: ``submit --file f --pool ai
+    --dedicated`` published every line to its own pool, exit 0, as if the flags had applied."""
+    requests = tmp_path / "reqs.jsonl"
+    requests.write_text('{"task_id": "a", "requested_cpu": 1, "requested_memory": 512}\n')
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    env = {
+        "SCHEDULER_CONFIG": str(config),
+        "AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F",  # nothing may be published, nor tried
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'absent.db'}",
+    }
+    result = CliRunner().invoke(cli, [command, "--file", str(requests), *flags], env=env)
+    assert isinstance(result.exception, CliError) and result.exit_code == 1, result.output
+    message = str(result.exception)
+    assert message.startswith("give either --file or the request flags, not both"), message
+    assert all(flag in message for flag in flags if flag.startswith("--")), message
+
+
+@pytest.mark.parametrize(
+    "args", [["nodes", "import", "/dev/zero"], ["simulate", "--nodes", "/dev/zero", "--requests", "-"]]
+)
+def test_a_fleet_file_without_end_is_one_error_line_not_all_the_memory(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """``nodes import /dev/zero`` (or a huge log given by mistake) read the whole file: the process grew
+    until the memory ran out, then a MemoryError traceback. Here the memory is capped at 1 GiB."""
+    import resource
+
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero here")
+
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    env = {**os.environ, "SCHEDULER_CONFIG": str(config), "DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}"}
+    out = subprocess.run(
+        [sys.executable, "-m", "scheduler", *args],
+        input="",
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+        preexec_fn=cap_memory,
+    )
+    assert (out.returncode, out.stderr) == (1, "error: /dev/zero: larger than 128 MiB: not a fleet file?\n")
+
+
+def test_a_trace_line_is_bounded_as_a_submitted_line_is(tmp_path: Path) -> None:
+    """``simulate --requests`` read a line whole however long (``/dev/zero``: to the last byte of
+    memory); a line over the message size is now refused by name, as ``submit`` and ``plan`` do."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("nodes: [{name: n1, ip: 10.0.0.1, cpu: 4, memory: 4096}]\n")
+    trace = tmp_path / "trace.jsonl"
+    trace.write_bytes(b"x" * (MAX_BODY_BYTES * 4) + b"\n" + line("kept"))
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    result = CliRunner().invoke(
+        cli,
+        ["simulate", "--nodes", str(fleet), "--requests", str(trace)],
+        env={"SCHEDULER_CONFIG": str(config)},
+    )
+    assert isinstance(result.exception, CliError), result.output
+    assert str(result.exception) == f"{trace}: line 1: longer than {MAX_BODY_BYTES} bytes"

@@ -6,6 +6,7 @@ width is the one the process discovers itself, as a user's shell gives it.
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -171,6 +172,46 @@ def test_leader_on_a_fresh_database_prints_its_hint_once(tmp_path: Path) -> None
     assert len(out.stderr.splitlines()) == 1
 
 
+def test_leader_on_a_postgresql_database_that_is_not_there_does_not_say_upgrade(
+    tmp_path: Path, postgres_base_url: str
+) -> None:
+    """``database "x" does not exist`` got "(run `scheduler db upgrade`)" appended, which cannot create
+    a database; only a missing table (the schema not created yet) gets that hint."""
+    from sqlalchemy.engine import make_url
+
+    missing = make_url(postgres_base_url).set(database="no_such_db_for_leader").render_as_string(False)
+    env = {
+        "PATH": os.environ["PATH"],
+        "SCHEDULER_CONFIG": _config(tmp_path),
+        "DATABASE_URL": missing,
+        "ELECTION_BACKEND": "database",
+    }
+    out = subprocess.run([SCHEDULER, "leader"], env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 1 and out.stdout == ""
+    assert 'database "no_such_db_for_leader" does not exist' in out.stderr, out.stderr
+    assert "scheduler db upgrade" not in out.stderr
+
+
+@pytest.mark.parametrize("kubeconfig", ["garbage: [", "- a", "apiVersion: v1\nclusters: 5\n"])
+def test_leader_with_a_kubeconfig_that_is_not_one_is_one_line(tmp_path: Path, kubeconfig: str) -> None:
+    """A kubeconfig that is not YAML (or not a mapping) was a yaml.ParserError traceback from
+    ``scheduler leader`` (and the worker's start) with ``ELECTION_BACKEND=kubernetes``."""
+    path = tmp_path / "kubeconfig"
+    path.write_text(kubeconfig)
+    env = {
+        "PATH": os.environ["PATH"],
+        "SCHEDULER_CONFIG": _config(tmp_path),
+        "ELECTION_BACKEND": "kubernetes",
+        "KUBECONFIG": str(path),
+    }
+    out = subprocess.run([SCHEDULER, "leader"], env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.startswith(
+        f"error: cannot configure the Kubernetes client from the kubeconfig {path}: "
+    )
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+
+
 def test_leader_never_shows_a_negative_age() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     ahead = now + timedelta(milliseconds=100)  # the holder's clock is ahead of ours
@@ -224,6 +265,93 @@ def test_waiting_prints_aligned_outcomes_including_tasks_released_in_the_batch(
     assert rows["edge-1"][1:3] == ["failed", "unknown_pool:"]
     status_at = lines[0].index("status")
     assert all(line[status_at - 2 : status_at] == "  " and line[status_at] != " " for line in lines[1:])
+
+
+def test_a_stored_message_with_a_bidi_override_is_shown_escaped(filled: str, tmp_path: Path) -> None:
+    """The worker names a request's unknown field as sent and escapes its control characters, not a
+    U+202E: ``status`` and ``tasks`` showed the rest of the row reversed on a terminal."""
+    message = "\u202etxt.exe: Extra inputs are not permitted"
+    with Store.from_url(filled) as store:
+        store.commit([Failure("rtl-1", None, Reason.INVALID_REQUEST, message, None, 1, None)], epoch=1)
+    env = {"DATABASE_URL": filled, "SCHEDULER_CONFIG": _config(tmp_path)}
+    for args in (["status", "rtl-1"], ["tasks"], ["tasks", "--wide"]):
+        result = CliRunner().invoke(cli, args, env=env)
+        assert result.exit_code == 0, result.output
+        assert "\u202e" not in result.output and "\\u202etxt.exe" in result.output, args
+    as_json = CliRunner().invoke(cli, ["status", "rtl-1", "--json"], env=env)
+    assert json.loads(as_json.output)["message"] == message  # JSON carries the text itself, escaped by JSON
+
+
+@pytest.mark.parametrize("timeout", [1e10, float("inf")])
+def test_waiting_with_a_timeout_past_the_clocks_range_waits(filled: str, timeout: float) -> None:
+    """``--timeout inf`` (or 1e10) is a wait without end, not an OverflowError from the clock."""
+    with Store.from_url(filled) as store:
+        assert _poll_results(store, [LONG_ID], set(), timeout=timeout, as_json=True) == 0
+
+
+def test_waiting_on_a_reused_task_id_reports_the_conflict_not_the_originals_outcome(
+    filled: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``submit --task-id <existing> --cpu 32 --pool ai --wait`` printed the original's
+    ``scheduled bm-001``, exit 0; the worker had failed the newcomer as a conflict."""
+    import json
+
+    original = SchedulingRequest(task_id=LONG_ID, requested_cpu=2, requested_memory=2048)
+    other = original.model_copy(update={"requested_cpu": 32, "requested_pool": "ai"})
+    with Store.from_url(filled) as store:
+        same = _poll_results(
+            store,
+            [LONG_ID],
+            set(),
+            timeout=10,
+            as_json=True,
+            sent={LONG_ID: [json.loads(original.model_dump_json())]},
+        )
+        [line] = capsys.readouterr().out.splitlines()
+        assert same == 0 and json.loads(line)["node"] == "bm-001"  # the same request again: its outcome
+        code = _poll_results(
+            store,
+            [LONG_ID],
+            set(),
+            timeout=10,
+            as_json=True,
+            sent={LONG_ID: [json.loads(other.model_dump_json())]},
+        )
+    [line] = capsys.readouterr().out.splitlines()
+    shown = json.loads(line)
+    assert code == 3
+    assert (shown["status"], shown["node"], shown["reason"]) == ("failed", None, "conflict")
+    assert "different request (status scheduled on bm-001)" in shown["message"]
+
+
+def test_waiting_ends_at_its_timeout_when_the_database_stops_answering_mid_query(pg_url: str) -> None:
+    """``submit --wait --timeout 6`` with PostgreSQL behind a link that went silent (a partition: no
+    error, no reply) waited for ever: the deadline was looked at only between two queries."""
+    import threading
+    from urllib.parse import urlsplit
+
+    from tests.fault_proxy import FaultProxy
+
+    parts = urlsplit(pg_url)
+    codes: list[int] = []
+    with (
+        FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy,
+        Store.from_url(proxy.url_through(pg_url)) as store,
+    ):
+        store.upgrade()
+        store.task_states(["warm"])  # the pooled connection is open: the next query meets the stall
+        proxy.fault("stall")
+        waiter = threading.Thread(
+            target=lambda: codes.append(_poll_results(store, ["never"], set(), timeout=0.5, as_json=True)),
+            daemon=True,
+        )
+        waiter.start()
+        waiter.join(60)  # a guard against hanging the suite, not a measure: it returns at 0.5 s
+        hung = waiter.is_alive()
+        proxy.heal()
+        waiter.join(60)
+    assert not hung, "the wait did not end at its timeout"
+    assert codes == [4]
 
 
 def test_submit_file_publishes_the_good_lines_and_reports_the_bad_ones_after(

@@ -183,6 +183,15 @@ def test_standard_output_that_cannot_be_written_is_one_line_and_status_120() -> 
     assert out.stderr == "error: standard output: No space left on device\n"
 
 
+def test_a_full_disk_in_the_middle_of_the_output_is_one_line_and_status_120() -> None:
+    """Output larger than the stream's buffer (the strategies table) met the full disk in a write, not
+    in the final flush: the OSError was a traceback, status 1."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    out = _scheduler_with(">/dev/full", "strategies")
+    assert (out.returncode, out.stderr) == (120, "error: standard output: No space left on device\n")
+
+
 def test_every_lazy_command_has_its_one_line_help_and_it_is_the_commands_own() -> None:
     ctx = click.Context(cli)
     assert set(COMMAND_HELP) == set(COMMAND_MODULES)

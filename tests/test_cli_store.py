@@ -14,9 +14,9 @@ from click.testing import CliRunner, Result
 
 import scheduler.cli.db
 import scheduler.cli.nodes
-import scheduler.cli.tasks  # noqa: F401  (registers the commands)
+import scheduler.cli.tasks
 from scheduler.cli.common import CliError, cli
-from scheduler.models import Reason, SchedulingRequest
+from scheduler.models import Node, Reason, SchedulingRequest
 from scheduler.store import Failure, Placement, Store, Waiting
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +84,120 @@ def test_db_upgrade_twice(run: Run, db_url: str) -> None:
     assert "upgraded from empty to revision 0002" in first.output
     second = run("db", "upgrade")
     assert second.exit_code == 0 and "already at revision 0002" in second.output
+
+
+def test_a_schema_newer_than_the_code_is_one_line_that_does_not_say_upgrade(run: Run, db_url: str) -> None:
+    """After a rollback of the code the database is ahead of it: ``db upgrade``, ``nodes import`` and
+    ``nodes cordon`` were Alembic's ``Can't locate revision`` traceback, and the read commands said to
+    run ``scheduler db upgrade``, which cannot go back."""
+    from sqlalchemy import text
+
+    assert run("nodes", "import", str(EXAMPLE_FLEET)).exit_code == 0
+    with Store.from_url(db_url) as store, store.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    for args in (
+        ("db", "upgrade"),
+        ("nodes", "import", str(EXAMPLE_FLEET)),
+        ("nodes", "cordon", "bm-001"),
+        ("tasks",),
+        ("nodes", "list"),
+    ):
+        message = error_of(run(*args))
+        assert "schema revision 9999_from_the_future, newer than this version" in message, (args, message)
+        assert "cannot go back" in message
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status",),
+        ("nodes", "cordon"),
+        ("nodes", "drain"),
+        ("webhooks", "retry"),
+        ("nodes", "list", "--pool"),
+    ],
+    ids=lambda a: "-".join(a),
+)
+def test_an_argument_that_is_not_utf8_is_one_line_not_the_drivers_traceback(
+    env: dict[str, str], db_url: str, args: tuple[str, ...]
+) -> None:
+    """Undecodable bytes in argv arrive as lone surrogates; both drivers refused to encode them with a
+    ``UnicodeEncodeError`` traceback (a name pasted from a Latin-1 terminal)."""
+    with Store.from_url(db_url) as store:
+        store.upgrade()
+    out = subprocess.run(
+        [sys.executable.encode(), b"-m", b"scheduler", *(a.encode() for a in args), b"bm-\xff01"],
+        env={**os.environ, **env},
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.startswith(
+        b"error: 'bm-\\udcff01' is not valid UTF-8 (undecodable bytes in an argument"
+    )
+    assert out.stderr.count(b"\n") == 1
+
+
+@pytest.mark.parametrize("args", [("tasks",), ("db", "upgrade"), ("leader",)], ids=lambda a: "-".join(a))
+def test_a_database_url_that_is_not_utf8_is_one_line_without_the_password(
+    tmp_path: Path, postgres_base_url: str, args: tuple[str, ...]
+) -> None:
+    """A password with undecodable bytes: the driver's traceback (``leader``), or the driver's
+    connection string, password included, in the error line."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(postgres_base_url)
+    where = f"{parts.hostname}:{parts.port or 5432}"
+    url = parts._replace(netloc=f"{parts.username or 'postgres'}:s3cret-\udcff@{where}").geturl()
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env = {k.encode(): v.encode() for k, v in environ.items()}
+    env |= {
+        b"DATABASE_URL": url.encode(errors="surrogateescape"),
+        b"SCHEDULER_CONFIG": str(config).encode(),
+        b"ELECTION_BACKEND": b"database",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "scheduler", *args], env=env, capture_output=True, check=False, timeout=60
+    )
+    assert out.returncode != 0 and out.stderr.startswith(b"error: "), out.stderr
+    assert out.stderr.count(b"\n") == 1, out.stderr
+    assert b"s3cret" not in out.stderr
+
+
+def test_a_lock_held_by_another_session_ends_the_command_instead_of_waiting_for_ever(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open transaction holding the nodes table (an operator's ``psql`` left in ``BEGIN``) made
+    ``nodes cordon`` wait for ever on PostgreSQL; SQLite gives up after its busy timeout."""
+    import threading
+
+    import psycopg
+
+    monkeypatch.setattr(scheduler.cli.db, "LOCK_TIMEOUT_MS", 300)
+    with Store.from_url(pg_url) as store:
+        store.upgrade()
+        store.import_nodes([Node.model_validate({"name": "bm-1", "ip": "10.0.0.1", "cpu": 1, "memory": 1})])
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    env = {"DATABASE_URL": pg_url, "SCHEDULER_CONFIG": str(config)}
+    results: list[Result] = []
+    with psycopg.connect(pg_url) as holder:
+        holder.execute("LOCK TABLE nodes IN ACCESS EXCLUSIVE MODE")  # a transaction left open
+        command = threading.Thread(
+            target=lambda: results.append(CliRunner().invoke(cli, ["nodes", "cordon", "bm-1"], env=env)),
+            daemon=True,
+        )
+        command.start()
+        command.join(60)  # a guard against hanging the suite, not a measure: it ends after 0.3 s
+        waited_for_ever = command.is_alive()
+        holder.rollback()
+    command.join(60)
+    assert not waited_for_ever, "the command was still waiting for the lock"
+    message = error_of(results[0])
+    assert "lock timeout" in message, message
 
 
 def test_import_list_cordon_uncordon(run: Run, db_url: str) -> None:

@@ -135,6 +135,31 @@ def test_cli_plan_human_and_json(deployment: Deployment, tmp_path: Path) -> None
     assert deployment.store.get_task("p1") is None
 
 
+def test_cli_plan_file_plans_the_good_lines_and_names_the_bad_ones(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """One bad line refused the whole file: nothing planned, at most ten problems on one line. The good
+    lines are planned now and each bad one is named, as ``submit`` publishes the good lines of a file."""
+    standard_workload(deployment.store)
+    (tmp_path / "none.yaml").write_text("{}\n")
+    env = {"DATABASE_URL": deployment.db_url, "SCHEDULER_CONFIG": str(tmp_path / "none.yaml")}
+    requests = tmp_path / "reqs.jsonl"
+    requests.write_text(
+        '{"task_id": "good-1", "requested_cpu": 2, "requested_memory": 1024}\n'
+        '{"task_id": "bad", "requested_cpu": "x", "requested_memory": 1024}\n'
+        '{"release": "good-1"}\n'
+        '{"task_id": "good-2", "requested_cpu": 2, "requested_memory": 1024}\n'
+    )
+    result = CliRunner().invoke(cli, ["plan", "--file", str(requests), "--json"], env=env)
+    assert result.exit_code == 1, result.output  # every request fits: the bad lines say 1
+    planned = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [p["task_id"] for p in planned] == ["good-1", "good-2"] and all(p["node"] for p in planned)
+    assert result.stderr.splitlines() == [
+        "skipped: line 2: requested_cpu: Input should be a valid integer",
+        "skipped: line 3: a release, not a request",
+    ]
+
+
 def test_committed_fleet_is_the_stored_one(deployment: Deployment) -> None:
     standard_workload(deployment.store)
     fleet, revision = CommittedFleet(deployment.store).get()

@@ -98,6 +98,9 @@ def test_every_step_of_a_plan_keeps_every_invariant(
     assert result.after.empty_nodes == int((replay.vms == 0).sum())
     for name in result.emptied:
         assert replay.vms[replay.index[name]] == 0
+    held_before = {fleet.names[i] for i in range(fleet.size) if fleet.vms[i]}
+    assert set(result.emptied) == {n for n in held_before if not replay.vms[replay.index[n]]}
+    assert result.summary()["nodes_emptied"] == len(result.emptied)
     if goal == "pack":
         assert result.after.empty_nodes - result.before.empty_nodes == len(result.emptied)
         assert len({m.task_id for m in result.moves}) == len(result.moves), "a VM moved twice"
@@ -183,6 +186,8 @@ def test_spread_brings_the_hottest_node_down() -> None:
     assert result.before.most_loaded == 1.0
     assert result.after.most_loaded == 0.5
     assert len(result.moves) == 2
+    # Two empty nodes took a VM each and none was emptied: the summary said "nodes_emptied": -2.
+    assert result.emptied == [] and result.summary()["nodes_emptied"] == 0
 
 
 def test_drain_moves_everything_it_can_and_says_why_not_for_the_rest() -> None:

@@ -142,6 +142,8 @@ def test_move_is_refused_at_the_client_when_nothing_queued_can_change_the_verdic
         ("vm-1", "nope"): "move refused: unknown node nope",
         ("vm-1", "g1"): "move refused: g1: in pool gpu, the task's pool is default",
         ("vm-2", other): "move refused: task vm-2 is not scheduled (released)",
+        # A task not placed (yet) does not make an unknown node possible: it was published, with a warning.
+        ("new-vm", "nope"): "move refused: unknown node nope",
     }
     for (task, node), message in refusals.items():
         result = _run(dep, "move", task, node)

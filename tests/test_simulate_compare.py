@@ -140,6 +140,65 @@ def test_single_run_summary_shows_the_new_figures(run: Run, tmp_path: Path) -> N
     assert "cpu 0.0% mem 93.8%" in result.output
 
 
+def test_a_reused_task_id_is_decided_once_as_the_worker_does(run: Run, tmp_path: Path) -> None:
+    """The simulator placed a released or refused task id anew, called a different request under a
+    placed id a duplicate (placed), and placed a request whose release came first; the worker keeps the
+    first outcome, fails a different request as ``conflict`` and never places a cancelled task."""
+    small = {"requested_cpu": 4, "requested_memory": 8192}
+    trace = lines(
+        {"task_id": "a", **small},
+        {"task_id": "a", **small},  # the same again: a duplicate
+        {"task_id": "a", "requested_cpu": 8, "requested_memory": 8192},  # another request: a conflict
+        {"release": "a"},
+        {"task_id": "a", **small},  # released: not placed again
+        {"release": "c"},  # before its request: a cancel
+        {"task_id": "c", **small},
+        {"task_id": "huge", "requested_cpu": 64, "requested_memory": 8192},
+        {"task_id": "huge", "requested_cpu": 64, "requested_memory": 8192},  # refused once, not re-decided
+    )
+    result = run("simulate", *files(tmp_path, trace), "--json", "--strategy", "least_loaded")
+    assert result.exit_code == 0, result.output
+    out = [json.loads(x) for x in result.output.splitlines()]
+    got = [(x["task_id"], x["node"] is not None, x["reason"], x["message"].split(":")[0]) for x in out[:-1]]
+    assert got == [
+        ("a", True, None, "cpu-1 by least_loaded; 3/3 nodes fit"),
+        ("a", True, None, "duplicate"),
+        (
+            "a",
+            False,
+            "conflict",
+            "task id already exists with a different request; the original is unchanged",
+        ),
+        ("a", True, None, "released from cpu-1"),
+        ("a", False, None, "duplicate"),
+        ("c", False, None, "cancelled"),
+        ("c", False, "cancelled", "released before it arrived"),
+        ("huge", False, "insufficient_resources", "0/3 nodes fit"),
+        ("huge", False, None, "duplicate"),
+    ]
+    summary = out[-1]["summary"]
+    assert (summary["placed"], summary["released"], summary["nodes_used"]) == (1, 1, 0)
+    assert summary["rejected_by_reason"] == {"conflict": 1, "cancelled": 1, "insufficient_resources": 1}
+
+
+@pytest.mark.parametrize("compare", [False, True], ids=["single", "compare"])
+def test_piped_tables_are_whole_not_cut_to_80_columns(tmp_path: Path, compare: bool) -> None:
+    """Piped (a file, ``| less``, a CI log), rich assumed 80 columns: the pool table cut the figures
+    to ``██░░░…`` and ``cpu 75.…``; every other table of the CLI is printed whole when piped."""
+    config = tmp_path / "config.yaml"
+    config.write_text("strategy: least_loaded\n")
+    env = {"SCHEDULER_CONFIG": str(config), "COLUMNS": None, "LINES": None}
+    args = ["simulate", *files(tmp_path, FRAG_TRACE)]
+    args += ["--compare", "least_loaded,best_fit,cpu,memory,hybrid"] if compare else []
+    result = CliRunner().invoke(cli, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output, result.output
+    if compare:
+        assert "default: stranded memory" in result.output
+    else:
+        assert "cpu 75.0% mem 6.2% (line 4)" in result.output
+
+
 @pytest.mark.parametrize(
     ("value", "words"),
     [

@@ -8,6 +8,7 @@ traceback: ``ConfigError`` and friends are caught in :func:`main`.
 from __future__ import annotations
 
 import atexit
+import io
 import os
 import sys
 import threading
@@ -15,12 +16,13 @@ from typing import NoReturn
 
 import click
 
-from scheduler.cli.common import CliError, cli
+from scheduler.cli.common import CliError, cli, terminal_safe
 
 
 def main() -> None:
     """Console-script entry point."""
     _discard_closed_streams()
+    _guard_standard_output()
     try:
         cli.main(standalone_mode=False)
         code: str | int | None = 0
@@ -33,11 +35,68 @@ def main() -> None:
         exc.show()
         code = exc.exit_code
     except CliError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {terminal_safe(str(exc))}", err=True)
         code = exc.exit_code
     except KeyboardInterrupt:
         code = 130
+    except StandardOutputError as exc:
+        _say(f"error: standard output: {exc.strerror or exc}")
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - said once: leave() must not flush into it again
+        code = 120
     leave(code)
+
+
+class StandardOutputError(OSError):
+    """A write to standard output failed (a full disk, a device error): the command cannot report."""
+
+
+class _GuardedOutput(io.TextIOWrapper):
+    """Standard output whose failed writes say that it was standard output that failed.
+
+    Why: a command writing more than the stream's buffer (``tasks --json``,
+    ``nodes list`` of a large fleet, ``simulate --json``) met a full disk in
+    the middle of its output, not at the final flush that :func:`leave`
+    guards, and the ``OSError`` was a traceback, whose frames do not say
+    which stream failed. A reader gone (``BrokenPipeError``) is left as it
+    is: click ends the command for it.
+    """
+
+    def write(self, text: str) -> int:
+        try:
+            return super().write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise StandardOutputError(exc.errno, exc.strerror) from None
+
+    def flush(self) -> None:  # rich flushes after each print
+        try:
+            super().flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise StandardOutputError(exc.errno, exc.strerror) from None
+
+
+_REPLACED: list[object] = []
+"""The stream :func:`_guard_standard_output` replaced: kept, because collecting it would close the buffer
+that the guarded stream writes to."""
+
+
+def _guard_standard_output() -> None:
+    """Put a :class:`_GuardedOutput` over standard output's buffer, with the stream's own settings."""
+    out = sys.stdout
+    if type(out) is not io.TextIOWrapper:  # replaced already (a test runner, a closed stream's devnull)
+        return
+    out.flush()
+    _REPLACED.append(out)
+    sys.stdout = _GuardedOutput(
+        out.buffer,
+        encoding=out.encoding,
+        errors=out.errors,
+        line_buffering=out.line_buffering,
+        write_through=out.write_through,
+    )
 
 
 def _discard_closed_streams() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import shutil
 import sys
 from typing import IO, TYPE_CHECKING, Any
@@ -108,6 +109,32 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="virtflow-scheduler")
 def cli() -> None:
     """virtflow-scheduler: place VMs on bare-metal nodes."""
+
+
+_TERMINAL_UNSAFE = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+"""Control characters but tab and newline, bidirectional overrides and isolates, lone surrogates."""
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with what could drive or disguise a terminal escaped (``\\x1b``, ``\\u202e``); lines kept.
+
+    Why: an error names what the input held, and input comes from files an
+    operator did not write: a fleet file's node name or top-level key with
+    an escape sequence (``\\x1b[31m``, a title change, a hyperlink) reached
+    the terminal raw through ``nodes import``'s error (click strips such
+    sequences only when standard error is not a terminal), and a
+    right-to-left override showed a name other than the one refused. A
+    task's stored message names a request's unknown field as sent: the
+    worker escapes its control characters, not a U+202E, which then turned
+    ``status``, ``tasks`` and ``submit --wait`` rows around.
+    """
+    if not _TERMINAL_UNSAFE.search(text):
+        return text
+    return _TERMINAL_UNSAFE.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text
+    )
 
 
 def settings_or_exit(**overrides: Any) -> Settings:

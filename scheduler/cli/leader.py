@@ -28,10 +28,14 @@ def leader_cmd(as_json: bool) -> None:
         info = read_leader(settings, environ=os.environ, now=now)
     except LockError as exc:
         message = str(exc)
-        missing = "no such table" in message or "does not exist" in message
+        # A missing table, not a missing database or role (PostgreSQL says "does not exist" of those
+        # too): `db upgrade` creates tables, and only in a database that is there.
+        missing = "no such table" in message or 'relation "leases" does not exist' in message
         if missing and "scheduler db upgrade" not in message:
             message += " (run `scheduler db upgrade`)"
         raise CliError(message) from None
+    except UnicodeEncodeError:  # undecodable bytes in DATABASE_URL: the driver's traceback, before
+        raise CliError("DATABASE_URL is not valid UTF-8 (undecodable bytes in it?)", exit_code=2) from None
     if as_json:
         emit_json(info.as_dict())
         return

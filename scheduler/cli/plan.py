@@ -13,7 +13,12 @@ import click
 from pydantic import ValidationError
 
 from scheduler.cli.common import CliError, cli, emit_json, open_lines, settings_or_exit
-from scheduler.cli.submit import EXIT_BAD_INPUT, request_fields, request_options
+from scheduler.cli.submit import (
+    EXIT_BAD_INPUT,
+    refuse_request_flags_with_file,
+    request_fields,
+    request_options,
+)
 from scheduler.jsonlines import json_lines
 from scheduler.models import (
     MAX_BODY_BYTES,
@@ -32,7 +37,9 @@ EXIT_NO_FIT = 3
 def plan_cmd(file_: str | None, cpu: int | None, memory: int | None, as_json: bool, **flags: Any) -> None:
     """Which node would be chosen now for a request, the runners-up, and why the others were not."""
     settings = settings_or_exit()
-    requests = _requests(file_, cpu, memory, flags)
+    requests, problems = _requests(file_, cpu, memory, flags)
+    for problem in problems:
+        click.echo(f"skipped: {problem}", err=True)
     from scheduler.cli.db import store_session
     from scheduler.plan_service import PlanService
 
@@ -48,20 +55,28 @@ def plan_cmd(file_: str | None, cpu: int | None, memory: int | None, as_json: bo
                 click.echo(render_plan(answer))
     if misses:
         sys.exit(EXIT_NO_FIT)
+    if problems:
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def _requests(
     file_: str | None, cpu: int | None, memory: int | None, flags: dict[str, Any]
-) -> list[SchedulingRequest]:
+) -> tuple[list[SchedulingRequest], list[str]]:
+    """The requests to plan, and one problem per bad line of ``--file`` (``line N: field: rule``).
+
+    Bad lines are reported and skipped, the good ones planned, as ``submit``
+    publishes the good lines of a file: one bad line used to refuse the whole
+    file, every good line unplanned, with at most ten problems run together
+    on one line.
+    """
     if file_ is None:
         if cpu is None or memory is None:
             raise CliError("--cpu and --memory are required (or --file)", exit_code=EXIT_BAD_INPUT)
         try:
-            return [SchedulingRequest.model_validate(request_fields(cpu=cpu, memory=memory, **flags))]
+            return [SchedulingRequest.model_validate(request_fields(cpu=cpu, memory=memory, **flags))], []
         except ValidationError as exc:
             raise CliError(format_validation_error(exc), exit_code=EXIT_BAD_INPUT) from None
-    if cpu is not None or memory is not None or flags.get("task_id") is not None:
-        raise CliError("give either --file or the request flags, not both", exit_code=EXIT_BAD_INPUT)
+    refuse_request_flags_with_file()
     out: list[SchedulingRequest] = []
     problems: list[str] = []
     stream = open_lines(file_)
@@ -82,9 +97,7 @@ def _requests(
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
-    if problems:
-        raise CliError("; ".join(problems[:10]), exit_code=EXIT_BAD_INPUT)
-    return out
+    return out, problems
 
 
 def render_plan(answer: dict[str, Any]) -> str:

@@ -138,6 +138,10 @@ def check_move_here(settings: Settings, task_id: str, node: str) -> tuple[str, s
                 )
             if state in (TaskStatus.RELEASED, TaskStatus.FAILED):
                 raise CliError(f"move refused: {why}", exit_code=EXIT_MOVE_REFUSED)
+            if node not in fleet.index:
+                # Whatever is queued for the task, the leader refuses a node it does not know: this was
+                # published (a typo in both arguments, or a task not placed yet) with a warning only.
+                raise CliError(f"move refused: unknown node {node}", exit_code=EXIT_MOVE_REFUSED)
             return str(revision), why  # its request may still be in the queue
         outcome = check_move(
             fleet, stored, node, now=service.clock(), exclusive=settings.dedicated_nodes_exclusive,

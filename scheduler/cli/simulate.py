@@ -165,7 +165,7 @@ def simulate_cmd(
 def _print_human(result: SimulationResult, strategy: str) -> None:
     from scheduler.simulate import POOL_FIGURES
 
-    console = Console()
+    console = make_console()  # piped, rich's 80 columns cut pool names and figures ("stora…", "25.…")
     placements = Table("task", "node", "outcome", title=f"placements ({strategy})", show_lines=False)
     shown = result.lines if len(result.lines) <= 50 else result.lines[:25] + result.lines[-25:]
     for line in shown:
@@ -233,7 +233,7 @@ def _print_comparison(results: dict[str, SimulationResult]) -> None:
 
     for label, values in comparison_rows(summaries):
         table.add_row(label, *values)
-    console = Console()
+    console = make_console()
     console.print(table)
     console.print(
         "1st fragmentation: the first request refused while the nodes allowed to take it had enough free "

@@ -8,9 +8,13 @@ are still sent, and the exit code says that something was wrong.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import queue
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any, TypeVar
@@ -20,11 +24,12 @@ from pydantic import ValidationError
 
 from scheduler.broker import ROUTE_REQUEST, BrokerUnavailable, Topology
 from scheduler.cli import columns
-from scheduler.cli.common import CliError, cli, emit_json, open_lines, settings_or_exit
+from scheduler.cli.common import CliError, cli, emit_json, open_lines, settings_or_exit, terminal_safe
 from scheduler.config import Settings
 from scheduler.jsonlines import json_lines
 from scheduler.models import (
     MAX_BODY_BYTES,
+    Reason,
     ReleaseRequest,
     SchedulingRequest,
     TaskStatus,
@@ -35,7 +40,7 @@ from scheduler.producer.publisher import Outgoing, Publisher, PublishReport
 from scheduler.strategies.registry import STRATEGY_NAMES
 
 if TYPE_CHECKING:
-    from scheduler.store import Store
+    from scheduler.store import Store, TaskRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -147,6 +152,39 @@ REQUEST_OPTIONS = (
 """The flags that describe a request: ``submit`` and ``plan`` share them."""
 
 
+REQUEST_FLAG_NAMES = frozenset(
+    {
+        "cpu", "memory", "disk", "pool", "dedicated", "tags", "task_id", "strategy", "priority", "group",
+        "anti_affinity_mode", "resources", "forbidden", "spread_group", "spread_mode", "callback_url",
+    }
+)  # fmt: skip
+"""The parameters of :data:`REQUEST_OPTIONS` that describe one request (all but ``--file``)."""
+
+
+def refuse_request_flags_with_file() -> None:
+    """Refuse ``--file`` beside any request flag given on the command line, naming the flags.
+
+    Why: only ``--cpu``, ``--memory`` and ``--task-id`` were refused; ``submit
+    --file reqs.jsonl --pool ai --dedicated --strategy best_fit`` published
+    every line to its own pool, not dedicated, with the configured strategy,
+    exit 0, as if the flags had applied (``plan --file`` likewise). A flag
+    a file's lines do not take must not look taken.
+    """
+    ctx = click.get_current_context()
+    given = [
+        param.opts[0]
+        for param in ctx.command.params
+        if param.name in REQUEST_FLAG_NAMES
+        and ctx.get_parameter_source(param.name) not in (None, click.core.ParameterSource.DEFAULT)
+    ]
+    if given:
+        raise CliError(
+            f"give either --file or the request flags, not both ({', '.join(given)} with --file: "
+            "the fields of each line are the request)",
+            exit_code=EXIT_BAD_INPUT,
+        )
+
+
 def request_options(fn: F) -> F:
     """Apply :data:`REQUEST_OPTIONS` to a command, in order."""
     for option in reversed(REQUEST_OPTIONS):
@@ -230,8 +268,7 @@ def submit_cmd(
     problems: list[str] = []
     source: Iterable[Outgoing]
     if file_ is not None:
-        if cpu is not None or memory is not None or task_id is not None:
-            raise CliError("give either --file or the request flags, not both", exit_code=EXIT_BAD_INPUT)
+        refuse_request_flags_with_file()
         stream = FileMessages(file_)
         if file_ == "-" or sys.stderr.isatty() or not stream.regular_file():
             # Read it all first: stdin, a FIFO or a ``<(command)`` may block the publisher's I/O loop
@@ -284,7 +321,11 @@ def submit_cmd(
             f"({len(released & confirmed)} releases); waiting for {len(waitable)} tasks"
         )
     if wait and waitable:
-        code = _wait_for(settings, waitable, until_released, timeout, as_json)
+        sent: dict[str, list[dict[str, Any]]] = {}
+        for m in messages:
+            if m.routing_key == ROUTE_REQUEST:
+                sent.setdefault(m.message_id, []).append(json.loads(m.body))
+        code = _wait_for(settings, waitable, until_released, timeout, as_json, sent)
         if code:
             sys.exit(code)
     if report.failed:
@@ -353,7 +394,12 @@ def _publish(settings: Settings, messages: Iterable[Outgoing]) -> PublishReport:
 
 
 def _wait_for(
-    settings: Settings, task_ids: list[str], until_released: set[str], timeout: float, as_json: bool
+    settings: Settings,
+    task_ids: list[str],
+    until_released: set[str],
+    timeout: float,
+    as_json: bool,
+    sent: dict[str, list[dict[str, Any]]] | None = None,
 ) -> int:
     """Poll the database until every task is terminal; print each result once.
 
@@ -367,7 +413,7 @@ def _wait_for(
     pending = set(task_ids)
     try:
         with store_session(settings, migrate=False) as store:
-            return _poll_results(store, task_ids, until_released, timeout, as_json, pending)
+            return _poll_results(store, task_ids, until_released, timeout, as_json, pending, sent)
     except (CliError, KeyboardInterrupt):
         _report_pending(pending)
         raise
@@ -394,15 +440,25 @@ def _poll_results(
     timeout: float,
     as_json: bool,
     pending: set[str] | None = None,
+    sent: dict[str, list[dict[str, Any]]] | None = None,
 ) -> int:
     """Print each task's outcome as it lands, in columns sized for every id up front (no tabs).
 
     ``pending`` (the caller's set of the ids of ``task_ids``) loses each id as its outcome is printed.
+    ``sent`` holds the request bodies published per task id: a task whose stored request is none of
+    them is another request's outcome (see :func:`_conflict`).
+
+    The database is read on a daemon thread and the deadline is kept here: a
+    database that stops answering in the middle of a query (a network
+    partition, a PostgreSQL behind a stalled link: no error, no reply) kept
+    ``--wait --timeout 6`` waiting for ever, because the deadline was only
+    looked at between two queries. Now the command ends at its timeout
+    whatever the database does, and Ctrl-C ends it at once (psycopg's cancel
+    of a query on a dead link waited 10 s more).
     """
     pending = set(task_ids) if pending is None else pending
     deadline = time.monotonic() + timeout
     failed = 0
-    delay = 0.05
     sizes = [
         max([len(WAIT_COLUMNS[0].header), *map(len, task_ids)]),
         max(len(s.value) for s in TaskStatus),
@@ -410,29 +466,94 @@ def _poll_results(
     ]
     if not as_json and task_ids:
         click.echo(columns.format_row(WAIT_COLUMNS, sizes, [c.header for c in WAIT_COLUMNS]))
-    while pending:
-        states = store.task_states(sorted(pending))
-        done = [t for t, s in states.items() if _done(TaskStatus(s), t in until_released)]
-        for record in (store.get_task(t) for t in sorted(done)):
-            if record is None:
-                continue
-            failed += record.status is TaskStatus.FAILED
+    outcomes: queue.SimpleQueue[TaskRecord | BaseException] = queue.SimpleQueue()
+    stop = threading.Event()
+    poller = threading.Thread(
+        target=_read_outcomes,
+        args=(store, sorted(pending), until_released, outcomes, stop),
+        name="submit-wait",
+        daemon=True,  # may be stuck in a query on a silent database: the process must not wait for it
+    )
+    poller.start()
+    try:
+        while pending:
+            try:
+                # In slices: a timeout past what the platform's clock takes (1e10 s, inf) overflows.
+                item = outcomes.get(timeout=min(max(0.0, deadline - time.monotonic()), 60.0))
+            except queue.Empty:
+                if time.monotonic() < deadline:
+                    continue
+                click.echo(f"timed out after {timeout}s; still pending: {len(pending)}", err=True)
+                _report_pending(pending)
+                return EXIT_TIMEOUT
+            if isinstance(item, BaseException):
+                raise item
+            item = _conflict(item, sent) or item
+            failed += item.status is TaskStatus.FAILED
             if as_json:
-                emit_json(record.to_json())
+                emit_json(item.to_json())
             else:
-                where = record.node or f"{record.reason}: {record.message}"
-                cells = [record.task_id, record.status.value, where]
-                click.echo(columns.format_row(WAIT_COLUMNS, sizes, cells))
-            pending.discard(record.task_id)  # after the print: an interrupt names it twice, never not at all
-        if not pending:
-            break
-        if time.monotonic() >= deadline:
-            click.echo(f"timed out after {timeout}s; still pending: {len(pending)}", err=True)
-            _report_pending(pending)
-            return EXIT_TIMEOUT
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
+                where = item.node or terminal_safe(f"{item.reason}: {item.message}")
+                click.echo(columns.format_row(WAIT_COLUMNS, sizes, [item.task_id, item.status.value, where]))
+            pending.discard(item.task_id)  # after the print: an interrupt names it twice, never not at all
+    finally:
+        stop.set()
     return EXIT_TASK_FAILED if failed else 0
+
+
+def _conflict(record: TaskRecord, sent: dict[str, list[dict[str, Any]]] | None) -> TaskRecord | None:
+    """The outcome of a request this command published whose task id held another request, or None.
+
+    Why: the worker keeps the original of a reused task id and fails the
+    newcomer as ``conflict`` (a webhook, no row of its own). ``submit
+    --task-id web-2 --cpu 32 --pool ai --wait`` then printed the original's
+    ``scheduled bm-002``, exit 0: a 32-vCPU VM placed, said the output, on
+    a node of another pool, and nothing had been placed. The stored request
+    tells the two apart (the worker compares the same fields).
+    """
+    bodies = (sent or {}).get(record.task_id)
+    if not bodies or record.request is None or record.request in bodies:
+        return None
+    where = f" on {record.node}" if record.node else ""
+    return dataclasses.replace(
+        record,
+        status=TaskStatus.FAILED,
+        node=None,
+        node_ip=None,
+        reason=Reason.CONFLICT,
+        message=(
+            f"task id already exists with a different request (status {record.status.value}{where}); "
+            "the original is unchanged, this one was not placed"
+        ),
+    )
+
+
+def _read_outcomes(
+    store: Store,
+    task_ids: list[str],
+    until_released: set[str],
+    out: queue.SimpleQueue[TaskRecord | BaseException],
+    stop: threading.Event,
+) -> None:
+    """Poll ``store`` (backing off to 1 s) and put each task's terminal record on ``out``, once.
+
+    Runs on :func:`_poll_results`'s thread; an error (the database gone) ends the polling and is put
+    on ``out``, to be raised by the command's thread.
+    """
+    pending = set(task_ids)
+    delay = 0.05
+    try:
+        while pending and not stop.is_set():
+            states = store.task_states(sorted(pending))
+            done = [t for t, s in states.items() if _done(TaskStatus(s), t in until_released)]
+            for record in (store.get_task(t) for t in sorted(done)):
+                if record is not None:
+                    out.put(record)
+                    pending.discard(record.task_id)
+            if pending and not stop.wait(delay):
+                delay = min(delay * 2, 1.0)
+    except BaseException as exc:  # raised where the command waits: store_session makes it one line
+        out.put(exc)
 
 
 @cli.command("release")

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import click
 
 from scheduler.cli import columns
-from scheduler.cli.common import MAX_LIMIT, CliError, cli, emit_json, terminal_width
+from scheduler.cli.common import MAX_LIMIT, CliError, cli, emit_json, terminal_safe, terminal_width
 from scheduler.cli.db import store_session
 from scheduler.models import TaskStatus
 from scheduler.store import TaskRecord
@@ -41,7 +41,7 @@ def status_cmd(task_id: str, as_json: bool) -> None:
     if as_json:
         emit_json(record.to_detail_json())
         return
-    click.echo(render_status(record))
+    click.echo(terminal_safe(render_status(record)))
 
 
 @cli.command("tasks")
@@ -85,7 +85,7 @@ def tasks_cmd(status: str | None, limit: int | None, as_json: bool, wide: bool) 
             r.reason.value if r.reason else "-",
             str(r.attempts),
             _ago(r.updated_at, now),
-            r.message or "",
+            terminal_safe(r.message or ""),
         ]
         for r in records
     ]

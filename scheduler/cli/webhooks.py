@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import click
 
-from scheduler.cli.common import MAX_LIMIT, CliError, cli, emit_json
+from scheduler.cli.common import MAX_LIMIT, CliError, cli, emit_json, terminal_safe
 from scheduler.cli.db import store_session
 from scheduler.store.deliveries import DEAD, DELIVERED, STATUSES, DeliveryRecord, DeliveryStore
 from scheduler.webhooks.policy import display_url
@@ -50,7 +50,7 @@ def list_cmd(failed: bool, status: str | None, limit: int, as_json: bool) -> Non
     if not records:
         click.echo("no failed deliveries" if failed else "no deliveries")
     else:
-        click.echo(render(records))
+        click.echo(terminal_safe(render(records)))
     summary = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s))
     click.echo(f"\ntotal: {summary or 'none'}")
     if counts.get(DEAD):

@@ -38,7 +38,7 @@ def worker_cmd(no_migrate: bool) -> None:
     configure_logging(settings.logging)
     migrate = settings.database.migrate_on_start and not no_migrate
     wait_for_database(settings, migrate=migrate)
-    with store_session(settings, migrate=migrate) as store:
+    with store_session(settings, migrate=migrate, lock_wait=False) as store:
         code = run_worker(settings, store)
     sys.exit(code)
 

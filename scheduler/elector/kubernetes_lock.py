@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import urllib3
+import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -72,11 +73,13 @@ def load_api_client(environ: Mapping[str, str]) -> tuple[k8s.ApiClient, str | No
             )
             _, active = k8s_config.list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
             context_namespace = (active or {}).get("context", {}).get("namespace")
-    except (ConfigException, OSError, TypeError, ValueError) as exc:
+    except (ConfigException, OSError, TypeError, ValueError, yaml.YAMLError) as exc:
+        # YAMLError: a kubeconfig that is not YAML was a traceback from `scheduler leader` and the worker.
         where = (
             "in-cluster service account" if in_cluster(environ) else f"kubeconfig {kubeconfig_path(environ)}"
         )
-        raise LockError(f"cannot configure the Kubernetes client from the {where}: {exc}") from exc
+        reason = " ".join(str(exc).split())  # a YAML error's several lines, as one
+        raise LockError(f"cannot configure the Kubernetes client from the {where}: {reason}") from exc
     # The elector retries on its own schedule; a retry inside the client would
     # stretch a renewal past its deadline.
     configuration.retries = False

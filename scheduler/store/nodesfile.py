@@ -20,6 +20,13 @@ from scheduler.models import Node
 from scheduler.store.errors import NodesFileError
 
 MAX_REPORTED_PROBLEMS = 10
+MAX_FILE_BYTES = 128 * 1024 * 1024
+"""The largest fleet file read: 100,000 nodes take about 20 MB of YAML.
+
+Why a bound: ``nodes import`` and ``simulate --nodes`` read the whole file,
+and a path that is not a fleet file (``/dev/zero``, a multi-gigabyte log
+given by mistake) grew the process until the machine ran out of memory,
+then ended in a ``MemoryError`` traceback."""
 
 
 def load_nodes_file(path: str | Path) -> list[Node]:
@@ -32,7 +39,13 @@ def load_nodes_file(path: str | Path) -> list[Node]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise NodesFileError(
+                f"{path}: larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB: not a fleet file?"
+            )
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise NodesFileError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
