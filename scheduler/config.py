@@ -580,11 +580,20 @@ def parse_yaml(text: str) -> Any:
         raise yaml.YAMLError(f"character {exc.position + 1}: {first}") from None
 
 
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+"""The largest config file read (the sample is 7 KB). Why a bound: ``SCHEDULER_CONFIG=/dev/zero``
+(or a log file given by mistake) grew the process until a ``MemoryError`` traceback."""
+
+
 def read_config_file(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024 // 1024} MiB")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist (SCHEDULER_CONFIG)") from None
     except OSError as exc:

@@ -236,6 +236,12 @@ def test_a_deeply_nested_tokens_variable_is_a_config_error(monkeypatch: pytest.M
     assert "http.tokens (env HTTP_TOKENS): must be a JSON object" in config_error()
 
 
+def test_a_config_path_without_end_is_refused_by_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``/dev/zero`` was read until a MemoryError traceback."""
+    monkeypatch.setenv("SCHEDULER_CONFIG", "/dev/zero")
+    assert config_error() == "config file /dev/zero is larger than 16 MiB"
+
+
 def test_missing_config_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCHEDULER_CONFIG", str(tmp_path / "nope.yaml"))
     message = config_error()
