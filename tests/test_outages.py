@@ -20,12 +20,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from scheduler.models import TaskStatus
 from scheduler.producer.publisher import Outgoing
 from scheduler.store import Store
-from scheduler.store.schema import allocations, tasks
+from scheduler.store.schema import allocations, leases, tasks
 from tests.fault_proxy import FaultProxy
 from tests.harness import Deployment, make_nodes, make_requests, wait_until
 from tests.store_checks import active_allocations
@@ -280,6 +280,39 @@ def test_startup_waits_for_a_broker_that_comes_up(lite: Deployment, amqp_url: st
         ids = lite.publish(Outgoing.request(r) for r in make_requests(5))
         lite.wait_terminal(ids, timeout=60)
         lite.stop_all()
+
+
+# ------------------------------------------------------------ lease edited by hand
+
+
+def test_a_lease_counter_reset_by_hand_does_not_stall_the_queue(electing: Deployment) -> None:
+    """The lease's transition counter lowered by hand (``kubectl edit``, a Lease manifest re-applied
+    with ``leaseTransitions: 0``, the ``leases`` row reset) while the fence is higher.
+
+    The leader sees another epoch and steps down; the next term used to be counter + 1, below the
+    fence: the fence claim was refused at every retry while the elector kept renewing that lease,
+    so the healthy standby never got a chance and the queue stalled for good.
+    """
+    dep = electing
+    dep.store.import_nodes(make_nodes(20))
+    procs = {name: dep.start_worker(name) for name in ("w0", "w1")}
+    wait_until(lambda: dep.store.fence_holder()[1] in procs, 60, "a first leader")
+    for _ in range(2):  # graceful hand-overs raise the fence above 1
+        epoch, leader = dep.store.fence_holder()
+        assert leader is not None
+        procs[leader].terminate()
+        procs[leader].wait(30)
+        wait_until(lambda e=epoch: dep.store.fence_holder()[0] > e, 60, "the standby to lead")
+        procs[leader] = dep.start_worker(leader)
+    fenced, _ = dep.store.fence_holder()
+    assert fenced >= 3
+    with dep.store.engine.begin() as conn:
+        conn.execute(update(leases).values(transitions=0, version=leases.c.version + 1))
+    wait_until(lambda: dep.store.fence_holder()[0] > fenced, 30, "a new term above the fence")
+    ids = dep.publish(Outgoing.request(r) for r in make_requests(30, prefix="after-reset", seed=7))
+    dep.wait_terminal(ids, timeout=60)
+    assert all(p.poll() is None for p in procs.values())
+    dep.check_invariants()
 
 
 # ---------------------------------------------------------------- frozen leader

@@ -54,6 +54,10 @@ Where this differs from client-go, and why:
   at once, so for up to one retry period two replicas believe they lead). A
   replica that never saw the old lease (started after the deletion) cannot
   know; there the fencing epoch is what protects the data.
+* With an ``epoch_floor`` (the worker passes the fence's epoch), every new
+  term, created or taken over, starts above the floor: a lease counter lowered
+  by hand would otherwise give a term the fence refuses from start to end
+  while its leader keeps the lease. A floor that cannot be read fails the attempt.
 """
 
 from __future__ import annotations
@@ -341,7 +345,10 @@ class Elector:
                     # The record vanished (deleted by hand) while another holder's lease is
                     # still valid on our clock: that leader has not stepped down yet.
                     return False
-            record = replace(desired, leader_transitions=self._creation_epoch())
+            creation_epoch = self._creation_epoch()
+            if creation_epoch is None:
+                return False
+            record = replace(desired, leader_transitions=creation_epoch)
             try:
                 version = self._lock.create(record, timeout=self._left(call_deadline))
             except Exception as exc:
@@ -375,7 +382,10 @@ class Elector:
                 desired, acquire_time=current.acquire_time, leader_transitions=current.leader_transitions
             )
         else:
-            record = replace(desired, leader_transitions=current.leader_transitions + 1)
+            next_epoch = self._next_epoch(current.leader_transitions)
+            if next_epoch is None:
+                return False
+            record = replace(desired, leader_transitions=next_epoch)
         if self._monotonic() >= call_deadline:
             return False
         try:
@@ -458,18 +468,39 @@ class Elector:
             log.info("lease is free", identity=self._identity, epoch=observed.record.leader_transitions)
         self._call("on_new_leader", self._on_new_leader, holder)
 
-    def _creation_epoch(self) -> int:
+    def _creation_epoch(self) -> int | None:
         observed = self._observed
-        epoch = observed.record.leader_transitions + 1 if observed else 0
-        if self._epoch_floor is not None:
-            # A lease recreated by a replica that never saw the old one would
-            # restart at 0, below the fence, and be refused forever; start
-            # above the highest epoch the fence has seen instead.
-            try:
-                epoch = max(epoch, self._epoch_floor() + 1)
-            except Exception as exc:
-                self._log_failure("could not read the epoch floor", exc)
-        return epoch
+        return self._above_floor(observed.record.leader_transitions + 1 if observed else 0)
+
+    def _next_epoch(self, current: int) -> int | None:
+        """The epoch of a term taken over from a lease at ``current``; None: do not take it now.
+
+        Normally ``current + 1``. But the lease's counter is not only written by
+        electors: a Lease edited by hand (``kubectl edit``, a manifest re-applied
+        with ``leaseTransitions: 0``) or a ``leases`` row reset can carry an
+        epoch below the fence. Taking over at ``current + 1`` then won a lease
+        whose every commit the fence refuses; the worker retried the fence claim
+        for ever with the same epoch while a healthy standby waited behind a
+        lease renewed on time: the queue stalled for good.
+        """
+        return self._above_floor(current + 1)
+
+    def _above_floor(self, epoch: int) -> int | None:
+        """``epoch``, raised above the highest epoch the fence has seen; None if the floor is unreadable.
+
+        Also covers a lease recreated by a replica that never saw the old one,
+        which would restart at 0. A floor that cannot be read (the database is
+        down) makes this attempt fail rather than guess: a term begun at a
+        guessed epoch below the fence would be refused for its whole length,
+        and a leader without its database could not claim the fence anyway.
+        """
+        if self._epoch_floor is None:
+            return epoch
+        try:
+            return max(epoch, self._epoch_floor() + 1)
+        except Exception as exc:
+            self._log_failure("could not read the epoch floor; not taking the lease now", exc)
+            return None
 
     def _acquire_wait(self, now: float) -> float:
         observed = self._observed
