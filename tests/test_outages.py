@@ -124,6 +124,32 @@ def test_broker_fault_during_a_burst(
     assert all(p.poll() is None for p in procs), "a broker outage must not end any replica"
 
 
+def test_a_leader_cut_off_from_the_broker_hands_over_to_a_standby(
+    electing: Deployment, broker_proxy: FaultProxy, amqp_url: str
+) -> None:
+    """The leader loses RabbitMQ (through its own proxy) but not the lease backend; the standby
+    reaches RabbitMQ directly.
+
+    Before, the leader kept renewing the lease while it reconnected, so the standby
+    waited for the whole outage and nothing was placed. The tasks are published
+    and must all be placed *while the leader is still cut off*.
+    """
+    dep = electing
+    dep.store.import_nodes(make_nodes(20))
+    dep.extra_env["AMQP_URL"] = broker_proxy.url_through(amqp_url)
+    cut = dep.start_worker("cut")
+    dep.wait_leading("cut", 60)
+    del dep.extra_env["AMQP_URL"]
+    standby = dep.start_worker("standby")
+    wait_until(lambda: "broker connected" in dep.log_of("standby"), 60, "the standby to connect")
+    with broker_proxy.during("refuse"):
+        ids = dep.publish(Outgoing.request(r) for r in make_requests(30, prefix="cut-off", seed=9))
+        dep.wait_terminal(ids, timeout=60)
+        assert dep.store.fence_holder()[1] == "standby"
+    assert cut.poll() is None and standby.poll() is None
+    dep.check_invariants()
+
+
 # ---------------------------------------------------------------- database faults
 
 

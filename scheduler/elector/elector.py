@@ -54,6 +54,10 @@ Where this differs from client-go, and why:
   at once, so for up to one retry period two replicas believe they lead). A
   replica that never saw the old lease (started after the deletion) cannot
   know; there the fencing epoch is what protects the data.
+* :meth:`Elector.set_eligible` lets the owner stand aside while it cannot do
+  the work (the worker: no broker connection): ``is_leader()`` is False at
+  once, the term ends and the lease is released, and no attempt to acquire is
+  made until eligible again. client-go has no such switch (its callers exit).
 * With an ``epoch_floor`` (the worker passes the fence's epoch), every new
   term, created or taken over, starts above the floor: a lease counter lowered
   by hand would otherwise give a term the fence refuses from start to end
@@ -164,6 +168,9 @@ class Elector:
         self._state = threading.Lock()
         self._stop_event = threading.Event()
         self._leading_event = threading.Event()
+        self._eligible = threading.Event()
+        self._eligible.set()
+        self._ineligible_why = ""
         self._thread: threading.Thread | None = None
         self._release_on_stop = release_on_stop
         self._owns_lock = owns_lock
@@ -225,9 +232,31 @@ class Elector:
             thread.join(timeout)
 
     def is_leader(self) -> bool:
-        """Leading, and the last successful renewal started less than renew_deadline ago."""
+        """Leading, eligible, and the last successful renewal started less than renew_deadline ago."""
         with self._state:
-            return self._leading and self._monotonic() < self._renewed_at + self._renew_deadline
+            return (
+                self._leading
+                and self._eligible.is_set()
+                and self._monotonic() < self._renewed_at + self._renew_deadline
+            )
+
+    def set_eligible(self, eligible: bool, why: str = "") -> None:
+        """Campaign (True, the default) or stand aside (False) while this replica cannot do the work.
+
+        The lease only says who may lead; a replica that holds it but has lost
+        what leading needs (the worker: its broker connection) would keep
+        renewing it for as long as the outage lasts, while a healthy standby
+        waits behind a lease renewed on time: the queue stalls. Standing aside,
+        ``is_leader()`` turns False at once, the elector ends the term within a
+        ``retry_period`` and releases the lease so a standby takes it, and no
+        attempt to acquire is made until eligible again. Safe from any thread.
+        """
+        with self._state:
+            self._ineligible_why = "" if eligible else (why or "not eligible")
+        if eligible:
+            self._eligible.set()
+        else:
+            self._eligible.clear()
 
     def wait_for_leadership(self, timeout: float | None = None) -> bool:
         self._leading_event.wait(timeout)
@@ -242,6 +271,8 @@ class Elector:
                 if not self._acquire():
                     break
                 self._step_down(self._renew())
+                if not self._eligible.is_set() and not self._stop_event.is_set():
+                    self._release()  # standing aside: hand the lease over now, not at expiry
         except BaseException:  # a bug must not leave is_leader() True
             log.exception("leader election loop failed", identity=self._identity)
         finally:
@@ -257,12 +288,19 @@ class Elector:
     def _acquire(self) -> bool:
         """Try until this replica holds the lease (True) or stop() is called (False)."""
         while not self._stop_event.is_set():
+            if not self._eligible.is_set():
+                if self._stop_event.wait(self._retry_period):
+                    return False
+                continue
             start = self._monotonic()
             acquired = self._try_acquire_or_renew(start, start + self._request_timeout, leading=False)
             self._report_transition()
             if acquired:
                 if self._stop_event.is_set():
                     return False  # the release in _run hands it straight back
+                if not self._eligible.is_set():
+                    self._release()  # stood aside while the request was in flight
+                    continue
                 self._begin_term(start)
                 return True
             if self._stop_event.wait(self._acquire_wait(self._monotonic())):
@@ -277,6 +315,9 @@ class Elector:
             wait = min(self._retry_period, max(0.0, deadline - self._monotonic()))
             if self._stop_event.wait(wait):
                 return "elector stopped"
+            if not self._eligible.is_set():
+                with self._state:
+                    return f"standing aside: {self._ineligible_why}"
             start = self._monotonic()
             if start >= deadline:
                 return "renew deadline passed"

@@ -108,6 +108,9 @@ class Sessions:
                 self._session()
                 backoff = cfg.reconnect_initial_backoff
             except AMQP_ERRORS as exc:
+                # A leader cut off from the broker cannot consume; holding on to the
+                # lease would keep a healthy standby waiting for the whole outage.
+                self.leadership.set_eligible(False, "broker connection lost")
                 self._drop_leadership("broker connection lost")
                 self.state.broker_connected = False
                 self.state.not_consuming_why = "broker connection lost"
@@ -137,6 +140,7 @@ class Sessions:
             publisher = conn.channel()
             publisher.confirm_delivery()
             self.state.broker_connected = True
+            self.leadership.set_eligible(True)
             self._connected_at = self.clock()
             self._ever_connected = True
             log.info("broker connected", exchange=self.topology.exchange, queue=self.topology.queue)
