@@ -28,6 +28,10 @@ from scheduler.store import Store
 from scheduler.store.schema import allocations, leases, tasks
 from tests.fault_proxy import FaultProxy
 from tests.harness import Deployment, make_nodes, make_requests, wait_until
+from tests.lease_api_server import (  # noqa: F401  (fixtures are used by name)
+    kubeconfig_fixture,
+    lease_api_fixture,
+)
 from tests.store_checks import active_allocations
 
 SHRUNK = {
@@ -175,6 +179,41 @@ def lone(
     dep.declare()
     try:
         yield dep
+    finally:
+        dep.close()
+
+
+def test_a_leader_cut_off_from_the_database_hands_over_to_a_standby(
+    pg_url: str,
+    amqp_url: str,
+    amqp_names: dict[str, str],
+    tmp_path: Path,
+    db_proxy: FaultProxy,
+    kubeconfig: Path,
+) -> None:
+    """Kubernetes lease (tests/lease_api_server.py): the lease does not need the database, so a
+    leader whose database connections (through its own proxy) are refused kept renewing it
+    while retrying its term, and the standby, which reaches the database, waited for the
+    whole outage. The tasks must all be placed *while the leader is still cut off*."""
+    dep = Deployment(
+        pg_url, amqp_url, amqp_names["exchange"], amqp_names["queue"], tmp_path, election="kubernetes",
+        extra_env={**SHRUNK, **QUICK_RECONNECT, "KUBECONFIG": str(kubeconfig)},
+    )  # fmt: skip
+    dep.declare()
+    try:
+        dep.store.import_nodes(make_nodes(20))
+        dep.extra_env["DATABASE_URL"] = db_proxy.url_through(pg_url)
+        cut = dep.start_worker("cut")
+        dep.wait_leading("cut", 60)
+        del dep.extra_env["DATABASE_URL"]
+        standby = dep.start_worker("standby")
+        wait_until(lambda: "broker connected" in dep.log_of("standby"), 60, "the standby to connect")
+        with db_proxy.during("refuse"):
+            ids = dep.publish(Outgoing.request(r) for r in make_requests(30, prefix="db-cut", seed=13))
+            dep.wait_terminal(ids, timeout=60)
+            assert dep.store.fence_holder()[1] == "standby"
+        assert cut.poll() is None and standby.poll() is None
+        dep.check_invariants()
     finally:
         dep.close()
 
