@@ -360,6 +360,39 @@ def test_callbacks_epoch_and_idempotent_stop(sqlite_engine: Engine) -> None:
         elector.start()
 
 
+def test_a_leader_standing_aside_releases_the_lease_and_stops_campaigning(sqlite_engine: Engine) -> None:
+    """``set_eligible(False)``: the worker lost its broker connection and cannot consume.
+
+    Before, the elector knew nothing of it and kept renewing: a healthy standby
+    waited behind the lease for the whole broker outage. Now ``is_leader()`` is
+    False at once and the lease is released (holder ``""``), not left to expire.
+    """
+    lock = DatabaseLeaseLock(sqlite_engine, "lease")
+    a = Elector(DatabaseLeaseLock(sqlite_engine, "lease"), "a", **TIMINGS)
+    b = Elector(DatabaseLeaseLock(sqlite_engine, "lease"), "b", **TIMINGS)
+    a.start()
+    try:
+        assert a.wait_for_leadership(LEASE + SLACK)
+        a.set_eligible(False, "broker connection lost")
+        assert not a.is_leader()
+
+        def holder() -> str | None:
+            found = lock.get(timeout=1)
+            return None if found is None else found[0].holder_identity
+
+        wait_until(lambda: holder() == "", LEASE * 5, "the lease released")
+        b.start()
+        assert b.wait_for_leadership(LEASE * 5)
+        assert not a.is_leader()
+        b.stop()  # releases: a campaigns again only once eligible
+        a.set_eligible(True)
+        assert a.wait_for_leadership(LEASE * 5)
+        assert a.epoch is not None and b.epoch is not None and a.epoch > b.epoch
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_a_failing_callback_does_not_stop_the_elector(sqlite_engine: Engine) -> None:
     def boom(_: int) -> None:
         raise RuntimeError("callback bug")

@@ -131,6 +131,46 @@ def test_a_recreated_lease_starts_above_the_epoch_floor(db_url: str) -> None:
         store.close()
 
 
+def test_a_lease_counter_below_the_fence_is_taken_over_above_it(db_url: str) -> None:
+    """A lease whose ``transitions`` were lowered by hand (a reset row, a re-applied Lease manifest)
+    is taken over above the fence, not at counter + 1, which the fence would refuse for the whole term.
+
+    The floor fails twice first (database down): those attempts must not take the lease at a
+    guessed epoch; the elector waits for a floor it can read.
+    """
+    from datetime import UTC, datetime
+
+    from scheduler.elector import DatabaseLeaseLock, Elector, LeaderElectionRecord
+    from scheduler.store import Store
+
+    store = Store.from_url(db_url)
+    store.upgrade()
+    store.claim_fence(41, "old-leader")
+    lock = DatabaseLeaseLock(store.engine, "reset-test")
+    now = datetime.now(UTC)
+    lock.create(LeaderElectionRecord("", 1.0, now, now, 3), timeout=5)  # released, counter reset to 3
+    floor_reads: list[int] = []
+
+    def flaky_floor() -> int:
+        floor_reads.append(1)
+        if len(floor_reads) <= 2:
+            raise LockError("database down")
+        return store.fence_epoch()
+
+    elector = Elector(
+        lock, "standby", lease_duration=1.0, renew_deadline=0.6, retry_period=0.15, epoch_floor=flaky_floor
+    )
+    elector.start()
+    try:
+        assert elector.wait_for_leadership(10)
+        assert elector.epoch == 42
+        assert len(floor_reads) == 3
+        store.claim_fence(elector.epoch, "standby")  # accepted: above the fence
+    finally:
+        elector.stop()
+        store.close()
+
+
 def test_a_sqlite_file_moved_away_is_a_lock_error_not_a_crash(tmp_path: Path) -> None:
     """The engine refuses a file that left its path (DatabaseUnavailable); the lock says so as a LockError.
 

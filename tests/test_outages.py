@@ -21,14 +21,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from scheduler.models import TaskStatus
 from scheduler.producer.publisher import Outgoing
 from scheduler.store import Store
-from scheduler.store.schema import allocations, tasks
+from scheduler.store.schema import allocations, leases, tasks
 from tests.fault_proxy import FaultProxy
 from tests.harness import Deployment, make_nodes, make_requests, wait_until
+from tests.lease_api_server import (  # noqa: F401  (fixtures are used by name)
+    kubeconfig_fixture,
+    lease_api_fixture,
+)
 from tests.store_checks import active_allocations
 
 SHRUNK = {
@@ -125,6 +129,32 @@ def test_broker_fault_during_a_burst(
     assert all(p.poll() is None for p in procs), "a broker outage must not end any replica"
 
 
+def test_a_leader_cut_off_from_the_broker_hands_over_to_a_standby(
+    electing: Deployment, broker_proxy: FaultProxy, amqp_url: str
+) -> None:
+    """The leader loses RabbitMQ (through its own proxy) but not the lease backend; the standby
+    reaches RabbitMQ directly.
+
+    Before, the leader kept renewing the lease while it reconnected, so the standby
+    waited for the whole outage and nothing was placed. The tasks are published
+    and must all be placed *while the leader is still cut off*.
+    """
+    dep = electing
+    dep.store.import_nodes(make_nodes(20))
+    dep.extra_env["AMQP_URL"] = broker_proxy.url_through(amqp_url)
+    cut = dep.start_worker("cut")
+    dep.wait_leading("cut", 60)
+    del dep.extra_env["AMQP_URL"]
+    standby = dep.start_worker("standby")
+    wait_until(lambda: "broker connected" in dep.log_of("standby"), 60, "the standby to connect")
+    with broker_proxy.during("refuse"):
+        ids = dep.publish(Outgoing.request(r) for r in make_requests(30, prefix="cut-off", seed=9))
+        dep.wait_terminal(ids, timeout=60)
+        assert dep.store.fence_holder()[1] == "standby"
+    assert cut.poll() is None and standby.poll() is None
+    dep.check_invariants()
+
+
 # ---------------------------------------------------------------- database faults
 
 
@@ -150,6 +180,41 @@ def lone(
     dep.declare()
     try:
         yield dep
+    finally:
+        dep.close()
+
+
+def test_a_leader_cut_off_from_the_database_hands_over_to_a_standby(
+    pg_url: str,
+    amqp_url: str,
+    amqp_names: dict[str, str],
+    tmp_path: Path,
+    db_proxy: FaultProxy,
+    kubeconfig: Path,
+) -> None:
+    """Kubernetes lease (tests/lease_api_server.py): the lease does not need the database, so a
+    leader whose database connections (through its own proxy) are refused kept renewing it
+    while retrying its term, and the standby, which reaches the database, waited for the
+    whole outage. The tasks must all be placed *while the leader is still cut off*."""
+    dep = Deployment(
+        pg_url, amqp_url, amqp_names["exchange"], amqp_names["queue"], tmp_path, election="kubernetes",
+        extra_env={**SHRUNK, **QUICK_RECONNECT, "KUBECONFIG": str(kubeconfig)},
+    )  # fmt: skip
+    dep.declare()
+    try:
+        dep.store.import_nodes(make_nodes(20))
+        dep.extra_env["DATABASE_URL"] = db_proxy.url_through(pg_url)
+        cut = dep.start_worker("cut")
+        dep.wait_leading("cut", 60)
+        del dep.extra_env["DATABASE_URL"]
+        standby = dep.start_worker("standby")
+        wait_until(lambda: "broker connected" in dep.log_of("standby"), 60, "the standby to connect")
+        with db_proxy.during("refuse"):
+            ids = dep.publish(Outgoing.request(r) for r in make_requests(30, prefix="db-cut", seed=13))
+            dep.wait_terminal(ids, timeout=60)
+            assert dep.store.fence_holder()[1] == "standby"
+        assert cut.poll() is None and standby.poll() is None
+        dep.check_invariants()
     finally:
         dep.close()
 
@@ -281,6 +346,39 @@ def test_startup_waits_for_a_broker_that_comes_up(lite: Deployment, amqp_url: st
         ids = lite.publish(Outgoing.request(r) for r in make_requests(5))
         lite.wait_terminal(ids, timeout=60)
         lite.stop_all()
+
+
+# ------------------------------------------------------------ lease edited by hand
+
+
+def test_a_lease_counter_reset_by_hand_does_not_stall_the_queue(electing: Deployment) -> None:
+    """The lease's transition counter lowered by hand (``kubectl edit``, a Lease manifest re-applied
+    with ``leaseTransitions: 0``, the ``leases`` row reset) while the fence is higher.
+
+    The leader sees another epoch and steps down; the next term used to be counter + 1, below the
+    fence: the fence claim was refused at every retry while the elector kept renewing that lease,
+    so the healthy standby never got a chance and the queue stalled for good.
+    """
+    dep = electing
+    dep.store.import_nodes(make_nodes(20))
+    procs = {name: dep.start_worker(name) for name in ("w0", "w1")}
+    wait_until(lambda: dep.store.fence_holder()[1] in procs, 60, "a first leader")
+    for _ in range(2):  # graceful hand-overs raise the fence above 1
+        epoch, leader = dep.store.fence_holder()
+        assert leader is not None
+        procs[leader].terminate()
+        procs[leader].wait(30)
+        wait_until(lambda e=epoch: dep.store.fence_holder()[0] > e, 60, "the standby to lead")
+        procs[leader] = dep.start_worker(leader)
+    fenced, _ = dep.store.fence_holder()
+    assert fenced >= 3
+    with dep.store.engine.begin() as conn:
+        conn.execute(update(leases).values(transitions=0, version=leases.c.version + 1))
+    wait_until(lambda: dep.store.fence_holder()[0] > fenced, 30, "a new term above the fence")
+    ids = dep.publish(Outgoing.request(r) for r in make_requests(30, prefix="after-reset", seed=7))
+    dep.wait_terminal(ids, timeout=60)
+    assert all(p.poll() is None for p in procs.values())
+    dep.check_invariants()
 
 
 # ---------------------------------------------------------------- frozen leader

@@ -54,6 +54,14 @@ Where this differs from client-go, and why:
   at once, so for up to one retry period two replicas believe they lead). A
   replica that never saw the old lease (started after the deletion) cannot
   know; there the fencing epoch is what protects the data.
+* :meth:`Elector.set_eligible` lets the owner stand aside while it cannot do
+  the work (the worker: no broker connection): ``is_leader()`` is False at
+  once, the term ends and the lease is released, and no attempt to acquire is
+  made until eligible again. client-go has no such switch (its callers exit).
+* With an ``epoch_floor`` (the worker passes the fence's epoch), every new
+  term, created or taken over, starts above the floor: a lease counter lowered
+  by hand would otherwise give a term the fence refuses from start to end
+  while its leader keeps the lease. A floor that cannot be read fails the attempt.
 """
 
 from __future__ import annotations
@@ -160,6 +168,9 @@ class Elector:
         self._state = threading.Lock()
         self._stop_event = threading.Event()
         self._leading_event = threading.Event()
+        self._eligible = threading.Event()
+        self._eligible.set()
+        self._ineligible_why = ""
         self._thread: threading.Thread | None = None
         self._release_on_stop = release_on_stop
         self._owns_lock = owns_lock
@@ -221,9 +232,31 @@ class Elector:
             thread.join(timeout)
 
     def is_leader(self) -> bool:
-        """Leading, and the last successful renewal started less than renew_deadline ago."""
+        """Leading, eligible, and the last successful renewal started less than renew_deadline ago."""
         with self._state:
-            return self._leading and self._monotonic() < self._renewed_at + self._renew_deadline
+            return (
+                self._leading
+                and self._eligible.is_set()
+                and self._monotonic() < self._renewed_at + self._renew_deadline
+            )
+
+    def set_eligible(self, eligible: bool, why: str = "") -> None:
+        """Campaign (True, the default) or stand aside (False) while this replica cannot do the work.
+
+        The lease only says who may lead; a replica that holds it but has lost
+        what leading needs (the worker: its broker connection) would keep
+        renewing it for as long as the outage lasts, while a healthy standby
+        waits behind a lease renewed on time: the queue stalls. Standing aside,
+        ``is_leader()`` turns False at once, the elector ends the term within a
+        ``retry_period`` and releases the lease so a standby takes it, and no
+        attempt to acquire is made until eligible again. Safe from any thread.
+        """
+        with self._state:
+            self._ineligible_why = "" if eligible else (why or "not eligible")
+        if eligible:
+            self._eligible.set()
+        else:
+            self._eligible.clear()
 
     def wait_for_leadership(self, timeout: float | None = None) -> bool:
         self._leading_event.wait(timeout)
@@ -238,6 +271,8 @@ class Elector:
                 if not self._acquire():
                     break
                 self._step_down(self._renew())
+                if not self._eligible.is_set() and not self._stop_event.is_set():
+                    self._release()  # standing aside: hand the lease over now, not at expiry
         except BaseException:  # a bug must not leave is_leader() True
             log.exception("leader election loop failed", identity=self._identity)
         finally:
@@ -253,12 +288,19 @@ class Elector:
     def _acquire(self) -> bool:
         """Try until this replica holds the lease (True) or stop() is called (False)."""
         while not self._stop_event.is_set():
+            if not self._eligible.is_set():
+                if self._stop_event.wait(self._retry_period):
+                    return False
+                continue
             start = self._monotonic()
             acquired = self._try_acquire_or_renew(start, start + self._request_timeout, leading=False)
             self._report_transition()
             if acquired:
                 if self._stop_event.is_set():
                     return False  # the release in _run hands it straight back
+                if not self._eligible.is_set():
+                    self._release()  # stood aside while the request was in flight
+                    continue
                 self._begin_term(start)
                 return True
             if self._stop_event.wait(self._acquire_wait(self._monotonic())):
@@ -273,6 +315,9 @@ class Elector:
             wait = min(self._retry_period, max(0.0, deadline - self._monotonic()))
             if self._stop_event.wait(wait):
                 return "elector stopped"
+            if not self._eligible.is_set():
+                with self._state:
+                    return f"standing aside: {self._ineligible_why}"
             start = self._monotonic()
             if start >= deadline:
                 return "renew deadline passed"
@@ -341,7 +386,10 @@ class Elector:
                     # The record vanished (deleted by hand) while another holder's lease is
                     # still valid on our clock: that leader has not stepped down yet.
                     return False
-            record = replace(desired, leader_transitions=self._creation_epoch())
+            creation_epoch = self._creation_epoch()
+            if creation_epoch is None:
+                return False
+            record = replace(desired, leader_transitions=creation_epoch)
             try:
                 version = self._lock.create(record, timeout=self._left(call_deadline))
             except Exception as exc:
@@ -375,7 +423,10 @@ class Elector:
                 desired, acquire_time=current.acquire_time, leader_transitions=current.leader_transitions
             )
         else:
-            record = replace(desired, leader_transitions=current.leader_transitions + 1)
+            next_epoch = self._next_epoch(current.leader_transitions)
+            if next_epoch is None:
+                return False
+            record = replace(desired, leader_transitions=next_epoch)
         if self._monotonic() >= call_deadline:
             return False
         try:
@@ -458,18 +509,39 @@ class Elector:
             log.info("lease is free", identity=self._identity, epoch=observed.record.leader_transitions)
         self._call("on_new_leader", self._on_new_leader, holder)
 
-    def _creation_epoch(self) -> int:
+    def _creation_epoch(self) -> int | None:
         observed = self._observed
-        epoch = observed.record.leader_transitions + 1 if observed else 0
-        if self._epoch_floor is not None:
-            # A lease recreated by a replica that never saw the old one would
-            # restart at 0, below the fence, and be refused forever; start
-            # above the highest epoch the fence has seen instead.
-            try:
-                epoch = max(epoch, self._epoch_floor() + 1)
-            except Exception as exc:
-                self._log_failure("could not read the epoch floor", exc)
-        return epoch
+        return self._above_floor(observed.record.leader_transitions + 1 if observed else 0)
+
+    def _next_epoch(self, current: int) -> int | None:
+        """The epoch of a term taken over from a lease at ``current``; None: do not take it now.
+
+        Normally ``current + 1``. But the lease's counter is not only written by
+        electors: a Lease edited by hand (``kubectl edit``, a manifest re-applied
+        with ``leaseTransitions: 0``) or a ``leases`` row reset can carry an
+        epoch below the fence. Taking over at ``current + 1`` then won a lease
+        whose every commit the fence refuses; the worker retried the fence claim
+        for ever with the same epoch while a healthy standby waited behind a
+        lease renewed on time: the queue stalled for good.
+        """
+        return self._above_floor(current + 1)
+
+    def _above_floor(self, epoch: int) -> int | None:
+        """``epoch``, raised above the highest epoch the fence has seen; None if the floor is unreadable.
+
+        Also covers a lease recreated by a replica that never saw the old one,
+        which would restart at 0. A floor that cannot be read (the database is
+        down) makes this attempt fail rather than guess: a term begun at a
+        guessed epoch below the fence would be refused for its whole length,
+        and a leader without its database could not claim the fence anyway.
+        """
+        if self._epoch_floor is None:
+            return epoch
+        try:
+            return max(epoch, self._epoch_floor() + 1)
+        except Exception as exc:
+            self._log_failure("could not read the epoch floor; not taking the lease now", exc)
+            return None
 
     def _acquire_wait(self, now: float) -> float:
         observed = self._observed

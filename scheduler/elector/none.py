@@ -86,5 +86,8 @@ class AlwaysLeader:
     def is_leader(self) -> bool:
         return self._leading.is_set()
 
+    def set_eligible(self, eligible: bool, why: str = "") -> None:
+        """Nothing to do: with one replica there is nobody to hand the lead to."""
+
     def wait_for_leadership(self, timeout: float | None = None) -> bool:
         return self._leading.wait(timeout)

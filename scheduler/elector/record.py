@@ -123,6 +123,10 @@ class LeaderElector(Protocol):
         """Block until this replica leads or ``timeout`` passes; returns ``is_leader()``."""
         ...
 
+    def set_eligible(self, eligible: bool, why: str = "") -> None:
+        """Campaign (True) or stand aside and hand the lease over (False) while the work cannot be done."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class LeaderInfo:

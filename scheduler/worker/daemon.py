@@ -121,6 +121,9 @@ class Worker:
                 used=self.settings.broker_heartbeat(),
                 lease_duration=self.settings.election.lease_duration,
             )
+        # Campaign only once connected to the broker: a replica that cannot consume must
+        # not hold the lease (the sessions switch eligibility with the connection).
+        self.leadership.set_eligible(False, "not connected to the broker yet")
         self.leadership.start()
         try:
             self.sessions.run()

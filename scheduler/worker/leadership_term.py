@@ -42,6 +42,8 @@ class NotLeading:
 
     why: str
     retry_in: float
+    database_down: bool = False
+    """The database did not answer: stand aside for ``retry_in`` so a standby that reaches it can lead."""
 
 
 class LeadershipTerms:
@@ -82,7 +84,7 @@ class LeadershipTerms:
                 error=first_line(exc),
                 retry_in=round(delay, 2),
             )
-            return NotLeading(f"database unavailable: {first_line(exc)}", delay)
+            return NotLeading(f"database unavailable: {first_line(exc)}", delay, database_down=True)
         self.db_backoff = self.settings.worker.reconnect_initial_backoff
         return Term(epoch, fleet, rev)
 

@@ -91,6 +91,7 @@ class Sessions:
         self.stop_signal: str | None = None
         """The signal that asked us to stop, for the log (set by the signal handler)."""
         self._resume_at = 0.0
+        self._aside_until: float | None = None
         self._connected_at: float | None = None
         self._ever_connected = False
         self._epoch = 0
@@ -112,6 +113,9 @@ class Sessions:
                 self._session()
                 backoff = cfg.reconnect_initial_backoff
             except AMQP_ERRORS as exc:
+                # A leader cut off from the broker cannot consume; holding on to the
+                # lease would keep a healthy standby waiting for the whole outage.
+                self.leadership.set_eligible(False, "broker connection lost")
                 self._drop_leadership("broker connection lost")
                 self.state.broker_connected = False
                 self.state.not_consuming_why = "broker connection lost"
@@ -141,6 +145,7 @@ class Sessions:
             publisher = conn.channel()
             publisher.confirm_delivery()
             self.state.broker_connected = True
+            self.leadership.set_eligible(True)
             self._connected_at = self.clock()
             self._ever_connected = True
             log.info("broker connected", exchange=self.topology.exchange, queue=self.topology.queue)
@@ -164,6 +169,9 @@ class Sessions:
                     conn.close()
 
     def _tick(self, conn: pika.BlockingConnection, publisher: BlockingChannel) -> None:
+        if self._aside_until is not None and self.clock() >= self._aside_until:
+            self._aside_until = None
+            self.leadership.set_eligible(True)
         leader = self.leadership.is_leader()
         self.state.lease_held = leader
         if leader and self.consumer.channel is None:
@@ -197,6 +205,8 @@ class Sessions:
         if isinstance(term, NotLeading):
             self.state.not_consuming_why = term.why
             self._resume_at = self.clock() + term.retry_in
+            if term.database_down:
+                self._stand_aside(term.why)
             return
         fleet, epoch = term.fleet, term.epoch
         self._epoch = epoch
@@ -222,7 +232,20 @@ class Sessions:
         """End the term the flow gave up (after a database outage, not before it may answer)."""
         if stop.database_down:
             self._resume_at = self.clock() + self.terms.db_delay()
+            self._stand_aside(stop.why)
         self._drop_leadership(stop.why)
+
+    def _stand_aside(self, why: str) -> None:
+        """Hand the lease over until ``_resume_at``: this replica's database does not answer.
+
+        With the ``kubernetes`` backend the lease does not need the database, so
+        a leader cut off from it kept renewing the lease while it waited, and a
+        standby that reaches the database never got to lead: the queue stalled
+        for the whole outage. After the wait it campaigns again; if the
+        database is down for every replica the lease just passes around.
+        """
+        self._aside_until = self._resume_at
+        self.leadership.set_eligible(False, why)
 
     def _drop_leadership(self, why: str) -> None:
         if self.consumer.channel is None and not self.flow.leading:
