@@ -36,10 +36,13 @@ def test_same_buckets_count_and_sum_as_the_library_histogram(
     reference, batched = CollectorRegistry(), CollectorRegistry()
     library = Histogram("h_seconds", "doc", buckets=bounds, registry=reference)
     ours = BatchHistogram("h_seconds", "doc", bounds, batched)
-    for batch in batches:
+    for i, batch in enumerate(batches):
         for value in batch:
             library.observe(value)
-        ours.observe_many(batch)
+            if i % 2:  # one value at a time (observe's own path) on odd batches, the batch at once on even
+                ours.observe(value)
+        if not i % 2:
+            ours.observe_many(batch if i % 4 else iter(batch))  # a list, and any iterable
     expected, got = _samples(reference), _samples(batched)
     assert got.keys() == expected.keys()
     for key, value in expected.items():

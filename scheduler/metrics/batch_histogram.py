@@ -12,6 +12,7 @@ through the library's public ``HistogramMetricFamily``.
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,6 +34,7 @@ class BatchHistogram(Collector):
         self.name = name
         self.documentation = documentation
         self._bounds = np.array(bounds, dtype=np.float64)
+        self._bound_list = bounds
         self._labels = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]  # untyped in the library
         self._counts = np.zeros(len(bounds) + 1, dtype=np.int64)  # the last one: above every bound
         self._sum = 0.0
@@ -40,8 +42,14 @@ class BatchHistogram(Collector):
         registry.register(self)
 
     def observe(self, value: float) -> None:
-        """One value (a batch of one)."""
-        self.observe_many((value,))
+        """One value, without numpy: a group's size and its commit time are observed once per group,
+        and numpy's fixed cost per call (about 10 us) was most of what a small group's metrics cost."""
+        if not math.isfinite(value):
+            return
+        index = bisect.bisect_left(self._bound_list, value)  # numpy's searchsorted, side="left"
+        with self._lock:
+            self._counts[index] += 1
+            self._sum += value
 
     def observe_many(self, values: Iterable[float]) -> None:
         """Count every finite value into the bucket whose bound is the first at or above it.
@@ -49,7 +57,10 @@ class BatchHistogram(Collector):
         Non-finite values are left out (a NaN or an infinity has no bucket
         and would turn the sum into NaN for good).
         """
-        data = np.fromiter(values, dtype=np.float64)
+        if isinstance(values, list | tuple):
+            data = np.array(values, dtype=np.float64)  # a list converts at once, not item by item
+        else:
+            data = np.fromiter(values, dtype=np.float64)
         data = data[np.isfinite(data)]
         if not data.size:
             return
