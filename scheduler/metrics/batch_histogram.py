@@ -57,7 +57,9 @@ class BatchHistogram(Collector):
         Non-finite values are left out (a NaN or an infinity has no bucket
         and would turn the sum into NaN for good).
         """
-        if isinstance(values, list | tuple):
+        if isinstance(values, np.ndarray):
+            data = values.astype(np.float64, copy=False)
+        elif isinstance(values, list | tuple):
             data = np.array(values, dtype=np.float64)  # a list converts at once, not item by item
         else:
             data = np.fromiter(values, dtype=np.float64)
