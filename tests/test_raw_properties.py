@@ -26,7 +26,7 @@ import pika.data
 import pytest
 
 from scheduler.broker import HEADER_DEATH_REASON, HEADER_UNDECODABLE, tolerate_hostile_headers
-from scheduler.models import TaskStatus
+from scheduler.models import SCHEMA_VERSION, TaskStatus
 from tests.harness import Deployment, make_nodes, wait_until
 
 
@@ -288,3 +288,26 @@ def test_a_request_that_expires_in_the_queue_is_dead_lettered_not_lost(
         assert d.queue_depth(d.queue) == 0
     finally:
         d.close()
+
+
+def test_a_request_of_a_newer_schema_waits_in_the_dead_letters_instead_of_failing(dep: Deployment) -> None:
+    """During a rolling upgrade a new producer's request reached an old worker, which judged it by
+    its own schema: a field it does not know made the task fail for good. A version above the
+    worker's is now kept aside, intact; the current version, an older one, none at all or an
+    unreadable one are read as usual."""
+    newer = _request("from-the-future")
+    _publish(
+        dep,
+        [
+            (newer, {"x-schema-version": SCHEMA_VERSION + 1}),
+            (_request("current"), {"x-schema-version": SCHEMA_VERSION}),
+            (_request("older"), {"x-schema-version": SCHEMA_VERSION - 1}),
+            (_request("unversioned"), {}),
+            (_request("odd-version"), {"x-schema-version": "2"}),
+        ],
+    )
+    (letter,) = _settled(dep, ["current", "older", "unversioned", "odd-version"], [], [newer])
+    assert letter[HEADER_DEATH_REASON].startswith(
+        f"unsupported_schema_version: the message is written to schema version {SCHEMA_VERSION + 1}"
+    )
+    assert "from-the-future" not in dep.statuses(["from-the-future"])

@@ -22,9 +22,10 @@ from typing import Any
 
 from scheduler import safetext
 from scheduler.fleet import Allocation, FleetView
-from scheduler.message_headers import HEADER_ATTEMPT, HEADER_PUBLISHED_AT
+from scheduler.message_headers import HEADER_ATTEMPT, HEADER_PUBLISHED_AT, HEADER_SCHEMA
 from scheduler.models import (
     MAX_BODY_BYTES,
+    SCHEMA_VERSION,
     BadMessage,
     Decision,
     MoveRequest,
@@ -165,6 +166,26 @@ class RetryPolicy:
         return max(1, int(base * 1000 * rng.uniform(0.9, 1.1)))
 
 
+def newer_schema(headers: dict[str, Any]) -> str | None:
+    """Why a message written to a newer schema than this worker reads is kept aside, or None.
+
+    Why dead-letter it rather than judge its body: during a rolling upgrade a
+    new producer may publish fields an old worker does not know; judged by the
+    old schema the request would fail for good (``invalid_request``), while in
+    ``<queue>.dead`` it waits, intact, to be moved back once every worker reads
+    it. A missing or unreadable header counts as the current version (raw
+    producers often send none); an older version is read as the current one,
+    which every change so far has kept compatible.
+    """
+    version = headers.get(HEADER_SCHEMA)
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        return (
+            f"unsupported_schema_version: the message is written to schema version {version}, "
+            f"this worker reads version {SCHEMA_VERSION}"
+        )
+    return None
+
+
 def attempt_of(headers: dict[str, Any]) -> int:
     value = headers.get(HEADER_ATTEMPT, 1)
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
@@ -202,6 +223,10 @@ def decide_batch(
         if msg.original_size is not None:
             too_large = f"body of {msg.size} bytes exceeds {MAX_BODY_BYTES}"
             plan.dead.append(DeadLetter(msg, f"{Reason.INVALID_REQUEST}: {too_large}"))
+            continue
+        newer = newer_schema(msg.headers)
+        if newer is not None:
+            plan.dead.append(DeadLetter(msg, newer))
             continue
         try:
             parsed = parse_message(msg.body)
