@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,6 +31,18 @@ from scheduler.store import Store
 from tests.store_checks import duplicate_active_allocations, overcommitted_nodes
 
 TERMINAL = {TaskStatus.SCHEDULED, TaskStatus.FAILED, TaskStatus.RELEASED}
+
+
+def still_running_after(target: Callable[[], object], guard: float = 60.0) -> threading.Thread | None:
+    """Run ``target`` in a daemon thread; the thread if it is still running after ``guard`` seconds.
+
+    A guard against hanging the suite, not a measure: the callers expect
+    ``target`` to end long before, and fail when it has not.
+    """
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(guard)
+    return thread if thread.is_alive() else None
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

@@ -32,7 +32,7 @@ from scheduler.models import Reason, SchedulingRequest, TaskStatus
 from scheduler.store import Failure, Placement, Release, Store
 from scheduler.store.nodesfile import load_nodes_file
 from scheduler.strategies.registry import STRATEGY_NAMES
-from tests.harness import delete_topology, start_publishing
+from tests.harness import delete_topology, start_publishing, still_running_after
 
 SCHEDULER = str(Path(sys.executable).with_name("scheduler"))
 EXAMPLE_FLEET = Path(__file__).resolve().parents[1] / "examples" / "fleet.yaml"
@@ -327,7 +327,6 @@ def test_waiting_on_a_reused_task_id_reports_the_conflict_not_the_originals_outc
 def test_waiting_ends_at_its_timeout_when_the_database_stops_answering_mid_query(pg_url: str) -> None:
     """``submit --wait --timeout 6`` with PostgreSQL behind a link that went silent (a partition: no
     error, no reply) waited for ever: the deadline was looked at only between two queries."""
-    import threading
     from urllib.parse import urlsplit
 
     from tests.fault_proxy import FaultProxy
@@ -341,15 +340,12 @@ def test_waiting_ends_at_its_timeout_when_the_database_stops_answering_mid_query
         store.upgrade()
         store.task_states(["warm"])  # the pooled connection is open: the next query meets the stall
         proxy.fault("stall")
-        waiter = threading.Thread(
-            target=lambda: codes.append(_poll_results(store, ["never"], set(), timeout=0.5, as_json=True)),
-            daemon=True,
+        hung = still_running_after(  # it returns at 0.5 s
+            lambda: codes.append(_poll_results(store, ["never"], set(), timeout=0.5, as_json=True))
         )
-        waiter.start()
-        waiter.join(60)  # a guard against hanging the suite, not a measure: it returns at 0.5 s
-        hung = waiter.is_alive()
         proxy.heal()
-        waiter.join(60)
+        if hung:
+            hung.join(60)
     assert not hung, "the wait did not end at its timeout"
     assert codes == [4]
 

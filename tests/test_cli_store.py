@@ -18,6 +18,7 @@ import scheduler.cli.tasks
 from scheduler.cli.common import CliError, cli
 from scheduler.models import Node, Reason, SchedulingRequest
 from scheduler.store import Failure, Placement, Store, Waiting
+from tests.harness import still_running_after
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_FLEET = ROOT / "examples" / "fleet.yaml"
@@ -172,7 +173,6 @@ def test_a_lock_held_by_another_session_ends_the_command_instead_of_waiting_for_
 ) -> None:
     """An open transaction holding the nodes table (an operator's ``psql`` left in ``BEGIN``) made
     ``nodes cordon`` wait for ever on PostgreSQL; SQLite gives up after its busy timeout."""
-    import threading
 
     import psycopg
 
@@ -186,15 +186,12 @@ def test_a_lock_held_by_another_session_ends_the_command_instead_of_waiting_for_
     results: list[Result] = []
     with psycopg.connect(pg_url) as holder:
         holder.execute("LOCK TABLE nodes IN ACCESS EXCLUSIVE MODE")  # a transaction left open
-        command = threading.Thread(
-            target=lambda: results.append(CliRunner().invoke(cli, ["nodes", "cordon", "bm-1"], env=env)),
-            daemon=True,
+        waited_for_ever = still_running_after(  # it ends after 0.3 s
+            lambda: results.append(CliRunner().invoke(cli, ["nodes", "cordon", "bm-1"], env=env))
         )
-        command.start()
-        command.join(60)  # a guard against hanging the suite, not a measure: it ends after 0.3 s
-        waited_for_ever = command.is_alive()
         holder.rollback()
-    command.join(60)
+    if waited_for_ever:
+        waited_for_ever.join(60)
     assert not waited_for_ever, "the command was still waiting for the lock"
     message = error_of(results[0])
     assert "lock timeout" in message, message

@@ -139,16 +139,23 @@ def test_a_leader_cut_off_from_the_broker_hands_over_to_a_standby(
     waited for the whole outage and nothing was placed. The tasks are published
     and must all be placed *while the leader is still cut off*.
     """
-    dep = electing
+    _standby_places_while_the_leader_is_cut_off(electing, broker_proxy, "AMQP_URL", amqp_url, "cut-off")
+
+
+def _standby_places_while_the_leader_is_cut_off(
+    dep: Deployment, proxy: FaultProxy, key: str, url: str, prefix: str
+) -> None:
+    """Leader ``cut`` reaches the service at ``url`` (env ``key``) through ``proxy``, the standby
+    directly; with the proxy refusing, every task is placed by the standby while ``cut`` still runs."""
     dep.store.import_nodes(make_nodes(20))
-    dep.extra_env["AMQP_URL"] = broker_proxy.url_through(amqp_url)
+    dep.extra_env[key] = proxy.url_through(url)
     cut = dep.start_worker("cut")
     dep.wait_leading("cut", 60)
-    del dep.extra_env["AMQP_URL"]
+    del dep.extra_env[key]
     standby = dep.start_worker("standby")
     wait_until(lambda: "broker connected" in dep.log_of("standby"), 60, "the standby to connect")
-    with broker_proxy.during("refuse"):
-        ids = dep.publish(Outgoing.request(r) for r in make_requests(30, prefix="cut-off", seed=9))
+    with proxy.during("refuse"):
+        ids = dep.publish(Outgoing.request(r) for r in make_requests(30, prefix=prefix, seed=9))
         dep.wait_terminal(ids, timeout=60)
         assert dep.store.fence_holder()[1] == "standby"
     assert cut.poll() is None and standby.poll() is None
@@ -202,19 +209,7 @@ def test_a_leader_cut_off_from_the_database_hands_over_to_a_standby(
     )  # fmt: skip
     dep.declare()
     try:
-        dep.store.import_nodes(make_nodes(20))
-        dep.extra_env["DATABASE_URL"] = db_proxy.url_through(pg_url)
-        cut = dep.start_worker("cut")
-        dep.wait_leading("cut", 60)
-        del dep.extra_env["DATABASE_URL"]
-        standby = dep.start_worker("standby")
-        wait_until(lambda: "broker connected" in dep.log_of("standby"), 60, "the standby to connect")
-        with db_proxy.during("refuse"):
-            ids = dep.publish(Outgoing.request(r) for r in make_requests(30, prefix="db-cut", seed=13))
-            dep.wait_terminal(ids, timeout=60)
-            assert dep.store.fence_holder()[1] == "standby"
-        assert cut.poll() is None and standby.poll() is None
-        dep.check_invariants()
+        _standby_places_while_the_leader_is_cut_off(dep, db_proxy, "DATABASE_URL", pg_url, "db-cut")
     finally:
         dep.close()
 
