@@ -5,31 +5,59 @@ after start-up, and its rules (hash the contents, not the mtime; an invalid
 file or an unknown name keeps the running strategy; ``SCHEDULING_STRATEGY``
 in the environment wins) are easier to see apart from the consuming loop.
 Standbys follow the file too, so a new leader starts with the new strategy.
+
+Every other key is read at start only. A change to one of them (``amqp.url``,
+``database``...) is not applied live, and saying nothing about it let an
+operator believe a ``kubectl edit`` had taken effect; the watcher logs the keys
+that wait for a restart and sets ``scheduler_config_restart_required``. A file
+that cannot be read any more (deleted, replaced by a directory, unreadable) is
+logged and counted like an invalid one: the next restart would refuse to start.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from typing import Any
 
 import structlog
 
-from scheduler.config import config_path, load_settings
+from scheduler.config import Settings, config_path, load_settings
 from scheduler.strategies import Placer, UnknownStrategy
 from scheduler.worker.state import WorkerState
 
 log = structlog.get_logger(__name__)
 
 
-def config_digest() -> str | None:
-    """Hash of the config file's contents (a ConfigMap update swaps a symlink: mtimes mislead)."""
+def _file_key() -> str | None:
+    """The digest of the file, or ``error:<why>`` when it cannot be read, or None without a file.
+
+    Why the error is part of the key: a file that disappears (or becomes a
+    directory, or unreadable) is a change worth one log line, not silence, and
+    the same error seen again on the next check is not a new change.
+    """
     path = config_path()
     if path is None:
         return None
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
+    except OSError as exc:
+        return f"error:{exc.strerror or exc}"
+
+
+def changed_keys(running: Settings, fresh: Settings) -> list[str]:
+    """Dotted keys, other than ``strategy``, whose values differ between two settings."""
+
+    def walk(prefix: str, old: Any, new: Any, out: list[str]) -> None:
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in sorted(old.keys() | new.keys(), key=str):
+                walk(f"{prefix}{key}.", old.get(key), new.get(key), out)
+        elif old != new:
+            out.append(prefix.rstrip("."))
+
+    out: list[str] = []
+    walk("", running.model_dump(exclude={"strategy"}), fresh.model_dump(exclude={"strategy"}), out)
+    return out
 
 
 class ConfigWatcher:
@@ -38,14 +66,30 @@ class ConfigWatcher:
     def __init__(self, placer: Placer, state: WorkerState) -> None:
         self.placer = placer
         self.state = state
-        self._seen: str | None = config_digest()
+        self._seen: str | None = _file_key()
+        try:
+            # What this process runs with, from the same file and environment
+            # (not the daemon's Settings: CLI flags may override those).
+            self._running: Settings | None = load_settings()
+        except Exception:  # the daemon already refused or accepted the file; no baseline then
+            self._running = None
 
     def check(self) -> None:
         """Apply a changed ``strategy`` from the mounted config file without a restart."""
-        digest = config_digest()
-        if digest is None or digest == self._seen:
+        key = _file_key()
+        if key is None or key == self._seen:
             return
-        self._seen = digest
+        self._seen = key
+        if key.startswith("error:"):
+            log.error(
+                "config file cannot be read; keeping the current configuration (a restart would fail)",
+                path=str(config_path()),
+                error=key.removeprefix("error:"),
+                strategy=self.placer.default,
+            )
+            self.state.strategy_switches_rejected += 1
+            self.state.config_file_valid = False
+            return
         try:
             fresh = load_settings()
         except Exception as exc:  # ConfigError or an unreadable file: keep running as we are
@@ -55,7 +99,10 @@ class ConfigWatcher:
                 error=str(exc),
             )
             self.state.strategy_switches_rejected += 1
+            self.state.config_file_valid = False
             return
+        self.state.config_file_valid = True
+        self._note_restart_keys(fresh)
         if os.environ.get("SCHEDULING_STRATEGY"):
             log.warning(
                 "config file changed, but SCHEDULING_STRATEGY in the environment overrides its strategy",
@@ -74,5 +121,17 @@ class ConfigWatcher:
         self.state.strategy = fresh.strategy
         self.state.strategy_switches += 1
 
+    def _note_restart_keys(self, fresh: Settings) -> None:
+        """Say which changed keys wait for a restart (only ``strategy`` applies live)."""
+        if self._running is None:
+            return
+        keys = changed_keys(self._running, fresh)
+        self.state.config_restart_required = bool(keys)
+        if keys:
+            log.warning(
+                "config file changed keys that apply only at start; restart the worker to apply them",
+                keys=keys,
+            )
 
-__all__ = ["ConfigWatcher", "config_digest"]
+
+__all__ = ["ConfigWatcher", "changed_keys"]
