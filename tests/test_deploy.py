@@ -427,6 +427,14 @@ REFUSED: list[tuple[tuple[str, ...], str]] = [
     (("--set-json", f'secrets.apiTokens={{"{API_TOKEN}":"root"}}'), "apiTokens"),
     (("--set", "config.http.metrics_port=8080"), "metrics_port"),
     (("--set", "networkPolicy.egress.database.ports={}"), "ports"),
+    # Values the worker refuses at start (scheduler/config.py): each rendered a
+    # chart whose every pod crash-looped on its config.yaml.
+    (("--set", "config.amqp.heartbeat=0"), "heartbeat"),
+    (("--set", "config.worker.reconnect_max_backoff=7200"), "reconnect_max_backoff"),
+    (("--set-json", "config.random_seed=9223372036854775808"), "random_seed"),
+    (("--set", "config.retry.initial_backoff=100,config.retry.max_backoff=10"), "config.retry.max_backoff"),
+    (("--set", "config.nodes.suspicious_after=30,config.nodes.offline_after=20"), "nodes.offline_after"),
+    (("--set-json", 'config.strategy_weights={"cpu":0,"memory":0,"disk":0}'), "strategy_weights"),
 ]
 
 
@@ -536,6 +544,53 @@ def test_schema_strategies_are_the_registered_ones() -> None:
 
     schema = json.loads((CHART_DIR / "values.schema.json").read_text())
     assert schema["properties"]["strategy"]["enum"] == list(STRATEGY_NAMES)
+
+
+def _bounds(field: Any) -> dict[str, Any]:
+    return {
+        key: getattr(meta, key)
+        for meta in field.metadata
+        for key in ("ge", "gt", "le", "lt")
+        if getattr(meta, key, None) is not None
+    }
+
+
+def test_schema_bounds_are_at_least_the_workers() -> None:
+    """Every numeric bound of scheduler/config.py is in values.schema.json, as strict or stricter.
+
+    Why: a value the schema lets through and the worker refuses renders a
+    chart whose every pod crash-loops (``amqp.heartbeat: 0`` did, and
+    ``worker.reconnect_max_backoff`` had no maximum).
+    """
+    from pydantic import BaseModel
+
+    from scheduler.config import Settings
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())["properties"]["config"]
+    gaps: list[str] = []
+
+    def walk(model: type[BaseModel], node: dict[str, Any], path: str) -> None:
+        for name, field in model.model_fields.items():
+            sub = node.get("properties", {}).get(name)
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                if sub is not None:
+                    walk(field.annotation, sub, f"{path}{name}.")
+                continue
+            bounds = _bounds(field)
+            if not bounds or sub is None:
+                continue
+            low = sub.get("minimum", sub.get("exclusiveMinimum"))
+            high = sub.get("maximum", sub.get("exclusiveMaximum"))
+            if "ge" in bounds and (low is None or low < bounds["ge"]):
+                gaps.append(f"{path}{name}: schema minimum {low}, worker >= {bounds['ge']}")
+            inclusive = "minimum" in sub
+            if "gt" in bounds and (low is None or low < bounds["gt"] or (low == bounds["gt"] and inclusive)):
+                gaps.append(f"{path}{name}: schema minimum {low}, worker > {bounds['gt']}")
+            if "le" in bounds and (high is None or high > bounds["le"]):
+                gaps.append(f"{path}{name}: schema maximum {high}, worker <= {bounds['le']}")
+
+    walk(Settings, schema, "")
+    assert not gaps, "\n".join(gaps)
 
 
 # ------------------------------------------------------------------ RBAC and security
