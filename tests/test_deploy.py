@@ -435,6 +435,11 @@ REFUSED: list[tuple[tuple[str, ...], str]] = [
     (("--set", "config.retry.initial_backoff=100,config.retry.max_backoff=10"), "config.retry.max_backoff"),
     (("--set", "config.nodes.suspicious_after=30,config.nodes.offline_after=20"), "nodes.offline_after"),
     (("--set-json", 'config.strategy_weights={"cpu":0,"memory":0,"disk":0}'), "strategy_weights"),
+    # Every pod a leader at once: two consumers on the queue, found with two workers (black-box).
+    (("--set", "config.election.backend=none"), "config.election.backend=none"),
+    # The kubelet probes the pod IP: a loopback metrics port fails every probe.
+    (("--set", "config.http.metrics_host=127.0.0.1"), "config.http.metrics_host"),
+    (("--set", "config.http.metrics_host=localhost"), "config.http.metrics_host"),
 ]
 
 

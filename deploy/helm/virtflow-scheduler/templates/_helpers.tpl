@@ -129,6 +129,13 @@ Refusals that a JSON schema cannot word clearly.
 {{- if and (eq (float64 (dig "cpu" 0.4 $w)) 0.0) (eq (float64 (dig "memory" 0.4 $w)) 0.0) (eq (float64 (dig "disk" 0.2 $w)) 0.0) -}}
 {{- fail "config.strategy_weights: at least one weight must be positive" -}}
 {{- end -}}
+{{- if eq (toString $e.backend) "none" -}}
+{{- fail "config.election.backend=none makes every pod the leader (a fixed epoch, no lease): replicaCount pods, and a second pod during every rolling update, would all consume and place at once; use kubernetes (or database)" -}}
+{{- end -}}
+{{- $loopback := list "127.0.0.1" "localhost" "::1" -}}
+{{- if or (has (toString .Values.config.http.metrics_host) $loopback) (hasPrefix "127." (toString .Values.config.http.metrics_host)) -}}
+{{- fail (printf "config.http.metrics_host=%v listens on loopback only: the kubelet probes the pod IP, so every probe would fail and every pod restart; use 0.0.0.0 (the NetworkPolicy limits who reaches it)" .Values.config.http.metrics_host) -}}
+{{- end -}}
 {{- if not .Values.existingSecret -}}
 {{- $missing := list -}}
 {{- if not .Values.secrets.amqpUrl -}}{{- $missing = append $missing "secrets.amqpUrl" -}}{{- end -}}
