@@ -139,3 +139,20 @@ def test_an_empty_file_means_the_defaults_as_at_start(mount: ConfigMapDir) -> No
     mount.write("")
     w.check()
     assert w.placer.default == "least_loaded" and w.state.config_file_valid
+
+
+def test_a_change_while_the_worker_waited_for_the_database_is_applied(mount: ConfigMapDir) -> None:
+    """The worker reads its settings, may wait minutes for the database, then builds the watcher.
+
+    A ConfigMap update in between was hashed as already seen, and its strategy
+    was never applied (the pod ran the old one until restarted).
+    """
+    from scheduler.config import load_settings
+
+    started_with = load_settings()
+    placer = Placer(started_with.strategy)
+    mount.write("strategy: best_fit\nretry: {max_attempts: 9}\n")  # during the wait for the database
+    w = ConfigWatcher(placer, WorkerState(strategy=placer.default), started_with)
+    w.check()
+    assert w.placer.default == "best_fit" and w.state.strategy_switches == 1
+    assert w.state.config_restart_required  # retry.max_attempts is the one started with

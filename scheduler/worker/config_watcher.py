@@ -63,16 +63,24 @@ def changed_keys(running: Settings, fresh: Settings) -> list[str]:
 class ConfigWatcher:
     """Applies a changed ``strategy`` to ``placer`` and counts switches in ``state``."""
 
-    def __init__(self, placer: Placer, state: WorkerState) -> None:
+    def __init__(self, placer: Placer, state: WorkerState, running: Settings | None = None) -> None:
+        """``running``: the settings the worker started with (read before it waited for the database).
+
+        Why the first :meth:`check` always reads the file: the worker reads its
+        settings, then may wait minutes for the database before the watcher
+        exists. A file changed during that wait used to be hashed here as
+        already seen, so its strategy was never applied; now the first check
+        compares the file with what the worker runs.
+        """
         self.placer = placer
         self.state = state
-        self._seen: str | None = _file_key()
-        try:
-            # What this process runs with, from the same file and environment
-            # (not the daemon's Settings: CLI flags may override those).
-            self._running: Settings | None = load_settings()
-        except Exception:  # the daemon already refused or accepted the file; no baseline then
-            self._running = None
+        self._seen: str | None = ""  # no file key is "": the first check reads the file
+        if running is None:
+            try:
+                running = load_settings()
+            except Exception:  # the daemon already refused or accepted the file; no baseline then
+                running = None
+        self._running = running
 
     def check(self) -> None:
         """Apply a changed ``strategy`` from the mounted config file without a restart."""
