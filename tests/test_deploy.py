@@ -440,6 +440,10 @@ REFUSED: list[tuple[tuple[str, ...], str]] = [
     # The kubelet probes the pod IP: a loopback metrics port fails every probe.
     (("--set", "config.http.metrics_host=127.0.0.1"), "config.http.metrics_host"),
     (("--set", "config.http.metrics_host=localhost"), "config.http.metrics_host"),
+    # Object names the API server refuses (a Service name is a DNS-1035 label).
+    (("--set", "fullnameOverride=Virtflow_Scheduler"), "fullnameOverride"),
+    (("--set", "fullnameOverride=1scheduler"), "fullnameOverride"),
+    (("--set", "nameOverride=sched.uler"), "nameOverride"),
 ]
 
 
