@@ -444,6 +444,8 @@ REFUSED: list[tuple[tuple[str, ...], str]] = [
     (("--set", "fullnameOverride=Virtflow_Scheduler"), "fullnameOverride"),
     (("--set", "fullnameOverride=1scheduler"), "fullnameOverride"),
     (("--set", "nameOverride=sched.uler"), "nameOverride"),
+    (("--set", "config.http.rate_limit=lots"), "rate_limit"),
+    (("--set", "config.http.rate_limit=5 per fortnight"), "rate_limit"),
 ]
 
 
@@ -600,6 +602,31 @@ def test_schema_bounds_are_at_least_the_workers() -> None:
 
     walk(Settings, schema, "")
     assert not gaps, "\n".join(gaps)
+
+
+RATE_LIMITS = [
+    "20/second;600/minute", "10 per 2 hours", "1/Day", "3 / 5 minutes | 4/hour", " 7/minute ",
+    "2/ 3 days,1/month", "20 PER second",
+    "lots", "20/sec", "5 per fortnight", "20/second;", "1/secondss", "/second", "20",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("limit", RATE_LIMITS)
+def test_schema_rate_limit_pattern_is_the_workers(limit: str) -> None:
+    """``config.http.rate_limit`` in the schema accepts exactly what the worker parses (limits notation).
+
+    Why: ``--set config.http.rate_limit=lots`` rendered, and every pod refused it at start.
+    """
+    from scheduler.config import ConfigError, load_settings
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    pattern = schema["properties"]["config"]["properties"]["http"]["properties"]["rate_limit"]["pattern"]
+    try:
+        load_settings(http={"rate_limit": limit})
+        accepted = True
+    except ConfigError:
+        accepted = False
+    assert bool(re.match(pattern, limit)) == accepted
 
 
 # ------------------------------------------------------------------ RBAC and security
