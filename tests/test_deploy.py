@@ -446,6 +446,8 @@ REFUSED: list[tuple[tuple[str, ...], str]] = [
     (("--set", "nameOverride=sched.uler"), "nameOverride"),
     (("--set", "config.http.rate_limit=lots"), "rate_limit"),
     (("--set", "config.http.rate_limit=5 per fortnight"), "rate_limit"),
+    (("--set", "config.webhooks.allow={bad pattern}"), "allow"),
+    (("--set", "config.webhooks.allow={ftp://hooks.example.com/*}"), "allow"),
 ]
 
 
@@ -627,6 +629,32 @@ def test_schema_rate_limit_pattern_is_the_workers(limit: str) -> None:
     except ConfigError:
         accepted = False
     assert bool(re.match(pattern, limit)) == accepted
+
+
+ALLOW_PATTERNS = [
+    "https://*.hooks.example.com/scheduler/*", "http://10.0.0.5:8080", "HTTPS://[::1]:*/x", " https://a.b ",
+    "http://h_1.example.com/", "bad pattern", "ftp://hooks.example.com/*", "https://u@h/", "https://h/?q",
+    "https://h:99999/", "https://h/a\\b", "https://",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("pattern", ALLOW_PATTERNS)
+def test_schema_allow_pattern_refuses_only_what_the_worker_refuses(pattern: str) -> None:
+    """The schema's ``webhooks.allow`` pattern: looser than the worker (labels, ports), never stricter.
+
+    Why: ``--set config.webhooks.allow={bad pattern}`` rendered, and every pod refused it at start.
+    """
+    from scheduler.webhooks.policy import parse_pattern
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    webhooks = schema["properties"]["config"]["properties"]["webhooks"]["properties"]
+    schema_accepts = re.match(webhooks["allow"]["items"]["pattern"], pattern) is not None
+    try:
+        parse_pattern(pattern)
+        worker_accepts = True
+    except ValueError:
+        worker_accepts = False
+    assert schema_accepts or not worker_accepts, f"the schema refuses {pattern!r}, which the worker accepts"
 
 
 # ------------------------------------------------------------------ RBAC and security
