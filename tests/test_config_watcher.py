@@ -156,3 +156,23 @@ def test_a_change_while_the_worker_waited_for_the_database_is_applied(mount: Con
     w.check()
     assert w.placer.default == "best_fit" and w.state.strategy_switches == 1
     assert w.state.config_restart_required  # retry.max_attempts is the one started with
+
+
+def test_a_fifo_in_place_of_the_file_is_refused_without_blocking(mount: ConfigMapDir) -> None:
+    """A FIFO blocked the worker's loop in open() for good; it is now refused like a directory."""
+    w = watcher()
+    mount.current().unlink()
+    os.mkfifo(mount.current())
+    w.check()  # returns: nothing writes to the FIFO
+    assert not w.state.config_file_valid and w.state.strategy_switches_rejected == 1
+
+
+def test_a_config_read_once_from_a_pipe_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mount: ConfigMapDir
+) -> None:
+    """``SCHEDULER_CONFIG=<(...)`` or /dev/null: read at start; reading again would find it empty."""
+    monkeypatch.setenv("SCHEDULER_CONFIG", os.devnull)
+    placer = Placer("cpu")  # as if the pipe had said cpu
+    w = ConfigWatcher(placer, WorkerState(strategy="cpu"))
+    w.check()
+    assert w.placer.default == "cpu" and w.state.config_file_valid and w.state.strategy_switches == 0

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from typing import Any
 
 import structlog
 
-from scheduler.config import Settings, config_path, load_settings
+from scheduler.config import MAX_CONFIG_BYTES, Settings, config_path, load_settings
 from scheduler.strategies import Placer, UnknownStrategy
 from scheduler.worker.state import WorkerState
 
@@ -40,9 +41,32 @@ def _file_key() -> str | None:
     if path is None:
         return None
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        if not stat.S_ISREG(path.stat().st_mode):
+            # A FIFO blocked the worker's loop in open() for good (the
+            # leader kept its lease and stopped consuming); /dev/zero was
+            # read without end. Only a regular file is read.
+            return "error:not a regular file"
+        with path.open("rb") as handle:
+            # As much as load_settings reads: a file grown to gigabytes was
+            # read whole on every check.
+            return hashlib.sha256(handle.read(MAX_CONFIG_BYTES + 1)).hexdigest()
     except OSError as exc:
         return f"error:{exc.strerror or exc}"
+
+
+def _followable() -> bool:
+    """False when the worker started from something other than a regular file (``/dev/null``, a pipe).
+
+    Why: such a file was read once at start (a ``<(...)`` pipe is empty now);
+    following it would read it as a change to an empty config.
+    """
+    path = config_path()
+    if path is None:
+        return True  # ./config.yaml may appear later
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return True
 
 
 def changed_keys(running: Settings, fresh: Settings) -> list[str]:
@@ -81,9 +105,12 @@ class ConfigWatcher:
             except Exception:  # the daemon already refused or accepted the file; no baseline then
                 running = None
         self._running = running
+        self._follow = _followable()
 
     def check(self) -> None:
         """Apply a changed ``strategy`` from the mounted config file without a restart."""
+        if not self._follow:
+            return
         key = _file_key()
         if key is None or key == self._seen:
             return
