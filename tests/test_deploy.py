@@ -427,6 +427,27 @@ REFUSED: list[tuple[tuple[str, ...], str]] = [
     (("--set-json", f'secrets.apiTokens={{"{API_TOKEN}":"root"}}'), "apiTokens"),
     (("--set", "config.http.metrics_port=8080"), "metrics_port"),
     (("--set", "networkPolicy.egress.database.ports={}"), "ports"),
+    # Values the worker refuses at start (scheduler/config.py): each rendered a
+    # chart whose every pod crash-looped on its config.yaml.
+    (("--set", "config.amqp.heartbeat=0"), "heartbeat"),
+    (("--set", "config.worker.reconnect_max_backoff=7200"), "reconnect_max_backoff"),
+    (("--set-json", "config.random_seed=9223372036854775808"), "random_seed"),
+    (("--set", "config.retry.initial_backoff=100,config.retry.max_backoff=10"), "config.retry.max_backoff"),
+    (("--set", "config.nodes.suspicious_after=30,config.nodes.offline_after=20"), "nodes.offline_after"),
+    (("--set-json", 'config.strategy_weights={"cpu":0,"memory":0,"disk":0}'), "strategy_weights"),
+    # Every pod a leader at once: two consumers on the queue, found with two workers (black-box).
+    (("--set", "config.election.backend=none"), "config.election.backend=none"),
+    # The kubelet probes the pod IP: a loopback metrics port fails every probe.
+    (("--set", "config.http.metrics_host=127.0.0.1"), "config.http.metrics_host"),
+    (("--set", "config.http.metrics_host=localhost"), "config.http.metrics_host"),
+    # Object names the API server refuses (a Service name is a DNS-1035 label).
+    (("--set", "fullnameOverride=Virtflow_Scheduler"), "fullnameOverride"),
+    (("--set", "fullnameOverride=1scheduler"), "fullnameOverride"),
+    (("--set", "nameOverride=sched.uler"), "nameOverride"),
+    (("--set", "config.http.rate_limit=lots"), "rate_limit"),
+    (("--set", "config.http.rate_limit=5 per fortnight"), "rate_limit"),
+    (("--set", "config.webhooks.allow={bad pattern}"), "allow"),
+    (("--set", "config.webhooks.allow={ftp://hooks.example.com/*}"), "allow"),
 ]
 
 
@@ -536,6 +557,104 @@ def test_schema_strategies_are_the_registered_ones() -> None:
 
     schema = json.loads((CHART_DIR / "values.schema.json").read_text())
     assert schema["properties"]["strategy"]["enum"] == list(STRATEGY_NAMES)
+
+
+def _bounds(field: Any) -> dict[str, Any]:
+    return {
+        key: getattr(meta, key)
+        for meta in field.metadata
+        for key in ("ge", "gt", "le", "lt")
+        if getattr(meta, key, None) is not None
+    }
+
+
+def test_schema_bounds_are_at_least_the_workers() -> None:
+    """Every numeric bound of scheduler/config.py is in values.schema.json, as strict or stricter.
+
+    Why: a value the schema lets through and the worker refuses renders a
+    chart whose every pod crash-loops (``amqp.heartbeat: 0`` did, and
+    ``worker.reconnect_max_backoff`` had no maximum).
+    """
+    from pydantic import BaseModel
+
+    from scheduler.config import Settings
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())["properties"]["config"]
+    gaps: list[str] = []
+
+    def walk(model: type[BaseModel], node: dict[str, Any], path: str) -> None:
+        for name, field in model.model_fields.items():
+            sub = node.get("properties", {}).get(name)
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                if sub is not None:
+                    walk(field.annotation, sub, f"{path}{name}.")
+                continue
+            bounds = _bounds(field)
+            if not bounds or sub is None:
+                continue
+            low = sub.get("minimum", sub.get("exclusiveMinimum"))
+            high = sub.get("maximum", sub.get("exclusiveMaximum"))
+            if "ge" in bounds and (low is None or low < bounds["ge"]):
+                gaps.append(f"{path}{name}: schema minimum {low}, worker >= {bounds['ge']}")
+            inclusive = "minimum" in sub
+            if "gt" in bounds and (low is None or low < bounds["gt"] or (low == bounds["gt"] and inclusive)):
+                gaps.append(f"{path}{name}: schema minimum {low}, worker > {bounds['gt']}")
+            if "le" in bounds and (high is None or high > bounds["le"]):
+                gaps.append(f"{path}{name}: schema maximum {high}, worker <= {bounds['le']}")
+
+    walk(Settings, schema, "")
+    assert not gaps, "\n".join(gaps)
+
+
+RATE_LIMITS = [
+    "20/second;600/minute", "10 per 2 hours", "1/Day", "3 / 5 minutes | 4/hour", " 7/minute ",
+    "2/ 3 days,1/month", "20 PER second",
+    "lots", "20/sec", "5 per fortnight", "20/second;", "1/secondss", "/second", "20",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("limit", RATE_LIMITS)
+def test_schema_rate_limit_pattern_is_the_workers(limit: str) -> None:
+    """``config.http.rate_limit`` in the schema accepts exactly what the worker parses (limits notation).
+
+    Why: ``--set config.http.rate_limit=lots`` rendered, and every pod refused it at start.
+    """
+    from scheduler.config import ConfigError, load_settings
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    pattern = schema["properties"]["config"]["properties"]["http"]["properties"]["rate_limit"]["pattern"]
+    try:
+        load_settings(http={"rate_limit": limit})
+        accepted = True
+    except ConfigError:
+        accepted = False
+    assert bool(re.match(pattern, limit)) == accepted
+
+
+ALLOW_PATTERNS = [
+    "https://*.hooks.example.com/scheduler/*", "http://10.0.0.5:8080", "HTTPS://[::1]:*/x", " https://a.b ",
+    "http://h_1.example.com/", "bad pattern", "ftp://hooks.example.com/*", "https://u@h/", "https://h/?q",
+    "https://h:99999/", "https://h/a\\b", "https://",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("pattern", ALLOW_PATTERNS)
+def test_schema_allow_pattern_refuses_only_what_the_worker_refuses(pattern: str) -> None:
+    """The schema's ``webhooks.allow`` pattern: looser than the worker (labels, ports), never stricter.
+
+    Why: ``--set config.webhooks.allow={bad pattern}`` rendered, and every pod refused it at start.
+    """
+    from scheduler.webhooks.policy import parse_pattern
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    webhooks = schema["properties"]["config"]["properties"]["webhooks"]["properties"]
+    schema_accepts = re.match(webhooks["allow"]["items"]["pattern"], pattern) is not None
+    try:
+        parse_pattern(pattern)
+        worker_accepts = True
+    except ValueError:
+        worker_accepts = False
+    assert schema_accepts or not worker_accepts, f"the schema refuses {pattern!r}, which the worker accepts"
 
 
 # ------------------------------------------------------------------ RBAC and security

@@ -139,6 +139,12 @@ def test_leader_fleet_and_database_agree_on_utilization(lite: Deployment) -> Non
     switched = scrape(from_fleet)
     assert value(switched, "scheduler_strategy_switches_total", result="applied") == 2
     assert value(switched, "scheduler_strategy_switches_total", result="rejected") == 0
+    assert value(switched, "scheduler_config_file_valid") == 1
+    assert value(switched, "scheduler_config_restart_required") == 0
+    state.config_file_valid, state.config_restart_required = False, True  # as the config watcher sets them
+    refused = scrape(from_fleet)
+    assert value(refused, "scheduler_config_file_valid") == 0
+    assert value(refused, "scheduler_config_restart_required") == 1
 
 
 def test_decision_and_publish_to_commit_latency_when_the_worker_provides_them(lite: Deployment) -> None:

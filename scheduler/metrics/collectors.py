@@ -139,7 +139,7 @@ class StateCollector(Collector):
                 for role, count in sorted(queues.consumers.items()):
                     families["queue_consumers"].add_metric([role], float(count))
 
-        return [*families.values(), self._switches(state), *self._lease_families()]
+        return [*families.values(), self._switches(state), *self._config_file(state), *self._lease_families()]
 
     @staticmethod
     def _switches(state: WorkerState | None) -> CounterMetricFamily:
@@ -153,6 +153,28 @@ class StateCollector(Collector):
             family.add_metric(["applied"], float(state.strategy_switches))
             family.add_metric(["rejected"], float(state.strategy_switches_rejected))
         return family
+
+    @staticmethod
+    def _config_file(state: WorkerState | None) -> list[Metric]:
+        """Whether the mounted config file is in effect: a refused file or keys waiting for a restart.
+
+        Why gauges beside the counter: a counter says that a reload failed once,
+        not that the file in the pod is still not what the worker runs with,
+        which is what an alert wants to know.
+        """
+        if state is None:
+            return []
+        valid = GaugeMetricFamily(
+            f"{PREFIX}_config_file_valid",
+            "1 when the mounted config file, as last read, loaded; 0 when invalid, missing or unreadable.",
+            value=1.0 if state.config_file_valid else 0.0,
+        )
+        restart = GaugeMetricFamily(
+            f"{PREFIX}_config_restart_required",
+            "1 when the config file changed keys other than strategy, which apply only after a restart.",
+            value=1.0 if state.config_restart_required else 0.0,
+        )
+        return [valid, restart]
 
     def _lease_families(self) -> list[Metric]:
         """Renewal counters, when the elector keeps them (``renewals``, ``renewal_failures`` attributes)."""

@@ -89,7 +89,7 @@ class Worker:
             leadership,
             self.flow,
             terms,
-            ConfigWatcher(self.placer, self.state),
+            ConfigWatcher(self.placer, self.state, settings),
             self.state,
             self.stopping,
             hooks=hooks,

@@ -40,6 +40,10 @@ class WorkerState:
     """Strategy changes applied from the config file."""
     strategy_switches_rejected: int = 0
     """Config file changes refused (invalid file or unknown strategy name)."""
+    config_file_valid: bool = True
+    """The mounted config file, as last read, loaded (False: invalid, missing or unreadable)."""
+    config_restart_required: bool = False
+    """The config file changed keys other than ``strategy``, which apply only at start."""
     lease_held: bool = False
     """This replica holds the lease (it may still not consume: see ``consuming``)."""
     consuming: bool = False

@@ -116,6 +116,26 @@ Refusals that a JSON schema cannot word clearly.
 {{- if not (lt (float64 $e.retry_period) (float64 $e.renew_deadline)) -}}
 {{- fail (printf "config.election.retry_period (%v) must be less than config.election.renew_deadline (%v)" $e.retry_period $e.renew_deadline) -}}
 {{- end -}}
+{{- /* The worker's other cross-key rules (scheduler/config.py), so that helm refuses what every pod would refuse at start (a crash loop). */ -}}
+{{- $r := .Values.config.retry | default dict -}}
+{{- if lt (float64 (dig "max_backoff" 60 $r)) (float64 (dig "initial_backoff" 1 $r)) -}}
+{{- fail (printf "config.retry.max_backoff (%v) must be >= config.retry.initial_backoff (%v)" (dig "max_backoff" 60 $r) (dig "initial_backoff" 1 $r)) -}}
+{{- end -}}
+{{- $n := .Values.config.nodes | default dict -}}
+{{- if lt (float64 (dig "offline_after" 20 $n)) (float64 (dig "suspicious_after" 10 $n)) -}}
+{{- fail (printf "config.nodes.offline_after (%v) must be >= config.nodes.suspicious_after (%v)" (dig "offline_after" 20 $n) (dig "suspicious_after" 10 $n)) -}}
+{{- end -}}
+{{- $w := .Values.config.strategy_weights | default dict -}}
+{{- if and (eq (float64 (dig "cpu" 0.4 $w)) 0.0) (eq (float64 (dig "memory" 0.4 $w)) 0.0) (eq (float64 (dig "disk" 0.2 $w)) 0.0) -}}
+{{- fail "config.strategy_weights: at least one weight must be positive" -}}
+{{- end -}}
+{{- if eq (toString $e.backend) "none" -}}
+{{- fail "config.election.backend=none makes every pod the leader (a fixed epoch, no lease): replicaCount pods, and a second pod during every rolling update, would all consume and place at once; use kubernetes (or database)" -}}
+{{- end -}}
+{{- $loopback := list "127.0.0.1" "localhost" "::1" -}}
+{{- if or (has (toString .Values.config.http.metrics_host) $loopback) (hasPrefix "127." (toString .Values.config.http.metrics_host)) -}}
+{{- fail (printf "config.http.metrics_host=%v listens on loopback only: the kubelet probes the pod IP, so every probe would fail and every pod restart; use 0.0.0.0 (the NetworkPolicy limits who reaches it)" .Values.config.http.metrics_host) -}}
+{{- end -}}
 {{- if not .Values.existingSecret -}}
 {{- $missing := list -}}
 {{- if not .Values.secrets.amqpUrl -}}{{- $missing = append $missing "secrets.amqpUrl" -}}{{- end -}}
