@@ -393,6 +393,57 @@ def test_a_leader_standing_aside_releases_the_lease_and_stops_campaigning(sqlite
         b.stop()
 
 
+def test_a_leader_whose_loop_stalls_hands_the_lease_over(sqlite_engine: Engine) -> None:
+    """``watch_liveness``: the owner's loop is stuck (a blocking call on its main thread).
+
+    The elector renews on its own thread, so before it kept the lease renewed
+    on time for an owner doing no work, and a healthy standby waited behind it
+    for as long as the loop stayed stuck. The owner cannot say so itself (its
+    loop is the stuck part): the elector asks before every renewal.
+    """
+    stalled: list[str] = []
+    lock = DatabaseLeaseLock(sqlite_engine, "lease")
+    a = Elector(DatabaseLeaseLock(sqlite_engine, "lease"), "a", **TIMINGS)
+    b = Elector(DatabaseLeaseLock(sqlite_engine, "lease"), "b", **TIMINGS)
+    a.watch_liveness(lambda: stalled[0] if stalled else None)
+    a.start()
+    try:
+        assert a.wait_for_leadership(LEASE + SLACK)
+        stalled.append("the worker's loop has not run for 20 s")
+
+        def holder() -> str | None:
+            found = lock.get(timeout=1)
+            return None if found is None else found[0].holder_identity
+
+        wait_until(lambda: holder() == "", LEASE * 5, "the lease released")
+        assert not a.is_leader()
+        b.start()
+        assert b.wait_for_leadership(LEASE * 5)
+        b.stop()  # releases: a campaigns again once its loop runs
+        stalled.clear()
+        assert a.wait_for_leadership(LEASE * 5)
+        assert a.epoch is not None and b.epoch is not None and a.epoch > b.epoch
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_liveness_check_that_raises_counts_as_alive(sqlite_engine: Engine) -> None:
+    def broken() -> str | None:
+        raise RuntimeError("check bug")
+
+    elector = Elector(DatabaseLeaseLock(sqlite_engine, "lease"), "a", **TIMINGS)
+    elector.watch_liveness(broken)
+    elector.start()
+    try:
+        assert elector.wait_for_leadership(LEASE + SLACK)
+        renewals = elector.renewals
+        wait_until(lambda: elector.renewals >= renewals + 2, LEASE * 5, "two more renewals")
+        assert elector.is_leader()
+    finally:
+        elector.stop()
+
+
 def test_a_failing_callback_does_not_stop_the_elector(sqlite_engine: Engine) -> None:
     def boom(_: int) -> None:
         raise RuntimeError("callback bug")

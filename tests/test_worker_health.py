@@ -95,3 +95,13 @@ def test_the_amqp_heartbeat_stays_below_a_third_of_the_lease(
     assert slow.broker_heartbeat() == 5 and slow.heartbeat_lowered()
     fast = load_settings(amqp={"heartbeat": 2})
     assert fast.broker_heartbeat() == 2 and not fast.heartbeat_lowered()
+
+
+def test_the_loop_counts_as_stuck_only_after_it_has_not_run_for_longer_than_allowed() -> None:
+    """The elector's liveness check (``Worker.loop_stalled``) reads this: a loop that went round
+    at 100 is alive until 115 with 15 s allowed, stuck after; never judged before its first round."""
+    state = WorkerState()
+    assert state.loop_stall(1_000.0, 15.0) is None
+    state.loop_ran_at = 100.0
+    assert state.loop_stall(115.0, 15.0) is None
+    assert state.loop_stall(115.5, 15.0) == "the worker's loop has not run for 16 s"

@@ -171,6 +171,7 @@ class Elector:
         self._eligible = threading.Event()
         self._eligible.set()
         self._ineligible_why = ""
+        self._liveness: Callable[[], str | None] | None = None
         self._thread: threading.Thread | None = None
         self._release_on_stop = release_on_stop
         self._owns_lock = owns_lock
@@ -258,6 +259,21 @@ class Elector:
         else:
             self._eligible.clear()
 
+    def watch_liveness(self, check: Callable[[], str | None]) -> None:
+        """Stand aside, as :meth:`set_eligible` (False) does, whenever ``check()`` says why (None: alive).
+
+        Why: this thread renews the lease on its own, so an owner whose loop
+        is stuck (a blocking call on its main thread, a deadlock) kept the
+        lease renewed on time while doing no work, and a healthy standby
+        waited behind it for as long as the loop stayed stuck. The owner
+        cannot call :meth:`set_eligible` then (its loop is the stuck part);
+        this check runs on the elector's thread before every renewal and
+        every attempt to acquire (client-go's ``HealthzAdaptor`` watchdog
+        plays this role there, through the kubelet's liveness probe). The
+        check must be quick and must not block.
+        """
+        self._liveness = check
+
     def wait_for_leadership(self, timeout: float | None = None) -> bool:
         self._leading_event.wait(timeout)
         return self.is_leader()
@@ -271,7 +287,7 @@ class Elector:
                 if not self._acquire():
                     break
                 self._step_down(self._renew())
-                if not self._eligible.is_set() and not self._stop_event.is_set():
+                if self._standing_aside() is not None and not self._stop_event.is_set():
                     self._release()  # standing aside: hand the lease over now, not at expiry
         except BaseException:  # a bug must not leave is_leader() True
             log.exception("leader election loop failed", identity=self._identity)
@@ -285,10 +301,24 @@ class Elector:
                 self._lock.close()
             log.info("elector stopped", identity=self._identity)
 
+    def _standing_aside(self) -> str | None:
+        """Why this replica stands aside now (not eligible, or its owner's loop stalled), or None."""
+        if not self._eligible.is_set():
+            with self._state:
+                return self._ineligible_why or "not eligible"
+        check = self._liveness
+        if check is None:
+            return None
+        try:
+            return check()
+        except Exception:  # a broken check must not stop the elector; it counts as alive
+            log.exception("liveness check failed", identity=self._identity)
+            return None
+
     def _acquire(self) -> bool:
         """Try until this replica holds the lease (True) or stop() is called (False)."""
         while not self._stop_event.is_set():
-            if not self._eligible.is_set():
+            if self._standing_aside() is not None:
                 if self._stop_event.wait(self._retry_period):
                     return False
                 continue
@@ -298,7 +328,7 @@ class Elector:
             if acquired:
                 if self._stop_event.is_set():
                     return False  # the release in _run hands it straight back
-                if not self._eligible.is_set():
+                if self._standing_aside() is not None:
                     self._release()  # stood aside while the request was in flight
                     continue
                 self._begin_term(start)
@@ -315,9 +345,9 @@ class Elector:
             wait = min(self._retry_period, max(0.0, deadline - self._monotonic()))
             if self._stop_event.wait(wait):
                 return "elector stopped"
-            if not self._eligible.is_set():
-                with self._state:
-                    return f"standing aside: {self._ineligible_why}"
+            aside = self._standing_aside()
+            if aside is not None:
+                return f"standing aside: {aside}"
             start = self._monotonic()
             if start >= deadline:
                 return "renew deadline passed"

@@ -11,6 +11,7 @@ backend) needs that fence reset, or pass ``epoch=`` explicitly.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import structlog
 
@@ -88,6 +89,9 @@ class AlwaysLeader:
 
     def set_eligible(self, eligible: bool, why: str = "") -> None:
         """Nothing to do: with one replica there is nobody to hand the lead to."""
+
+    def watch_liveness(self, check: Callable[[], str | None]) -> None:
+        """Nothing to do, as for :meth:`set_eligible`."""
 
     def wait_for_leadership(self, timeout: float | None = None) -> bool:
         return self._leading.wait(timeout)

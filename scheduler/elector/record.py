@@ -127,6 +127,10 @@ class LeaderElector(Protocol):
         """Campaign (True) or stand aside and hand the lease over (False) while the work cannot be done."""
         ...
 
+    def watch_liveness(self, check: Callable[[], str | None]) -> None:
+        """Stand aside whenever ``check()`` gives a reason (the owner's loop stalled); None: alive."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class LeaderInfo:

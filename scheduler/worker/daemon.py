@@ -49,6 +49,9 @@ from scheduler.worker.state import WorkerState
 
 log = structlog.get_logger(__name__)
 
+LOOP_STALL_FLOOR = 10.0
+"""Seconds: the least a stalled loop is given before the replica stands aside (see ``loop_stalled``)."""
+
 
 class Worker:
     """The daemon; construct with its collaborators, then :meth:`run`."""
@@ -66,6 +69,7 @@ class Worker:
         self.settings = settings
         self.store = store
         self.leadership = leadership
+        self.clock = clock
         self.hooks = hooks
         w = settings.strategy_weights
         self.placer = placer or Placer(
@@ -97,6 +101,16 @@ class Worker:
             jitter=jitter,
         )
 
+    def loop_stalled(self) -> str | None:
+        """The elector's liveness check: why this replica must not hold the lease (None: its loop runs).
+
+        A loop that has not gone round for ``election.lease_duration`` (at
+        least :data:`LOOP_STALL_FLOOR`: loading a large fleet at the start of
+        a term takes seconds) is stuck; see :meth:`WorkerState.loop_stall`.
+        """
+        after = max(self.settings.election.lease_duration, LOOP_STALL_FLOOR)
+        return self.state.loop_stall(self.clock(), after)
+
     def install_signal_handlers(self) -> None:
         def _graceful(signum: int, _frame: FrameType | None) -> None:
             # Nothing here may take a lock: the handler runs on the main thread between two
@@ -124,6 +138,7 @@ class Worker:
         # Campaign only once connected to the broker: a replica that cannot consume must
         # not hold the lease (the sessions switch eligibility with the connection).
         self.leadership.set_eligible(False, "not connected to the broker yet")
+        self.leadership.watch_liveness(self.loop_stalled)
         self.leadership.start()
         try:
             self.sessions.run()

@@ -53,11 +53,21 @@ class WorkerState:
     """Times in a row the current batch was requeued because the database failed."""
     last_retry_error: str = ""
     commit_started: float | None = None
+    loop_ran_at: float | None = None
+    """When the sessions' loop last went round (monotonic): the elector's liveness check reads it."""
     """``time.monotonic()`` when the commit in flight began; None when none is."""
     max_group_retries: int = 3
     commit_stuck_after: float = 30.0
     fleet_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     """Held by the worker while it changes the fleet, and by readers while they walk it."""
+
+    def loop_stall(self, now: float, after: float) -> str | None:
+        """Why the sessions' loop counts as stuck at ``now`` (it has not gone round for more than
+        ``after`` seconds), or None. While it leads, the loop goes round at least every 0.2 s
+        (``process_data_events`` is bounded); before its first round nothing is judged."""
+        if self.loop_ran_at is None or now - self.loop_ran_at <= after:
+            return None
+        return f"the worker's loop has not run for {now - self.loop_ran_at:.0f} s"
 
     def read_fleet(self, read: Callable[[FleetView], T]) -> T | None:
         """``read(fleet)`` under the fleet lock; None when no fleet is loaded (not leading)."""
