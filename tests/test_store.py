@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -562,3 +563,35 @@ def test_a_file_replaced_while_the_first_connection_opens_is_refused(tmp_path: P
         store.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT epoch FROM fence").fetchall() in ([], [(0,)])
+
+
+def test_postgresql_connections_give_up_on_a_vanished_peer(pg_url: str) -> None:
+    """A database host gone from the network sends nothing back: with the kernel's defaults a
+    query waited about 15 minutes, an idle connection over 2 hours. The worker's and the CLI's
+    connections carry keepalives and a TCP user timeout; a URL parameter of the same name wins."""
+    import socket
+
+    from scheduler.store.engine import make_engine
+
+    def options(url: str) -> tuple[int, int, int]:
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                raw = conn.connection.dbapi_connection
+                assert raw is not None
+                sock = socket.socket(fileno=os.dup(raw.fileno()))
+                try:
+                    return (
+                        sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                    )
+                finally:
+                    sock.close()
+        finally:
+            engine.dispose()
+
+    keepalive, idle, user_timeout = options(pg_url)
+    assert keepalive == 1 and idle == 10 and user_timeout == 30_000
+    separator = "&" if "?" in pg_url else "?"
+    assert options(f"{pg_url}{separator}keepalives_idle=42")[1] == 42

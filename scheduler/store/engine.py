@@ -34,6 +34,27 @@ and a new leader could never commit. No transaction of this service waits
 between its statements: the server only sees one idle that long when its
 client has stopped, and ending that session releases the locks.
 """
+PG_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "application_name": "virtflow-scheduler",
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+"""libpq connection parameters; a ``DATABASE_URL`` query parameter of the same name wins.
+
+Why the TCP ones: a database host that vanishes from the network (a
+partition, a crashed VM, a failover that moved the address) sends nothing
+back, not even a reset. The kernel's defaults then keep a connection that
+waits for an answer for about 15 minutes (retransmissions of unacknowledged
+data) and an idle one for over 2 hours (keepalive): a commit, a ``scheduler
+tasks`` or the worker's next query waited that long. Here unacknowledged
+data fails the connection after 30 s (``tcp_user_timeout``) and a silent
+peer after 25 s (keepalive probes after 10 s idle, every 5 s, 3 missed), so
+the worker's outage handling and the CLI's one-line errors take over.
+"""
 READ_ONLY_OPTION = "scheduler_read_only"
 """Execution option: on SQLite, begin with a deferred ``BEGIN`` instead of ``BEGIN IMMEDIATE``."""
 
@@ -65,7 +86,7 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={"connect_timeout": 5, "application_name": "virtflow-scheduler"},
+        connect_args={k: v for k, v in PG_CONNECT_ARGS.items() if k not in parsed.query},
     )
 
     @event.listens_for(engine, "connect")
