@@ -295,7 +295,8 @@ class Flow:
         """For the move messages of ``batch``: each task's stored request, or why it cannot move.
 
         Read from the database after every batch in flight is committed, so
-        a move sees every placement and release decided before it. None when
+        a move sees every placement and release decided before it, and every
+        inventory change committed before it (cordon, capacity). None when
         the database could not answer (the batch is handed back).
         """
         ids = []
@@ -310,6 +311,13 @@ class Flow:
         if not ids:
             return {}
         stop = self.drain()
+        if stop is not None:
+            return stop
+        # The inventory too, not only the allocations: a move is judged on the nodes as committed
+        # now. Left to the periodic check, ``nodes cordon N`` then ``move T N`` moved T onto the
+        # cordoned N (and a node shrunk by ``nodes update`` could be overfilled) until the check ran.
+        # A reload replaces the fleet: the caller then hands the batch back to be planned on it.
+        stop = self.refresh_inventory()
         if stop is not None:
             return stop
         try:
