@@ -12,14 +12,15 @@ of its last inventory check.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
 from scheduler.config import Settings
-from scheduler.models import SchedulingRequest
+from scheduler.models import SchedulingRequest, TaskStatus
 from scheduler.producer.publisher import Outgoing
 from scheduler.store import Store
+from scheduler.store.records import CommitItem, CommitResult, Move, Release
 from scheduler.strategies import Placer
 from scheduler.worker.flow import Flow
 from scheduler.worker.leadership_term import LeadershipTerms, Term
@@ -69,3 +70,42 @@ def test_a_move_onto_a_node_cordoned_since_the_last_inventory_check_is_refused(s
     finally:
         flow.end()
         flow.close()
+
+
+def test_a_move_the_store_ignores_is_dead_lettered_with_its_reason(sqlite_url: str, store: Store) -> None:
+    """The store ignores a move whose task is not scheduled on the source any more when it commits
+    (another writer got there first: a leader deposed mid-apply, a direct database change). The
+    message was acked with a warning in the worker's log only: the operator who published it saw
+    neither a ``task.moved`` event nor a dead letter. Now it is dead-lettered with the reason."""
+
+    class ReleasedMeanwhile(Store):
+        def commit(self, items: Sequence[CommitItem], epoch: int) -> CommitResult:
+            if any(isinstance(item, Move) for item in items):
+                super().commit([Release(task_id="mv-2")], epoch)  # another writer, just before
+            return super().commit(items, epoch)
+
+    racing = ReleasedMeanwhile.from_url(sqlite_url)
+    settings = Settings(identity="move-inventory-test")
+    terms = LeadershipTerms(racing, settings, random.Random(0))
+    term = terms.begin(1)
+    assert isinstance(term, Term)
+    flow = Flow(settings, racing, Placer("least_loaded"), WorkerState(), terms)
+    source = MemorySource()
+    flow.begin(term, source)
+    try:
+        req = SchedulingRequest(task_id="mv-2", requested_cpu=1, requested_memory=256)
+        flow.receive(source.deliver(Outgoing.request(req).body))
+        assert flow.flush() is None and flow.drain() is None
+        record = store.get_task("mv-2")
+        assert record is not None and record.node is not None
+        target = next(n.name for n in store.list_nodes() if n.name != record.node)
+        flow.receive(source.deliver(Outgoing.move("mv-2", target).body))
+        assert flow.flush() is None and flow.drain() is None
+        after = store.get_task("mv-2")
+        assert after is not None and after.status is TaskStatus.RELEASED
+        assert [(d.message.delivery_tag, d.kind) for d in source.dead_letters] == [(2, "move_refused")]
+        assert "not scheduled on" in source.dead_letters[0].reason
+    finally:
+        flow.end()
+        flow.close()
+        racing.close()

@@ -404,8 +404,20 @@ class Flow:
         for tid in result.moved:
             done = plan.moved[tid][0]
             log.info("moved", task_id=tid, source=done.source, target=done.target)
-        for tid in stale_moves:
-            log.warning("move ignored: the task is not scheduled on its source any more", task_id=tid)
+        if stale_moves:
+            # Dead-lettered with the reason, like a move refused before the commit: acked with a log
+            # line only, the move vanished for whoever published it (no event, no dead letter).
+            stale = set(stale_moves)
+            for item, msg in zip(plan.items, plan.sources, strict=True):
+                if isinstance(item, Move) and item.task_id in stale:
+                    log.warning(
+                        "move ignored: the task is not scheduled on its source any more", task_id=item.task_id
+                    )
+                    why = (
+                        f"move refused: task {item.task_id} is not scheduled on {item.source} any more"
+                        " (changed in the database before the move committed)"
+                    )
+                    self._dead_letter(source, msg, why, kind="move_refused")
         duplicates = set(result.duplicates) | set(result.conflicts) | poisoned_ids
         for poison in outcome.poisoned:
             item = plan.items[poison.index]
