@@ -85,3 +85,25 @@ def test_a_move_of_a_task_released_or_placed_in_the_same_group_waits_for_the_nex
     assert [m.delivery_tag for m in plan.deferred] == [2] and not plan.refused
     plan = _plan(fleet, [{"move": "bad", "node": "b", "extra": 1}], {})
     assert plan.dead and "move:" in plan.dead[0].reason and not plan.items
+
+
+def test_a_move_redelivered_after_its_commit_is_acked_not_refused() -> None:
+    """A leader that committed a move and failed over before the ack: the next leader gets the message
+    again (``redelivered``) with the task on the target already. It was dead-lettered as
+    ``move refused: task t is on b already``, telling the operator that a move which took place had
+    not. A first delivery finding the task there (the same move published twice) is still refused."""
+    fleet, req = _fleet()
+    fleet.release("t")
+    fleet.reserve(1, req)
+    before = _state(fleet)
+    body = json.dumps({"move": "t", "node": "b"}).encode()
+    plan = decide_batch(
+        [Incoming(1, body, {}, redelivered=True), Incoming(2, body, {})], fleet, Placer(), now=0.0,
+        retry=RetryPolicy(), callback_refusal=lambda _url: None, rng=random.Random(1), to_move={"t": req},
+    )  # fmt: skip
+    assert plan.items == [] and plan.deferred == []
+    assert [(d.message.delivery_tag, d.reason) for d in plan.refused] == [
+        (2, "move refused: task t is on b already")
+    ]
+    assert plan.moves_done_before == ["t"]
+    assert _state(fleet) == before

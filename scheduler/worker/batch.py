@@ -116,6 +116,8 @@ class BatchPlan:
     """Moves applied to the fleet: the outcome and the allocation the task held before."""
     refused: list[DeadLetter] = field(default_factory=list)
     """Move messages refused (with the reason): dead-lettered, nothing changes."""
+    moves_done_before: list[str] = field(default_factory=list)
+    """Tasks of redelivered moves found on their target already (applied before the redelivery): acked."""
     _undo: list[Callable[[], None]] = field(default_factory=list)
 
     def add(self, item: CommitItem, source: Incoming) -> None:
@@ -401,6 +403,12 @@ def _plan_move(
     if isinstance(stored, str) or stored is None or held is None:
         why = stored if isinstance(stored, str) else f"task {tid} is not scheduled"
         plan.refused.append(DeadLetter(msg, f"move refused: {why}"))
+        return
+    if msg.redelivered and held.node == move.node:
+        # Delivered again after its commit (the leader failed over or lost its channel before the ack):
+        # the move was applied. Refused as "on the target already", a dead letter told the operator a
+        # move that took place had not; acked now, like a request found placed already.
+        plan.moves_done_before.append(tid)
         return
     outcome = check_move(
         fleet, stored, move.node, now=now, exclusive=placer.dedicated_exclusive,

@@ -277,6 +277,8 @@ class Flow:
             self._dead_letter(source, dead.message, dead.reason, kind="invalid")
         for refused in plan.refused:
             self._dead_letter(source, refused.message, refused.reason, kind="move_refused")
+        for tid in plan.moves_done_before:
+            log.info("move redelivered after it was applied; acked", task_id=tid)
         releases = any(isinstance(item, Release | Move) for item in plan.items)
         job = InFlight(plan, handed, self.epoch, started, releases=releases)
         self._inflight.append(job)
