@@ -109,3 +109,31 @@ def test_a_move_the_store_ignores_is_dead_lettered_with_its_reason(sqlite_url: s
         flow.end()
         flow.close()
         racing.close()
+
+
+def test_a_move_whose_key_is_written_with_json_escapes_is_judged_on_its_task(store: Store) -> None:
+    """``{"\\u006dove": ...}`` is a move to the JSON parser, but the leader looked for the moved tasks
+    only in bodies holding the bytes ``"move"``: the task's request was never read and the move was
+    refused as ``task mv-3 is not scheduled``, a task that was."""
+    settings = Settings(identity="move-inventory-test")
+    terms = LeadershipTerms(store, settings, random.Random(0))
+    term = terms.begin(1)
+    assert isinstance(term, Term)
+    flow = Flow(settings, store, Placer("least_loaded"), WorkerState(), terms)
+    source = MemorySource()
+    flow.begin(term, source)
+    try:
+        req = SchedulingRequest(task_id="mv-3", requested_cpu=1, requested_memory=256)
+        flow.receive(source.deliver(Outgoing.request(req).body))
+        assert flow.flush() is None and flow.drain() is None
+        record = store.get_task("mv-3")
+        assert record is not None and record.node is not None
+        target = next(n.name for n in store.list_nodes() if n.name != record.node)
+        flow.receive(source.deliver(b'{"\\u006dove": "mv-3", "node": "%s"}' % target.encode()))
+        assert flow.flush() is None and flow.drain() is None
+        assert [d.reason for d in source.dead_letters] == []
+        after = store.get_task("mv-3")
+        assert after is not None and after.node == target
+    finally:
+        flow.end()
+        flow.close()

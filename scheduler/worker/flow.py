@@ -303,7 +303,8 @@ class Flow:
         """
         ids = []
         for msg in batch:
-            if b'"move"' in msg.body:
+            # ``\u`` too: a key written with JSON escapes (``"\u006dove"``) is a move all the same.
+            if b'"move"' in msg.body or b"\\u" in msg.body:
                 try:
                     parsed = parse_message(msg.body)
                 except BadMessage:
