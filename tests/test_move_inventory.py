@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import pytest
 
@@ -40,21 +41,35 @@ def store(sqlite_url: str) -> Iterator[Store]:
         s.close()
 
 
-def test_a_move_onto_a_node_cordoned_since_the_last_inventory_check_is_refused(store: Store) -> None:
+@contextmanager
+def placed(
+    store: Store, task_id: str, writer: Store | None = None
+) -> Iterator[tuple[Flow, MemorySource, str, str]]:
+    """A flow leading term 1 on ``writer`` (default ``store``), fed by a MemorySource, with
+    ``task_id`` placed; yields the flow, its source, the task's node and another node."""
+    on = writer or store
     settings = Settings(identity="move-inventory-test")
-    terms = LeadershipTerms(store, settings, random.Random(0))
+    terms = LeadershipTerms(on, settings, random.Random(0))
     term = terms.begin(1)
     assert isinstance(term, Term)
-    flow = Flow(settings, store, Placer("least_loaded"), WorkerState(), terms)
+    flow = Flow(settings, on, Placer("least_loaded"), WorkerState(), terms)
     source = MemorySource()
     flow.begin(term, source)
     try:
-        req = SchedulingRequest(task_id="mv-1", requested_cpu=1, requested_memory=256)
+        req = SchedulingRequest(task_id=task_id, requested_cpu=1, requested_memory=256)
         flow.receive(source.deliver(Outgoing.request(req).body))
         assert flow.flush() is None and flow.drain() is None
-        record = store.get_task("mv-1")
+        record = store.get_task(task_id)
         assert record is not None and record.node is not None
         target = next(n.name for n in store.list_nodes() if n.name != record.node)
+        yield flow, source, record.node, target
+    finally:
+        flow.end()
+        flow.close()
+
+
+def test_a_move_onto_a_node_cordoned_since_the_last_inventory_check_is_refused(store: Store) -> None:
+    with placed(store, "mv-1") as (flow, source, node, target):
         assert store.set_cordoned(target, True)  # the CLI's cordon: no inventory check ran since
         move = Outgoing.move("mv-1", target).body
         flow.receive(source.deliver(move))
@@ -64,12 +79,9 @@ def test_a_move_onto_a_node_cordoned_since_the_last_inventory_check_is_refused(s
             flow.receive(source.deliver(move, redelivered=True))
             assert flow.flush() is None and flow.drain() is None
         after = store.get_task("mv-1")
-        assert after is not None and after.node == record.node, "moved onto a cordoned node"
+        assert after is not None and after.node == node, "moved onto a cordoned node"
         assert [d.kind for d in source.dead_letters] == ["move_refused"]
         assert "cordon" in source.dead_letters[0].reason
-    finally:
-        flow.end()
-        flow.close()
 
 
 def test_a_move_the_store_ignores_is_dead_lettered_with_its_reason(sqlite_url: str, store: Store) -> None:
@@ -85,29 +97,15 @@ def test_a_move_the_store_ignores_is_dead_lettered_with_its_reason(sqlite_url: s
             return super().commit(items, epoch)
 
     racing = ReleasedMeanwhile.from_url(sqlite_url)
-    settings = Settings(identity="move-inventory-test")
-    terms = LeadershipTerms(racing, settings, random.Random(0))
-    term = terms.begin(1)
-    assert isinstance(term, Term)
-    flow = Flow(settings, racing, Placer("least_loaded"), WorkerState(), terms)
-    source = MemorySource()
-    flow.begin(term, source)
     try:
-        req = SchedulingRequest(task_id="mv-2", requested_cpu=1, requested_memory=256)
-        flow.receive(source.deliver(Outgoing.request(req).body))
-        assert flow.flush() is None and flow.drain() is None
-        record = store.get_task("mv-2")
-        assert record is not None and record.node is not None
-        target = next(n.name for n in store.list_nodes() if n.name != record.node)
-        flow.receive(source.deliver(Outgoing.move("mv-2", target).body))
-        assert flow.flush() is None and flow.drain() is None
-        after = store.get_task("mv-2")
-        assert after is not None and after.status is TaskStatus.RELEASED
-        assert [(d.message.delivery_tag, d.kind) for d in source.dead_letters] == [(2, "move_refused")]
-        assert "not scheduled on" in source.dead_letters[0].reason
+        with placed(store, "mv-2", racing) as (flow, source, _node, target):
+            flow.receive(source.deliver(Outgoing.move("mv-2", target).body))
+            assert flow.flush() is None and flow.drain() is None
+            after = store.get_task("mv-2")
+            assert after is not None and after.status is TaskStatus.RELEASED
+            assert [(d.message.delivery_tag, d.kind) for d in source.dead_letters] == [(2, "move_refused")]
+            assert "not scheduled on" in source.dead_letters[0].reason
     finally:
-        flow.end()
-        flow.close()
         racing.close()
 
 
@@ -115,25 +113,9 @@ def test_a_move_whose_key_is_written_with_json_escapes_is_judged_on_its_task(sto
     """``{"\\u006dove": ...}`` is a move to the JSON parser, but the leader looked for the moved tasks
     only in bodies holding the bytes ``"move"``: the task's request was never read and the move was
     refused as ``task mv-3 is not scheduled``, a task that was."""
-    settings = Settings(identity="move-inventory-test")
-    terms = LeadershipTerms(store, settings, random.Random(0))
-    term = terms.begin(1)
-    assert isinstance(term, Term)
-    flow = Flow(settings, store, Placer("least_loaded"), WorkerState(), terms)
-    source = MemorySource()
-    flow.begin(term, source)
-    try:
-        req = SchedulingRequest(task_id="mv-3", requested_cpu=1, requested_memory=256)
-        flow.receive(source.deliver(Outgoing.request(req).body))
-        assert flow.flush() is None and flow.drain() is None
-        record = store.get_task("mv-3")
-        assert record is not None and record.node is not None
-        target = next(n.name for n in store.list_nodes() if n.name != record.node)
+    with placed(store, "mv-3") as (flow, source, _node, target):
         flow.receive(source.deliver(b'{"\\u006dove": "mv-3", "node": "%s"}' % target.encode()))
         assert flow.flush() is None and flow.drain() is None
         assert [d.reason for d in source.dead_letters] == []
         after = store.get_task("mv-3")
         assert after is not None and after.node == target
-    finally:
-        flow.end()
-        flow.close()
