@@ -45,8 +45,11 @@ MAX_ALLOCATION_RATIO = 100.0
 MAX_BODY_BYTES = 64 * 1024
 """A request body larger than this is refused before JSON parsing (no honest request needs it)."""
 
-TaskId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+TASK_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+"""A node or pool name."""
+TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")]
 StrategyName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
@@ -350,7 +353,7 @@ def parse_careful(body: bytes) -> SchedulingRequest | ReleaseRequest | MoveReque
     if not isinstance(data, dict):
         raise BadMessage(f"expected a JSON object, got {type(data).__name__}", None)
     task_id = data.get("task_id")
-    readable_id = task_id if isinstance(task_id, str) and _valid_task_id(task_id) else None
+    readable_id = task_id if isinstance(task_id, str) and valid_task_id(task_id) else None
     if "release" in data and len(data) == 1:
         try:
             return ReleaseRequest.model_validate(data)
@@ -402,10 +405,13 @@ def _parse_json_line_careful(line: str) -> SchedulingRequest | ReleaseRequest:
         raise ValueError(format_validation_error(exc)) from None
 
 
-def _valid_task_id(value: str) -> bool:
-    import re
+_TASK_ID_RE = re.compile(TASK_ID_PATTERN)
 
-    return re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", value) is not None
+
+def valid_task_id(value: str) -> bool:
+    """``value`` is a task id :data:`TaskId` accepts (for ids read outside a model: a raw body's, an
+    AMQP ``message_id``)."""
+    return _TASK_ID_RE.fullmatch(value) is not None
 
 
 class BadMessage(Exception):

@@ -6,14 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import Path as PathParam
 
-from scheduler.models import MAX_BODY_BYTES
+from scheduler.models import MAX_BODY_BYTES, TASK_ID_PATTERN
 
 from .schemas import ErrorBody
-
-TASK_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
-"""A pool or node name (``scheduler.models.Name``): a filter outside it can match nothing, and a
-NUL in it would reach PostgreSQL, which refuses it as if the database were down."""
 
 TaskIdParam = Annotated[str, PathParam(pattern=TASK_ID_PATTERN, description="the task id")]
 

@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
+from scheduler.models import NAME_PATTERN
 from scheduler.store.views import nodes_with_usage
 
 from .context import Api
-from .params import NAME_PATTERN, UNAVAILABLE
+from .params import UNAVAILABLE
 from .schemas import NodeOut
 
 
@@ -21,6 +22,8 @@ def add_routes(router: APIRouter) -> None:
 
 def list_nodes(
     api: Api,
+    # A filter outside the name pattern can match nothing, and a NUL in it would reach PostgreSQL,
+    # which refuses it as if the database were down.
     pool: Annotated[str | None, Query(pattern=NAME_PATTERN, description="only nodes of this pool")] = None,
 ) -> JSONResponse:
     """Every node, what its allocations hold, and the utilization ratios (as ``nodes list --json``).

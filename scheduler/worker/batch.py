@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import functools
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from scheduler.models import (
     ReleaseRequest,
     SchedulingRequest,
     parse_message,
+    valid_task_id,
 )
 from scheduler.moves import MoveOutcome, check_move, undo_move
 from scheduler.store import CommitItem, Failure, Move, Placement, Release, Waiting
@@ -40,7 +40,6 @@ from scheduler.strategies import Placer
 
 RETRYABLE = frozenset({Reason.INSUFFICIENT_RESOURCES, Reason.NO_ONLINE_NODES})
 MAX_STORED_BODY = 4096
-TASK_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MISSING_TASK_ID = (
     "invalid_request: task_id missing, and no valid message_id to take it from "
     "(a producer gives every request its id, so that a redelivery is never placed twice)"
@@ -442,7 +441,7 @@ def _task_id_of(msg: Incoming) -> str | None:
     the attempt before ``waiting`` for ever under an id nobody knew.
     """
     mid = msg.message_id
-    return mid if mid is not None and TASK_ID_RE.fullmatch(mid) else None
+    return mid if mid is not None and valid_task_id(mid) else None
 
 
 def _restore(fleet: FleetView, alloc: Allocation) -> Callable[[], None]:
