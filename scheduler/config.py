@@ -585,13 +585,23 @@ MAX_CONFIG_BYTES = 16 * 1024 * 1024
 (or a log file given by mistake) grew the process until a ``MemoryError`` traceback."""
 
 
+def read_at_most(path: Path, limit: int) -> bytes | None:
+    """The file's bytes, or None when it holds more than ``limit`` (read no further than that).
+
+    Why: a path that is not the file meant (``/dev/zero``, a multi-gigabyte
+    log) was read until the process ran out of memory. Raises ``OSError``.
+    """
+    with path.open("rb") as handle:
+        data = handle.read(limit + 1)
+    return None if len(data) > limit else data
+
+
 def read_config_file(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
-        if len(data) > MAX_CONFIG_BYTES:
+        data = read_at_most(path, MAX_CONFIG_BYTES)
+        if data is None:
             raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024 // 1024} MiB")
         text = data.decode("utf-8")
     except FileNotFoundError:

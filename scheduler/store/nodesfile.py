@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from scheduler.config import parse_yaml
+from scheduler.config import parse_yaml, read_at_most
 from scheduler.models import Node
 from scheduler.store.errors import NodesFileError
 
@@ -39,9 +39,8 @@ def load_nodes_file(path: str | Path) -> list[Node]:
     """
     path = Path(path)
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
-        if len(data) > MAX_FILE_BYTES:
+        data = read_at_most(path, MAX_FILE_BYTES)
+        if data is None:
             raise NodesFileError(
                 f"{path}: larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB: not a fleet file?"
             )
