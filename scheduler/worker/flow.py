@@ -241,13 +241,9 @@ class Flow:
         handed = batch + [m for m, _ in worn]
         to_move = self._move_subjects(batch)
         if isinstance(to_move, StopLeading):
-            if to_move.database_down:
-                self.redeliveries.forgive(handed)
-            return to_move
+            return self._stopping(to_move, handed)
         if to_move is None or self.fleet is not fleet:
-            # No answer from the database, or the fleet was reloaded meanwhile: not the messages' fault.
-            self.redeliveries.forgive(handed)
-            source.requeue(handed)
+            self._hand_back(source, handed)  # no answer from the database, or the fleet was reloaded
             return None
         with self.state.fleet_lock:  # the HTTP thread may be walking the fleet
             plan = decide_batch(
@@ -263,13 +259,9 @@ class Flow:
         while len(self._inflight) >= MAX_IN_FLIGHT:
             stop = self._complete()
             if stop is not None:
-                if stop.database_down:
-                    self.redeliveries.forgive(handed)
-                return stop  # the channel closes: the batch goes back to the queue with it
+                return self._stopping(stop, handed)  # the channel closes: the batch goes back with it
             if self.fleet is not fleet:
-                # This plan was made on a fleet that no longer stands: hand the batch back.
-                self.redeliveries.forgive(handed)
-                source.requeue(handed)
+                self._hand_back(source, handed)  # planned on a fleet that no longer stands
                 return None
         for msg, why in worn:
             self._dead_letter(source, msg, why, kind="redelivered")
@@ -290,6 +282,19 @@ class Flow:
         source.dead_letter(msg, reason, kind=kind)
         if kind != "invalid":  # invalid ones are counted with their batch (BatchPlan.dead)
             self._hook("dead_lettered", kind)
+
+    def _hand_back(self, source: MessageSource, messages: list[Incoming]) -> None:
+        """Requeue ``messages`` for a reason that is not theirs (the database did not answer, the
+        fleet was reloaded): their next redelivery is forgiven, so it does not wear them out."""
+        self.redeliveries.forgive(messages)
+        source.requeue(messages)
+
+    def _stopping(self, stop: StopLeading, messages: list[Incoming]) -> StopLeading:
+        """``stop``, with ``messages`` forgiven their redelivery when the database is down (the
+        closing channel hands them back; the outage is not theirs)."""
+        if stop.database_down:
+            self.redeliveries.forgive(messages)
+        return stop
 
     def _move_subjects(
         self, batch: list[Incoming]

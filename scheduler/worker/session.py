@@ -169,8 +169,8 @@ class Sessions:
                     conn.close()
 
     def _tick(self, conn: pika.BlockingConnection, publisher: BlockingChannel) -> None:
-        self.state.loop_ran_at = self.clock()
-        if self._aside_until is not None and self.clock() >= self._aside_until:
+        self.state.loop_ran_at = began = self.clock()
+        if self._aside_until is not None and began >= self._aside_until:
             self._aside_until = None
             self.leadership.set_eligible(True)
         leader = self.leadership.is_leader()
