@@ -299,24 +299,15 @@ def test_waiting_on_a_reused_task_id_reports_the_conflict_not_the_originals_outc
     original = SchedulingRequest(task_id=LONG_ID, requested_cpu=2, requested_memory=2048)
     other = original.model_copy(update={"requested_cpu": 32, "requested_pool": "ai"})
     with Store.from_url(filled) as store:
-        same = _poll_results(
-            store,
-            [LONG_ID],
-            set(),
-            timeout=10,
-            as_json=True,
-            sent={LONG_ID: [json.loads(original.model_dump_json())]},
-        )
+
+        def wait_for(sent: SchedulingRequest) -> int:
+            body = json.loads(sent.model_dump_json())
+            return _poll_results(store, [LONG_ID], set(), timeout=10, as_json=True, sent={LONG_ID: [body]})
+
+        same = wait_for(original)
         [line] = capsys.readouterr().out.splitlines()
         assert same == 0 and json.loads(line)["node"] == "bm-001"  # the same request again: its outcome
-        code = _poll_results(
-            store,
-            [LONG_ID],
-            set(),
-            timeout=10,
-            as_json=True,
-            sent={LONG_ID: [json.loads(other.model_dump_json())]},
-        )
+        code = wait_for(other)
     [line] = capsys.readouterr().out.splitlines()
     shown = json.loads(line)
     assert code == 3

@@ -360,6 +360,12 @@ def test_callbacks_epoch_and_idempotent_stop(sqlite_engine: Engine) -> None:
         elector.start()
 
 
+def _holder(lock: DatabaseLeaseLock) -> str | None:
+    """The lease's holder as stored (``""`` once released), None while there is no lease."""
+    found = lock.get(timeout=1)
+    return None if found is None else found[0].holder_identity
+
+
 def test_a_leader_standing_aside_releases_the_lease_and_stops_campaigning(sqlite_engine: Engine) -> None:
     """``set_eligible(False)``: the worker lost its broker connection and cannot consume.
 
@@ -376,11 +382,7 @@ def test_a_leader_standing_aside_releases_the_lease_and_stops_campaigning(sqlite
         a.set_eligible(False, "broker connection lost")
         assert not a.is_leader()
 
-        def holder() -> str | None:
-            found = lock.get(timeout=1)
-            return None if found is None else found[0].holder_identity
-
-        wait_until(lambda: holder() == "", LEASE * 5, "the lease released")
+        wait_until(lambda: _holder(lock) == "", LEASE * 5, "the lease released")
         b.start()
         assert b.wait_for_leadership(LEASE * 5)
         assert not a.is_leader()
@@ -411,11 +413,7 @@ def test_a_leader_whose_loop_stalls_hands_the_lease_over(sqlite_engine: Engine) 
         assert a.wait_for_leadership(LEASE + SLACK)
         stalled.append("the worker's loop has not run for 20 s")
 
-        def holder() -> str | None:
-            found = lock.get(timeout=1)
-            return None if found is None else found[0].holder_identity
-
-        wait_until(lambda: holder() == "", LEASE * 5, "the lease released")
+        wait_until(lambda: _holder(lock) == "", LEASE * 5, "the lease released")
         assert not a.is_leader()
         b.start()
         assert b.wait_for_leadership(LEASE * 5)

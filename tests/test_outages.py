@@ -458,12 +458,7 @@ def test_readyz_is_false_with_the_reason_while_the_leader_cannot_consume(
     import httpx
 
     dep = lone
-    dep.http = True
-    dep.store.import_nodes(make_nodes(3))
-    dep.start_worker("w0")
-    dep.wait_leading("w0")
-    url = dep.http_url("w0")
-    wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 30, "ready before the outage")
+    url = _ready(dep)
     db_proxy.fault("refuse")
     try:
         dep.publish(Outgoing.request(r) for r in make_requests(3, prefix="during"))
@@ -485,6 +480,11 @@ def test_readyz_is_false_with_the_reason_while_the_leader_cannot_consume(
 
 def _ready_on_its_sqlite_file(dep: Deployment) -> tuple[str, Path]:
     """Start a worker serving HTTP on ``dep``'s SQLite file; its API URL once ready, and the file's path."""
+    return _ready(dep), Path(dep.db_url.removeprefix("sqlite:///"))
+
+
+def _ready(dep: Deployment) -> str:
+    """Start a worker ``w0`` serving HTTP on three nodes; its API URL once ``/readyz`` says ready."""
     import httpx
 
     dep.http = True
@@ -492,8 +492,8 @@ def _ready_on_its_sqlite_file(dep: Deployment) -> tuple[str, Path]:
     dep.start_worker("w0")
     dep.wait_leading("w0")
     url = dep.http_url("w0")
-    wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 30, "ready on the file")
-    return url, Path(dep.db_url.removeprefix("sqlite:///"))
+    wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 30, "the worker ready")
+    return url
 
 
 def test_a_sqlite_file_moved_away_under_the_worker_is_not_written_nor_acked(lite: Deployment) -> None:
