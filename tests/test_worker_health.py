@@ -1,4 +1,4 @@
-"""Readiness verdicts from the worker's state, and the redelivery count (pure, no services)."""
+"""Readiness verdicts, the redelivery count, and the loop-stall check the worker gives its elector."""
 
 from __future__ import annotations
 
@@ -105,3 +105,37 @@ def test_the_loop_counts_as_stuck_only_after_it_has_not_run_for_longer_than_allo
     state.loop_ran_at = 100.0
     assert state.loop_stall(115.0, 15.0) is None
     assert state.loop_stall(115.5, 15.0) == "the worker's loop has not run for 16 s"
+
+
+def test_the_worker_gives_its_elector_the_loop_stall_check(sqlite_url: str) -> None:
+    """``scheduler worker`` wires the liveness check: the elector asks ``Worker.loop_stalled``, which
+    stays quiet while the loop runs and names the stall past ``election.lease_duration`` (at least
+    10 s); without the wiring a stuck loop kept the lease renewed."""
+    from collections.abc import Callable
+
+    from scheduler.config import Settings
+    from scheduler.elector import AlwaysLeader
+    from scheduler.store import Store
+    from scheduler.worker.daemon import Worker
+
+    class Recording(AlwaysLeader):
+        check: Callable[[], str | None] | None = None
+
+        def watch_liveness(self, check: Callable[[], str | None]) -> None:
+            self.check = check
+
+    now = [1_000.0]
+    settings = Settings(identity="liveness-wiring", database={"url": sqlite_url})
+    leadership = Recording(settings.identity)
+    with Store.from_url(sqlite_url) as store:
+        store.upgrade()
+        worker = Worker(settings, store, leadership, clock=lambda: now[0])
+        worker.stopping.set()  # run() wires the elector, then returns at once
+        assert worker.run() == 0
+    assert leadership.check is not None
+    assert leadership.check() is None  # the loop has not gone round yet: nothing to judge
+    worker.state.loop_ran_at = now[0]
+    now[0] += max(settings.election.lease_duration, 10.0)
+    assert leadership.check() is None
+    now[0] += 1
+    assert leadership.check() is not None and "has not run for" in leadership.check()
